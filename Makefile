@@ -1,0 +1,32 @@
+# Two commands set everything up on a fresh machine:
+#   make demo   - create .venv (from a Python >= 3.12 found on this machine), install twoway, run `twoway demo`
+#   make test   - the same set-up, then the test suite
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-stamp
+
+.PHONY: demo test test-all bench setup browser clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml scripts/find-python.sh
+	@if [ ! -x $(PY) ]; then \
+	    base=$$(scripts/find-python.sh) || exit 1; \
+	    echo "creating $(VENV) with $$base"; \
+	    "$$base" -m venv $(VENV) || exit 1; \
+	fi
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[test]"
+	@touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/twoway demo --out demo-output
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+bench: $(STAMP)
+	$(PY) benchmarks/bench_seed.py
+
+clean:
+	rm -rf $(VENV) demo-output .pytest_cache

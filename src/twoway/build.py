@@ -1,0 +1,142 @@
+"""Build the PyMC model of a spec on a table.
+
+The model describes (:mod:`twoway.model`); this module builds. Only observed
+cells enter the likelihood, as one flat vector over (replicate, row, col) in C
+order, so missing cells are simply absent. Replicate tables share every
+parameter.
+
+Variables whose names start with an underscore are sampling devices
+(non-centred offsets); they are left out of the stored posterior.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from twoway.data import TwoWayData
+from twoway.errors import ModelError
+from twoway.likelihood.diagonal import cell_sd
+from twoway.model import ModelSpec
+from twoway.priors import Prior, resolve_priors
+
+__all__ = ["BuiltModel", "build_pymc_model", "model_priors", "public_names"]
+
+
+@dataclass(frozen=True)
+class BuiltModel:
+    """A PyMC model with what is needed to read its draws.
+
+    Attributes
+    ----------
+    model : pymc.Model
+    priors : dict of str to Prior
+        The priors in force (defaults scaled to the data, then overrides).
+    var_names : list of str
+        The variables stored in the posterior.
+    likelihood_path : str
+        The exact method that evaluates the likelihood.
+    """
+
+    model: object
+    priors: dict[str, Prior]
+    var_names: list[str]
+    likelihood_path: str
+
+
+def model_priors(spec: ModelSpec, data: TwoWayData) -> dict[str, Prior]:
+    """The priors ``spec`` uses on ``data``: defaults scaled to the data, then the spec's overrides."""
+    return resolve_priors(spec.parameter_names(), data.location(), data.spread(), spec.prior_overrides)
+
+
+def public_names(spec: ModelSpec) -> list[str]:
+    """Names of the parameters a user sees in the posterior, main ones first."""
+    out: list[str] = []
+    if spec.intercept:
+        out.append("intercept")
+    for side, kind in (("row", spec.row_effect), ("col", spec.col_effect)):
+        if kind != "none":
+            out.append(f"{side}_effect")
+    for side, kind in (("row", spec.row_effect), ("col", spec.col_effect)):
+        if kind == "random":
+            out.append(f"{side}_effect_sd")
+    for side, kind in (("row", spec.row_scale), ("col", spec.col_scale)):
+        if kind != "none":
+            out.append(f"{side}_sd")
+    if spec.sigma:
+        out.append("sigma")
+    for side, kind in (("row", spec.row_scale), ("col", spec.col_scale)):
+        if kind == "hetero":
+            out += [f"{side}_log_sd_loc", f"{side}_log_sd_scale"]
+    return out
+
+
+def build_pymc_model(spec: ModelSpec, data: TwoWayData) -> BuiltModel:
+    """The PyMC model of ``spec`` for ``data``.
+
+    Parameters
+    ----------
+    spec : ModelSpec
+    data : TwoWayData
+        Values (R, N, K); only observed cells enter the likelihood.
+
+    Returns
+    -------
+    BuiltModel
+    """
+    import pymc as pm
+
+    if spec.needs_se() and not data.has_se:
+        raise ModelError(
+            "The model has no unknown scale (row_scale, col_scale and sigma are all off), "
+            "so every cell needs a known standard error; the table has none."
+        )
+    priors = model_priors(spec, data)
+    rr, ii, jj = data.observed_index()
+    y = data.observed_values()
+    se = data.se_or_zero()[rr, ii, jj]
+    coords = {
+        "row": list(data.row_labels),
+        "col": list(data.col_labels),
+        "cell": np.arange(y.size),
+    }
+    with pm.Model(coords=coords) as model:
+        y_data = pm.Data("y_observed", y, dims="cell")
+        mu = priors["intercept"].pymc("intercept") if spec.intercept else 0.0
+        for side, kind, idx, n in (
+            ("row", spec.row_effect, ii, data.n_rows),
+            ("col", spec.col_effect, jj, data.n_cols),
+        ):
+            if kind == "random":
+                sd = priors[f"{side}_effect_sd"].pymc(f"{side}_effect_sd")
+                z = pm.Normal(f"_{side}_effect_z", 0.0, 1.0, dims=side)
+                effect = pm.Deterministic(f"{side}_effect", sd * z, dims=side)
+            elif kind == "fixed":
+                p = priors[f"{side}_effect"]
+                if p.dist != "normal" or p.kwargs["mu"] != 0.0:
+                    raise ModelError(
+                        f"The prior for fixed '{side}_effect' must be normal with mu = 0 "
+                        f"(the effects sum to zero); got {p}."
+                    )
+                effect = pm.ZeroSumNormal(f"{side}_effect", sigma=p.kwargs["sigma"], dims=side)
+            else:
+                continue
+            mu = mu + effect[idx]
+        scales = {}
+        for side, kind, idx in (("row", spec.row_scale, ii), ("col", spec.col_scale, jj)):
+            if kind == "homo":
+                scales[side] = priors[f"{side}_sd"].pymc(f"{side}_sd")
+            elif kind == "hetero":
+                loc = priors[f"{side}_log_sd_loc"].pymc(f"{side}_log_sd_loc")
+                scale = priors[f"{side}_log_sd_scale"].pymc(f"{side}_log_sd_scale")
+                z = pm.Normal(f"_{side}_sd_z", 0.0, 1.0, dims=side)
+                per_level = pm.Deterministic(f"{side}_sd", pm.math.exp(loc + scale * z), dims=side)
+                scales[side] = per_level[idx]
+            else:
+                scales[side] = None
+        sigma = priors["sigma"].pymc("sigma") if spec.sigma else None
+        sd = cell_sd(se, scales["row"], scales["col"], sigma, combine=spec.combine)
+        pm.Normal("y", mu=mu, sigma=sd, observed=y_data, dims="cell")
+    names = public_names(spec)
+    return BuiltModel(model=model, priors=priors, var_names=names, likelihood_path="diagonal")

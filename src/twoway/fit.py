@@ -1,0 +1,253 @@
+"""Fit a model to a table: sample, then hold the result as an ArviZ DataTree.
+
+:func:`fit` compiles the model, samples it with NUTS (nutpie by default, or
+PyMC's own sampler), and returns a :class:`Fit`. The fit's DataTree holds
+
+* ``posterior``: the parameters a user sees, dims ``row``/``col`` labelled,
+  plus the derived ``row_mean`` and ``col_mean``;
+* ``sample_stats``: the sampler's per-draw statistics;
+* ``observed_data``: the table itself (``y`` and ``se`` on replicate x row x col);
+* attributes: the model spec, the priors in force, the data summary, the
+  likelihood path, the backend, seed and timings.
+
+A fit is saved to one file (netCDF, or a zarr store when the name ends in
+``.zarr``) and loads back whole.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+from twoway import __version__
+from twoway.build import build_pymc_model
+from twoway.data import TwoWayData
+from twoway.derived import row_col_means
+from twoway.errors import FitError, TwowayError
+from twoway.model import ModelSpec, load_model
+from twoway.priors import Prior
+
+__all__ = ["Fit", "fit", "BACKENDS"]
+
+BACKENDS = ("nutpie", "pymc")
+
+
+@dataclass(frozen=True, eq=False)
+class Fit:
+    """A fitted model: the DataTree and what it was fitted from.
+
+    Attributes
+    ----------
+    tree : xarray.DataTree
+        Groups ``posterior``, ``sample_stats``, ``observed_data``; attributes as
+        described in the module docstring.
+    """
+
+    tree: xr.DataTree
+
+    # -- what it holds --------------------------------------------------------
+    @property
+    def posterior(self) -> xr.Dataset:
+        return self.tree["posterior"].to_dataset()
+
+    @property
+    def sample_stats(self) -> xr.Dataset:
+        return self.tree["sample_stats"].to_dataset()
+
+    @property
+    def model(self) -> ModelSpec:
+        return ModelSpec.from_json(self.tree.attrs["twoway_model"])
+
+    @property
+    def priors(self) -> dict[str, Prior]:
+        raw = json.loads(self.tree.attrs["twoway_priors"])
+        return {k: Prior.from_mapping(k, v) for k, v in raw.items()}
+
+    @property
+    def data(self) -> TwoWayData:
+        return TwoWayData.from_dataset(self.tree["observed_data"].to_dataset())
+
+    @property
+    def info(self) -> dict[str, Any]:
+        """Backend, likelihood path, seed, chains, draws, tune and timings."""
+        return json.loads(self.tree.attrs["twoway_info"])
+
+    @property
+    def parameter_names(self) -> list[str]:
+        return list(json.loads(self.tree.attrs["twoway_parameters"]))
+
+    def summary(self, *, var_names: list[str] | None = None, ci_prob: float = 0.94):
+        """Per-parameter statistics and overall diagnostics; see :class:`twoway.summary.FitSummary`."""
+        from twoway.summary import summarize
+
+        return summarize(self, var_names=var_names, ci_prob=ci_prob)
+
+    # -- files ------------------------------------------------------------------
+    def save(self, path: "str | os.PathLike[str]") -> Path:
+        """Write the fit to one file: netCDF, or a zarr store when ``path`` ends in ``.zarr``."""
+        path = Path(path)
+        if path.parent and not path.parent.exists():
+            raise FitError(f"The folder {str(path.parent)!r} for the fit file does not exist.")
+        try:
+            if path.suffix == ".zarr":
+                self.tree.to_zarr(path, mode="w")
+            else:
+                self.tree.to_netcdf(path, engine="h5netcdf")
+        except (OSError, PermissionError) as exc:
+            raise FitError(f"The fit could not be written to {str(path)!r}: {exc}.") from None
+        return path
+
+    @classmethod
+    def load(cls, path: "str | os.PathLike[str]") -> "Fit":
+        """Read a fit written by :meth:`save`."""
+        path = Path(path)
+        if not path.exists():
+            raise FitError(f"The fit file {str(path)!r} does not exist.")
+        try:
+            if path.suffix == ".zarr" or path.is_dir():
+                tree = xr.open_datatree(path, engine="zarr")
+            else:
+                tree = xr.open_datatree(path, engine="h5netcdf")
+            tree = tree.load()
+        except Exception as exc:  # any reader failure means: not a fit file
+            raise FitError(f"The file {str(path)!r} is not a twoway fit ({type(exc).__name__}: {exc}).") from None
+        if "twoway_model" not in tree.attrs or "posterior" not in tree.children:
+            raise FitError(f"The file {str(path)!r} is not a twoway fit (it has no twoway model or posterior).")
+        return cls(tree)
+
+
+def fit(
+    model: "ModelSpec | str",
+    data: TwoWayData,
+    *,
+    chains: int = 4,
+    draws: int = 1000,
+    tune: int = 1000,
+    seed: int | None = None,
+    backend: str = "nutpie",
+    progress: bool | None = None,
+    cores: int | None = None,
+) -> Fit:
+    """Fit ``model`` to ``data`` with NUTS.
+
+    Parameters
+    ----------
+    model : ModelSpec or str
+        A spec, a preset name (``additive``, ``additive-sd``) or a TOML model file.
+    data : TwoWayData
+        The table, (R, N, K) with optional se and missing cells.
+    chains, draws, tune : int
+        Number of chains, kept draws per chain, and tuning draws per chain.
+    seed : int, optional
+        Seed for the sampler; the same seed gives the same draws.
+    backend : {"nutpie", "pymc"}
+        ``nutpie`` (compiled with numba) or PyMC's own NUTS.
+    progress : bool, optional
+        Show a progress bar; by default only when stderr is a terminal.
+    cores : int, optional
+        Chains run in parallel on this many cores (default: all).
+
+    Returns
+    -------
+    Fit
+    """
+    if not isinstance(data, TwoWayData):
+        raise FitError(f"The data must be a TwoWayData; got {type(data).__name__}.")
+    spec = load_model(model)
+    if backend not in BACKENDS:
+        raise FitError(f"The backend must be one of {', '.join(BACKENDS)}; got {backend!r}.")
+    for name, value, low in (("chains", chains, 1), ("draws", draws, 1), ("tune", tune, 0)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+            raise FitError(f"The number of {name} must be a whole number >= {low}; got {value!r}.")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0):
+        raise FitError(f"The seed must be a non-negative whole number; got {seed!r}.")
+    if progress is None:
+        progress = sys.stderr.isatty()
+
+    t_start = time.perf_counter()
+    built = build_pymc_model(spec, data)
+    raw, t_sampling = _sample(built.model, backend, chains=chains, draws=draws, tune=tune,
+                              seed=seed, progress=progress, cores=cores)
+    total = time.perf_counter() - t_start
+
+    posterior = _public_posterior(raw["posterior"].to_dataset(), built.var_names)
+    stats = raw["sample_stats"].to_dataset()
+    stats = stats.drop_vars([v for v in stats.data_vars if stats[v].dtype == object])
+    stats.attrs = {}
+    tree = xr.DataTree.from_dict({
+        "posterior": posterior,
+        "sample_stats": stats,
+        "observed_data": data.to_dataset(),
+    })
+    info = {
+        "backend": backend,
+        "likelihood_path": built.likelihood_path,
+        "seed": seed,
+        "chains": int(chains),
+        "draws": int(draws),
+        "tune": int(tune),
+        "sampling_seconds": float(t_sampling),
+        "total_seconds": float(total),
+    }
+    tree.attrs.update({
+        "twoway_version": __version__,
+        "twoway_model": spec.to_json(),
+        "twoway_priors": json.dumps({k: p.to_dict() for k, p in built.priors.items()}),
+        "twoway_data_summary": json.dumps(data.summary()),
+        "twoway_parameters": json.dumps(built.var_names),
+        "twoway_info": json.dumps(info),
+    })
+    return Fit(tree)
+
+
+def _sample(model, backend: str, *, chains: int, draws: int, tune: int, seed: int | None,
+            progress: bool, cores: int | None) -> tuple[xr.DataTree, float]:
+    """Compile and sample; returns the raw DataTree and the sampling seconds (compile excluded)."""
+    if backend == "nutpie":
+        import nutpie
+
+        if progress:
+            print("twoway: compiling the model ...", file=sys.stderr, flush=True)
+        compiled = nutpie.compile_pymc_model(model)
+        t0 = time.perf_counter()
+        kwargs = dict(chains=chains, draws=draws, tune=tune, seed=seed, progress_bar=progress)
+        if cores is not None:
+            kwargs["cores"] = cores
+        raw = nutpie.sample(compiled, **kwargs)
+        return raw, time.perf_counter() - t0
+
+    import pymc as pm
+
+    t0 = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # PyMC's own convergence warnings: twoway's summary says the same, once
+        raw = pm.sample(draws=draws, tune=tune, chains=chains, cores=cores, random_seed=seed,
+                        progressbar=progress, nuts_sampler="pymc", model=model,
+                        compute_convergence_checks=False, quiet=not progress)
+    return raw, time.perf_counter() - t0
+
+
+def _public_posterior(post: xr.Dataset, names: list[str]) -> xr.Dataset:
+    """Keep the user-facing parameters and add the derived row and column means."""
+    keep = [n for n in names if n in post.data_vars]
+    out = post[keep]
+    row_mean, col_mean = row_col_means(
+        out["intercept"].values if "intercept" in out else 0.0,
+        out["row_effect"].values if "row_effect" in out else None,
+        out["col_effect"].values if "col_effect" in out else None,
+    )
+    if row_mean is not None:
+        out["row_mean"] = (("chain", "draw", "row"), row_mean)
+    if col_mean is not None:
+        out["col_mean"] = (("chain", "draw", "col"), col_mean)
+    out.attrs = {}
+    return out

@@ -1,0 +1,311 @@
+"""Model specifications: what a model is, independent of how it is fitted.
+
+A :class:`ModelSpec` describes the mean (intercept, row and column effects) and
+the residual of a two-way table model. Backends turn a spec and a table into
+something to sample (see :mod:`twoway.build`); the simulator draws tables from
+it (see :mod:`twoway.simulate`).
+
+The model::
+
+    y[r,i,j] = intercept + row_effect[i] + col_effect[j] + e[r,i,j]
+
+with independent residuals whose variance mixes the known standard error with
+unknown row, column and cell scales:
+
+* ``combine="variance"``: ``Var e = se^2 + row_sd[i]^2 + col_sd[j]^2 + sigma^2``;
+* ``combine="sd"``: ``sd e = se + row_sd[i] + col_sd[j] + sigma``.
+"""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Mapping
+
+from twoway.errors import ModelError
+from twoway.priors import Prior
+
+__all__ = [
+    "ModelSpec",
+    "PRESETS",
+    "preset",
+    "load_model",
+    "DegreesOfFreedom",
+    "degrees_of_freedom",
+]
+
+EFFECTS = ("random", "fixed", "none")
+SCALES = ("hetero", "homo", "none")
+COMBINES = ("variance", "sd")
+RESIDUALS = ("independent",)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A two-way table model.
+
+    Parameters
+    ----------
+    row_effect, col_effect : {"random", "fixed", "none"}
+        ``random``: ``effect ~ normal(0, effect_sd)`` (hierarchical, non-centred);
+        ``fixed``: independent wide priors constrained to sum to zero;
+        ``none``: no effect.
+    row_scale, col_scale : {"hetero", "homo", "none"}
+        Residual scale per row (column): one per level, hierarchical on the log
+        scale (``hetero``), one shared (``homo``), or none.
+    sigma : bool
+        Include a cell-level residual scale ``sigma``.
+    combine : {"variance", "sd"}
+        How the known se and the unknown scales combine (see the module docstring).
+    intercept : bool
+        Include an intercept.
+    residual : {"independent"}
+        The residual structure.
+    priors : tuple of (str, Prior)
+        Overrides of the default priors, by parameter name.
+    name : str
+        The preset name, or ``"custom"``.
+    """
+
+    row_effect: str = "random"
+    col_effect: str = "random"
+    row_scale: str = "hetero"
+    col_scale: str = "hetero"
+    sigma: bool = True
+    combine: str = "variance"
+    intercept: bool = True
+    residual: str = "independent"
+    priors: tuple[tuple[str, Prior], ...] = field(default_factory=tuple)
+    name: str = "custom"
+
+    def __post_init__(self) -> None:
+        _choice("row_effect", self.row_effect, EFFECTS)
+        _choice("col_effect", self.col_effect, EFFECTS)
+        _choice("row_scale", self.row_scale, SCALES)
+        _choice("col_scale", self.col_scale, SCALES)
+        _choice("combine", self.combine, COMBINES)
+        _choice("residual", self.residual, RESIDUALS)
+        if not isinstance(self.sigma, bool) or not isinstance(self.intercept, bool):
+            raise ModelError("The 'sigma' and 'intercept' options must be true or false.")
+        names = self.parameter_names()
+        for key, prior in self.priors:
+            if key not in names:
+                raise ModelError(
+                    f"The priors must name parameters of this model ({', '.join(names)}); got {key!r}."
+                )
+            if not isinstance(prior, Prior):
+                raise ModelError(f"The prior for {key!r} must be a Prior; got {prior!r}.")
+
+    # -- what the model contains -------------------------------------------------
+    def parameter_names(self) -> tuple[str, ...]:
+        """Names of the model's parameters that carry a prior, in a stable order."""
+        out: list[str] = []
+        if self.intercept:
+            out.append("intercept")
+        for side, kind in (("row", self.row_effect), ("col", self.col_effect)):
+            if kind == "random":
+                out.append(f"{side}_effect_sd")
+            elif kind == "fixed":
+                out.append(f"{side}_effect")
+        for side, kind in (("row", self.row_scale), ("col", self.col_scale)):
+            if kind == "homo":
+                out.append(f"{side}_sd")
+            elif kind == "hetero":
+                out += [f"{side}_log_sd_loc", f"{side}_log_sd_scale"]
+        if self.sigma:
+            out.append("sigma")
+        return tuple(out)
+
+    def needs_se(self) -> bool:
+        """True when no unknown scale is in the model, so the known se must carry the variance."""
+        return self.row_scale == "none" and self.col_scale == "none" and not self.sigma
+
+    @property
+    def prior_overrides(self) -> dict[str, Prior]:
+        return dict(self.priors)
+
+    def with_priors(self, **priors: Prior) -> "ModelSpec":
+        """A copy with further prior overrides."""
+        merged = {**dict(self.priors), **priors}
+        return replace(self, priors=tuple(merged.items()))
+
+    def describe(self) -> str:
+        """One line in words."""
+        eff = f"row effects {self.row_effect}, column effects {self.col_effect}"
+        sc = f"row scales {self.row_scale}, column scales {self.col_scale}"
+        comb = "variances add" if self.combine == "variance" else "standard deviations add"
+        return f"{self.name}: {eff}; {self.residual} residual with {sc}, sigma {'on' if self.sigma else 'off'} ({comb}, known se included)"
+
+    # -- serialisation ------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["priors"] = {k: p.to_dict() for k, p in self.priors}
+        return d
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "ModelSpec":
+        d = dict(d)
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ModelError(
+                f"The model options must be among {sorted(known - {'priors'}) + ['priors']}; got {', '.join(unknown)}."
+            )
+        priors = d.pop("priors", {}) or {}
+        if not isinstance(priors, Mapping):
+            raise ModelError(f"The 'priors' table must map parameter names to priors; got {priors!r}.")
+        d["priors"] = tuple((k, Prior.from_mapping(k, v)) for k, v in priors.items())
+        return cls(**d)
+
+    @classmethod
+    def from_json(cls, text: str) -> "ModelSpec":
+        return cls.from_dict(json.loads(text))
+
+
+def _choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ModelError(f"The '{name}' option must be one of {', '.join(allowed)}; got {value!r}.")
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # The question's model: Var e = se^2 + row_sd[i]^2 + col_sd[j]^2. A cell-level sigma
+    # would be redundant next to two heterogeneous scales (sigma^2 folds into every row_sd^2).
+    "additive": dict(combine="variance", row_effect="random", col_effect="random",
+                     row_scale="hetero", col_scale="hetero", sigma=False),
+    # The seed's model_univar_inf as written: sd e = se + row_sd[i] + col_sd[j] + sigma.
+    "additive-sd": dict(combine="sd", row_effect="random", col_effect="random",
+                        row_scale="hetero", col_scale="hetero", sigma=True),
+}
+
+
+def preset(name: str, **options: Any) -> ModelSpec:
+    """The model named ``name`` (see :data:`PRESETS`), with options changed."""
+    if name not in PRESETS:
+        raise ModelError(f"The model must be one of {', '.join(PRESETS)} or a .toml model file; got {name!r}.")
+    return ModelSpec(**{**PRESETS[name], **options, "name": options.get("name", name)})
+
+
+def load_model(source: "str | Path | ModelSpec") -> ModelSpec:
+    """A model from a preset name, a TOML model file, or a spec (returned as is).
+
+    A model file holds ``preset = "additive"`` (optional) and any option of
+    :class:`ModelSpec`, plus a ``[priors]`` table, for example::
+
+        preset = "additive"
+        row_effect = "fixed"
+        col_scale = "homo"
+
+        [priors]
+        sigma = { dist = "halfnormal", sigma = 0.5 }
+    """
+    if isinstance(source, ModelSpec):
+        return source
+    text = str(source)
+    if text in PRESETS:
+        return preset(text)
+    path = Path(text)
+    if path.suffix.lower() != ".toml":
+        raise ModelError(f"The model must be one of {', '.join(PRESETS)} or a .toml model file; got {text!r}.")
+    if not path.is_file():
+        raise ModelError(f"The model file {text!r} does not exist.")
+    try:
+        table = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ModelError(f"The model file {text!r} is not valid TOML: {exc}.") from None
+    base_name = table.pop("preset", None)
+    base = dict(PRESETS[base_name]) if base_name is not None else {}
+    if base_name is not None and base_name not in PRESETS:
+        raise ModelError(f"The 'preset' in {text!r} must be one of {', '.join(PRESETS)}; got {base_name!r}.")
+    merged = {**base, **table}
+    merged.setdefault("name", base_name or path.stem)
+    return ModelSpec.from_dict(merged)
+
+
+@dataclass(frozen=True)
+class DegreesOfFreedom:
+    """How many parameters a model spends on a table.
+
+    Attributes
+    ----------
+    n_cells : int
+        Cells in the table, R * N * K.
+    n_observed : int
+        Observed cells.
+    parameters : tuple of (str, int)
+        Parameter group and its count.
+    """
+
+    n_cells: int
+    n_observed: int
+    parameters: tuple[tuple[str, int], ...]
+
+    @property
+    def n_parameters(self) -> int:
+        return sum(n for _, n in self.parameters)
+
+    @property
+    def remaining(self) -> int:
+        return self.n_observed - self.n_parameters
+
+    @property
+    def overparameterised(self) -> bool:
+        return self.n_parameters > self.n_observed
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "total_cells": self.n_cells,
+            "observed_cells": self.n_observed,
+            "parameters": dict(self.parameters),
+            "used": self.n_parameters,
+            "remaining": self.remaining,
+        }
+
+    def format(self) -> str:
+        width = max([len(k) for k, _ in self.parameters] + [14])
+        lines = [f"{'total cells'.ljust(width)}  {self.n_cells}",
+                 f"{'observed cells'.ljust(width)}  {self.n_observed}"]
+        lines += [f"  {k.ljust(width - 2)}  {n}" for k, n in self.parameters]
+        lines += [f"{'parameters used'.ljust(width)}  {self.n_parameters}",
+                  f"{'remaining'.ljust(width)}  {self.remaining}"]
+        if self.overparameterised:
+            lines.append("WARNING: the model has more parameters than observed cells; "
+                         "the data cannot pin them all down and the priors will decide.")
+        return "\n".join(lines)
+
+
+def degrees_of_freedom(spec: ModelSpec, n_rows: int, n_cols: int, n_replicates: int = 1,
+                       n_observed: int | None = None) -> DegreesOfFreedom:
+    """Count the parameters ``spec`` uses on an (R, N, K) table.
+
+    Random effects count one per level plus their sd; fixed effects one per
+    level less the sum-to-zero constraint; heterogeneous scales one per level
+    plus the two hyper-parameters of their log-normal population.
+    """
+    for what, n in (("rows", n_rows), ("columns", n_cols), ("replicates", n_replicates)):
+        if int(n) != n or n < 1:
+            raise ModelError(f"The number of {what} must be a positive whole number; got {n!r}.")
+    if n_rows < 2 or n_cols < 2:
+        raise ModelError(f"A two-way table needs at least 2 rows and 2 columns; got {n_rows} x {n_cols}.")
+    n_cells = n_rows * n_cols * n_replicates
+    n_obs = n_cells if n_observed is None else int(n_observed)
+    parts: list[tuple[str, int]] = []
+    if spec.intercept:
+        parts.append(("intercept", 1))
+    for side, kind, n in (("row", spec.row_effect, n_rows), ("col", spec.col_effect, n_cols)):
+        if kind == "random":
+            parts += [(f"{side}_effect", n), (f"{side}_effect_sd", 1)]
+        elif kind == "fixed":
+            parts.append((f"{side}_effect", n - 1))
+    for side, kind, n in (("row", spec.row_scale, n_rows), ("col", spec.col_scale, n_cols)):
+        if kind == "hetero":
+            parts += [(f"{side}_sd", n), (f"{side}_log_sd_loc", 1), (f"{side}_log_sd_scale", 1)]
+        elif kind == "homo":
+            parts.append((f"{side}_sd", 1))
+    if spec.sigma:
+        parts.append(("sigma", 1))
+    return DegreesOfFreedom(n_cells, n_obs, tuple(parts))

@@ -1,0 +1,207 @@
+"""Prior distributions: one description serves both the sampler and the simulator.
+
+A :class:`Prior` names a family and its parameters. It can build the PyMC
+random variable used when fitting and draw the same distribution with NumPy
+when simulating, so that a table simulated "from the prior" comes from exactly
+the prior that the fit uses.
+
+Default priors are weakly informative and scaled to the data: ``m`` is the
+mean of the observed values and ``s`` a spread (their standard deviation); see
+:func:`default_priors` for the table.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import numpy as np
+
+from twoway.errors import ModelError
+
+__all__ = ["Prior", "FAMILIES", "default_priors", "resolve_priors", "describe_priors"]
+
+# family -> (parameter names, positive support?)
+FAMILIES: dict[str, tuple[tuple[str, ...], bool]] = {
+    "normal": (("mu", "sigma"), False),
+    "halfnormal": (("sigma",), True),
+    "halfstudentt": (("nu", "sigma"), True),
+    "exponential": (("scale",), True),
+    "lognormal": (("mu", "sigma"), True),
+}
+
+
+@dataclass(frozen=True)
+class Prior:
+    """A univariate prior family with fixed parameters.
+
+    Parameters
+    ----------
+    dist : str
+        One of ``normal``, ``halfnormal``, ``halfstudentt``, ``exponential``,
+        ``lognormal``.
+    params : tuple of (str, float)
+        The family's parameters by name, for example ``(("mu", 0.0), ("sigma", 1.0))``.
+    """
+
+    dist: str
+    params: tuple[tuple[str, float], ...]
+
+    def __post_init__(self) -> None:
+        if self.dist not in FAMILIES:
+            raise ModelError(
+                f"The prior family must be one of {sorted(FAMILIES)}; got {self.dist!r}."
+            )
+        names, _ = FAMILIES[self.dist]
+        given = {k for k, _ in self.params}
+        if given != set(names):
+            raise ModelError(
+                f"The {self.dist} prior needs parameters {list(names)}; got {sorted(given)}."
+            )
+        for k, v in self.params:
+            if not (isinstance(v, (int, float)) and math.isfinite(v)):
+                raise ModelError(f"The prior parameter {k!r} must be a finite number; got {v!r}.")
+            if k in ("sigma", "scale", "nu") and v <= 0:
+                raise ModelError(f"The prior parameter {k!r} must be positive; got {v!r}.")
+
+    @classmethod
+    def make(cls, dist: str, **params: float) -> "Prior":
+        """Build a prior from keyword parameters, in the family's parameter order."""
+        names = FAMILIES.get(dist, ((),))[0]
+        ordered = tuple((k, float(params[k])) for k in names if k in params)
+        extra = tuple((k, float(v)) for k, v in params.items() if k not in names)
+        return cls(dist, ordered + extra)
+
+    @classmethod
+    def from_mapping(cls, name: str, spec: Mapping[str, Any]) -> "Prior":
+        """Read a prior from a mapping such as ``{"dist": "normal", "mu": 0, "sigma": 2}``."""
+        if not isinstance(spec, Mapping) or "dist" not in spec:
+            raise ModelError(
+                f"The prior for {name!r} must be a table with a 'dist' key and its parameters, "
+                f"for example {{dist = \"halfnormal\", sigma = 1.0}}; got {spec!r}."
+            )
+        rest = {k: v for k, v in spec.items() if k != "dist"}
+        return cls.make(str(spec["dist"]).lower(), **rest)
+
+    @property
+    def kwargs(self) -> dict[str, float]:
+        return dict(self.params)
+
+    @property
+    def positive(self) -> bool:
+        return FAMILIES[self.dist][1]
+
+    def __str__(self) -> str:
+        inner = ", ".join(f"{k}={v:.4g}" for k, v in self.params)
+        return f"{self.dist}({inner})"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"dist": self.dist, **self.kwargs}
+
+    def pymc(self, name: str, **kwargs: Any):
+        """Create the PyMC random variable ``name`` with this prior (inside a model context)."""
+        import pymc as pm
+
+        p = self.kwargs
+        if self.dist == "normal":
+            return pm.Normal(name, mu=p["mu"], sigma=p["sigma"], **kwargs)
+        if self.dist == "halfnormal":
+            return pm.HalfNormal(name, sigma=p["sigma"], **kwargs)
+        if self.dist == "halfstudentt":
+            return pm.HalfStudentT(name, nu=p["nu"], sigma=p["sigma"], **kwargs)
+        if self.dist == "exponential":
+            return pm.Exponential(name, scale=p["scale"], **kwargs)
+        if self.dist == "lognormal":
+            return pm.LogNormal(name, mu=p["mu"], sigma=p["sigma"], **kwargs)
+        raise AssertionError(self.dist)  # pragma: no cover - validated in __post_init__
+
+    def sample(self, rng: np.random.Generator, size: int | tuple[int, ...] | None = None) -> np.ndarray:
+        """Draw from the prior with NumPy; shape ``size`` (a float when ``size`` is None)."""
+        p = self.kwargs
+        if self.dist == "normal":
+            return rng.normal(p["mu"], p["sigma"], size)
+        if self.dist == "halfnormal":
+            return np.abs(rng.normal(0.0, p["sigma"], size))
+        if self.dist == "halfstudentt":
+            return np.abs(p["sigma"] * rng.standard_t(p["nu"], size))
+        if self.dist == "exponential":
+            return rng.exponential(p["scale"], size)
+        if self.dist == "lognormal":
+            return rng.lognormal(p["mu"], p["sigma"], size)
+        raise AssertionError(self.dist)  # pragma: no cover
+
+
+def default_priors(location: float, spread: float) -> dict[str, Prior]:
+    """Weakly informative priors scaled to the data.
+
+    With ``m`` the location and ``s`` the spread of the observed values:
+
+    =====================  ==========================================
+    parameter              prior
+    =====================  ==========================================
+    intercept              normal(mu=m, sigma=2.5 s)
+    row_effect (fixed)     normal(mu=0, sigma=2.5 s), sum to zero
+    row_effect_sd          halfnormal(sigma=s)
+    row_sd (homogeneous)   halfnormal(sigma=s)
+    row_log_sd_loc         normal(mu=log(s/2), sigma=1)
+    row_log_sd_scale       halfnormal(sigma=0.5)
+    sigma                  halfnormal(sigma=s/2)
+    =====================  ==========================================
+
+    and the same for columns. Heterogeneous scales are hierarchical on the log
+    scale: ``log row_sd[i] ~ normal(row_log_sd_loc, row_log_sd_scale)``.
+    """
+    m = float(location)
+    s = float(spread)
+    if not (math.isfinite(m) and math.isfinite(s) and s > 0):
+        raise ModelError(f"The data location and spread must be finite with spread > 0; got {m!r}, {s!r}.")
+    out = {"intercept": Prior.make("normal", mu=m, sigma=2.5 * s)}
+    for side in ("row", "col"):
+        out[f"{side}_effect"] = Prior.make("normal", mu=0.0, sigma=2.5 * s)
+        out[f"{side}_effect_sd"] = Prior.make("halfnormal", sigma=s)
+        out[f"{side}_sd"] = Prior.make("halfnormal", sigma=s)
+        out[f"{side}_log_sd_loc"] = Prior.make("normal", mu=math.log(s / 2.0), sigma=1.0)
+        out[f"{side}_log_sd_scale"] = Prior.make("halfnormal", sigma=0.5)
+    out["sigma"] = Prior.make("halfnormal", sigma=s / 2.0)
+    return out
+
+
+def resolve_priors(
+    needed: tuple[str, ...],
+    location: float,
+    spread: float,
+    overrides: Mapping[str, Prior] | None = None,
+) -> dict[str, Prior]:
+    """The priors for the parameters ``needed``: defaults scaled to the data, then overrides.
+
+    Raises
+    ------
+    ModelError
+        When an override names a parameter the model does not have, or gives a
+        real-line family to a positive parameter.
+    """
+    defaults = default_priors(location, spread)
+    overrides = dict(overrides or {})
+    unknown = sorted(set(overrides) - set(needed))
+    if unknown:
+        raise ModelError(
+            f"The priors must name parameters of this model ({', '.join(needed)}); got {', '.join(unknown)}."
+        )
+    out = {}
+    for name in needed:
+        prior = overrides.get(name, defaults[name])
+        if name != "intercept" and name != "row_effect" and name != "col_effect" \
+                and not name.endswith("_loc") and not prior.positive:
+            raise ModelError(
+                f"The prior for {name!r} must be a positive family (halfnormal, halfstudentt, "
+                f"exponential, lognormal); got {prior.dist}."
+            )
+        out[name] = prior
+    return out
+
+
+def describe_priors(priors: Mapping[str, Prior]) -> list[str]:
+    """One line per prior, ``name ~ family(params)``, in the model's order."""
+    width = max((len(k) for k in priors), default=0)
+    return [f"{k.ljust(width)} ~ {v}" for k, v in priors.items()]

@@ -1,0 +1,228 @@
+"""Simulate tables from a model, from given parameters or from the prior.
+
+Simulating first is how a model is understood before it meets data: draw
+parameters, draw a table, fit it, and see what comes back.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from twoway.build import public_names
+from twoway.data import TwoWayData
+from twoway.derived import row_col_means
+from twoway.errors import ModelError
+from twoway.likelihood.diagonal import cell_sd
+from twoway.model import ModelSpec, load_model
+from twoway.priors import resolve_priors
+
+__all__ = ["Simulation", "simulate", "draw_parameters"]
+
+
+@dataclass(frozen=True)
+class Simulation:
+    """A simulated table with the parameters that made it.
+
+    Attributes
+    ----------
+    data : TwoWayData
+        The table, shape (R, N, K).
+    truth : dict of str to float or array
+        Every parameter (scalars as floats, per-row arrays (N,), per-column
+        arrays (K,)), plus the derived ``row_mean`` and ``col_mean``.
+    model : ModelSpec
+    """
+
+    data: TwoWayData
+    truth: dict[str, Any]
+    model: ModelSpec
+
+    def truth_dict(self) -> dict[str, Any]:
+        """The truth as JSON-ready values: scalars, or ``{label: value}`` per row/column."""
+        out: dict[str, Any] = {}
+        for name, value in self.truth.items():
+            arr = np.asarray(value, dtype=float)
+            if arr.ndim == 0:
+                out[name] = float(arr)
+            else:
+                labels = self.data.row_labels if name.startswith("row_") else self.data.col_labels
+                out[name] = {lab: float(v) for lab, v in zip(labels, arr)}
+        return out
+
+    def write_truth(self, path) -> None:
+        with open(path, "w", encoding="utf-8") as fh:
+            json.dump({"model": self.model.to_dict(), "truth": self.truth_dict()}, fh, indent=2)
+
+
+def draw_parameters(spec: ModelSpec, n_rows: int, n_cols: int, *, rng: np.random.Generator,
+                    location: float = 0.0, spread: float = 1.0) -> dict[str, Any]:
+    """Draw every parameter of ``spec`` from its prior.
+
+    The priors are the ones a fit would use on data with this ``location`` and
+    ``spread`` (see :func:`twoway.priors.default_priors`), with the spec's overrides.
+
+    Returns
+    -------
+    dict of str to float or array (N,) or (K,)
+    """
+    priors = resolve_priors(spec.parameter_names(), location, spread, spec.prior_overrides)
+    out: dict[str, Any] = {}
+    if spec.intercept:
+        out["intercept"] = float(priors["intercept"].sample(rng))
+    for side, kind, n in (("row", spec.row_effect, n_rows), ("col", spec.col_effect, n_cols)):
+        if kind == "random":
+            sd = float(priors[f"{side}_effect_sd"].sample(rng))
+            out[f"{side}_effect_sd"] = sd
+            out[f"{side}_effect"] = sd * rng.normal(size=n)
+        elif kind == "fixed":
+            raw = priors[f"{side}_effect"].sample(rng, n)
+            out[f"{side}_effect"] = raw - raw.mean()
+    for side, kind, n in (("row", spec.row_scale, n_rows), ("col", spec.col_scale, n_cols)):
+        if kind == "homo":
+            out[f"{side}_sd"] = float(priors[f"{side}_sd"].sample(rng))
+        elif kind == "hetero":
+            loc = float(priors[f"{side}_log_sd_loc"].sample(rng))
+            scale = float(priors[f"{side}_log_sd_scale"].sample(rng))
+            out[f"{side}_log_sd_loc"] = loc
+            out[f"{side}_log_sd_scale"] = scale
+            out[f"{side}_sd"] = np.exp(loc + scale * rng.normal(size=n))
+    if spec.sigma:
+        out["sigma"] = float(priors["sigma"].sample(rng))
+    return out
+
+
+def _check_params(spec: ModelSpec, params: Mapping[str, Any], n_rows: int, n_cols: int) -> dict[str, Any]:
+    allowed = public_names(spec)
+    out: dict[str, Any] = {}
+    for name, value in params.items():
+        if name not in allowed:
+            raise ModelError(
+                f"The parameters must be among this model's ({', '.join(allowed)}); got {name!r}."
+            )
+        arr = np.asarray(value, dtype=float)
+        per_level = name in (f"row_effect", "col_effect") or (
+            name in ("row_sd", "col_sd") and getattr(spec, f"{name[:3]}_scale") == "hetero")
+        n = n_rows if name.startswith("row") else n_cols
+        if per_level:
+            if arr.shape != (n,):
+                raise ModelError(f"The parameter {name!r} must have one value per level ({n}); got shape {arr.shape}.")
+        elif arr.ndim != 0:
+            raise ModelError(f"The parameter {name!r} must be a single number; got shape {arr.shape}.")
+        if not np.all(np.isfinite(arr)):
+            raise ModelError(f"The parameter {name!r} must be finite; got {value!r}.")
+        if name.endswith("_sd") or name in ("sigma", "row_log_sd_scale", "col_log_sd_scale"):
+            if np.any(arr < 0):
+                raise ModelError(f"The parameter {name!r} must not be negative; got {value!r}.")
+        out[name] = arr if arr.ndim else float(arr)
+    return out
+
+
+def _on_grid(value, grid: tuple[int, int], *, axis: int):
+    """A scalar or per-row (axis 0) / per-column (axis 1) value spread over the (N, K) grid."""
+    if value is None:
+        return None
+    arr = np.asarray(value, dtype=float)
+    if arr.ndim == 1:
+        arr = arr[:, None] if axis == 0 else arr[None, :]
+    return np.broadcast_to(arr, grid)
+
+
+def _missing_mask(rng: np.random.Generator, shape: tuple[int, int, int], fraction: float) -> np.ndarray:
+    """Missing-at-random cells, redrawn until every row and column keeps an observed cell."""
+    if not 0.0 <= fraction < 1.0:
+        raise ModelError(f"The missing fraction must be in [0, 1); got {fraction!r}.")
+    if fraction == 0.0:
+        return np.zeros(shape, dtype=bool)
+    for _ in range(1000):
+        miss = rng.random(shape) < fraction
+        obs = ~miss
+        if obs.any(axis=(0, 2)).all() and obs.any(axis=(0, 1)).all() and obs.any(axis=(1, 2)).all():
+            return miss
+    raise ModelError(f"A missing fraction of {fraction} leaves some row or column empty; use a smaller one.")
+
+
+def simulate(
+    model: "ModelSpec | str",
+    n_rows: int,
+    n_cols: int,
+    n_replicates: int = 1,
+    params: Mapping[str, Any] | None = None,
+    *,
+    seed: int | None = None,
+    se: "float | np.ndarray | None" = None,
+    missing: float = 0.0,
+    location: float = 0.0,
+    spread: float = 1.0,
+    row_labels: Sequence[str] | None = None,
+    col_labels: Sequence[str] | None = None,
+) -> Simulation:
+    """Draw a table from a model.
+
+    Parameters
+    ----------
+    model : ModelSpec or str
+        A spec, a preset name or a TOML model file.
+    n_rows, n_cols, n_replicates : int
+        Table shape (R, N, K) = (n_replicates, n_rows, n_cols).
+    params : mapping, optional
+        Parameters to use; any the model has that are not given are drawn
+        from the prior.
+    seed : int, optional
+        Seed of the random generator; the same seed gives the same table.
+    se : float or array broadcastable to (R, N, K), optional
+        Known standard errors to attach to the table (they add to the residual).
+    missing : float
+        Fraction of cells to drop at random (every row and column keeps one).
+    location, spread : float
+        The data scale the default priors are set for when drawing from them.
+    row_labels, col_labels : sequence of str, optional
+
+    Returns
+    -------
+    Simulation
+    """
+    spec = load_model(model)
+    rng = np.random.default_rng(seed)
+    shape = (int(n_replicates), int(n_rows), int(n_cols))
+    if min(shape) < 1 or n_rows < 2 or n_cols < 2:
+        raise ModelError(f"A simulated table needs at least 2 rows, 2 columns and 1 replicate; got {shape[1]} x {shape[2]} x {shape[0]}.")
+    truth = draw_parameters(spec, n_rows, n_cols, rng=rng, location=location, spread=spread)
+    truth.update(_check_params(spec, params or {}, n_rows, n_cols))
+    if se is None:
+        se_arr = None
+    else:
+        se_arr = np.broadcast_to(np.asarray(se, dtype=float), shape).copy()
+        if not np.all(np.isfinite(se_arr)) or np.any(se_arr <= 0):
+            raise ModelError("The simulated standard errors must be positive and finite.")
+    if spec.needs_se() and se_arr is None:
+        raise ModelError("The model has no unknown scale, so simulating from it needs a known se.")
+
+    mu = np.full(shape[1:], truth.get("intercept", 0.0))
+    if "row_effect" in truth:
+        mu = mu + np.asarray(truth["row_effect"])[:, None]
+    if "col_effect" in truth:
+        mu = mu + np.asarray(truth["col_effect"])[None, :]
+    row_sd = _on_grid(truth.get("row_sd"), shape[1:], axis=0)
+    col_sd = _on_grid(truth.get("col_sd"), shape[1:], axis=1)
+    sd = cell_sd(0.0 if se_arr is None else se_arr, row_sd, col_sd, truth.get("sigma"), combine=spec.combine)
+    values = mu + np.broadcast_to(sd, shape) * rng.standard_normal(shape)
+    miss = _missing_mask(rng, shape, missing)
+    values[miss] = np.nan
+    if se_arr is not None:
+        se_arr[miss] = np.nan
+
+    row_mean, col_mean = row_col_means(truth.get("intercept", 0.0), truth.get("row_effect"), truth.get("col_effect"))
+    if row_mean is not None:
+        truth["row_mean"] = row_mean
+    if col_mean is not None:
+        truth["col_mean"] = col_mean
+    data = TwoWayData.from_array(
+        values, se=se_arr,
+        row_labels=None if row_labels is None else list(row_labels),
+        col_labels=None if col_labels is None else list(col_labels),
+    )
+    return Simulation(data=data, truth=truth, model=spec)

@@ -1,0 +1,160 @@
+"""Summaries of a fit: per-parameter statistics, overall diagnostics, plain warnings."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from twoway.errors import ConvergenceWarning, FitError
+
+__all__ = ["FitSummary", "summarize", "RHAT_LIMIT", "ESS_LIMIT"]
+
+RHAT_LIMIT = 1.01
+ESS_LIMIT = 400
+
+
+@dataclass(frozen=True)
+class FitSummary:
+    """What a fit says, in numbers and words.
+
+    Attributes
+    ----------
+    table : pandas.DataFrame
+        One row per scalar parameter (``name`` or ``name[label]``); columns
+        ``mean, sd, hdi_3%, hdi_97%, ess_bulk, ess_tail, r_hat`` (for the
+        default 94% interval).
+    diagnostics : dict
+        ``divergences, max_r_hat, min_ess_bulk, sampling_seconds, total_seconds``.
+    warnings : list of str
+        Plain-word warnings; empty when the diagnostics are good.
+    header : list of str
+        Model, likelihood path, priors in force.
+    """
+
+    table: pd.DataFrame
+    diagnostics: dict[str, Any]
+    warnings: list[str] = field(default_factory=list)
+    header: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        params = {
+            name: {col: _plain(row[col]) for col in self.table.columns}
+            for name, row in self.table.iterrows()
+        }
+        return {"parameters": params, "diagnostics": {k: _plain(v) for k, v in self.diagnostics.items()},
+                "warnings": list(self.warnings)}
+
+    def format(self) -> str:
+        lines = list(self.header)
+        with pd.option_context("display.max_rows", None, "display.width", 120):
+            lines += ["", self.table.to_string(float_format=lambda v: f"{v:.3f}")]
+        d = self.diagnostics
+        lines += ["", "diagnostics:",
+                  f"  divergences       {d['divergences']}",
+                  f"  max R-hat         {d['max_r_hat']:.4f}",
+                  f"  min bulk ESS      {d['min_ess_bulk']:.0f}",
+                  f"  sampling seconds  {d['sampling_seconds']:.2f}",
+                  f"  total seconds     {d['total_seconds']:.2f}"]
+        if self.warnings:
+            lines += ["", "warnings:"] + [f"  - {w}" for w in self.warnings]
+        else:
+            lines += ["", "No sampling problems: R-hat <= 1.01, bulk ESS >= 400, no divergences."]
+        return "\n".join(lines)
+
+
+def _plain(v: Any) -> Any:
+    if isinstance(v, (np.integer,)):
+        return int(v)
+    if isinstance(v, (np.floating, float)):
+        return None if not math.isfinite(float(v)) else float(v)
+    return v
+
+
+def summarize(fit, *, var_names: list[str] | None = None, ci_prob: float = 0.94) -> FitSummary:
+    """Summarise ``fit``; warns (:class:`ConvergenceWarning`) when the diagnostics are poor.
+
+    Parameters
+    ----------
+    fit : Fit
+    var_names : list of str, optional
+        Parameters to include (default: all the model's, plus row_mean and col_mean).
+    ci_prob : float
+        Probability of the highest-density interval.
+    """
+    import arviz as az
+
+    if not 0 < ci_prob < 1:
+        raise FitError(f"The interval probability must be between 0 and 1; got {ci_prob!r}.")
+    post = fit.posterior
+    names = var_names or [n for n in fit.parameter_names + ["row_mean", "col_mean"] if n in post]
+    missing = [n for n in names if n not in post]
+    if missing:
+        raise FitError(f"The parameters must be among {', '.join(post.data_vars)}; got {', '.join(missing)}.")
+    raw = az.summary(post[names], kind="all", ci_kind="hdi", ci_prob=ci_prob, round_to="none")
+    pct = 100 * ci_prob
+    lo_name = f"hdi_{_fmt_pct((100 - pct) / 2)}%"
+    hi_name = f"hdi_{_fmt_pct(100 - (100 - pct) / 2)}%"
+    lo_col = [c for c in raw.columns if c.endswith("_lb")][0]
+    hi_col = [c for c in raw.columns if c.endswith("_ub")][0]
+    table = pd.DataFrame({
+        "mean": raw["mean"].astype(float),
+        "sd": raw["sd"].astype(float),
+        lo_name: raw[lo_col].astype(float),
+        hi_name: raw[hi_col].astype(float),
+        "ess_bulk": raw["ess_bulk"].astype(float),
+        "ess_tail": raw["ess_tail"].astype(float),
+        "r_hat": raw["r_hat"].astype(float),
+    })
+    table.index.name = "parameter"
+    info = fit.info
+    stats = fit.sample_stats
+    divergences = int(stats["diverging"].sum()) if "diverging" in stats else 0
+    n_chains = int(post.sizes["chain"])
+    r_hat = table["r_hat"].to_numpy()
+    diagnostics = {
+        "divergences": divergences,
+        "max_r_hat": float(np.nanmax(r_hat)) if n_chains > 1 and np.isfinite(r_hat).any() else float("nan"),
+        "min_ess_bulk": float(np.nanmin(table["ess_bulk"].to_numpy())),
+        "sampling_seconds": float(info["sampling_seconds"]),
+        "total_seconds": float(info["total_seconds"]),
+    }
+    notes = _diagnostic_warnings(table, diagnostics, n_chains, int(post.sizes["draw"]))
+    for note in notes:
+        warnings.warn(note, ConvergenceWarning, stacklevel=2)
+    spec = fit.model
+    header = [f"model: {spec.describe()}",
+              f"likelihood: {info['likelihood_path']} (exact); backend: {info['backend']}; "
+              f"{info['chains']} chains x {info['draws']} draws after {info['tune']} tuning; seed {info['seed']}",
+              "priors:"] + [f"  {k} ~ {p}" for k, p in fit.priors.items()]
+    return FitSummary(table=table, diagnostics=diagnostics, warnings=notes, header=header)
+
+
+def _fmt_pct(x: float) -> str:
+    return f"{x:g}"
+
+
+def _diagnostic_warnings(table: pd.DataFrame, d: dict[str, Any], n_chains: int, n_draws: int) -> list[str]:
+    out = []
+    if d["divergences"] > 0:
+        out.append(f"{d['divergences']} divergent transitions: the sampler met geometry it could not follow, "
+                   "so the posterior may be biased; try more tuning, or a model with fewer scales.")
+    if n_chains < 2:
+        out.append("Only one chain was run, so R-hat cannot check convergence; run 2 or more chains.")
+    elif d["max_r_hat"] > RHAT_LIMIT:
+        bad = table.index[table["r_hat"] > RHAT_LIMIT].tolist()
+        out.append(f"R-hat is above {RHAT_LIMIT} for {len(bad)} parameter(s) ({_few(bad)}; max {d['max_r_hat']:.3f}): "
+                   "the chains disagree; run longer before trusting these.")
+    if d["min_ess_bulk"] < ESS_LIMIT:
+        bad = table.index[table["ess_bulk"] < ESS_LIMIT].tolist()
+        out.append(f"The bulk effective sample size is below {ESS_LIMIT} for {len(bad)} parameter(s) "
+                   f"({_few(bad)}; min {d['min_ess_bulk']:.0f}): intervals are rough; draw more.")
+    return out
+
+
+def _few(names: list[str], k: int = 4) -> str:
+    return ", ".join(names[:k]) + (f" and {len(names) - k} more" if len(names) > k else "")
