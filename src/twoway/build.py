@@ -21,7 +21,7 @@ from twoway.likelihood.diagonal import cell_sd
 from twoway.model import ModelSpec
 from twoway.priors import Prior, resolve_priors
 
-__all__ = ["BuiltModel", "build_pymc_model", "model_priors", "public_names"]
+__all__ = ["BuiltModel", "LIKELIHOOD_PATHS", "build_pymc_model", "model_priors", "public_names"]
 
 
 @dataclass(frozen=True)
@@ -72,7 +72,56 @@ def public_names(spec: ModelSpec) -> list[str]:
     return out
 
 
-def build_pymc_model(spec: ModelSpec, data: TwoWayData) -> BuiltModel:
+LIKELIHOOD_PATHS = ("auto", "diagonal", "dense")
+
+
+def _mean_structure(spec: ModelSpec, priors: dict[str, Prior], data: TwoWayData, ii, jj):
+    """Build intercept and effects (inside a model context); return the mean of each observed cell.
+
+    With an intercept next to random effects, the sampler works on the grand
+    mean ``m = intercept + mean(row_effect) + mean(col_effect)`` instead of the
+    intercept: the likelihood then sees only ``m`` and the centred effects, and
+    the direction in which the intercept trades against the mean of the effects
+    is left to the priors alone. This is a change of variables with unit
+    Jacobian (the intercept's prior is kept as a potential), so the posterior
+    is exactly the same; only the geometry the sampler meets is better.
+    """
+    import pymc as pm
+
+    effects = {}
+    centred = {}
+    for side, kind in (("row", spec.row_effect), ("col", spec.col_effect)):
+        if kind == "random":
+            sd = priors[f"{side}_effect_sd"].pymc(f"{side}_effect_sd")
+            z = pm.Normal(f"_{side}_effect_z", 0.0, 1.0, dims=side)
+            effects[side] = pm.Deterministic(f"{side}_effect", sd * z, dims=side)
+            centred[side] = sd * (z - z.mean())
+        elif kind == "fixed":
+            p = priors[f"{side}_effect"]
+            if p.dist != "normal" or p.kwargs["mu"] != 0.0:
+                raise ModelError(
+                    f"The prior for fixed '{side}_effect' must be normal with mu = 0 "
+                    f"(the effects sum to zero); got {p}."
+                )
+            effects[side] = centred[side] = pm.ZeroSumNormal(f"{side}_effect", sigma=p.kwargs["sigma"], dims=side)
+    random_sides = [side for side, kind in (("row", spec.row_effect), ("col", spec.col_effect)) if kind == "random"]
+    if spec.intercept and random_sides:
+        grand = pm.Flat("_grand_mean", initval=data.location())
+        intercept = grand - sum(effects[side].mean() for side in random_sides)
+        intercept = pm.Deterministic("intercept", intercept)
+        pm.Potential("_intercept_prior", pm.logp(priors["intercept"].pymc_dist(), intercept))
+        mu = grand
+    else:
+        mu = priors["intercept"].pymc("intercept") if spec.intercept else 0.0
+        centred = effects
+    if "row" in centred:
+        mu = mu + centred["row"][ii]
+    if "col" in centred:
+        mu = mu + centred["col"][jj]
+    return mu
+
+
+def build_pymc_model(spec: ModelSpec, data: TwoWayData, *, likelihood: str = "auto") -> BuiltModel:
     """The PyMC model of ``spec`` for ``data``.
 
     Parameters
@@ -80,6 +129,10 @@ def build_pymc_model(spec: ModelSpec, data: TwoWayData) -> BuiltModel:
     spec : ModelSpec
     data : TwoWayData
         Values (R, N, K); only observed cells enter the likelihood.
+    likelihood : {"auto", "diagonal", "dense"}
+        How the Gaussian likelihood is evaluated: ``auto`` picks the fastest
+        exact method; ``dense`` builds the full covariance of the observed
+        cells and factors it (the slow reference every fast path is tested against).
 
     Returns
     -------
@@ -92,6 +145,9 @@ def build_pymc_model(spec: ModelSpec, data: TwoWayData) -> BuiltModel:
             "The model has no unknown scale (row_scale, col_scale and sigma are all off), "
             "so every cell needs a known standard error; the table has none."
         )
+    if likelihood not in LIKELIHOOD_PATHS:
+        raise ModelError(f"The likelihood must be one of {', '.join(LIKELIHOOD_PATHS)}; got {likelihood!r}.")
+    path = "dense" if likelihood == "dense" else "diagonal"
     priors = model_priors(spec, data)
     rr, ii, jj = data.observed_index()
     y = data.observed_values()
@@ -103,26 +159,7 @@ def build_pymc_model(spec: ModelSpec, data: TwoWayData) -> BuiltModel:
     }
     with pm.Model(coords=coords) as model:
         y_data = pm.Data("y_observed", y, dims="cell")
-        mu = priors["intercept"].pymc("intercept") if spec.intercept else 0.0
-        for side, kind, idx, n in (
-            ("row", spec.row_effect, ii, data.n_rows),
-            ("col", spec.col_effect, jj, data.n_cols),
-        ):
-            if kind == "random":
-                sd = priors[f"{side}_effect_sd"].pymc(f"{side}_effect_sd")
-                z = pm.Normal(f"_{side}_effect_z", 0.0, 1.0, dims=side)
-                effect = pm.Deterministic(f"{side}_effect", sd * z, dims=side)
-            elif kind == "fixed":
-                p = priors[f"{side}_effect"]
-                if p.dist != "normal" or p.kwargs["mu"] != 0.0:
-                    raise ModelError(
-                        f"The prior for fixed '{side}_effect' must be normal with mu = 0 "
-                        f"(the effects sum to zero); got {p}."
-                    )
-                effect = pm.ZeroSumNormal(f"{side}_effect", sigma=p.kwargs["sigma"], dims=side)
-            else:
-                continue
-            mu = mu + effect[idx]
+        mu = _mean_structure(spec, priors, data, ii, jj)
         scales = {}
         for side, kind, idx in (("row", spec.row_scale, ii), ("col", spec.col_scale, jj)):
             if kind == "homo":
@@ -137,6 +174,12 @@ def build_pymc_model(spec: ModelSpec, data: TwoWayData) -> BuiltModel:
                 scales[side] = None
         sigma = priors["sigma"].pymc("sigma") if spec.sigma else None
         sd = cell_sd(se, scales["row"], scales["col"], sigma, combine=spec.combine)
-        pm.Normal("y", mu=mu, sigma=sd, observed=y_data, dims="cell")
+        if path == "diagonal":
+            pm.Normal("y", mu=mu, sigma=sd, observed=y_data, dims="cell")
+        else:
+            import pytensor.tensor as pt
+
+            cov = pt.diag(pt.broadcast_to(sd, (y.size,)) ** 2)
+            pm.MvNormal("y", mu=pt.broadcast_to(mu, (y.size,)), cov=cov, observed=y_data, dims="cell")
     names = public_names(spec)
-    return BuiltModel(model=model, priors=priors, var_names=names, likelihood_path="diagonal")
+    return BuiltModel(model=model, priors=priors, var_names=names, likelihood_path=path)

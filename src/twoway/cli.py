@@ -110,15 +110,16 @@ def cmd_demo(args) -> int:
 def cmd_simulate(args) -> int:
     from twoway.simulate import simulate
 
+    _parent_exists(args.out)
+    if args.truth:
+        _parent_exists(args.truth)
     sim = simulate(args.model, args.rows, args.cols, args.replicates, seed=args.seed, se=args.se,
                    missing=args.missing)
-    _parent_exists(args.out)
     sim.data.to_csv(args.out)
     print(f"wrote a {args.rows} x {args.cols} table"
           f"{f' x {args.replicates} replicates' if args.replicates > 1 else ''} "
           f"({sim.data.n_observed} observed cells) to {args.out}")
     if args.truth:
-        _parent_exists(args.truth)
         sim.write_truth(args.truth)
         print(f"wrote the true parameters to {args.truth}")
     return 0
@@ -126,13 +127,14 @@ def cmd_simulate(args) -> int:
 
 def cmd_fit(args) -> int:
     from twoway.data import TwoWayData
-    from twoway.fit import fit
+    from twoway.fit import check_sampling_options, fit
     from twoway.model import degrees_of_freedom, load_model
 
+    check_sampling_options(args.chains, args.draws, args.tune, args.seed, args.backend)
+    _parent_exists(args.out)
     spec = load_model(args.model)
     data = TwoWayData.from_csv(args.data, row=args.row, col=args.col, value=args.value,
                                se=args.se, replicate=args.replicate)
-    _parent_exists(args.out)
     dof = degrees_of_freedom(spec, data.n_rows, data.n_cols, data.n_replicates, n_observed=data.n_observed)
     if dof.overparameterised:
         print(f"warning: the model uses {dof.n_parameters} parameters on {dof.n_observed} observed cells; "
@@ -192,6 +194,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except TwowayError as exc:
         print(f"twoway: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # output piped into a reader that stopped early (head)
+        sys.stderr.close()
+        return 0
     except KeyboardInterrupt:
         print("twoway: interrupted", file=sys.stderr)
         return 130

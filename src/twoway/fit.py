@@ -29,14 +29,14 @@ import numpy as np
 import xarray as xr
 
 from twoway import __version__
-from twoway.build import build_pymc_model
+from twoway.build import BuiltModel, build_pymc_model, model_priors
 from twoway.data import TwoWayData
 from twoway.derived import row_col_means
-from twoway.errors import FitError, TwowayError
+from twoway.errors import FitError
 from twoway.model import ModelSpec, load_model
 from twoway.priors import Prior
 
-__all__ = ["Fit", "fit", "BACKENDS"]
+__all__ = ["Fit", "fit", "compile_model", "CompiledModel", "BACKENDS"]
 
 BACKENDS = ("nutpie", "pymc")
 
@@ -125,6 +125,128 @@ class Fit:
         return cls(tree)
 
 
+@dataclass(frozen=True, eq=False)
+class CompiledModel:
+    """A model compiled once for tables of one layout, ready to sample many of them.
+
+    Compiling takes seconds; swapping in a new table with the same layout (same
+    shape, missing cells, standard errors and priors) does not. This is what
+    repeated fits (calibration, simulation studies) use.
+
+    Attributes
+    ----------
+    spec : ModelSpec
+    template : TwoWayData
+        The table the model was compiled for.
+    built : BuiltModel
+    backend : str
+    compiled : object
+        The backend's compiled model (nutpie) or None (pymc compiles per call).
+    compile_seconds : float
+    """
+
+    spec: ModelSpec
+    template: TwoWayData
+    built: BuiltModel
+    backend: str
+    compiled: Any
+    compile_seconds: float
+
+    def check_layout(self, data: TwoWayData) -> None:
+        """Raise :class:`FitError` unless ``data`` can reuse this compiled model."""
+        t = self.template
+        same = (data.values.shape == t.values.shape and np.array_equal(data.mask, t.mask)
+                and data.has_se == t.has_se
+                and (not t.has_se or np.array_equal(data.se_or_zero(), t.se_or_zero())))
+        if not same:
+            raise FitError("The table must have the layout the model was compiled for "
+                           "(shape, missing cells and standard errors); compile again for this one.")
+        if model_priors(self.spec, data) != self.built.priors:
+            raise FitError("The table's default priors differ from the compiled model's (they scale with the "
+                           "data); give every prior explicitly in the model to reuse a compiled model.")
+
+    def sample(self, data: TwoWayData | None = None, *, chains: int = 4, draws: int = 1000,
+               tune: int = 1000, seed: int | None = None, progress: bool | None = None,
+               cores: int | None = None) -> "Fit":
+        """Sample the model on ``data`` (default: the table it was compiled for); see :func:`fit`."""
+        data = self.template if data is None else data
+        check_sampling_options(chains, draws, tune, seed, self.backend)
+        if data is not self.template:
+            self.check_layout(data)
+        if progress is None:
+            progress = sys.stderr.isatty()
+        t0 = time.perf_counter()
+        if self.backend == "nutpie":
+            import nutpie
+
+            compiled = self.compiled
+            if data is not self.template:
+                compiled = compiled.with_data(y_observed=data.observed_values())
+            kwargs = dict(chains=chains, draws=draws, tune=tune, seed=seed, progress_bar=progress)
+            if cores is not None:
+                kwargs["cores"] = cores
+            raw = nutpie.sample(compiled, **kwargs)
+        else:
+            import pymc as pm
+
+            model = self.built.model
+            if data is not self.template:
+                model = build_pymc_model(self.spec, data).model
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # PyMC's own convergence warnings: the summary says the same
+                raw = pm.sample(draws=draws, tune=tune, chains=chains, cores=cores, random_seed=seed,
+                                progressbar=progress, nuts_sampler="pymc", model=model,
+                                compute_convergence_checks=False, quiet=not progress)
+        t_sampling = time.perf_counter() - t0
+        info = {
+            "backend": self.backend,
+            "likelihood_path": self.built.likelihood_path,
+            "seed": seed,
+            "chains": int(chains),
+            "draws": int(draws),
+            "tune": int(tune),
+            "compile_seconds": float(self.compile_seconds),
+            "sampling_seconds": float(t_sampling),
+        }
+        return _make_fit(raw, self.spec, data, self.built, info)
+
+
+def compile_model(model: "ModelSpec | str", data: TwoWayData, *, backend: str = "nutpie",
+                  progress: bool | None = None) -> CompiledModel:
+    """Build and compile ``model`` for tables laid out like ``data``.
+
+    Parameters
+    ----------
+    model : ModelSpec or str
+    data : TwoWayData
+    backend : {"nutpie", "pymc"}
+    progress : bool, optional
+        Say so on stderr while compiling (default: when stderr is a terminal).
+
+    Returns
+    -------
+    CompiledModel
+    """
+    if not isinstance(data, TwoWayData):
+        raise FitError(f"The data must be a TwoWayData; got {type(data).__name__}.")
+    spec = load_model(model)
+    if backend not in BACKENDS:
+        raise FitError(f"The backend must be one of {', '.join(BACKENDS)}; got {backend!r}.")
+    if progress is None:
+        progress = sys.stderr.isatty()
+    t0 = time.perf_counter()
+    built = build_pymc_model(spec, data)
+    compiled = None
+    if backend == "nutpie":
+        import nutpie
+
+        if progress:
+            print("twoway: compiling the model ...", file=sys.stderr, flush=True)
+        compiled = nutpie.compile_pymc_model(built.model)
+    return CompiledModel(spec=spec, template=data, built=built, backend=backend, compiled=compiled,
+                         compile_seconds=time.perf_counter() - t0)
+
+
 def fit(
     model: "ModelSpec | str",
     data: TwoWayData,
@@ -160,25 +282,28 @@ def fit(
     -------
     Fit
     """
-    if not isinstance(data, TwoWayData):
-        raise FitError(f"The data must be a TwoWayData; got {type(data).__name__}.")
-    spec = load_model(model)
+    check_sampling_options(chains, draws, tune, seed, backend)
+    compiled = compile_model(model, data, backend=backend, progress=progress)
+    return compiled.sample(chains=chains, draws=draws, tune=tune, seed=seed, progress=progress, cores=cores)
+
+
+def check_sampling_options(chains, draws, tune, seed, backend: str = "nutpie") -> None:
+    """Raise :class:`FitError` for sampling options that cannot work."""
     if backend not in BACKENDS:
         raise FitError(f"The backend must be one of {', '.join(BACKENDS)}; got {backend!r}.")
-    for name, value, low in (("chains", chains, 1), ("draws", draws, 1), ("tune", tune, 0)):
+    # nutpie's adaptation needs at least one tuning draw; PyMC's sampler can run without
+    low_tune = 1 if backend == "nutpie" else 0
+    for name, value, low in (("chains", chains, 1), ("draws", draws, 1), ("tune", tune, low_tune)):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-            raise FitError(f"The number of {name} must be a whole number >= {low}; got {value!r}.")
+            raise FitError(f"The '{name}' option must be a whole number >= {low}"
+                           f"{' with the nutpie backend' if name == 'tune' and low else ''}; got {value!r}.")
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0):
         raise FitError(f"The seed must be a non-negative whole number; got {seed!r}.")
-    if progress is None:
-        progress = sys.stderr.isatty()
 
-    t_start = time.perf_counter()
-    built = build_pymc_model(spec, data)
-    raw, t_sampling = _sample(built.model, backend, chains=chains, draws=draws, tune=tune,
-                              seed=seed, progress=progress, cores=cores)
-    total = time.perf_counter() - t_start
 
+def _make_fit(raw: xr.DataTree, spec: ModelSpec, data: TwoWayData, built: BuiltModel,
+              info: dict[str, Any]) -> Fit:
+    """Assemble the fit's DataTree from the sampler's raw output."""
     posterior = _public_posterior(raw["posterior"].to_dataset(), built.var_names)
     stats = raw["sample_stats"].to_dataset()
     stats = stats.drop_vars([v for v in stats.data_vars if stats[v].dtype == object])
@@ -188,16 +313,7 @@ def fit(
         "sample_stats": stats,
         "observed_data": data.to_dataset(),
     })
-    info = {
-        "backend": backend,
-        "likelihood_path": built.likelihood_path,
-        "seed": seed,
-        "chains": int(chains),
-        "draws": int(draws),
-        "tune": int(tune),
-        "sampling_seconds": float(t_sampling),
-        "total_seconds": float(total),
-    }
+    info = {**info, "total_seconds": info["compile_seconds"] + info["sampling_seconds"]}
     tree.attrs.update({
         "twoway_version": __version__,
         "twoway_model": spec.to_json(),
@@ -207,33 +323,6 @@ def fit(
         "twoway_info": json.dumps(info),
     })
     return Fit(tree)
-
-
-def _sample(model, backend: str, *, chains: int, draws: int, tune: int, seed: int | None,
-            progress: bool, cores: int | None) -> tuple[xr.DataTree, float]:
-    """Compile and sample; returns the raw DataTree and the sampling seconds (compile excluded)."""
-    if backend == "nutpie":
-        import nutpie
-
-        if progress:
-            print("twoway: compiling the model ...", file=sys.stderr, flush=True)
-        compiled = nutpie.compile_pymc_model(model)
-        t0 = time.perf_counter()
-        kwargs = dict(chains=chains, draws=draws, tune=tune, seed=seed, progress_bar=progress)
-        if cores is not None:
-            kwargs["cores"] = cores
-        raw = nutpie.sample(compiled, **kwargs)
-        return raw, time.perf_counter() - t0
-
-    import pymc as pm
-
-    t0 = time.perf_counter()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # PyMC's own convergence warnings: twoway's summary says the same, once
-        raw = pm.sample(draws=draws, tune=tune, chains=chains, cores=cores, random_seed=seed,
-                        progressbar=progress, nuts_sampler="pymc", model=model,
-                        compute_convergence_checks=False, quiet=not progress)
-    return raw, time.perf_counter() - t0
 
 
 def _public_posterior(post: xr.Dataset, names: list[str]) -> xr.Dataset:

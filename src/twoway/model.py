@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from twoway.errors import ModelError
-from twoway.priors import Prior
+from twoway.priors import Prior, check_support
 
 __all__ = [
     "ModelSpec",
@@ -97,6 +97,7 @@ class ModelSpec:
                 )
             if not isinstance(prior, Prior):
                 raise ModelError(f"The prior for {key!r} must be a Prior; got {prior!r}.")
+            check_support(key, prior)
 
     # -- what the model contains -------------------------------------------------
     def parameter_names(self) -> tuple[str, ...]:
@@ -218,9 +219,9 @@ def load_model(source: "str | Path | ModelSpec") -> ModelSpec:
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ModelError(f"The model file {text!r} is not valid TOML: {exc}.") from None
     base_name = table.pop("preset", None)
-    base = dict(PRESETS[base_name]) if base_name is not None else {}
     if base_name is not None and base_name not in PRESETS:
         raise ModelError(f"The 'preset' in {text!r} must be one of {', '.join(PRESETS)}; got {base_name!r}.")
+    base = dict(PRESETS[base_name]) if base_name is not None else {}
     merged = {**base, **table}
     merged.setdefault("name", base_name or path.stem)
     return ModelSpec.from_dict(merged)
@@ -266,7 +267,7 @@ class DegreesOfFreedom:
         }
 
     def format(self) -> str:
-        width = max([len(k) for k, _ in self.parameters] + [14])
+        width = max([len(k) + 2 for k, _ in self.parameters] + [15])
         lines = [f"{'total cells'.ljust(width)}  {self.n_cells}",
                  f"{'observed cells'.ljust(width)}  {self.n_observed}"]
         lines += [f"  {k.ljust(width - 2)}  {n}" for k, n in self.parameters]

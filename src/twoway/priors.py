@@ -20,7 +20,7 @@ import numpy as np
 
 from twoway.errors import ModelError
 
-__all__ = ["Prior", "FAMILIES", "default_priors", "resolve_priors", "describe_priors"]
+__all__ = ["Prior", "FAMILIES", "default_priors", "resolve_priors", "describe_priors", "check_support"]
 
 # family -> (parameter names, positive support?)
 FAMILIES: dict[str, tuple[tuple[str, ...], bool]] = {
@@ -69,8 +69,16 @@ class Prior:
     def make(cls, dist: str, **params: float) -> "Prior":
         """Build a prior from keyword parameters, in the family's parameter order."""
         names = FAMILIES.get(dist, ((),))[0]
-        ordered = tuple((k, float(params[k])) for k in names if k in params)
-        extra = tuple((k, float(v)) for k, v in params.items() if k not in names)
+        converted = {}
+        for k, v in params.items():
+            if isinstance(v, bool):
+                raise ModelError(f"The prior parameter {k!r} must be a number; got {v!r}.")
+            try:
+                converted[k] = float(v)
+            except (TypeError, ValueError):
+                raise ModelError(f"The prior parameter {k!r} must be a number; got {v!r}.") from None
+        ordered = tuple((k, converted[k]) for k in names if k in converted)
+        extra = tuple((k, v) for k, v in converted.items() if k not in names)
         return cls(dist, ordered + extra)
 
     @classmethod
@@ -115,6 +123,23 @@ class Prior:
         if self.dist == "lognormal":
             return pm.LogNormal(name, mu=p["mu"], sigma=p["sigma"], **kwargs)
         raise AssertionError(self.dist)  # pragma: no cover - validated in __post_init__
+
+    def pymc_dist(self):
+        """The same prior as an unnamed PyMC distribution (for ``pm.logp``)."""
+        import pymc as pm
+
+        p = self.kwargs
+        if self.dist == "normal":
+            return pm.Normal.dist(mu=p["mu"], sigma=p["sigma"])
+        if self.dist == "halfnormal":
+            return pm.HalfNormal.dist(sigma=p["sigma"])
+        if self.dist == "halfstudentt":
+            return pm.HalfStudentT.dist(nu=p["nu"], sigma=p["sigma"])
+        if self.dist == "exponential":
+            return pm.Exponential.dist(scale=p["scale"])
+        if self.dist == "lognormal":
+            return pm.LogNormal.dist(mu=p["mu"], sigma=p["sigma"])
+        raise AssertionError(self.dist)  # pragma: no cover
 
     def sample(self, rng: np.random.Generator, size: int | tuple[int, ...] | None = None) -> np.ndarray:
         """Draw from the prior with NumPy; shape ``size`` (a float when ``size`` is None)."""
@@ -191,14 +216,21 @@ def resolve_priors(
     out = {}
     for name in needed:
         prior = overrides.get(name, defaults[name])
-        if name != "intercept" and name != "row_effect" and name != "col_effect" \
-                and not name.endswith("_loc") and not prior.positive:
-            raise ModelError(
-                f"The prior for {name!r} must be a positive family (halfnormal, halfstudentt, "
-                f"exponential, lognormal); got {prior.dist}."
-            )
+        check_support(name, prior)
         out[name] = prior
     return out
+
+
+REAL_LINE_PARAMETERS = ("intercept", "row_effect", "col_effect", "row_log_sd_loc", "col_log_sd_loc")
+
+
+def check_support(name: str, prior: Prior) -> None:
+    """Raise :class:`ModelError` when a scale parameter is given a prior on the whole real line."""
+    if name not in REAL_LINE_PARAMETERS and not prior.positive:
+        raise ModelError(
+            f"The prior for {name!r} must be a positive family (halfnormal, halfstudentt, "
+            f"exponential, lognormal); got {prior.dist}."
+        )
 
 
 def describe_priors(priors: Mapping[str, Prior]) -> list[str]:

@@ -125,7 +125,7 @@ def summarize(fit, *, var_names: list[str] | None = None, ci_prob: float = 0.94)
     }
     notes = _diagnostic_warnings(table, diagnostics, n_chains, int(post.sizes["draw"]))
     for note in notes:
-        warnings.warn(note, ConvergenceWarning, stacklevel=2)
+        warnings.warn(note, ConvergenceWarning, stacklevel=3)
     spec = fit.model
     header = [f"model: {spec.describe()}",
               f"likelihood: {info['likelihood_path']} (exact); backend: {info['backend']}; "

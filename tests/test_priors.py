@@ -1,0 +1,44 @@
+"""The NumPy draws of a prior follow the same law as the PyMC variable the fit uses."""
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from twoway import ModelError, Prior
+
+ALPHA = 1e-3  # false-alarm rate of each Kolmogorov-Smirnov test below
+
+
+@pytest.mark.parametrize("prior", [
+    Prior.make("normal", mu=1.5, sigma=2.0),
+    Prior.make("halfnormal", sigma=0.7),
+    Prior.make("halfstudentt", nu=3.0, sigma=1.2),
+    Prior.make("exponential", scale=2.5),
+    Prior.make("lognormal", mu=-0.3, sigma=0.6),
+])
+def test_numpy_draws_match_pymc_draws(prior):
+    import pymc as pm
+
+    with pm.Model():
+        rv = prior.pymc("x")
+    ours = prior.sample(np.random.default_rng(1), 20000)
+    theirs = pm.draw(rv, draws=20000, random_seed=2)
+    assert stats.ks_2samp(ours, theirs).pvalue > ALPHA
+
+
+def test_prior_validation_and_text():
+    assert str(Prior.make("halfnormal", sigma=2)) == "halfnormal(sigma=2)"
+    with pytest.raises(ModelError, match="finite"):
+        Prior.make("normal", mu=float("nan"), sigma=1)
+    with pytest.raises(ModelError, match="dist"):
+        Prior.from_mapping("sigma", {"sigma": 1})
+    assert Prior.from_mapping("x", {"dist": "Normal", "mu": 0, "sigma": 1}).dist == "normal"
+
+
+def test_default_priors_scale_with_the_data():
+    from twoway.priors import default_priors
+
+    small, big = default_priors(0.0, 1.0), default_priors(100.0, 10.0)
+    assert big["intercept"].kwargs == {"mu": 100.0, "sigma": 25.0}
+    assert big["row_effect_sd"].kwargs["sigma"] == 10 * small["row_effect_sd"].kwargs["sigma"]
+    assert np.isclose(big["row_log_sd_loc"].kwargs["mu"] - small["row_log_sd_loc"].kwargs["mu"], np.log(10))
