@@ -87,3 +87,11 @@ def test_degrees_of_freedom_warns_when_overparameterised():
     assert "WARNING" in dof.format()
     with pytest.raises(ModelError, match="at least 2 rows"):
         degrees_of_freedom(preset("additive"), 1, 5)
+
+
+def test_shipped_example_model_file_loads():
+    from importlib.resources import files
+
+    spec = load_model(str(files("twoway") / "examples" / "model.toml"))
+    assert (spec.row_effect, spec.col_scale, spec.combine) == ("fixed", "homo", "variance")
+    assert spec.prior_overrides["col_sd"].kwargs == {"sigma": 1.0}

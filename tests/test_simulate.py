@@ -80,3 +80,16 @@ def test_prior_draws_cover_every_parameter_of_the_model():
     for name in ("intercept", "col_effect_sd", "row_sd", "col_log_sd_loc", "col_log_sd_scale", "sigma"):
         assert name in t
     assert np.ndim(t["row_sd"]) == 0 and np.shape(t["col_sd"]) == (5,)
+
+
+def test_shipped_example_is_the_demo_table():
+    from importlib.resources import files
+
+    from twoway import TwoWayData
+    from twoway.demo import seed_table
+
+    path = files("twoway") / "examples" / "seed_8x12.csv"
+    shipped = TwoWayData.from_csv(str(path), row="row", col="col", value="value")
+    sim = seed_table()
+    np.testing.assert_array_equal(shipped.values, sim.data.values)
+    assert shipped.row_labels == sim.data.row_labels and shipped.col_labels == sim.data.col_labels
