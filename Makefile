@@ -1,6 +1,6 @@
 # Two commands set everything up on a fresh machine:
 #   make demo   - create .venv (from a Python >= 3.12 found on this machine), install twoway, run `twoway demo`
-#   make test   - the same set-up, then the test suite
+#   make test   - the same set-up (plus Chromium for the report's browser test), then the test suite
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
@@ -22,8 +22,12 @@ $(STAMP): pyproject.toml scripts/find-python.sh
 demo: $(STAMP)
 	$(VENV)/bin/twoway demo --out demo-output
 
-test: $(STAMP)
+test: $(STAMP) browser
 	$(PY) -m pytest -q
+
+# the report's browser test opens the HTML report in headless Chromium (/usr/bin/chromium)
+browser:
+	scripts/ensure-chromium.sh
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_seed.py

@@ -9,9 +9,9 @@ from twoway.build import build_pymc_model
 
 def _logp_and_grad(model, point):
     # FAST_COMPILE: the same graph, evaluated without a C compile step (float64 throughout)
-    logp = model.compile_logp(mode="FAST_COMPILE")
-    dlogp = model.compile_dlogp(mode="FAST_COMPILE")
-    return float(logp(point)), np.asarray(dlogp(point))
+    fn = model.compile_fn([model.logp(), model.dlogp()], mode="FAST_COMPILE", point_fn=True)
+    value, grad = fn(point)
+    return float(value), np.asarray(grad)
 
 
 def _random_points(model, rng, n=3):

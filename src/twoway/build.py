@@ -37,12 +37,43 @@ class BuiltModel:
         The variables stored in the posterior.
     likelihood_path : str
         The exact method that evaluates the likelihood.
+    layout : Layout or None
+        The data laid out for the integrated paths (None when effects are sampled).
+    design : EffectsDesign or None
+        The integrated effects (None when effects are sampled).
+    constants : dict
+        Fixed scales of the integrated effects (the intercept's and fixed
+        effects' prior sds), by parameter name.
     """
 
     model: object
     priors: dict[str, Prior]
     var_names: list[str]
     likelihood_path: str
+    layout: object = None
+    design: object = None
+    constants: dict = None
+    layout_labels: tuple = ((), ())
+
+    @property
+    def integrated(self) -> bool:
+        return self.design is not None
+
+    def data_updates(self, data: TwoWayData) -> dict[str, np.ndarray]:
+        """Values of the model's data containers for another table of the same layout."""
+        if not self.integrated:
+            return {"y_observed": data.observed_values()}
+        from twoway.marginal import layout
+
+        lay = layout(data, self.layout.m0)
+        out = {"residual_grid": lay.r}
+        if self.likelihood_path == "anova":
+            out["anova_ss"] = _anova_vector(lay.anova)
+        return out
+
+
+def _anova_vector(stats) -> np.ndarray:
+    return np.array([stats.ss_grand, stats.ss_row, stats.ss_col, stats.ss_inter, stats.ss_within])
 
 
 def model_priors(spec: ModelSpec, data: TwoWayData) -> dict[str, Prior]:
@@ -72,7 +103,7 @@ def public_names(spec: ModelSpec) -> list[str]:
     return out
 
 
-LIKELIHOOD_PATHS = ("auto", "diagonal", "dense")
+LIKELIHOOD_PATHS = ("auto", "dense")
 
 
 def _mean_structure(spec: ModelSpec, priors: dict[str, Prior], data: TwoWayData, ii, jj):
@@ -129,7 +160,7 @@ def build_pymc_model(spec: ModelSpec, data: TwoWayData, *, likelihood: str = "au
     spec : ModelSpec
     data : TwoWayData
         Values (R, N, K); only observed cells enter the likelihood.
-    likelihood : {"auto", "diagonal", "dense"}
+    likelihood : {"auto", "dense"}
         How the Gaussian likelihood is evaluated: ``auto`` picks the fastest
         exact method; ``dense`` builds the full covariance of the observed
         cells and factors it (the slow reference every fast path is tested against).
@@ -147,8 +178,10 @@ def build_pymc_model(spec: ModelSpec, data: TwoWayData, *, likelihood: str = "au
         )
     if likelihood not in LIKELIHOOD_PATHS:
         raise ModelError(f"The likelihood must be one of {', '.join(LIKELIHOOD_PATHS)}; got {likelihood!r}.")
-    path = "dense" if likelihood == "dense" else "diagonal"
     priors = model_priors(spec, data)
+    if spec.effects == "integrate":
+        return _build_integrated(spec, data, priors, likelihood)
+    path = "dense" if likelihood == "dense" else "diagonal"
     rr, ii, jj = data.observed_index()
     y = data.observed_values()
     se = data.se_or_zero()[rr, ii, jj]
@@ -183,3 +216,75 @@ def build_pymc_model(spec: ModelSpec, data: TwoWayData, *, likelihood: str = "au
             pm.MvNormal("y", mu=pt.broadcast_to(mu, (y.size,)), cov=cov, observed=y_data, dims="cell")
     names = public_names(spec)
     return BuiltModel(model=model, priors=priors, var_names=names, likelihood_path=path)
+
+
+def _scale_parameters(spec: ModelSpec, priors: dict[str, Prior]) -> dict:
+    """Residual scales (inside a model context): homogeneous, or hierarchical log-normal per level."""
+    import pymc as pm
+
+    out = {}
+    for side, kind in (("row", spec.row_scale), ("col", spec.col_scale)):
+        if kind == "homo":
+            out[f"{side}_sd"] = priors[f"{side}_sd"].pymc(f"{side}_sd")
+        elif kind == "hetero":
+            loc = priors[f"{side}_log_sd_loc"].pymc(f"{side}_log_sd_loc")
+            scale = priors[f"{side}_log_sd_scale"].pymc(f"{side}_log_sd_scale")
+            z = pm.Normal(f"_{side}_sd_z", 0.0, 1.0, dims=side)
+            out[f"{side}_sd"] = pm.Deterministic(f"{side}_sd", pm.math.exp(loc + scale * z), dims=side)
+    if spec.sigma:
+        out["sigma"] = priors["sigma"].pymc("sigma")
+    return out
+
+
+def integration_constants(spec: ModelSpec, priors: dict[str, Prior]) -> tuple[float, dict[str, float]]:
+    """The intercept's prior mean and the fixed prior sds of the integrated effects."""
+    m0 = 0.0
+    constants = {}
+    if spec.intercept:
+        p = priors["intercept"]
+        if p.dist != "normal":
+            raise ModelError(f"Integrating the intercept out needs a normal prior; got {p}. "
+                             "Use a normal prior, or effects = \"sample\".")
+        m0 = p.kwargs["mu"]
+        constants["intercept_sd"] = p.kwargs["sigma"]
+    for side, kind in (("row", spec.row_effect), ("col", spec.col_effect)):
+        if kind == "fixed":
+            p = priors[f"{side}_effect"]
+            if p.dist != "normal" or p.kwargs["mu"] != 0.0:
+                raise ModelError(f"The prior for fixed '{side}_effect' must be normal with mu = 0 "
+                                 f"(the effects sum to zero); got {p}.")
+            constants[f"{side}_fixed_sd"] = p.kwargs["sigma"]
+    return m0, constants
+
+
+def _build_integrated(spec: ModelSpec, data: TwoWayData, priors: dict[str, Prior], likelihood: str) -> BuiltModel:
+    """Effects integrated out; the sampler sees only variance parameters."""
+    import dataclasses
+
+    import pymc as pm
+
+    from twoway.likelihood.backend import PYTENSOR
+    from twoway.marginal import choose_path, effects_design, layout, marginal_logp
+
+    m0, constants = integration_constants(spec, priors)
+    lay = layout(data, m0)
+    design = effects_design(spec, data)
+    path = choose_path(spec, lay, design, likelihood=likelihood)
+    coords = {"row": list(data.row_labels), "col": list(data.col_labels)}
+    with pm.Model(coords=coords) as model:
+        r = pm.Data("residual_grid", lay.r)
+        sym = dataclasses.replace(lay, r=r)
+        if path == "anova":
+            ss = pm.Data("anova_ss", _anova_vector(lay.anova))
+            sym = dataclasses.replace(sym, anova=dataclasses.replace(
+                lay.anova, ss_grand=ss[0], ss_row=ss[1], ss_col=ss[2], ss_inter=ss[3], ss_within=ss[4]))
+        params = dict(constants)
+        for side, kind in (("row", spec.row_effect), ("col", spec.col_effect)):
+            if kind == "random":
+                params[f"{side}_effect_sd"] = priors[f"{side}_effect_sd"].pymc(f"{side}_effect_sd")
+        params.update(_scale_parameters(spec, priors))
+        pm.Potential("_loglik", marginal_logp(PYTENSOR, spec, sym, design, params, path))
+    names = [n for n in public_names(spec) if n not in ("intercept", "row_effect", "col_effect")]
+    return BuiltModel(model=model, priors=priors, var_names=names, likelihood_path=path,
+                      layout=lay, design=design, constants=constants,
+                      layout_labels=(data.row_labels, data.col_labels))

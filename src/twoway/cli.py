@@ -80,6 +80,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--replicates", type=int, default=1)
     _model_arg(p)
     p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("compare", help="compare fits of one table by leave-one-out predictive density")
+    p.add_argument("fits", nargs="+", metavar="FIT", help="two or more fit files of the same table")
+    p.add_argument("--by", choices=["cell", "row", "col"], default="cell",
+                   help="leave out one cell, or a whole row or column, at a time (default: %(default)s)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+    p = sub.add_parser("report", help="write one self-contained HTML report of one or more fits")
+    p.add_argument("fits", nargs="+", metavar="FIT", help="fit files written by 'twoway fit' (of one table)")
+    p.add_argument("-o", "--out", default="report.html", help="the HTML file to write (default: %(default)s)")
+    p.add_argument("--names", default=None, help="comma-separated names, one per fit (default: the file names)")
+    p.add_argument("--truth", default=None, help="JSON of true values (from 'twoway simulate --truth')")
+
+    p = sub.add_parser("sbc", help="simulation-based calibration: simulate from the prior, fit, rank the truth",
+                       description="Simulation-based calibration. Exit status 0 when every parameter's ranks "
+                                   "pass the uniformity test, 1 when some fail, 2 for bad input.")
+    p.add_argument("--rows", type=int, required=True)
+    p.add_argument("--cols", type=int, required=True)
+    p.add_argument("--sims", type=int, required=True, help="number of simulated tables to fit")
+    p.add_argument("--replicates", type=int, default=1, help="replicate tables per simulation")
+    _model_arg(p)
+    p.add_argument("--chains", type=int, default=2, help="number of chains (default: %(default)s)")
+    p.add_argument("--draws", type=int, default=500, help="draws per chain kept (default: %(default)s)")
+    p.add_argument("--tune", type=int, default=500, help="tuning draws per chain (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    p.add_argument("--se", type=float, default=None, help="attach this known standard error to every cell")
+    p.add_argument("--alpha", type=float, default=0.01,
+                   help="family-wise false-alarm rate, Bonferroni over parameters (default: %(default)s)")
+    p.add_argument("--out", required=True, help="folder for the results; a rerun with the same settings resumes")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
     return parser
 
 
@@ -172,13 +202,81 @@ def cmd_dof(args) -> int:
     return 0
 
 
+def cmd_compare(args) -> int:
+    from twoway.compare import compare, preferred, unique_names
+    from twoway.errors import FitError
+    from twoway.fit import Fit
+
+    if len(args.fits) < 2:
+        raise FitError(f"A comparison needs at least 2 fit files; got {len(args.fits)}.")
+    fits = [Fit.load(path) for path in args.fits]
+    names = unique_names([Path(path).stem for path in args.fits])
+    table = compare(dict(zip(names, fits)), by=args.by)
+    sentence = preferred(table)
+    if args.json:
+        models = [{"name": str(name), "rank": int(row["rank"]), "elpd": float(row["elpd"]),
+                   "se": float(row["se"]), "elpd_diff": float(row["elpd_diff"]), "dse": float(row["dse"]),
+                   "weight": float(row["weight"]), "p_loo": float(row["p_loo"]),
+                   "pareto_k_bad": int(row["pareto_k_bad"])} for name, row in table.iterrows()]
+        print(json.dumps({"by": args.by, "models": models, "preferred": sentence}, indent=2))
+    else:
+        print(f"leave-one-{args.by}-out comparison (PSIS-LOO; elpd_diff is each fit's elpd minus the best one's; "
+              "pareto_k_bad counts units with Pareto k > 0.7):")
+        print(table.to_string(float_format=lambda v: f"{v:.2f}"))
+        print()
+        print(sentence)
+    return 0
+
+
+def cmd_report(args) -> int:
+    from twoway.errors import DataError
+    from twoway.fit import Fit
+    from twoway.report import write_report
+
+    _parent_exists(args.out)
+    if args.names is not None:
+        names = [n.strip() for n in args.names.split(",")]
+        if len(names) != len(args.fits) or not all(names):
+            raise TwowayError(f"The --names option must give one non-empty name per fit ({len(args.fits)}); "
+                              f"got {args.names!r}.")
+    else:
+        names = [Path(path).stem for path in args.fits]
+    truth = None
+    if args.truth:
+        try:
+            truth = json.loads(Path(args.truth).read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise DataError(f"The truth file {args.truth!r} is not readable JSON ({type(exc).__name__}).") from None
+    fits = [Fit.load(path) for path in args.fits]
+    path = write_report(fits, args.out, names=names, truth=truth)
+    print(f"wrote the report to {path}")
+    return 0
+
+
+def cmd_sbc(args) -> int:
+    from twoway.sbc import sbc
+
+    if not 0 < args.alpha < 1:
+        raise TwowayError(f"The --alpha option must be between 0 and 1; got {args.alpha!r}.")
+    result = sbc(args.model, args.rows, args.cols, args.sims, n_replicates=args.replicates, chains=args.chains,
+                 draws=args.draws, tune=args.tune, seed=args.seed, out=args.out, se=args.se)
+    if args.json:
+        print(json.dumps(result.to_dict(args.alpha), indent=2))
+    else:
+        print(result.format(args.alpha))
+        print(f"\nresults in {args.out}/")
+    return 0 if result.passes(args.alpha) else 1
+
+
 def _parent_exists(path: str) -> None:
     parent = Path(path).parent
     if not parent.exists():
         raise TwowayError(f"The folder {str(parent)!r} for {path!r} does not exist.")
 
 
-COMMANDS = {"demo": cmd_demo, "simulate": cmd_simulate, "fit": cmd_fit, "summary": cmd_summary, "dof": cmd_dof}
+COMMANDS = {"demo": cmd_demo, "simulate": cmd_simulate, "fit": cmd_fit, "summary": cmd_summary, "dof": cmd_dof,
+            "compare": cmd_compare,
+            "report": cmd_report, "sbc": cmd_sbc}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

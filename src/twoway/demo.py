@@ -72,13 +72,14 @@ class DemoResult:
 
 def run_demo(out: "str | Path", *, chains: int = 4, draws: int = 1000, tune: int = 1000,
              seed: int = DEMO_SEED, progress: bool | None = None) -> DemoResult:
-    """Simulate the seed table, fit ``additive``, write data, fit and figures to ``out``."""
+    """Simulate the seed table, fit ``additive``, write data, fit, figures and an HTML report to ``out``."""
     import warnings
 
     from twoway.check import recovery
     from twoway.errors import ConvergenceWarning
     from twoway.fit import fit
     from twoway.plots import table_heatmap, trace_plot
+    from twoway.report import write_report
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -101,4 +102,6 @@ def run_demo(out: "str | Path", *, chains: int = 4, draws: int = 1000, tune: int
     trace_plot(result, files["trace"])
     (out / "summary.json").write_text(json.dumps(summary.to_dict(), indent=2), encoding="utf-8")
     files["summary_json"] = out / "summary.json"
+    files["report"] = write_report(result, out / "report.html", truth=truth,
+                                   title="twoway demo: the seed's 8 treatments x 12 groups")
     return DemoResult(fit=result, recovery=rec, summary=summary, files=files)

@@ -29,7 +29,7 @@ import numpy as np
 import xarray as xr
 
 from twoway import __version__
-from twoway.build import BuiltModel, build_pymc_model, model_priors
+from twoway.build import BuiltModel, build_pymc_model, model_priors, public_names
 from twoway.data import TwoWayData
 from twoway.derived import row_col_means
 from twoway.errors import FitError
@@ -181,7 +181,7 @@ class CompiledModel:
 
             compiled = self.compiled
             if data is not self.template:
-                compiled = compiled.with_data(y_observed=data.observed_values())
+                compiled = compiled.with_data(**self.built.data_updates(data))
             kwargs = dict(chains=chains, draws=draws, tune=tune, seed=seed, progress_bar=progress)
             if cores is not None:
                 kwargs["cores"] = cores
@@ -304,7 +304,11 @@ def check_sampling_options(chains, draws, tune, seed, backend: str = "nutpie") -
 def _make_fit(raw: xr.DataTree, spec: ModelSpec, data: TwoWayData, built: BuiltModel,
               info: dict[str, Any]) -> Fit:
     """Assemble the fit's DataTree from the sampler's raw output."""
-    posterior = _public_posterior(raw["posterior"].to_dataset(), built.var_names)
+    post = raw["posterior"].to_dataset()
+    if built.integrated:
+        post = _draw_back(post, spec, built, seed=info.get("seed"))
+    names = built.var_names + [n for n in ("intercept", "row_effect", "col_effect") if n in post]
+    posterior = _public_posterior(post, [n for n in public_names(spec) if n in names])
     stats = raw["sample_stats"].to_dataset()
     stats = stats.drop_vars([v for v in stats.data_vars if stats[v].dtype == object])
     stats.attrs = {}
@@ -323,6 +327,29 @@ def _make_fit(raw: xr.DataTree, spec: ModelSpec, data: TwoWayData, built: BuiltM
         "twoway_info": json.dumps(info),
     })
     return Fit(tree)
+
+
+def _draw_back(post: xr.Dataset, spec: ModelSpec, built: BuiltModel, *, seed: int | None) -> xr.Dataset:
+    """Add the integrated-out effects, drawn from their exact conditional law given each draw."""
+    from twoway.marginal import draw_effects
+
+    n_chain, n_draw = post.sizes["chain"], post.sizes["draw"]
+    S = n_chain * n_draw
+    params = {}
+    for name in ("row_effect_sd", "col_effect_sd", "row_sd", "col_sd", "sigma"):
+        if name in post:
+            v = post[name].values
+            params[name] = v.reshape((S,) + v.shape[2:])
+    for name, value in built.constants.items():
+        params[name] = np.full(S, value)
+    # the draws of the effects get their own stream, derived from the fit's seed
+    rng = np.random.default_rng([0 if seed is None else int(seed), 0x7E57])
+    drawn = draw_effects(spec, built.layout, built.design, params, rng)
+    out = post.copy().assign_coords(row=list(built.layout_labels[0]), col=list(built.layout_labels[1]))
+    dims = {"intercept": (), "row_effect": ("row",), "col_effect": ("col",)}
+    for name, value in drawn.items():
+        out[name] = (("chain", "draw") + dims[name], value.reshape((n_chain, n_draw) + value.shape[1:]))
+    return out
 
 
 def _public_posterior(post: xr.Dataset, names: list[str]) -> xr.Dataset:

@@ -39,7 +39,8 @@ __all__ = [
 EFFECTS = ("random", "fixed", "none")
 SCALES = ("hetero", "homo", "none")
 COMBINES = ("variance", "sd")
-RESIDUALS = ("independent",)
+RESIDUALS = ("independent", "latent", "kronecker", "full")
+EFFECT_MODES = ("integrate", "sample")
 
 
 @dataclass(frozen=True)
@@ -61,8 +62,26 @@ class ModelSpec:
         How the known se and the unknown scales combine (see the module docstring).
     intercept : bool
         Include an intercept.
-    residual : {"independent"}
-        The residual structure.
+    residual : {"independent", "latent", "kronecker", "full"}
+        The residual structure: independent cells; per-replicate latent row and
+        column shocks (scales ``row_scale``/``col_scale``) plus noise; a
+        matrix-normal ``U (x) V`` (``row_structure``/``col_structure``) with an
+        optional nugget ``sigma``; or a user-given covariance of the whole
+        table (``covariance``).
+    effects : {"integrate", "sample"}
+        ``integrate``: random and fixed effects (and a normal intercept) are
+        integrated out of the likelihood exactly and drawn back after
+        sampling; ``sample``: the sampler draws them (independent residual only).
+    row_structure, col_structure : str
+        Kronecker factors: ``iid``, ``diag``, ``ar1``, ``cs``, ``fa:k``,
+        ``unstructured``, ``known:FILE``.
+    row_effect_cov, col_effect_cov : str or None
+        ``known:FILE``: a known relationship matrix K for random effects,
+        ``effect ~ normal(0, effect_sd^2 K)``.
+    covariance : str or None
+        For ``residual="full"``: a CSV file with the (N K) x (N K) covariance of
+        the table in row-major order, or ``module:function``, a Python callable
+        of named parameters returning it.
     priors : tuple of (str, Prior)
         Overrides of the default priors, by parameter name.
     name : str
@@ -77,6 +96,12 @@ class ModelSpec:
     combine: str = "variance"
     intercept: bool = True
     residual: str = "independent"
+    effects: str = "integrate"
+    row_structure: str = "iid"
+    col_structure: str = "iid"
+    row_effect_cov: str | None = None
+    col_effect_cov: str | None = None
+    covariance: str | None = None
     priors: tuple[tuple[str, Prior], ...] = field(default_factory=tuple)
     name: str = "custom"
 
@@ -87,6 +112,20 @@ class ModelSpec:
         _choice("col_scale", self.col_scale, SCALES)
         _choice("combine", self.combine, COMBINES)
         _choice("residual", self.residual, RESIDUALS)
+        _choice("effects", self.effects, EFFECT_MODES)
+        if self.residual != "independent" and self.combine != "variance":
+            raise ModelError(f"The '{self.residual}' residual adds variances; 'combine' must be 'variance'; got {self.combine!r}.")
+        if self.effects == "sample" and self.residual != "independent":
+            raise ModelError("Sampled effects ('effects = \"sample\"') work with the independent residual only; "
+                             f"got residual {self.residual!r}.")
+        if self.residual == "full" and not self.covariance:
+            raise ModelError("The 'full' residual needs a 'covariance': a CSV file or a 'module:function' callable.")
+        if self.residual == "latent" and self.row_scale == "none" and self.col_scale == "none":
+            raise ModelError("The 'latent' residual needs row or column shocks: set row_scale or col_scale.")
+        for name in ("row_effect_cov", "col_effect_cov"):
+            value = getattr(self, name)
+            if value is not None and not str(value).startswith("known:"):
+                raise ModelError(f"The '{name}' option must be 'known:FILE'; got {value!r}.")
         if not isinstance(self.sigma, bool) or not isinstance(self.intercept, bool):
             raise ModelError("The 'sigma' and 'intercept' options must be true or false.")
         names = self.parameter_names()
@@ -182,6 +221,23 @@ PRESETS: dict[str, dict[str, Any]] = {
     "additive-sd": dict(combine="sd", row_effect="random", col_effect="random",
                         row_scale="hetero", col_scale="hetero", sigma=True),
 }
+
+
+PRESETS.update({
+    # the classic crossed random-intercept model: random rows and columns, one residual sd
+    "crossed": dict(combine="variance", row_effect="random", col_effect="random",
+                    row_scale="none", col_scale="none", sigma=True),
+    # the same with one residual scale per row and per column
+    "crossed-hetero": dict(combine="variance", row_effect="random", col_effect="random",
+                           row_scale="hetero", col_scale="hetero", sigma=False),
+    # the seed's latent model: per-replicate row and column shocks plus noise
+    "latent": dict(combine="variance", row_effect="random", col_effect="random", residual="latent",
+                   row_scale="hetero", col_scale="hetero", sigma=True),
+    # matrix-normal residual U (x) V; choose the factors with row_structure / col_structure
+    "kronecker": dict(combine="variance", row_effect="random", col_effect="random", residual="kronecker",
+                      row_scale="none", col_scale="none", sigma=False,
+                      row_structure="iid", col_structure="iid"),
+})
 
 
 def preset(name: str, **options: Any) -> ModelSpec:
@@ -309,4 +365,8 @@ def degrees_of_freedom(spec: ModelSpec, n_rows: int, n_cols: int, n_replicates: 
             parts.append((f"{side}_sd", 1))
     if spec.sigma:
         parts.append(("sigma", 1))
+    if spec.residual == "latent":
+        for side, kind, n in (("row", spec.row_scale, n_rows), ("col", spec.col_scale, n_cols)):
+            if kind != "none":
+                parts.append((f"{side}_shock", n * n_replicates))
     return DegreesOfFreedom(n_cells, n_obs, tuple(parts))

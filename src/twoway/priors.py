@@ -29,6 +29,10 @@ FAMILIES: dict[str, tuple[tuple[str, ...], bool]] = {
     "halfstudentt": (("nu", "sigma"), True),
     "exponential": (("scale",), True),
     "lognormal": (("mu", "sigma"), True),
+    # bounded families: not "positive" families in the sense of check_support's list,
+    # but Prior.positive is true when their support lies in (0, inf) (see there)
+    "uniform": (("lower", "upper"), False),
+    "beta": (("alpha", "beta"), False),
 }
 
 
@@ -40,7 +44,8 @@ class Prior:
     ----------
     dist : str
         One of ``normal``, ``halfnormal``, ``halfstudentt``, ``exponential``,
-        ``lognormal``.
+        ``lognormal``, ``uniform`` (``lower``, ``upper``), ``beta`` (``alpha``,
+        ``beta``; support (0, 1)).
     params : tuple of (str, float)
         The family's parameters by name, for example ``(("mu", 0.0), ("sigma", 1.0))``.
     """
@@ -62,8 +67,13 @@ class Prior:
         for k, v in self.params:
             if not (isinstance(v, (int, float)) and math.isfinite(v)):
                 raise ModelError(f"The prior parameter {k!r} must be a finite number; got {v!r}.")
-            if k in ("sigma", "scale", "nu") and v <= 0:
+            if k in ("sigma", "scale", "nu", "alpha", "beta") and v <= 0:
                 raise ModelError(f"The prior parameter {k!r} must be positive; got {v!r}.")
+        if self.dist == "uniform" and not self.kwargs["lower"] < self.kwargs["upper"]:
+            raise ModelError(
+                f"The uniform prior needs lower < upper; got lower={self.kwargs['lower']!r}, "
+                f"upper={self.kwargs['upper']!r}."
+            )
 
     @classmethod
     def make(cls, dist: str, **params: float) -> "Prior":
@@ -98,6 +108,11 @@ class Prior:
 
     @property
     def positive(self) -> bool:
+        """True when the support lies in (0, inf): a positive family, a beta, or a uniform with lower >= 0."""
+        if self.dist == "uniform":
+            return self.kwargs["lower"] >= 0.0
+        if self.dist == "beta":
+            return True
         return FAMILIES[self.dist][1]
 
     def __str__(self) -> str:
@@ -122,6 +137,10 @@ class Prior:
             return pm.Exponential(name, scale=p["scale"], **kwargs)
         if self.dist == "lognormal":
             return pm.LogNormal(name, mu=p["mu"], sigma=p["sigma"], **kwargs)
+        if self.dist == "uniform":
+            return pm.Uniform(name, lower=p["lower"], upper=p["upper"], **kwargs)
+        if self.dist == "beta":
+            return pm.Beta(name, alpha=p["alpha"], beta=p["beta"], **kwargs)
         raise AssertionError(self.dist)  # pragma: no cover - validated in __post_init__
 
     def pymc_dist(self):
@@ -139,6 +158,10 @@ class Prior:
             return pm.Exponential.dist(scale=p["scale"])
         if self.dist == "lognormal":
             return pm.LogNormal.dist(mu=p["mu"], sigma=p["sigma"])
+        if self.dist == "uniform":
+            return pm.Uniform.dist(lower=p["lower"], upper=p["upper"])
+        if self.dist == "beta":
+            return pm.Beta.dist(alpha=p["alpha"], beta=p["beta"])
         raise AssertionError(self.dist)  # pragma: no cover
 
     def sample(self, rng: np.random.Generator, size: int | tuple[int, ...] | None = None) -> np.ndarray:
@@ -154,6 +177,10 @@ class Prior:
             return rng.exponential(p["scale"], size)
         if self.dist == "lognormal":
             return rng.lognormal(p["mu"], p["sigma"], size)
+        if self.dist == "uniform":
+            return rng.uniform(p["lower"], p["upper"], size)
+        if self.dist == "beta":
+            return rng.beta(p["alpha"], p["beta"], size)
         raise AssertionError(self.dist)  # pragma: no cover
 
 

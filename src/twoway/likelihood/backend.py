@@ -1,0 +1,184 @@
+"""One small set of array operations over NumPy or PyTensor.
+
+The likelihood paths are written once against these operations, so the same
+algebra evaluates the log-density inside the sampler (PyTensor, with
+gradients) and draws the integrated-out effects back afterwards (NumPy,
+batched over posterior draws).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["NUMPY", "PYTENSOR", "ops_for"]
+
+
+class _NumpyOps:
+    name = "numpy"
+
+    @staticmethod
+    def asarray(x):
+        return np.asarray(x, dtype=float)
+
+    log = staticmethod(np.log)
+    exp = staticmethod(np.exp)
+    sqrt = staticmethod(np.sqrt)
+    diag = staticmethod(np.diag)
+    outer = staticmethod(np.outer)
+    eye = staticmethod(np.eye)
+    zeros = staticmethod(np.zeros)
+    concatenate = staticmethod(np.concatenate)
+    stack = staticmethod(np.stack)
+    einsum = staticmethod(np.einsum)
+    swapaxes = staticmethod(np.swapaxes)
+
+    @staticmethod
+    def cholesky(a):
+        return np.linalg.cholesky(a)
+
+    @staticmethod
+    def solve_lower(l, b):
+        """Solve L x = b for lower-triangular L (batched over leading dims)."""
+        return np.linalg.solve(l, b)
+
+    @staticmethod
+    def eigh(a):
+        return np.linalg.eigh(a)
+
+    @staticmethod
+    def block(rows):
+        return np.block(rows)
+
+    @staticmethod
+    def sum(x, axis=None):
+        return np.sum(x, axis=axis)
+
+    @staticmethod
+    def logdiag_sum(l):
+        """Sum of the log of the diagonal of (a batch of) triangular factors."""
+        return np.sum(np.log(np.diagonal(l, axis1=-2, axis2=-1)), axis=-1)
+
+
+class _PytensorOps:
+    name = "pytensor"
+
+    @staticmethod
+    def asarray(x):
+        import pytensor.tensor as pt
+
+        return pt.as_tensor_variable(x)
+
+    @staticmethod
+    def log(x):
+        import pytensor.tensor as pt
+
+        return pt.log(x)
+
+    @staticmethod
+    def exp(x):
+        import pytensor.tensor as pt
+
+        return pt.exp(x)
+
+    @staticmethod
+    def sqrt(x):
+        import pytensor.tensor as pt
+
+        return pt.sqrt(x)
+
+    @staticmethod
+    def diag(x):
+        import pytensor.tensor as pt
+
+        return pt.diag(x)
+
+    @staticmethod
+    def outer(a, b):
+        import pytensor.tensor as pt
+
+        return pt.outer(a, b)
+
+    @staticmethod
+    def eye(n):
+        import pytensor.tensor as pt
+
+        return pt.eye(n)
+
+    @staticmethod
+    def zeros(shape):
+        import pytensor.tensor as pt
+
+        return pt.zeros(shape)
+
+    @staticmethod
+    def concatenate(xs, axis=0):
+        import pytensor.tensor as pt
+
+        return pt.concatenate(xs, axis=axis)
+
+    @staticmethod
+    def stack(xs, axis=0):
+        import pytensor.tensor as pt
+
+        return pt.stack(xs, axis=axis)
+
+    @staticmethod
+    def einsum(spec, *xs):
+        import pytensor.tensor as pt
+
+        return pt.einsum(spec, *xs)
+
+    @staticmethod
+    def swapaxes(x, a, b):
+        import pytensor.tensor as pt
+
+        return pt.swapaxes(x, a, b)
+
+    @staticmethod
+    def cholesky(a):
+        from pytensor.tensor.linalg import cholesky
+
+        return cholesky(a, lower=True)
+
+    @staticmethod
+    def solve_lower(l, b):
+        from pytensor.tensor.linalg import solve_triangular
+
+        return solve_triangular(l, b, lower=True)
+
+    @staticmethod
+    def eigh(a):
+        from pytensor.tensor.linalg import eigh
+
+        return eigh(a)
+
+    @staticmethod
+    def block(rows):
+        import pytensor.tensor as pt
+
+        return pt.concatenate([pt.concatenate(list(r), axis=-1) for r in rows], axis=-2)
+
+    @staticmethod
+    def sum(x, axis=None):
+        import pytensor.tensor as pt
+
+        return pt.sum(x, axis=axis)
+
+    @staticmethod
+    def logdiag_sum(l):
+        import pytensor.tensor as pt
+
+        return pt.sum(pt.log(pt.diagonal(l, axis1=-2, axis2=-1)), axis=-1)
+
+
+NUMPY = _NumpyOps()
+PYTENSOR = _PytensorOps()
+
+
+def ops_for(*xs):
+    """PYTENSOR if any argument is a PyTensor variable, else NUMPY."""
+    try:
+        from pytensor.graph.basic import Variable
+    except ImportError:  # pragma: no cover
+        return NUMPY
+    return PYTENSOR if any(isinstance(x, Variable) for x in xs) else NUMPY

@@ -1,0 +1,386 @@
+"""The marginal Gaussian law of the observed cells, written once for NumPy and PyTensor.
+
+A fitted model's cells are ``y = intercept + row_effect + col_effect + e``.
+With a Gaussian residual e and Gaussian priors on the effects, the effects are
+integrated out: ``y ~ N(m0, B + Z G Z')`` where B is the residual covariance
+(block-diagonal over replicates) and ``Z G Z'`` the effects'. This module
+
+* lays the data out once (:class:`Layout`): residuals from the prior mean on
+  the full (R, N, K) grid with zeros at missing cells, the mask, the known se,
+  the balanced-design sums of squares when they apply;
+* describes the integrated effects (:class:`EffectsDesign`): which
+  coordinates, how they map onto the row and column indicators, their prior
+  covariance as a sum of scaled constant blocks;
+* evaluates the log-density by the fastest exact path
+  (:func:`marginal_logp`), builds the dense covariance (:func:`dense_covariance`)
+  and draws the effects back (:func:`draw_effects`).
+
+``params`` maps parameter names to values: PyTensor variables inside a model,
+or NumPy arrays with a leading batch of posterior draws afterwards.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from twoway.data import TwoWayData
+from twoway.errors import ModelError
+from twoway.likelihood.anova import AnovaStats, anova_logp, anova_stats
+from twoway.likelihood.dense import dense_logp
+from twoway.likelihood.diagonal import cell_sd
+from twoway.likelihood.woodbury import (
+    Projections,
+    diagonal_projections,
+    effects_posterior,
+    gaussian_logp_from,
+    shock_projections,
+    woodbury_logp,
+)
+from twoway.model import ModelSpec
+
+__all__ = ["Layout", "EffectsDesign", "layout", "effects_design", "choose_path", "marginal_logp",
+           "dense_covariance", "draw_effects", "PATHS"]
+
+PATHS = ("diagonal", "anova", "woodbury", "woodbury-latent", "dense")
+
+
+@dataclass(frozen=True)
+class Layout:
+    """The data as every path needs it, computed once before sampling.
+
+    Attributes
+    ----------
+    r : array (R, N, K)
+        ``y - m0`` at observed cells, 0 at missing ones.
+    mask : array (R, N, K) of float
+        1 where observed.
+    se : array (R, N, K)
+        Known standard errors, 0 where none or missing.
+    m0 : float
+        Prior mean of the intercept (0 without an intercept).
+    obs : tuple of three int arrays
+        Observed (replicate, row, col) indices, C order.
+    anova : AnovaStats or None
+        Balanced sums of squares when the table is complete and the se constant.
+    """
+
+    r: np.ndarray
+    mask: np.ndarray
+    se: np.ndarray
+    m0: float
+    obs: tuple
+    n_obs: int
+    complete: bool
+    se_constant: float | None
+    anova: AnovaStats | None
+    shape: tuple = (0, 0, 0)
+
+
+def layout(data: TwoWayData, m0: float) -> Layout:
+    """Lay ``data`` out for the likelihood paths, relative to the prior mean ``m0``."""
+    mask = data.mask.astype(float)
+    r = np.where(data.mask, np.nan_to_num(data.values) - m0, 0.0)
+    se = data.se_or_zero()
+    obs = data.observed_index()
+    complete = bool(data.is_complete)
+    se_obs = se[data.mask]
+    se_constant = float(se_obs[0]) if se_obs.size and np.all(se_obs == se_obs[0]) else None
+    stats = anova_stats(r) if complete and se_constant is not None else None
+    return Layout(r=r, mask=mask, se=se, m0=float(m0), obs=obs, n_obs=int(obs[0].size),
+                  complete=complete, se_constant=se_constant, anova=stats, shape=tuple(int(x) for x in r.shape))
+
+
+@dataclass(frozen=True)
+class EffectsDesign:
+    """The integrated effects: coordinates u with prior ``N(0, G)``, ``G = sum_b var_b G_b``.
+
+    Attributes
+    ----------
+    E : array (N+K, m)
+        Maps u onto the coefficients of the row and column indicators.
+    blocks : tuple of (name, var_param, start, stop)
+        Each block of u: what it is (``intercept``, ``row_effect``, ``col_effect``),
+        the name of the parameter holding its variance scale (a sd), and its slice.
+    base_cov : tuple of arrays (m, m)
+        G_b: the block's constant covariance (identity or a known matrix), embedded.
+    base_prec : tuple of arrays (m, m)
+        G_b^-1 on the block, embedded (zeros elsewhere).
+    base_logdet : tuple of float
+        log|G_b| on the block.
+    bases : dict
+        ``row``/``col`` -> the (n, p) basis mapping block coordinates to effects
+        (identity for random effects, an orthonormal sum-to-zero basis for fixed ones).
+    """
+
+    E: np.ndarray
+    blocks: tuple
+    base_cov: tuple
+    base_prec: tuple
+    base_logdet: tuple
+    bases: dict = field(default_factory=dict)
+
+    @property
+    def m(self) -> int:
+        return self.E.shape[1]
+
+    def prior(self, ops, params):
+        """``(G^-1, log|G|)`` for parameter values ``params`` (batched over leading dims)."""
+        if self.m == 0:
+            return None, 0.0
+        g_inv = 0.0
+        logdet = 0.0
+        for (name, var_param, start, stop), prec, ld in zip(self.blocks, self.base_prec, self.base_logdet):
+            sd = params[var_param]
+            var = sd * sd
+            g_inv = g_inv + (1.0 / var)[..., None, None] * prec if hasattr(var, "ndim") and var.ndim else \
+                g_inv + prec / var
+            logdet = logdet + (stop - start) * ops.log(var) + ld
+        return g_inv, logdet
+
+    def covariance(self, ops, params):
+        """G for parameter values ``params`` (no batch)."""
+        g = 0.0
+        for (name, var_param, start, stop), cov in zip(self.blocks, self.base_cov):
+            sd = params[var_param]
+            g = g + sd * sd * cov
+        return g
+
+
+def _sum_to_zero_basis(n: int) -> np.ndarray:
+    """An orthonormal (n, n-1) basis of the vectors summing to zero."""
+    from scipy.linalg import helmert
+
+    return helmert(n, full=False).T.copy()
+
+
+def effects_design(spec: ModelSpec, data: TwoWayData, *, known: dict | None = None) -> EffectsDesign:
+    """Which effects ``spec`` integrates out on ``data``, and their prior structure.
+
+    Parameters
+    ----------
+    known : dict, optional
+        ``row``/``col`` -> a known relationship matrix (n, n) for random effects.
+    """
+    N, K = data.n_rows, data.n_cols
+    known = known or {}
+    cols: list[np.ndarray] = []
+    blocks = []
+    bases = {}
+    covs = []
+    precs = []
+    lds = []
+    start = 0
+    if spec.effects != "integrate":
+        return EffectsDesign(E=np.zeros((N + K, 0)), blocks=(), base_cov=(), base_prec=(), base_logdet=())
+    parts = []
+    if spec.intercept:
+        e = np.concatenate([np.ones(N), np.zeros(K)])[:, None]
+        parts.append(("intercept", "intercept_sd", e, np.eye(1)))
+    for side, kind, n, offset in (("row", spec.row_effect, N, 0), ("col", spec.col_effect, K, N)):
+        if kind == "none":
+            continue
+        basis = np.eye(n) if kind == "random" else _sum_to_zero_basis(n)
+        bases[side] = basis
+        e = np.zeros((N + K, basis.shape[1]))
+        e[offset:offset + n] = basis
+        rel = known.get(side) if kind == "random" else None
+        cov = np.eye(basis.shape[1]) if rel is None else np.asarray(rel, dtype=float)
+        var_param = f"{side}_effect_sd" if kind == "random" else f"{side}_fixed_sd"
+        parts.append((f"{side}_effect", var_param, e, cov))
+    m = sum(p[2].shape[1] for p in parts)
+    for name, var_param, e, cov in parts:
+        stop = start + e.shape[1]
+        cols.append(e)
+        blocks.append((name, var_param, start, stop))
+        full_cov = np.zeros((m, m))
+        full_cov[start:stop, start:stop] = cov
+        full_prec = np.zeros((m, m))
+        full_prec[start:stop, start:stop] = np.linalg.inv(cov)
+        covs.append(full_cov)
+        precs.append(full_prec)
+        lds.append(float(np.linalg.slogdet(cov)[1]))
+        start = stop
+    E = np.concatenate(cols, axis=1) if cols else np.zeros((N + K, 0))
+    return EffectsDesign(E=E, blocks=tuple(blocks), base_cov=tuple(covs), base_prec=tuple(precs),
+                         base_logdet=tuple(lds), bases=bases)
+
+
+# -- residual pieces ------------------------------------------------------------------------
+def _on_rows(x, hetero: bool):
+    return x[..., None, :, None] if hetero else x[..., None, None, None]
+
+
+def _on_cols(x, hetero: bool):
+    return x[..., None, None, :] if hetero else x[..., None, None, None]
+
+
+def _scale_grid(spec: ModelSpec, params, side: str):
+    kind = getattr(spec, f"{side}_scale")
+    if kind == "none":
+        return None
+    value = params[f"{side}_sd"]
+    return (_on_rows if side == "row" else _on_cols)(value, kind == "hetero")
+
+
+def noise_variance(ops, spec: ModelSpec, lay: Layout, params):
+    """Variance of each cell's independent part, (..., R, N, K); 1 at missing cells.
+
+    Independent residual: se, row, column and cell scales combined by
+    ``spec.combine``. Latent and Kronecker residuals: ``se^2 + sigma^2`` (the
+    row and column parts are not independent there).
+    """
+    se = lay.se
+    sigma = params.get("sigma") if spec.sigma else None
+    if sigma is not None and hasattr(sigma, "ndim") and sigma.ndim:
+        sigma = sigma[..., None, None, None]
+    if spec.residual == "independent":
+        sd = cell_sd(se, _scale_grid(spec, params, "row"), _scale_grid(spec, params, "col"), sigma,
+                     combine=spec.combine)
+        var = sd * sd
+    else:
+        var = se * se if sigma is None else se * se + sigma * sigma
+    return var * lay.mask + (1.0 - lay.mask)
+
+
+def base_projections(ops, spec: ModelSpec, lay: Layout, params) -> Projections:
+    """The residual covariance seen through the row and column indicators."""
+    var = noise_variance(ops, spec, lay, params)
+    w = lay.mask / var
+    logdet = ops.sum(ops.sum(ops.sum(lay.mask * ops.log(var), axis=-1), axis=-1), axis=-1)
+    if spec.residual == "independent":
+        return diagonal_projections(ops, lay.r, w, logdet)
+    if spec.residual == "latent":
+        shock_var, index = _shock_variances(ops, spec, lay, params)
+        return shock_projections(ops, lay.r, w, logdet, shock_var, index, lay.shape[0], lay.shape[1] + lay.shape[2])
+    raise ModelError(f"No projection path for the {spec.residual!r} residual.")  # pragma: no cover
+
+
+def _shock_variances(ops, spec, lay, params):
+    R, N, K = lay.shape
+    parts, index = [], []
+    for side, n, offset in (("row", N, 0), ("col", K, N)):
+        kind = getattr(spec, f"{side}_scale")
+        if kind == "none":
+            continue
+        sd = params[f"{side}_sd"]
+        if kind == "homo":
+            sd = sd[..., None] * np.ones(n) if hasattr(sd, "ndim") and sd.ndim else sd * ops.asarray(np.ones(n))
+        parts.append(sd * sd)
+        index.extend(range(offset, offset + n))
+    return ops.concatenate(parts, axis=-1) if len(parts) > 1 else parts[0], np.asarray(index)
+
+
+# -- the log-density ----------------------------------------------------------------------------
+def choose_path(spec: ModelSpec, lay: Layout, design: EffectsDesign, *, likelihood: str = "auto") -> str:
+    """The fastest exact method for ``spec`` on this layout (or ``dense`` when asked)."""
+    if likelihood == "dense":
+        return "dense"
+    if spec.residual == "latent":
+        return "woodbury-latent"
+    if spec.residual != "independent":
+        raise ModelError(f"No likelihood path for the {spec.residual!r} residual yet.")
+    if design.m == 0:
+        return "diagonal"
+    exchangeable = all(
+        not (name in ("row_effect", "col_effect") and not np.allclose(design.base_cov[k][start:stop, start:stop],
+                                                                      np.eye(stop - start)))
+        for k, (name, _, start, stop) in enumerate(design.blocks))
+    homogeneous = spec.row_scale != "hetero" and spec.col_scale != "hetero"
+    if lay.anova is not None and homogeneous and exchangeable:
+        return "anova"
+    return "woodbury"
+
+
+def marginal_logp(ops, spec: ModelSpec, lay: Layout, design: EffectsDesign, params, path: str):
+    """Log-density of the observed cells with the effects integrated out."""
+    if path == "anova":
+        var = noise_variance(ops, spec, lay, params)
+        v = var[..., 0, 0, 0]
+        kw = {}
+        for name, var_param, start, stop in design.blocks:
+            sd = params[var_param]
+            if name == "intercept":
+                kw["grand_var"] = sd * sd
+            else:
+                side = name.split("_")[0]
+                kw[f"{side}_var"] = sd * sd
+                if getattr(spec, f"{side}_effect") == "random":
+                    kw[f"{side}_mean_var"] = sd * sd
+        return anova_logp(ops, lay.anova, v, **kw)
+    if path == "dense":
+        cov = dense_covariance(ops, spec, lay, design, params)
+        r = ops.asarray(lay.r[lay.obs])
+        return dense_logp(ops, r, cov, lay.n_obs)
+    proj = base_projections(ops, spec, lay, params)
+    if design.m == 0:
+        return gaussian_logp_from(lay.n_obs, proj.logdet, proj.quad)
+    g_inv, logdet_g = design.prior(ops, params)
+    return woodbury_logp(ops, proj, design.E, g_inv, logdet_g, lay.n_obs)
+
+
+# -- dense covariance ---------------------------------------------------------------------------
+def indicator_matrix(lay: Layout) -> np.ndarray:
+    """X for the observed cells: (n_obs, N+K) row and column indicators."""
+    R, N, K = lay.shape
+    rr, ii, jj = lay.obs
+    X = np.zeros((lay.n_obs, N + K))
+    X[np.arange(lay.n_obs), ii] = 1.0
+    X[np.arange(lay.n_obs), N + jj] = 1.0
+    return X
+
+
+def dense_covariance(ops, spec: ModelSpec, lay: Layout, design: EffectsDesign, params):
+    """The (n_obs, n_obs) covariance of the observed cells (one parameter point, no batch)."""
+    rr, ii, jj = lay.obs
+    var = noise_variance(ops, spec, lay, params)[rr, ii, jj]
+    cov = ops.diag(var)
+    X = indicator_matrix(lay)
+    if spec.residual == "latent":
+        shock_var, index = _shock_variances(ops, spec, lay, params)
+        Xs = X[:, index]
+        same = (rr[:, None] == rr[None, :]).astype(float)
+        cov = cov + (ops.asarray(Xs) * shock_var) @ ops.asarray(Xs.T) * same
+    elif spec.residual != "independent":
+        raise ModelError(f"No dense covariance for the {spec.residual!r} residual yet.")  # pragma: no cover
+    if design.m:
+        Z = ops.asarray(X @ design.E)
+        cov = cov + Z @ design.covariance(ops, params) @ Z.T
+    return cov
+
+
+# -- drawing the effects back -------------------------------------------------------------------------
+def draw_effects(spec: ModelSpec, lay: Layout, design: EffectsDesign, params, rng: np.random.Generator,
+                 chunk: int = 256) -> dict[str, np.ndarray]:
+    """Exact draws of the integrated effects given each posterior draw of the other parameters.
+
+    Parameters
+    ----------
+    params : dict of str to arrays (S, ...)
+        Posterior draws flattened over chains, S of them.
+
+    Returns
+    -------
+    dict with ``intercept`` (S,), ``row_effect`` (S, N), ``col_effect`` (S, K) for those integrated.
+    """
+    from twoway.likelihood.backend import NUMPY
+
+    if design.m == 0:
+        return {}
+    S = next(iter(params.values())).shape[0]
+    u = np.empty((S, design.m))
+    for start in range(0, S, chunk):
+        sl = slice(start, min(S, start + chunk))
+        sub = {k: v[sl] for k, v in params.items()}
+        proj = base_projections(NUMPY, spec, lay, sub)
+        g_inv, _ = design.prior(NUMPY, sub)
+        u[sl] = effects_posterior(proj, design.E, g_inv, rng)
+    out = {}
+    for name, _, start, stop in design.blocks:
+        coords = u[:, start:stop]
+        if name == "intercept":
+            out["intercept"] = lay.m0 + coords[:, 0]
+        else:
+            out[name] = coords @ design.bases[name.split("_")[0]].T
+    return out

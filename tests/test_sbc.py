@@ -1,0 +1,263 @@
+"""Tests of simulation-based calibration (src/twoway/sbc.py) and ``twoway sbc``.
+
+The statistical tests are seeded. A calibrated setup passes the uniformity
+test with probability at least 1 - alpha = 0.99 (family-wise over the
+parameters, Bonferroni; up to the chi-square approximation), so a correct
+model fails ``test_additive_is_calibrated`` at most 1% of the time for a
+fresh seed; with the fixed seed the outcome is reproducible. The power test
+ranks the same draws against true values shifted by one posterior standard
+deviation, which any sound test must reject.
+
+Cost: one SBC run of ``additive`` (one compile, 36 fits) shared through a
+module-scoped fixture, one killed-and-resumed run (two compiles, one in a
+subprocess), and the ``crossed`` run when that preset exists.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import twoway
+from twoway.cli import main
+from twoway.errors import FitError
+from twoway.sbc import (SBCResult, default_bins, load_sbc, rank_statistics, sbc, sbc_spec,
+                        uniformity_pvalues)
+
+ALPHA = 0.01  # family-wise false-alarm rate of every pass/fail assertion below
+SETTINGS = dict(chains=2, draws=300, tune=300)
+N_SIMS = 36
+SEED = 20260126
+
+
+@pytest.fixture(scope="module")
+def additive_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("sbc") / "additive"
+    result = sbc("additive", 4, 5, N_SIMS, seed=SEED, out=out, progress=False, **SETTINGS)
+    return out, result
+
+
+@pytest.fixture
+def no_compile(monkeypatch):
+    """Fail the test if anything compiles a model (a resumed run must not need to)."""
+    fit_module = importlib.import_module("twoway.fit")  # the package attribute twoway.fit is the function
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a model was compiled")
+
+    monkeypatch.setattr(fit_module, "compile_model", refuse)
+
+
+# ---------------------------------------------------------------------------
+# pure statistics
+# ---------------------------------------------------------------------------
+
+
+def test_rank_statistics_counts_draws_below_truth():
+    draws = np.arange(10, dtype=float).reshape(1, 10, 1) * np.ones((2, 1, 3))
+    truth = np.array([[-1.0, 4.5, 20.0], [0.5, 9.0, 3.0]])
+    assert rank_statistics(draws, truth).tolist() == [[0, 5, 10], [1, 9, 3]]
+
+
+def test_uniformity_test_accepts_uniform_and_rejects_piled_up_ranks():
+    n_draws = 99
+    uniform = pd.DataFrame({"a": np.arange(100) % 100, "b": (np.arange(100) * 37) % 100})
+    p = uniformity_pvalues(uniform, n_draws, 10)
+    assert (p > 0.99).all()
+    piled = pd.DataFrame({"a": np.zeros(100, dtype=int), "b": np.full(100, n_draws)})
+    assert (uniformity_pvalues(piled, n_draws, 10) < 1e-20).all()
+    assert default_bins(36) == 7 and default_bins(1000) == 10 and default_bins(4) == 2
+
+
+def test_bins_cover_unequal_rank_ranges():
+    # 101 rank values in 10 bins: expected counts follow each bin's width, so exact uniformity gives p = 1
+    ranks = pd.DataFrame({"a": np.arange(101)})
+    assert uniformity_pvalues(ranks, 100, 10)["a"] == pytest.approx(1.0)
+
+
+def test_sbc_spec_fixes_every_prior():
+    spec = sbc_spec("additive")
+    assert set(spec.prior_overrides) == set(spec.parameter_names())
+    assert str(spec.prior_overrides["row_effect_sd"]) == "halfnormal(sigma=1)"
+    assert str(spec.prior_overrides["intercept"]) == "normal(mu=0, sigma=2.5)"
+
+
+# ---------------------------------------------------------------------------
+# calibration and power
+# ---------------------------------------------------------------------------
+
+
+def test_additive_is_calibrated(additive_run):
+    """SBC of ``additive`` on 4 x 5 tables passes at family-wise alpha = 0.01 (Bonferroni)."""
+    _, result = additive_run
+    assert isinstance(result, SBCResult)
+    assert result.n_sims == N_SIMS and result.n_draws == 100
+    assert result.ranks.shape == (N_SIMS, len(result.parameters))
+    assert result.ranks.index.tolist() == list(range(N_SIMS))
+    assert ((result.ranks >= 0) & (result.ranks <= result.n_draws)).all().all()
+    for name in ("intercept", "row_effect[row1]", "col_effect[col5]", "row_sd[row4]", "col_effect_sd",
+                 "row_log_sd_scale"):
+        assert name in result.parameters
+    assert not any(p.startswith(("row_mean", "col_mean")) for p in result.parameters)
+    assert result.threshold(ALPHA) == pytest.approx(ALPHA / len(result.parameters))
+    assert result.passes(ALPHA), result.format(ALPHA)
+    assert "PASS" in result.format(ALPHA)
+
+
+def test_shifted_truth_is_rejected(additive_run):
+    """Power: ranks against true values moved up by one posterior sd must fail the same test."""
+    _, result = additive_run
+    shifted = result.truth.to_numpy() + result.draws.std(axis=1)
+    wrong = result.with_truth(shifted)
+    assert not wrong.passes(ALPHA)
+    assert len(wrong.failing(ALPHA)) >= len(result.parameters) // 2, wrong.format(ALPHA)
+    assert "FAIL" in wrong.format(ALPHA)
+    # the shifted truth sits above most draws, so its ranks pile up high
+    assert wrong.ranks.to_numpy().mean() > result.ranks.to_numpy().mean()
+
+
+@pytest.mark.skipif("crossed" not in twoway.PRESETS, reason="the 'crossed' preset does not exist yet")
+def test_crossed_is_calibrated(tmp_path):
+    """SBC of ``crossed`` on 4 x 5 tables passes at family-wise alpha = 0.01 (Bonferroni)."""
+    result = sbc("crossed", 4, 5, N_SIMS, seed=SEED, out=tmp_path / "crossed", progress=False, **SETTINGS)
+    assert "sigma" in result.parameters and "row_effect[row1]" in result.parameters
+    assert result.passes(ALPHA), result.format(ALPHA)
+
+
+# ---------------------------------------------------------------------------
+# files, resuming, refusing
+# ---------------------------------------------------------------------------
+
+
+def test_files_are_written_and_read_back(additive_run, no_compile):
+    out, result = additive_run
+    config = json.loads((out / "config.json").read_text())
+    assert config["n_rows"] == 4 and config["n_cols"] == 5 and config["draws"] == 300
+    assert config["model"]["priors"]["intercept"] == {"dist": "normal", "mu": 0.0, "sigma": 2.5}
+    files = sorted(out.glob("sim_*.json"))
+    assert [f.name for f in files] == [f"sim_{i:05d}.json" for i in range(N_SIMS)]
+    assert not list(out.glob(".*tmp"))
+    loaded = load_sbc(out)
+    pd.testing.assert_frame_equal(loaded.ranks, result.ranks)
+    again = sbc("additive", 4, 5, N_SIMS, seed=SEED, out=out, progress=False, **SETTINGS)
+    assert again.reused == tuple(range(N_SIMS))
+    pd.testing.assert_frame_equal(again.ranks, result.ranks)
+
+
+def test_other_configuration_is_refused(additive_run, no_compile):
+    out, _ = additive_run
+    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    with pytest.raises(FitError, match="another configuration .*draws"):
+        sbc("additive", 4, 5, N_SIMS, seed=SEED, out=out, progress=False, chains=2, draws=200, tune=300)
+    with pytest.raises(FitError, match="another configuration .*n_rows"):
+        sbc("additive", 5, 5, N_SIMS, seed=SEED, out=out, progress=False, **SETTINGS)
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
+
+
+def test_bad_options_are_refused(tmp_path, no_compile):
+    with pytest.raises(FitError, match="'n_sims' option"):
+        sbc("additive", 4, 5, 1, out=tmp_path / "x")
+    with pytest.raises(FitError, match="'n_rows' option"):
+        sbc("additive", 1, 5, 10)
+    with pytest.raises(FitError, match="does not exist"):
+        sbc("additive", 4, 5, 10, out=tmp_path / "missing" / "x")
+    stray = tmp_path / "stray"
+    stray.mkdir()
+    (stray / "sim_00000.json").write_text("{}")
+    with pytest.raises(FitError, match="no config.json"):
+        sbc("additive", 4, 5, 10, out=stray)
+
+
+def test_resume_after_kill_keeps_finished_replications(tmp_path):
+    """Kill a run (SIGKILL) after 2+ replications; a rerun reuses every finished one and runs only the rest."""
+    out = tmp_path / "killed"
+    settings = ["--rows", "3", "--cols", "4", "--chains", "2", "--draws", "100", "--tune", "100", "--seed", "5"]
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.Popen([sys.executable, "-m", "twoway.cli", "sbc", *settings, "--sims", "500",
+                             "--out", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    try:
+        deadline = time.monotonic() + 240
+        while len(list(out.glob("sim_*.json"))) < 2:
+            if proc.poll() is not None:
+                pytest.fail(f"the SBC run ended before it was killed: {proc.stderr.read().decode()[-2000:]}")
+            if time.monotonic() > deadline:
+                pytest.fail("the SBC run wrote fewer than 2 replications in 240 s")
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stderr.close()
+    assert proc.returncode == -signal.SIGKILL
+
+    files = sorted(out.glob("sim_*.json"))
+    n_done = len(files)
+    assert n_done >= 2
+    assert [f.name for f in files] == [f"sim_{i:05d}.json" for i in range(n_done)]
+    for i, f in enumerate(files):  # every file written is whole
+        rec = json.loads(f.read_text())
+        assert rec["index"] == i
+        assert len(rec["ranks"]) == len(rec["parameters"]) == len(rec["truth"])
+        assert np.array(rec["draws"]).shape == (rec["n_draws"], len(rec["parameters"]))
+    before = {f.name: (f.read_bytes(), f.stat().st_mtime_ns) for f in files}
+
+    fitted: list[int] = []
+    result = sbc("additive", 3, 4, n_done + 2, chains=2, draws=100, tune=100, seed=5, out=out,
+                 progress=False, on_replication=fitted.append)
+    assert fitted == [n_done, n_done + 1]  # only the missing replications were fitted
+    assert result.reused == tuple(range(n_done))
+    assert result.n_sims == n_done + 2
+    assert result.ranks.index.tolist() == list(range(n_done + 2))
+    after = {f.name: (f.read_bytes(), f.stat().st_mtime_ns) for f in sorted(out.glob("sim_*.json"))}
+    assert len(after) == n_done + 2
+    for name, value in before.items():
+        assert after[name] == value, f"{name} was rewritten"
+    assert not list(out.glob(".*.tmp"))
+
+
+# ---------------------------------------------------------------------------
+# command line
+# ---------------------------------------------------------------------------
+
+
+def _cli(capsys, *argv):
+    status = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+def test_cli_prints_the_table_and_verdict(additive_run, capsys, no_compile):
+    out, result = additive_run
+    args = ["sbc", "--rows", 4, "--cols", 5, "--sims", N_SIMS, "--chains", 2, "--draws", 300, "--tune", 300,
+            "--seed", SEED, "--out", out]
+    status, text, err = _cli(capsys, *args)
+    assert status == 0, err
+    assert "p_value" in text and "row_sd[row1]" in text and "PASS" in text
+    status, text, err = _cli(capsys, *args, "--json")
+    assert status == 0, err
+    payload = json.loads(text)
+    assert payload["passes"] is True and payload["n_sims"] == N_SIMS and payload["reused"] == N_SIMS
+    assert set(payload["p_values"]) == set(result.parameters)
+    assert payload["threshold"] == pytest.approx(ALPHA / len(result.parameters))
+
+
+def test_cli_errors_exit_2(additive_run, capsys, no_compile):
+    out, _ = additive_run
+    status, text, err = _cli(capsys, "sbc", "--rows", 4, "--cols", 5, "--sims", N_SIMS, "--draws", 100,
+                             "--out", out)
+    assert status == 2 and "Traceback" not in err
+    assert err.startswith("twoway: error: ") and "another configuration" in err and len(err.strip().splitlines()) == 1
+    status, text, err = _cli(capsys, "sbc", "--rows", 4, "--cols", 5, "--sims", 1, "--out", out.parent / "y")
+    assert status == 2 and "'n_sims'" in err
