@@ -257,6 +257,36 @@ def integration_constants(spec: ModelSpec, priors: dict[str, Prior]) -> tuple[fl
     return m0, constants
 
 
+MAX_STORED_COV = 30  # row_cov / col_cov are stored per draw only up to this many levels
+
+
+def residual_parts(spec: ModelSpec, row_labels, col_labels) -> dict:
+    """What the residual needs besides parameters: the full covariance, the Kronecker structures."""
+    parts = {}
+    if spec.residual == "full":
+        from twoway.covariance import load_full_covariance
+
+        parts["full"] = load_full_covariance(spec.covariance, row_labels, col_labels)
+    if spec.residual == "kronecker":
+        from twoway.structures import parse_structure
+
+        parts["row"] = parse_structure(spec.row_structure, side="row", labels=row_labels)
+        parts["col"] = parse_structure(spec.col_structure, side="col", labels=col_labels)
+    return parts
+
+
+def known_relationships(spec: ModelSpec, data: TwoWayData) -> dict:
+    """Known relationship matrices of random effects (``row_effect_cov = "known:FILE"``)."""
+    out = {}
+    for side, labels in (("row", data.row_labels), ("col", data.col_labels)):
+        value = getattr(spec, f"{side}_effect_cov")
+        if value is not None and getattr(spec, f"{side}_effect") == "random":
+            from twoway.structures import read_known_matrix
+
+            out[side] = read_known_matrix(value[len("known:"):], labels, what=f"{side}_effect_cov")
+    return out
+
+
 def _build_integrated(spec: ModelSpec, data: TwoWayData, priors: dict[str, Prior], likelihood: str) -> BuiltModel:
     """Effects integrated out; the sampler sees only variance parameters."""
     import dataclasses
@@ -267,8 +297,9 @@ def _build_integrated(spec: ModelSpec, data: TwoWayData, priors: dict[str, Prior
     from twoway.marginal import choose_path, effects_design, layout, marginal_logp
 
     m0, constants = integration_constants(spec, priors)
-    lay = layout(data, m0)
-    design = effects_design(spec, data)
+    parts = residual_parts(spec, data.row_labels, data.col_labels)
+    lay = layout(data, m0, parts)
+    design = effects_design(spec, data, known=known_relationships(spec, data))
     path = choose_path(spec, lay, design, likelihood=likelihood)
     coords = {"row": list(data.row_labels), "col": list(data.col_labels)}
     with pm.Model(coords=coords) as model:
@@ -283,8 +314,34 @@ def _build_integrated(spec: ModelSpec, data: TwoWayData, priors: dict[str, Prior
             if kind == "random":
                 params[f"{side}_effect_sd"] = priors[f"{side}_effect_sd"].pymc(f"{side}_effect_sd")
         params.update(_scale_parameters(spec, priors))
+        extra_names = []
+        if spec.residual == "full":
+            for name in parts["full"].parameters:
+                params[name] = priors[name].pymc(name)
+                extra_names.append(name)
+        if spec.residual == "kronecker":
+            for side, unit in (("row", False), ("col", True)):
+                st = parts[side]
+                defaults = st.default_priors(data.spread(), unit_scale=unit)
+                chosen = {k: spec.prior_overrides.get(k, v) for k, v in defaults.items()}
+                chosen = st.check_priors(chosen, unit_scale=unit)
+                priors = {**priors, **chosen}
+                built_st = st.build_pymc(chosen, unit_scale=unit)
+                params.update(built_st.params)
+                params[f"_{side}_cov"] = built_st.cov
+                extra_names += [n for n in st.parameter_names(unit_scale=unit) if n not in extra_names]
+                if st.n <= MAX_STORED_COV:
+                    other = f"{side}_other"
+                    if other not in model.coords:
+                        model.add_coord(other, list(st.labels))
+                    pm.Deterministic(f"{side}_cov", built_st.cov, dims=(side, other))
+                    extra_names.append(f"{side}_cov")
+            unknown = sorted(k for k in spec.prior_overrides if k not in priors)
+            if unknown:
+                raise ModelError(f"The priors must name parameters of this model ({', '.join(priors)}); "
+                                 f"got {', '.join(unknown)}.")
         pm.Potential("_loglik", marginal_logp(PYTENSOR, spec, sym, design, params, path))
-    names = [n for n in public_names(spec) if n not in ("intercept", "row_effect", "col_effect")]
+    names = [n for n in public_names(spec) if n not in ("intercept", "row_effect", "col_effect")] + extra_names
     return BuiltModel(model=model, priors=priors, var_names=names, likelihood_path=path,
                       layout=lay, design=design, constants=constants,
-                      layout_labels=(data.row_labels, data.col_labels))
+                      layout_labels=(data.row_labels, data.col_labels, data.replicate_labels))

@@ -307,8 +307,11 @@ def _make_fit(raw: xr.DataTree, spec: ModelSpec, data: TwoWayData, built: BuiltM
     post = raw["posterior"].to_dataset()
     if built.integrated:
         post = _draw_back(post, spec, built, seed=info.get("seed"))
-    names = built.var_names + [n for n in ("intercept", "row_effect", "col_effect") if n in post]
-    posterior = _public_posterior(post, [n for n in public_names(spec) if n in names])
+    drawn = [n for n in ("intercept", "row_effect", "col_effect") if n in post]
+    names = [n for n in public_names(spec) if n in built.var_names + drawn]
+    names += [n for n in built.var_names if n not in names]
+    names += [n for n in ("row_shock", "col_shock") if n in post]
+    posterior = _public_posterior(post, names)
     stats = raw["sample_stats"].to_dataset()
     stats = stats.drop_vars([v for v in stats.data_vars if stats[v].dtype == object])
     stats.attrs = {}
@@ -331,13 +334,13 @@ def _make_fit(raw: xr.DataTree, spec: ModelSpec, data: TwoWayData, built: BuiltM
 
 def _draw_back(post: xr.Dataset, spec: ModelSpec, built: BuiltModel, *, seed: int | None) -> xr.Dataset:
     """Add the integrated-out effects, drawn from their exact conditional law given each draw."""
-    from twoway.marginal import draw_effects
+    from twoway.marginal import draw_effects, draw_shocks
 
     n_chain, n_draw = post.sizes["chain"], post.sizes["draw"]
     S = n_chain * n_draw
     params = {}
-    for name in ("row_effect_sd", "col_effect_sd", "row_sd", "col_sd", "sigma"):
-        if name in post:
+    for name in post.data_vars:
+        if not name.startswith("_"):
             v = post[name].values
             params[name] = v.reshape((S,) + v.shape[2:])
     for name, value in built.constants.items():
@@ -345,8 +348,12 @@ def _draw_back(post: xr.Dataset, spec: ModelSpec, built: BuiltModel, *, seed: in
     # the draws of the effects get their own stream, derived from the fit's seed
     rng = np.random.default_rng([0 if seed is None else int(seed), 0x7E57])
     drawn = draw_effects(spec, built.layout, built.design, params, rng)
-    out = post.copy().assign_coords(row=list(built.layout_labels[0]), col=list(built.layout_labels[1]))
-    dims = {"intercept": (), "row_effect": ("row",), "col_effect": ("col",)}
+    if spec.residual == "latent":
+        drawn.update(draw_shocks(spec, built.layout, built.design, params, drawn, rng))
+    out = post.copy().assign_coords(row=list(built.layout_labels[0]), col=list(built.layout_labels[1]),
+                                    replicate=list(built.layout_labels[2]))
+    dims = {"intercept": (), "row_effect": ("row",), "col_effect": ("col",),
+            "row_shock": ("replicate", "row"), "col_shock": ("replicate", "col")}
     for name, value in drawn.items():
         out[name] = (("chain", "draw") + dims[name], value.reshape((n_chain, n_draw) + value.shape[1:]))
     return out

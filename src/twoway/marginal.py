@@ -43,7 +43,8 @@ from twoway.model import ModelSpec
 __all__ = ["Layout", "EffectsDesign", "layout", "effects_design", "choose_path", "marginal_logp",
            "dense_covariance", "draw_effects", "PATHS"]
 
-PATHS = ("diagonal", "anova", "woodbury", "woodbury-latent", "dense")
+PATHS = ("diagonal", "anova", "woodbury", "woodbury-latent", "kronecker-cholesky", "kronecker-ar1",
+         "kronecker-eigen", "dense-table", "dense")
 
 
 @dataclass(frozen=True)
@@ -76,10 +77,36 @@ class Layout:
     se_constant: float | None
     anova: AnovaStats | None
     shape: tuple = (0, 0, 0)
+    parts: dict = field(default_factory=dict)
+
+    @property
+    def obs_flat(self) -> list[np.ndarray]:
+        """For each replicate, the row-major flat indices of its observed cells."""
+        R, N, K = self.shape
+        rr, ii, jj = self.obs
+        return [(ii[rr == k] * K + jj[rr == k]) for k in range(R)]
+
+    @property
+    def indicators(self) -> list[np.ndarray]:
+        """For each replicate, the (n_r, N+K) row and column indicators of its observed cells."""
+        R, N, K = self.shape
+        rr, ii, jj = self.obs
+        out = []
+        for k in range(R):
+            i, j = ii[rr == k], jj[rr == k]
+            X = np.zeros((i.size, N + K))
+            X[np.arange(i.size), i] = 1.0
+            X[np.arange(i.size), N + j] = 1.0
+            out.append(X)
+        return out
 
 
-def layout(data: TwoWayData, m0: float) -> Layout:
-    """Lay ``data`` out for the likelihood paths, relative to the prior mean ``m0``."""
+def layout(data: TwoWayData, m0: float, parts: dict | None = None) -> Layout:
+    """Lay ``data`` out for the likelihood paths, relative to the prior mean ``m0``.
+
+    ``parts`` holds what the residual needs beyond parameters: the ``full``
+    covariance, the Kronecker ``row``/``col`` structures.
+    """
     mask = data.mask.astype(float)
     r = np.where(data.mask, np.nan_to_num(data.values) - m0, 0.0)
     se = data.se_or_zero()
@@ -89,7 +116,8 @@ def layout(data: TwoWayData, m0: float) -> Layout:
     se_constant = float(se_obs[0]) if se_obs.size and np.all(se_obs == se_obs[0]) else None
     stats = anova_stats(r) if complete and se_constant is not None else None
     return Layout(r=r, mask=mask, se=se, m0=float(m0), obs=obs, n_obs=int(obs[0].size),
-                  complete=complete, se_constant=se_constant, anova=stats, shape=tuple(int(x) for x in r.shape))
+                  complete=complete, se_constant=se_constant, anova=stats, shape=tuple(int(x) for x in r.shape),
+                  parts=dict(parts or {}))
 
 
 @dataclass(frozen=True)
@@ -254,7 +282,72 @@ def base_projections(ops, spec: ModelSpec, lay: Layout, params) -> Projections:
     if spec.residual == "latent":
         shock_var, index = _shock_variances(ops, spec, lay, params)
         return shock_projections(ops, lay.r, w, logdet, shock_var, index, lay.shape[0], lay.shape[1] + lay.shape[2])
+    if spec.residual == "kronecker":
+        return _kronecker(ops, spec, lay, params, var)
+    if spec.residual == "full":
+        return _dense_table(ops, spec, lay, params, var)
     raise ModelError(f"No projection path for the {spec.residual!r} residual.")  # pragma: no cover
+
+
+def table_covariance(ops, spec: ModelSpec, lay: Layout, params):
+    """Covariance (N K, N K) of one complete table's correlated residual part."""
+    if spec.residual == "full":
+        return lay.parts["full"](ops, params)
+    if spec.residual == "kronecker":
+        from twoway.likelihood.kronecker import kron
+
+        return kron(ops, params["_row_cov"], params["_col_cov"])
+    raise ModelError(f"The {spec.residual!r} residual has no table covariance.")  # pragma: no cover
+
+
+def _kronecker(ops, spec, lay, params, var):
+    from twoway.likelihood import kronecker as kr
+
+    path = kr.kronecker_path(spec, lay)
+    R = lay.shape[0]
+    if path == "dense-table":
+        return _dense_table(ops, spec, lay, params, var)
+    U, V = params["_row_cov"], params["_col_cov"]
+    if path == "kronecker-eigen":
+        return kr.kron_eigen_projections(ops, lay.r, U, V, params["sigma"] ** 2, R)
+    v_inv, ld_v = kr.inverse_and_logdet(ops, V)
+    if path == "kronecker-ar1" and ops.name == "pytensor":
+        from twoway.structures import ar1_logdet, ar1_precision
+
+        sd2 = params["row_sd"] ** 2
+        N = lay.shape[1]
+        u_inv, ld_u = ar1_precision(params["row_rho"], sd2, N), ar1_logdet(params["row_rho"], sd2, N)
+    else:
+        u_inv, ld_u = kr.inverse_and_logdet(ops, U)
+    return kr.kron_precision_projections(ops, lay.r, u_inv, v_inv, ld_u, ld_v, R)
+
+
+def kronecker_factors(spec: ModelSpec, lay: Layout, params) -> dict:
+    """U (S, N, N) and V (S, K, K) for each posterior draw, from the structures' parameters (NumPy)."""
+    out = {}
+    S = next(iter(params.values())).shape[0]
+    for side, unit in (("row", False), ("col", True)):
+        st = lay.parts[side]
+        names = st.parameter_names(unit_scale=unit)
+        out[f"_{side}_cov"] = np.stack([st.matrix({n: params[n][s] for n in names}, unit_scale=unit)
+                                        for s in range(S)])
+    return out
+
+
+def _dense_table(ops, spec, lay, params, var):
+    from twoway.likelihood.dense import dense_table_projections
+
+    R, N, K = lay.shape
+    cov = table_covariance(ops, spec, lay, params)
+    flat = lay.obs_flat
+    noise_has_value = spec.sigma or bool(np.any(lay.se))
+    r_obs, noise = [], []
+    for k in range(R):
+        rk = lay.r[k].reshape((N * K,))
+        r_obs.append(rk[flat[k]])
+        vk = var[..., k, :, :].reshape((N * K,)) if noise_has_value else None
+        noise.append(vk[flat[k]] if vk is not None else ops.asarray(np.zeros(flat[k].size)))
+    return dense_table_projections(ops, r_obs, flat, lay.indicators, cov, noise)
 
 
 def _shock_variances(ops, spec, lay, params):
@@ -279,8 +372,12 @@ def choose_path(spec: ModelSpec, lay: Layout, design: EffectsDesign, *, likeliho
         return "dense"
     if spec.residual == "latent":
         return "woodbury-latent"
-    if spec.residual != "independent":
-        raise ModelError(f"No likelihood path for the {spec.residual!r} residual yet.")
+    if spec.residual == "full":
+        return "dense-table"
+    if spec.residual == "kronecker":
+        from twoway.likelihood.kronecker import kronecker_path
+
+        return kronecker_path(spec, lay)
     if design.m == 0:
         return "diagonal"
     exchangeable = all(
@@ -342,8 +439,16 @@ def dense_covariance(ops, spec: ModelSpec, lay: Layout, design: EffectsDesign, p
         Xs = X[:, index]
         same = (rr[:, None] == rr[None, :]).astype(float)
         cov = cov + (ops.asarray(Xs) * shock_var) @ ops.asarray(Xs.T) * same
+    elif spec.residual in ("full", "kronecker"):
+        from twoway.likelihood.kronecker import kron
+
+        R, N, K = lay.shape
+        table = table_covariance(ops, spec, lay, params)
+        flat_all = rr * (N * K) + ii * K + jj
+        big = kron(ops, ops.asarray(np.eye(R)), table)
+        cov = cov + big[flat_all][:, flat_all]
     elif spec.residual != "independent":
-        raise ModelError(f"No dense covariance for the {spec.residual!r} residual yet.")  # pragma: no cover
+        raise ModelError(f"No dense covariance for the {spec.residual!r} residual.")  # pragma: no cover
     if design.m:
         Z = ops.asarray(X @ design.E)
         cov = cov + Z @ design.covariance(ops, params) @ Z.T
@@ -370,12 +475,33 @@ def draw_effects(spec: ModelSpec, lay: Layout, design: EffectsDesign, params, rn
         return {}
     S = next(iter(params.values())).shape[0]
     u = np.empty((S, design.m))
+    if spec.residual == "kronecker":
+        params = {**params, **kronecker_factors(spec, lay, params)}
+    per_draw = spec.residual == "full" or (spec.residual == "kronecker" and
+                                          _kron_path(spec, lay) == "dense-table")
+    if per_draw:  # dense per-table algebra: one draw at a time
+        for s_ in range(S):
+            sub = {k: v[s_] for k, v in params.items()}
+            proj = base_projections(NUMPY, spec, lay, sub)
+            g_inv, _ = design.prior(NUMPY, sub)
+            u[s_] = effects_posterior(proj, design.E, g_inv, rng)
+        return _effects_from_coordinates(lay, design, u)
     for start in range(0, S, chunk):
         sl = slice(start, min(S, start + chunk))
         sub = {k: v[sl] for k, v in params.items()}
         proj = base_projections(NUMPY, spec, lay, sub)
         g_inv, _ = design.prior(NUMPY, sub)
         u[sl] = effects_posterior(proj, design.E, g_inv, rng)
+    return _effects_from_coordinates(lay, design, u)
+
+
+def _kron_path(spec, lay):
+    from twoway.likelihood.kronecker import kronecker_path
+
+    return kronecker_path(spec, lay)
+
+
+def _effects_from_coordinates(lay: Layout, design: EffectsDesign, u: np.ndarray) -> dict[str, np.ndarray]:
     out = {}
     for name, _, start, stop in design.blocks:
         coords = u[:, start:stop]
@@ -383,4 +509,51 @@ def draw_effects(spec: ModelSpec, lay: Layout, design: EffectsDesign, params, rn
             out["intercept"] = lay.m0 + coords[:, 0]
         else:
             out[name] = coords @ design.bases[name.split("_")[0]].T
+    return out
+
+
+def draw_shocks(spec: ModelSpec, lay: Layout, design: EffectsDesign, params, effects: dict,
+                rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Exact draws of the latent residual's row and column shocks, given the drawn effects.
+
+    Given the parameters and the effects, each replicate's shocks are Gaussian:
+    ``s_r | ... ~ N(M^-1 X_s' D^-1 e_r, M^-1)``, ``M = diag(1/shock_var) + X_s' D^-1 X_s``,
+    where e_r is the replicate's residual after the effects and D the noise variances.
+    Drawing the effects from their marginal conditional first and the shocks
+    given them is an exact draw from the joint conditional.
+
+    Returns
+    -------
+    dict with ``row_shock`` (S, R, N) and/or ``col_shock`` (S, R, K).
+    """
+    from twoway.likelihood.backend import NUMPY
+    from twoway.likelihood.woodbury import _assemble
+
+    R, N, K = lay.shape
+    S = next(iter(params.values())).shape[0]
+    mean = np.full((S, 1, 1, 1), 0.0)
+    if "intercept" in effects:
+        mean = mean + (effects["intercept"] - lay.m0)[:, None, None, None]
+    if "row_effect" in effects:
+        mean = mean + effects["row_effect"][:, None, :, None]
+    if "col_effect" in effects:
+        mean = mean + effects["col_effect"][:, None, None, :]
+    resid = (lay.r[None] - mean) * lay.mask                               # (S, R, N, K)
+    var = noise_variance(NUMPY, spec, lay, params)                        # (S, R, N, K)
+    w = lay.mask / var
+    shock_var, index = _shock_variances(NUMPY, spec, lay, params)         # (S, m)
+    wr = w * resid
+    P = _assemble(NUMPY, w.sum(-1), w.sum(-2), w)[..., index[:, None], index[None, :]]   # (S, R, m, m)
+    b = np.concatenate([wr.sum(-1), wr.sum(-2)], axis=-1)[..., index]                  # (S, R, m)
+    M = P + (1.0 / shock_var)[:, None, :, None] * np.eye(index.size)
+    L = np.linalg.cholesky(M)
+    mu = np.linalg.solve(M, b[..., None])[..., 0]
+    z = rng.standard_normal(mu.shape)
+    draws = mu + np.linalg.solve(np.swapaxes(L, -1, -2), z[..., None])[..., 0]
+    out = {}
+    pos = 0
+    for side, n in (("row", N), ("col", K)):
+        if getattr(spec, f"{side}_scale") != "none":
+            out[f"{side}_shock"] = draws[..., pos:pos + n]
+            pos += n
     return out

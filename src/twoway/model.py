@@ -130,6 +130,8 @@ class ModelSpec:
             raise ModelError("The 'sigma' and 'intercept' options must be true or false.")
         names = self.parameter_names()
         for key, prior in self.priors:
+            if self.residual == "kronecker" and key.startswith(("row_", "col_")) and key not in names:
+                continue  # a structure's parameter: checked against the structure when the model is built
             if key not in names:
                 raise ModelError(
                     f"The priors must name parameters of this model ({', '.join(names)}); got {key!r}."
@@ -156,10 +158,17 @@ class ModelSpec:
                 out += [f"{side}_log_sd_loc", f"{side}_log_sd_scale"]
         if self.sigma:
             out.append("sigma")
+        if self.residual == "full":
+            from twoway.covariance import callable_parameters, is_callable_source
+
+            if is_callable_source(self.covariance):
+                out += [p for p in callable_parameters(self.covariance) if p not in out]
         return tuple(out)
 
     def needs_se(self) -> bool:
         """True when no unknown scale is in the model, so the known se must carry the variance."""
+        if self.residual in ("kronecker", "full"):
+            return False
         return self.row_scale == "none" and self.col_scale == "none" and not self.sigma
 
     @property

@@ -242,18 +242,22 @@ def resolve_priors(
         )
     out = {}
     for name in needed:
-        prior = overrides.get(name, defaults[name])
+        if name not in overrides and name not in defaults:
+            raise ModelError(f"The model needs a prior for {name!r}; give it in the model file's [priors] table, "
+                             f"for example {name} = {{ dist = \"normal\", mu = 0, sigma = 1 }}.")
+        prior = overrides.get(name, defaults.get(name))
         check_support(name, prior)
         out[name] = prior
     return out
 
 
-REAL_LINE_PARAMETERS = ("intercept", "row_effect", "col_effect", "row_log_sd_loc", "col_log_sd_loc")
+POSITIVE_PARAMETERS = ("row_effect_sd", "col_effect_sd", "row_sd", "col_sd", "row_log_sd_scale",
+                       "col_log_sd_scale", "sigma")
 
 
 def check_support(name: str, prior: Prior) -> None:
     """Raise :class:`ModelError` when a scale parameter is given a prior on the whole real line."""
-    if name not in REAL_LINE_PARAMETERS and not prior.positive:
+    if name in POSITIVE_PARAMETERS and not prior.positive:
         raise ModelError(
             f"The prior for {name!r} must be a positive family (halfnormal, halfstudentt, "
             f"exponential, lognormal); got {prior.dist}."

@@ -48,6 +48,10 @@ class Simulation:
             arr = np.asarray(value, dtype=float)
             if arr.ndim == 0:
                 out[name] = float(arr)
+            elif arr.ndim == 2 and name.endswith("_shock"):
+                labels = self.data.row_labels if name.startswith("row_") else self.data.col_labels
+                out[name] = {rep: {lab: float(v) for lab, v in zip(labels, row)}
+                             for rep, row in zip(self.data.replicate_labels, arr)}
             else:
                 labels = self.data.row_labels if name.startswith("row_") else self.data.col_labels
                 out[name] = {lab: float(v) for lab, v in zip(labels, arr)}
@@ -95,8 +99,44 @@ def draw_parameters(spec: ModelSpec, n_rows: int, n_cols: int, *, rng: np.random
     return out
 
 
-def _check_params(spec: ModelSpec, params: Mapping[str, Any], n_rows: int, n_cols: int) -> dict[str, Any]:
+def _residual_parts(spec: ModelSpec, row_labels, col_labels) -> dict:
+    if spec.residual not in ("kronecker", "full"):
+        return {}
+    from twoway.build import residual_parts
+
+    return residual_parts(spec, tuple(row_labels), tuple(col_labels))
+
+
+def _draw_residual_parameters(spec: ModelSpec, parts: dict, rng, spread: float) -> dict:
+    """Prior draws of the Kronecker structures' or the full covariance's parameters."""
+    out = {}
+    if spec.residual == "kronecker":
+        for side, unit in (("row", False), ("col", True)):
+            st = parts[side]
+            defaults = st.default_priors(spread, unit_scale=unit)
+            chosen = st.check_priors({k: spec.prior_overrides.get(k, v) for k, v in defaults.items()},
+                                     unit_scale=unit)
+            out.update(st.draw(rng, chosen, unit_scale=unit))
+    if spec.residual == "full":
+        overrides = spec.prior_overrides
+        for name in parts["full"].parameters:
+            if name not in overrides:
+                raise ModelError(f"The model needs a prior for {name!r}; give it in the model file's [priors] table.")
+            out[name] = float(overrides[name].sample(rng))
+    if parts:
+        out["_parts"] = parts
+    return out
+
+
+def _check_params(spec: ModelSpec, params: Mapping[str, Any], n_rows: int, n_cols: int,
+                  parts: dict | None = None) -> dict[str, Any]:
     allowed = public_names(spec)
+    parts = parts or {}
+    for side, unit in (("row", False), ("col", True)):
+        if side in parts:
+            allowed = allowed + parts[side].parameter_names(unit_scale=unit)
+    if "full" in parts:
+        allowed = allowed + list(parts["full"].parameters)
     out: dict[str, Any] = {}
     for name, value in params.items():
         if name not in allowed:
@@ -104,6 +144,9 @@ def _check_params(spec: ModelSpec, params: Mapping[str, Any], n_rows: int, n_col
                 f"The parameters must be among this model's ({', '.join(allowed)}); got {name!r}."
             )
         arr = np.asarray(value, dtype=float)
+        if name not in public_names(spec):  # a structure's or covariance's own parameter
+            out[name] = arr if arr.ndim else float(arr)
+            continue
         per_level = name in (f"row_effect", "col_effect") or (
             name in ("row_sd", "col_sd") and getattr(spec, f"{name[:3]}_scale") == "hetero")
         n = n_rows if name.startswith("row") else n_cols
@@ -129,6 +172,49 @@ def _on_grid(value, grid: tuple[int, int], *, axis: int):
     if arr.ndim == 1:
         arr = arr[:, None] if axis == 0 else arr[None, :]
     return np.broadcast_to(arr, grid)
+
+
+def draw_residual(spec: ModelSpec, truth: dict[str, Any], shape: tuple[int, int, int], se,
+                  rng: np.random.Generator) -> np.ndarray:
+    """Draw the residual tables e (R, N, K) of ``spec`` with parameters ``truth``.
+
+    The latent residual's shocks are stored in ``truth`` (``row_shock``,
+    ``col_shock``, each (R, N) / (R, K)).
+    """
+    R, N, K = shape
+    if spec.residual == "independent":
+        row_sd = _on_grid(truth.get("row_sd"), shape[1:], axis=0)
+        col_sd = _on_grid(truth.get("col_sd"), shape[1:], axis=1)
+        sd = cell_sd(se, row_sd, col_sd, truth.get("sigma"), combine=spec.combine)
+        return np.broadcast_to(sd, shape) * rng.standard_normal(shape)
+    noise_sd = np.sqrt(np.asarray(se, dtype=float) ** 2 + truth.get("sigma", 0.0) ** 2)
+    if spec.residual == "latent":
+        e = np.broadcast_to(noise_sd, shape) * rng.standard_normal(shape)
+        if "row_sd" in truth:
+            truth["row_shock"] = np.broadcast_to(truth["row_sd"], (N,)) * rng.standard_normal((R, N))
+            e = e + truth["row_shock"][:, :, None]
+        if "col_sd" in truth:
+            truth["col_shock"] = np.broadcast_to(truth["col_sd"], (K,)) * rng.standard_normal((R, K))
+            e = e + truth["col_shock"][:, None, :]
+        return e
+    parts = truth.pop("_parts")
+    if spec.residual == "kronecker":
+        U = parts["row"].matrix(truth, unit_scale=False)
+        V = parts["col"].matrix(truth, unit_scale=True)
+        if U.shape[0] <= 30:
+            truth["row_cov"] = U
+        if V.shape[0] <= 30:
+            truth["col_cov"] = V
+        lu, lv = np.linalg.cholesky(U), np.linalg.cholesky(V)
+        e = lu[None] @ rng.standard_normal(shape) @ lv.T[None]
+    elif spec.residual == "full":
+        from twoway.likelihood.backend import NUMPY
+
+        cov = parts["full"](NUMPY, truth)
+        e = (np.linalg.cholesky(cov)[None] @ rng.standard_normal((R, N * K, 1)))[..., 0].reshape(shape)
+    else:  # pragma: no cover
+        raise ModelError(f"Simulating the {spec.residual!r} residual is not available.")
+    return e + np.broadcast_to(noise_sd, shape) * rng.standard_normal(shape)
 
 
 def _missing_mask(rng: np.random.Generator, shape: tuple[int, int, int], fraction: float) -> np.ndarray:
@@ -191,7 +277,11 @@ def simulate(
     if min(shape) < 1 or n_rows < 2 or n_cols < 2:
         raise ModelError(f"A simulated table needs at least 2 rows, 2 columns and 1 replicate; got {shape[1]} x {shape[2]} x {shape[0]}.")
     truth = draw_parameters(spec, n_rows, n_cols, rng=rng, location=location, spread=spread)
-    truth.update(_check_params(spec, params or {}, n_rows, n_cols))
+    row_labels = [f"row{i + 1}" for i in range(n_rows)] if row_labels is None else list(row_labels)
+    col_labels = [f"col{j + 1}" for j in range(n_cols)] if col_labels is None else list(col_labels)
+    parts = _residual_parts(spec, row_labels, col_labels)
+    truth.update(_draw_residual_parameters(spec, parts, rng, spread))
+    truth.update(_check_params(spec, params or {}, n_rows, n_cols, parts))
     if se is None:
         se_arr = None
     else:
@@ -206,10 +296,7 @@ def simulate(
         mu = mu + np.asarray(truth["row_effect"])[:, None]
     if "col_effect" in truth:
         mu = mu + np.asarray(truth["col_effect"])[None, :]
-    row_sd = _on_grid(truth.get("row_sd"), shape[1:], axis=0)
-    col_sd = _on_grid(truth.get("col_sd"), shape[1:], axis=1)
-    sd = cell_sd(0.0 if se_arr is None else se_arr, row_sd, col_sd, truth.get("sigma"), combine=spec.combine)
-    values = mu + np.broadcast_to(sd, shape) * rng.standard_normal(shape)
+    values = mu + draw_residual(spec, truth, shape, 0.0 if se_arr is None else se_arr, rng)
     miss = _missing_mask(rng, shape, missing)
     values[miss] = np.nan
     if se_arr is not None:
@@ -220,9 +307,5 @@ def simulate(
         truth["row_mean"] = row_mean
     if col_mean is not None:
         truth["col_mean"] = col_mean
-    data = TwoWayData.from_array(
-        values, se=se_arr,
-        row_labels=None if row_labels is None else list(row_labels),
-        col_labels=None if col_labels is None else list(col_labels),
-    )
+    data = TwoWayData.from_array(values, se=se_arr, row_labels=row_labels, col_labels=col_labels)
     return Simulation(data=data, truth=truth, model=spec)

@@ -28,3 +28,39 @@ def dense_logp(ops, r, cov, n_obs: int):
     L = ops.cholesky(cov)
     v = ops.solve_lower(L, r[:, None])[:, 0]
     return gaussian_logp_from(n_obs, 2.0 * ops.logdiag_sum(L), ops.sum(v * v))
+
+
+
+def dense_table_projections(ops, r_obs, obs_flat, indicators, table_cov, noise_var_obs):
+    """Projections of a residual with a dense covariance per replicate table.
+
+    Parameters
+    ----------
+    r_obs : list of arrays (n_r,)
+        For each replicate, the residuals of its observed cells.
+    obs_flat : list of int arrays (n_r,)
+        For each replicate, the flat (row-major) indices of its observed cells.
+    indicators : list of arrays (n_r, N+K)
+        For each replicate, the row and column indicators of its observed cells.
+    table_cov : array (N K, N K)
+        Covariance of one complete table (shared by the replicates).
+    noise_var_obs : list of arrays (n_r,)
+        For each replicate, an independent variance added to its observed cells.
+
+    Returns
+    -------
+    Projections
+    """
+    from twoway.likelihood.woodbury import Projections
+
+    P = b = quad = logdet = 0.0
+    for rk, idx, X, noise in zip(r_obs, obs_flat, indicators, noise_var_obs):
+        cov = table_cov[idx][:, idx] + ops.diag(noise)
+        L = ops.cholesky(cov)
+        V = ops.solve_lower(L, ops.asarray(X))
+        v = ops.solve_lower(L, rk[:, None])[:, 0]
+        P = P + V.T @ V
+        b = b + V.T @ v
+        quad = quad + ops.sum(v * v)
+        logdet = logdet + 2.0 * ops.logdiag_sum(L)
+    return Projections(logdet=logdet, quad=quad, P=P, b=b, n_obs=-1)

@@ -1,0 +1,196 @@
+"""User-given covariances of a whole table, and every model's covariance as a tensor.
+
+The ``full`` residual takes the covariance of vec(table) (row-major: cell
+(i, j) is entry ``i*K + j``) from the user, either
+
+* a CSV file holding the (N K) x (N K) matrix (numbers only, or with a header
+  row and first column of ``row:col`` labels, which must match the table's), or
+* ``module:function`` (or ``path/to/file.py:function``): a callable
+  ``function(ops, **params)`` returning the matrix, where ``ops`` offers
+  ``exp, log, sqrt, eye, outer, diag, kron`` that work on NumPy arrays and on
+  PyTensor variables alike, and each keyword is a parameter of the model
+  whose prior is given in the model file's ``[priors]`` table.
+
+:func:`covariance_tensor` reads any fitted model's covariance of one
+replicate table, at one posterior draw, as an (N, K, N, K) array.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import inspect
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from twoway.errors import DataError, ModelError
+
+__all__ = ["FullCovariance", "load_full_covariance", "covariance_tensor"]
+
+
+@dataclass(frozen=True)
+class FullCovariance:
+    """The covariance of one table: a constant matrix or a callable of named parameters."""
+
+    matrix: np.ndarray | None
+    function: Callable | None
+    parameters: tuple[str, ...]
+    source: str
+
+    def __call__(self, ops, params: dict[str, Any]):
+        if self.function is None:
+            return ops.asarray(self.matrix)
+        return self.function(_CovOps(ops), **{k: params[k] for k in self.parameters})
+
+
+class _CovOps:
+    """The operations a covariance callable may use (NumPy or PyTensor underneath)."""
+
+    def __init__(self, ops):
+        self._ops = ops
+
+    def __getattr__(self, name):
+        return getattr(self._ops, name)
+
+    def kron(self, a, b):
+        if self._ops.name == "numpy":
+            return np.kron(a, b)
+        from pytensor.tensor.linalg import kron
+
+        return kron(a, b)
+
+
+def callable_parameters(source: str) -> tuple[str, ...]:
+    """Names of the parameters a ``module:function`` covariance takes (after ``ops``)."""
+    func = _load_callable(source)
+    names = [p.name for p in inspect.signature(func).parameters.values()][1:]
+    return tuple(names)
+
+
+def is_callable_source(source: str) -> bool:
+    return ":" in source and not source.lower().endswith(".csv") and not Path(source).is_file()
+
+
+def _load_callable(source: str) -> Callable:
+    mod_name, _, func_name = source.rpartition(":")
+    try:
+        if mod_name.endswith(".py"):
+            path = Path(mod_name)
+            if not path.is_file():
+                raise ModelError(f"The covariance file {mod_name!r} does not exist.")
+            spec = importlib.util.spec_from_file_location(path.stem, path)
+            module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)
+        else:
+            module = importlib.import_module(mod_name)
+    except ModelError:
+        raise
+    except Exception as exc:
+        raise ModelError(f"The covariance module {mod_name!r} cannot be imported ({type(exc).__name__}: {exc}).") from None
+    func = getattr(module, func_name, None)
+    if not callable(func):
+        raise ModelError(f"The covariance {source!r} must name a function in {mod_name!r}; got no such function.")
+    return func
+
+
+def load_full_covariance(source: str, row_labels, col_labels) -> FullCovariance:
+    """Read the ``full`` residual's covariance for a table with these labels."""
+    n = len(row_labels) * len(col_labels)
+    if is_callable_source(source):
+        func = _load_callable(source)
+        return FullCovariance(matrix=None, function=func, parameters=callable_parameters(source), source=source)
+    matrix = _read_matrix(source, row_labels, col_labels)
+    if matrix.shape != (n, n):
+        raise DataError(f"The covariance in {source!r} must be {n} x {n} (rows x columns of the table); "
+                        f"got {matrix.shape[0]} x {matrix.shape[1]}.")
+    asym = np.max(np.abs(matrix - matrix.T))
+    if asym > 1e-8 * max(1.0, np.max(np.abs(matrix))):
+        i, j = np.unravel_index(np.argmax(np.abs(matrix - matrix.T)), matrix.shape)
+        raise DataError(f"The covariance in {source!r} must be symmetric; entries ({i + 1}, {j + 1}) and "
+                        f"({j + 1}, {i + 1}) differ by {asym:.3g}.")
+    low = np.linalg.eigvalsh(matrix).min()
+    if low <= 0:
+        raise DataError(f"The covariance in {source!r} must be positive definite; its smallest eigenvalue is {low:.3g}.")
+    return FullCovariance(matrix=0.5 * (matrix + matrix.T), function=None, parameters=(), source=source)
+
+
+def _read_matrix(source: str, row_labels, col_labels) -> np.ndarray:
+    import pandas as pd
+
+    path = Path(source)
+    if not path.is_file():
+        raise DataError(f"The covariance file {source!r} does not exist.")
+    try:
+        raw = pd.read_csv(path, header=None, dtype=str, keep_default_na=False)
+    except Exception as exc:
+        raise DataError(f"The covariance file {source!r} is not a CSV table ({exc}).") from None
+    expected = [f"{r}:{c}" for r in row_labels for c in col_labels]
+    first = raw.iloc[0, 0].strip()
+    if _is_number(first):
+        body = raw
+    else:
+        header = [h.strip() for h in raw.iloc[0, 1:]]
+        index = [h.strip() for h in raw.iloc[1:, 0]]
+        if header != index:
+            raise DataError(f"The covariance file {source!r} must have the same labels on its header and first column.")
+        missing = [lab for lab in expected if lab not in header]
+        if missing:
+            raise DataError(f"The covariance file {source!r} lacks the cells {', '.join(missing[:5])}"
+                            f"{' and more' if len(missing) > 5 else ''} (labels are 'row:col').")
+        extra = [lab for lab in header if lab not in expected]
+        if extra:
+            raise DataError(f"The covariance file {source!r} has cells that are not in the table: {', '.join(extra[:5])}.")
+        order = [header.index(lab) for lab in expected]
+        body = raw.iloc[1:, 1:].iloc[order, order]
+    try:
+        matrix = body.to_numpy().astype(float)
+    except ValueError:
+        raise DataError(f"The covariance file {source!r} must hold numbers only (apart from labels).") from None
+    if not np.all(np.isfinite(matrix)):
+        raise DataError(f"The covariance file {source!r} must hold finite numbers.")
+    return matrix
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def covariance_tensor(fit, *, chain: int = 0, draw: int = 0, include_effects: bool = True) -> np.ndarray:
+    """The covariance of one replicate table under one posterior draw, as (N, K, N, K).
+
+    Entry ``[i, j, k, l]`` is Cov(y[i, j], y[k, l]); with ``include_effects``
+    the integrated random effects' share is included (the marginal law).
+    Computed on the complete grid, as if no cell were missing and with the
+    table's first replicate's known se.
+    """
+    import dataclasses
+
+    from twoway.build import integration_constants, model_priors
+    from twoway.data import TwoWayData
+    from twoway.likelihood.backend import NUMPY
+    from twoway.marginal import dense_covariance, effects_design, layout
+
+    spec = fit.model
+    data = fit.data
+    N, K = data.n_rows, data.n_cols
+    se = None if not data.has_se else np.nan_to_num(data.se[:1], nan=float(np.nanmean(data.se)))
+    complete = TwoWayData.from_array(np.zeros((1, N, K)), se=se, row_labels=data.row_labels,
+                                     col_labels=data.col_labels)
+    priors = model_priors(spec, data)
+    m0, constants = integration_constants(spec, priors) if spec.effects == "integrate" else (0.0, {})
+    lay = layout(complete, m0)
+    design_spec = spec if include_effects else dataclasses.replace(spec, effects="sample")
+    design = effects_design(design_spec, complete)
+    post = fit.posterior
+    params = {k: np.asarray(v) for k, v in constants.items()}
+    for name in post.data_vars:
+        params[name] = post[name].values[chain, draw]
+    cov = dense_covariance(NUMPY, spec, lay, design, params)
+    return cov.reshape(N, K, N, K)
