@@ -331,6 +331,9 @@ def test_parse_every_form(known_file, tmp_path):
                        ("unstructured", "unstructured")):
         st = parse_structure(text, side="col", labels=LABELS)
         assert (st.kind, st.side, st.n, st.k, st.text) == (kind, "col", 5, None, kind)
+    import pandas as pd
+
+    assert parse_structure("diag", side="row", labels=pd.Index(LABELS)).labels == LABELS
     st = parse_structure("fa:3", side="row", labels=LABELS)
     assert (st.kind, st.k, st.text) == ("fa", 3, "fa:3")
     st = parse_structure(f"known:{path}", side="row", labels=LABELS)
@@ -343,6 +346,7 @@ def test_parse_every_form(known_file, tmp_path):
 
 @pytest.mark.parametrize("text,error,match", [
     ("ar2", ModelError, r"'row_structure' must be one of .*got 'ar2' \(did you mean 'ar1'\?\)"),
+    ("fa2", ModelError, r"did you mean 'fa:K'\?"),
     ("fa:0", ModelError, r"rank K .* must be from 1 to n - 1 = 4 .*got 'fa:0'"),
     ("fa:5", ModelError, r"rank K .* must be from 1 to n - 1 = 4 \(5 levels\); got 'fa:5'"),
     ("fa:x", ModelError, r"whole number from 1 to 4; got 'fa:x'"),

@@ -20,7 +20,26 @@ __all__ = ["main"]
 
 def _model_arg(p: argparse.ArgumentParser, default: str = "additive") -> None:
     p.add_argument("--model", default=default,
-                   help="a preset (additive, additive-sd) or a TOML model file (default: %(default)s)")
+                   help="a preset (additive, additive-sd, crossed, crossed-hetero, latent, kronecker) "
+                        "or a TOML model file (default: %(default)s)")
+    p.add_argument("--row-structure", default=None,
+                   help="Kronecker row factor: iid, diag, ar1, cs, fa:k, unstructured, known:FILE")
+    p.add_argument("--col-structure", default=None, help="Kronecker column factor (as --row-structure)")
+
+
+def _model(args):
+    """The model named by --model, with --row-structure / --col-structure applied."""
+    import dataclasses
+
+    from twoway.model import load_model
+
+    spec = load_model(args.model)
+    changes = {k: v for k, v in (("row_structure", getattr(args, "row_structure", None)),
+                                 ("col_structure", getattr(args, "col_structure", None))) if v}
+    if changes and spec.residual != "kronecker":
+        raise TwowayError("--row-structure and --col-structure apply to the kronecker residual "
+                          f"(for example --model kronecker); the model {spec.name!r} has a {spec.residual} residual.")
+    return dataclasses.replace(spec, **changes) if changes else spec
 
 
 def _sampling_args(p: argparse.ArgumentParser, *, draws: int = 1000) -> None:
@@ -143,7 +162,7 @@ def cmd_simulate(args) -> int:
     _parent_exists(args.out)
     if args.truth:
         _parent_exists(args.truth)
-    sim = simulate(args.model, args.rows, args.cols, args.replicates, seed=args.seed, se=args.se,
+    sim = simulate(_model(args), args.rows, args.cols, args.replicates, seed=args.seed, se=args.se,
                    missing=args.missing)
     sim.data.to_csv(args.out)
     print(f"wrote a {args.rows} x {args.cols} table"
@@ -162,7 +181,7 @@ def cmd_fit(args) -> int:
 
     check_sampling_options(args.chains, args.draws, args.tune, args.seed, args.backend)
     _parent_exists(args.out)
-    spec = load_model(args.model)
+    spec = _model(args)
     data = TwoWayData.from_csv(args.data, row=args.row, col=args.col, value=args.value,
                                se=args.se, replicate=args.replicate)
     dof = degrees_of_freedom(spec, data.n_rows, data.n_cols, data.n_replicates, n_observed=data.n_observed)
@@ -194,7 +213,7 @@ def cmd_summary(args) -> int:
 def cmd_dof(args) -> int:
     from twoway.model import degrees_of_freedom, load_model
 
-    dof = degrees_of_freedom(load_model(args.model), args.rows, args.cols, args.replicates)
+    dof = degrees_of_freedom(_model(args), args.rows, args.cols, args.replicates)
     if args.json:
         print(json.dumps(dof.to_dict(), indent=2))
     else:
@@ -258,7 +277,7 @@ def cmd_sbc(args) -> int:
 
     if not 0 < args.alpha < 1:
         raise TwowayError(f"The --alpha option must be between 0 and 1; got {args.alpha!r}.")
-    result = sbc(args.model, args.rows, args.cols, args.sims, n_replicates=args.replicates, chains=args.chains,
+    result = sbc(_model(args), args.rows, args.cols, args.sims, n_replicates=args.replicates, chains=args.chains,
                  draws=args.draws, tune=args.tune, seed=args.seed, out=args.out, se=args.se)
     if args.json:
         print(json.dumps(result.to_dict(args.alpha), indent=2))

@@ -309,7 +309,8 @@ def _kronecker(ops, spec, lay, params, var):
         return _dense_table(ops, spec, lay, params, var)
     U, V = params["_row_cov"], params["_col_cov"]
     if path == "kronecker-eigen":
-        return kr.kron_eigen_projections(ops, lay.r, U, V, params["sigma"] ** 2, R)
+        return kr.kron_eigen_projections(ops, lay.r, U, V, params["sigma"] ** 2, R,
+                                         lay.parts["row"], lay.parts["col"])
     v_inv, ld_v = kr.inverse_and_logdet(ops, V)
     if path == "kronecker-ar1" and ops.name == "pytensor":
         from twoway.structures import ar1_logdet, ar1_precision

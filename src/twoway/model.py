@@ -378,4 +378,21 @@ def degrees_of_freedom(spec: ModelSpec, n_rows: int, n_cols: int, n_replicates: 
         for side, kind, n in (("row", spec.row_scale, n_rows), ("col", spec.col_scale, n_cols)):
             if kind != "none":
                 parts.append((f"{side}_shock", n * n_replicates))
+    if spec.residual == "kronecker":
+        from twoway.structures import parse_structure
+
+        for side, text, n, unit in (("row", spec.row_structure, n_rows, False), ("col", spec.col_structure, n_cols, True)):
+            if text.startswith("known:"):
+                count = 0 if unit else 1
+            else:
+                st = parse_structure(text, side=side, labels=[f"{side}{k}" for k in range(n)])
+                count = st.n_parameters(unit_scale=unit)
+            if count:
+                parts.append((f"{side}_structure ({text})", count))
+    if spec.residual == "full":
+        extra = [p for p in spec.parameter_names() if p not in dict(parts) and p not in (
+            "row_log_sd_loc", "row_log_sd_scale", "col_log_sd_loc", "col_log_sd_scale", "row_effect_sd",
+            "col_effect_sd", "intercept", "sigma", "row_sd", "col_sd", "row_effect", "col_effect")]
+        for p in extra:
+            parts.append((p, 1))
     return DegreesOfFreedom(n_cells, n_obs, tuple(parts))

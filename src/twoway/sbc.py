@@ -18,12 +18,15 @@ How twoway runs it (:func:`sbc`):
   table and re-run on every other table (nutpie's ``with_data``).
 * **Thinning.** The chains are concatenated (chain after chain) and every k-th
   draw is kept, k = S // L for S draws in all and L = ``min(n_thin, S)``
-  (default 100), so that the L kept draws are roughly independent. The rank of
-  a true value is the number of kept draws below it, from 0 to L.
+  (default 100), so that the L kept draws are roughly independent. (They are
+  when the bulk ESS is near L or above; each replication records its
+  ``min_ess_bulk``. Autocorrelated draws pile ranks up at both ends.) The rank
+  of a true value is the number of kept draws below it, from 0 to L.
 * **Uniformity test.** Per scalar parameter that has a true value (vectors
   expanded per level, as ``row_sd[row1]``; the derived ``row_mean`` and
-  ``col_mean`` left out, as they repeat the effects), the ranks are binned into B equal groups of rank values
-  and a chi-square test against the discrete-uniform counts gives a p-value.
+  ``col_mean`` left out, as they repeat the effects), the ranks are binned
+  into B groups of consecutive rank values, as equal as they can be, and a
+  chi-square test against the discrete-uniform counts gives a p-value.
   B is 10, or fewer when there are few replications, so that at least 5 are
   expected per bin (``B = clip(n_sims // 5, 2, 10)``).
 * **Pass/fail.** :meth:`SBCResult.passes` rejects when any p-value is below
@@ -49,7 +52,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import pandas as pd
@@ -293,6 +296,9 @@ def _check_alpha(alpha: float) -> None:
 def sbc_spec(model) -> "Any":
     """``model`` with every prior fixed at the defaults for location 0 and spread 1 (overrides kept).
 
+    Every parameter named by ``spec.parameter_names()`` gets an explicit
+    prior, so neither the simulated table nor the fitted one can move it.
+
     Returns
     -------
     ModelSpec
@@ -400,12 +406,15 @@ def _normal(obj: Any) -> Any:
     return json.loads(json.dumps(obj, sort_keys=True))
 
 
-def _read_json(path: Path, what: str) -> dict[str, Any]:
+def _read_json(path: Path, what: str, hint: str) -> dict[str, Any]:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise FitError(f"The {what} {str(path)!r} cannot be read ({type(exc).__name__}); "
-                       "delete it to run that replication again.") from None
+        raise FitError(f"The {what} {str(path)!r} cannot be read ({type(exc).__name__}); {hint}.") from None
+
+
+_RERUN = "delete it to run that replication again"
+_NEW_FOLDER = "use a new folder"
 
 
 def _prepare_out(out: Path, config: dict[str, Any]) -> None:
@@ -416,7 +425,7 @@ def _prepare_out(out: Path, config: dict[str, Any]) -> None:
     out.mkdir(exist_ok=True)
     cfg_path = out / CONFIG_NAME
     if cfg_path.exists():
-        stored = _read_json(cfg_path, "SBC configuration")
+        stored = _read_json(cfg_path, "SBC configuration", _NEW_FOLDER)
         stored = {k: v for k, v in stored.items() if k not in ("n_sims", "twoway_version")}
         if stored != config:
             diff = sorted(k for k in set(stored) | set(config) if stored.get(k) != config.get(k))
@@ -549,7 +558,7 @@ def sbc(
         for i in range(n_sims):
             path = out_path / SIM_PATTERN.format(i)
             if path.exists():
-                rec = _read_json(path, "replication file")
+                rec = _read_json(path, "replication file", _RERUN)
                 if rec.get("index") != i or "ranks" not in rec or "draws" not in rec:
                     raise FitError(f"The replication file {str(path)!r} is not complete; "
                                    "delete it to run that replication again.")
@@ -625,10 +634,10 @@ def load_sbc(out: "str | os.PathLike[str]") -> SBCResult:
     cfg_path = out / CONFIG_NAME
     if not cfg_path.is_file():
         raise FitError(f"The folder {str(out)!r} holds no SBC run (no {CONFIG_NAME}).")
-    config = _read_json(cfg_path, "SBC configuration")
+    config = _read_json(cfg_path, "SBC configuration", _NEW_FOLDER)
     records = {}
     for path in sorted(out.glob("sim_*.json")):
-        rec = _read_json(path, "replication file")
+        rec = _read_json(path, "replication file", _RERUN)
         records[int(rec["index"])] = rec
     if not records:
         raise FitError(f"The folder {str(out)!r} holds no finished replication.")

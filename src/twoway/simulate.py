@@ -52,6 +52,8 @@ class Simulation:
                 labels = self.data.row_labels if name.startswith("row_") else self.data.col_labels
                 out[name] = {rep: {lab: float(v) for lab, v in zip(labels, row)}
                              for rep, row in zip(self.data.replicate_labels, arr)}
+            elif arr.ndim >= 2:  # matrices (row_cov, col_corr, loadings): nested lists, labels in order
+                out[name] = arr.tolist()
             else:
                 labels = self.data.row_labels if name.startswith("row_") else self.data.col_labels
                 out[name] = {lab: float(v) for lab, v in zip(labels, arr)}

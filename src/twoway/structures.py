@@ -620,9 +620,14 @@ def parse_structure(
     if side not in _SIDES:
         raise ModelError(f"The structure side must be 'row' or 'col'; got {side!r}.")
     what = f"{side}_structure"
-    if isinstance(labels, str) or not isinstance(labels, Sequence | np.ndarray):
-        raise ModelError(f"The labels of the {_q(what)} must be a sequence of labels; got {type(labels).__name__}.")
-    labels = tuple(str(x) for x in labels)
+    try:
+        if isinstance(labels, str):
+            raise TypeError
+        labels = tuple(str(x) for x in labels)
+    except TypeError:
+        raise ModelError(
+            f"The labels of the {_q(what)} must be a sequence of labels; got {type(labels).__name__}."
+        ) from None
     if len(labels) < 2:
         raise ModelError(f"The {_q(what)} needs at least 2 levels; got {len(labels)}.")
     if len(set(labels)) != len(labels):
@@ -635,7 +640,8 @@ def parse_structure(
     arg = arg.strip()
     if kind not in KINDS:
         close = difflib.get_close_matches(kind, KINDS, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        shown = {"fa": "fa:K", "known": "known:FILE"}
+        hint = f" (did you mean {shown.get(close[0], close[0])!r}?)" if close else ""
         raise ModelError(f"The {_q(what)} must be one of {_FORMS}; got {text!r}{hint}.")
     if kind == "fa":
         if not sep or not arg:
@@ -939,8 +945,28 @@ class Structure:
                 out[name] = Prior.make("normal", mu=0.0, sigma=0.5)
         return out
 
-    def _priors(self, priors: Mapping[str, Prior], unit_scale: bool) -> dict[str, Prior]:
-        """The priors this structure needs from ``priors``, checked against each parameter's support."""
+    def check_priors(self, priors: Mapping[str, Prior], *, unit_scale: bool) -> dict[str, Prior]:
+        """The priors this structure needs from ``priors``, checked against each parameter's support.
+
+        ``{side}_sd`` and ``{side}_psi`` need a positive support (``Prior.positive``);
+        ``{side}_rho`` a uniform inside :meth:`rho_range` or a beta;
+        ``{side}_loadings`` and ``{side}_log_sd_centred`` a normal with mu = 0.
+
+        Parameters
+        ----------
+        priors : mapping of str to Prior
+            At least :meth:`prior_names`; other keys are ignored.
+        unit_scale : bool
+
+        Returns
+        -------
+        dict of str to Prior, keyed by :meth:`prior_names`
+
+        Raises
+        ------
+        twoway.errors.ModelError
+            When a prior is missing or does not fit its parameter.
+        """
         out = {}
         for name in self.prior_names(unit_scale=unit_scale):
             if name not in priors:
@@ -1015,7 +1041,7 @@ class Structure:
 
         model = pm.modelcontext(None)
         self._add_coords(model)
-        pri = self._priors(priors, unit_scale)
+        pri = self.check_priors(priors, unit_scale=unit_scale)
         kind, side, n, nm = self.kind, self.side, self.n, self._name
         params: dict[str, Any] = {}
         parts: dict[str, Any] = {}
@@ -1101,7 +1127,7 @@ class Structure:
             Keyed by :meth:`parameter_names`, shapes as in :meth:`parameter_dims`;
             pass it to :meth:`matrix`.
         """
-        pri = self._priors(priors, unit_scale)
+        pri = self.check_priors(priors, unit_scale=unit_scale)
         kind, n, nm = self.kind, self.n, self._name
         out: dict[str, Any] = {}
 

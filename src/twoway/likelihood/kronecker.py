@@ -97,7 +97,39 @@ def kron_precision_projections(ops, r, u_inv, v_inv, logdet_u, logdet_v, n_rep: 
     return Projections(logdet=logdet, quad=quad, P=P, b=b, n_obs=-1)
 
 
-def kron_eigen_projections(ops, r, u, v, nugget, n_rep: int) -> Projections:
+def fixed_eigenvectors(structure) -> np.ndarray | None:
+    """Eigenvectors that do not depend on the parameters, when the structure has them.
+
+    ``iid`` and ``diag``: the identity; ``cs``: an orthonormal basis whose first
+    vector is constant (every compound-symmetric matrix is diagonal in it);
+    ``known``: the known matrix's own eigenvectors, computed once. With these
+    the eigenvalues are ``diag(Q' A Q)``, which keeps gradients exact where
+    eigenvalues repeat (a generic eigen-decomposition's gradient is not).
+    """
+    n = structure.n
+    if structure.kind in ("iid", "diag"):
+        return np.eye(n)
+    if structure.kind == "cs":
+        from scipy.linalg import helmert
+
+        return helmert(n, full=True).T.copy()
+    if structure.kind == "known":
+        return np.linalg.eigh(structure.matrix)[1]
+    return None
+
+
+def factor_eigh(ops, a, structure):
+    """(eigenvalues (..., n), eigenvectors (..., n, n)) of a factor, exact-gradient where possible."""
+    q = fixed_eigenvectors(structure) if structure is not None else None
+    if q is None:
+        return ops.eigh(a)
+    qa = ops.asarray(q)
+    vals = ops.sum((a @ qa) * qa, axis=-2)     # diag(Q' A Q)
+    return vals, qa + 0.0 * a if ops.name == "numpy" else qa
+
+
+def kron_eigen_projections(ops, r, u, v, nugget, n_rep: int, row_structure=None,
+                           col_structure=None) -> Projections:
     """Projections of ``I_R (x) (U (x) V + nugget I)`` through the eigen-decompositions of U and V.
 
     Parameters
@@ -107,8 +139,8 @@ def kron_eigen_projections(ops, r, u, v, nugget, n_rep: int) -> Projections:
     v : array (..., K, K)
     nugget : scalar (...,)
     """
-    lam, qu = ops.eigh(u)
-    mu, qv = ops.eigh(v)
+    lam, qu = factor_eigh(ops, u, row_structure)
+    mu, qv = factor_eigh(ops, v, col_structure)
     if getattr(nugget, "ndim", 0):
         nugget = nugget[..., None, None]
     lm = lam[..., :, None] * mu[..., None, :] + nugget      # (..., N, K)

@@ -35,7 +35,6 @@ import datetime as _dt
 import html
 import math
 import os
-import re
 import warnings
 from pathlib import Path
 from string import Template
@@ -60,7 +59,7 @@ _TITLES = {
     "recovery": "Recovery of the true values",
 }
 INTERVAL = 0.94
-MAX_TRACE_SERIES = 12
+MAX_TRACE_SERIES = 10
 PPC_DRAWS = 400
 _COV_NAMES = ("row_cov", "col_cov", "row_corr", "col_corr")
 
@@ -104,10 +103,10 @@ def _table(df: pd.DataFrame, *, row_class: Callable[[Any, pd.Series], str] | Non
     """A DataFrame as an HTML table; ``row_class(index, row)`` may mark rows."""
     head = [index_name if index_name is not None else (df.index.name or "")] + [str(c) for c in df.columns]
     out = ['<table class="data"><thead><tr>' + "".join(f"<th>{_e(h)}</th>" for h in head) + "</tr></thead><tbody>"]
-    for idx, row in df.iterrows():
+    for (idx, row), values in zip(df.iterrows(), df.itertuples(index=False, name=None)):
         cls = row_class(idx, row) if row_class else ""
         cls_attr = f' class="{cls}"' if cls else ""
-        cells = "".join(f"<td>{_fmt(v, digits)}</td>" for v in row.tolist())
+        cells = "".join(f"<td>{_fmt(v, digits)}</td>" for v in values)  # itertuples keeps each column's type
         out.append(f"<tr{cls_attr}><td>{_e(idx)}</td>{cells}</tr>")
     out.append("</tbody></table>")
     text = "".join(out)

@@ -83,8 +83,7 @@ def heatmap_png(panels: Sequence[tuple[str, np.ndarray]], row_labels: Sequence[s
         vmin, vmax = float(finite.min()), float(finite.max())
         if vmin == vmax:
             vmin, vmax = vmin - 1.0, vmax + 1.0
-    cmap = plt.get_cmap("RdBu_r" if diverging else "viridis").copy()
-    cmap.set_bad(MISSING_COLOUR)
+    cmap = plt.get_cmap("RdBu_r" if diverging else "viridis").with_extremes(bad=MISSING_COLOUR)
     width = min(2.0 + 0.42 * k, 9.0) * len(panels) + 1.2
     height = min(1.6 + 0.36 * n, 10.0)
     fig, axes = plt.subplots(1, len(panels), figsize=(min(width, 18.0), height), squeeze=False,
@@ -181,16 +180,14 @@ def trace_rank_png(series: Sequence[tuple[str, np.ndarray]], *, bins: int = 20) 
         for c in range(n_chains):
             ax_t.plot(x[c], lw=0.5, alpha=0.8, color=colours[c % len(colours)])
         counts = _rank_counts(x, bins)
-        width = 1.0 / n_chains
-        centres = np.arange(bins)
         for c in range(n_chains):
-            ax_r.bar(centres + (c + 0.5) * width - 0.5, counts[c], width=width, color=colours[c % len(colours)],
-                     alpha=0.85, lw=0)
+            ax_r.stairs(counts[c], np.arange(bins + 1), color=colours[c % len(colours)], lw=1.4)
         ax_r.axhline(x.shape[1] / bins, color="#333333", ls="--", lw=0.8)
         ax_t.set_ylabel(label, rotation=0, ha="right", va="center", fontsize=8)
         ax_t.tick_params(labelsize=7)
         ax_r.tick_params(labelsize=7)
         ax_r.set_xticks([])
+        ax_r.set_ylim(0, None)
     axes[0, 0].set_title("trace (one colour per chain)", fontsize=10)
     axes[0, 1].set_title("rank plot (uniform when chains agree)", fontsize=10)
     axes[-1, 0].set_xlabel("draw")
