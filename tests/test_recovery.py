@@ -36,22 +36,90 @@ SPEC = twoway.preset("additive").with_priors(
 GROUPS = ("row_mean", "col_mean", "row_sd", "col_sd")
 
 
-@pytest.mark.stats
-def test_intervals_cover_the_truth_at_the_stated_rate():
-    sims = [twoway.simulate(SPEC, 6, 8, seed=1000 + m, se=0.3) for m in range(N_SIMS)]
-    compiled = compile_model(SPEC, sims[0].data, progress=False)
-    fractions = {g: [] for g in GROUPS}
+def coverage(spec, shape, groups, n_sims, *, se=None, draws=500, seed0=1000):
+    """Per group of parameters, the fraction of true values covered in each simulated table."""
+    n, k, r = shape
+    sims = [twoway.simulate(spec, n, k, r, seed=seed0 + m, se=se) for m in range(n_sims)]
+    compiled = compile_model(spec, sims[0].data, progress=False)
+    fractions = {g: [] for g in groups}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for m, sim in enumerate(sims):
-            fit = compiled.sample(sim.data, chains=2, draws=500, tune=500, seed=m, progress=False)
-            rec = recovery(fit, sim.truth_dict(), names=list(GROUPS))
-            for g in GROUPS:
-                rows = rec.loc[[i for i in rec.index if i.startswith(g + "[")]]
+            fit = compiled.sample(sim.data, chains=2, draws=draws, tune=draws, seed=m, progress=False)
+            names = sorted({p for g in groups.values() for p in g})
+            rec = recovery(fit, {p: sim.truth[p] for p in names}, names=names)
+            for g, params in groups.items():
+                rows = rec.loc[[i for i in rec.index if i.split("[")[0] in params]]
                 fractions[g].append(rows["covered"].mean())
-    for g in GROUPS:
-        f = np.asarray(fractions[g])
+    return fractions
+
+
+def assert_calibrated(fractions):
+    """t test of each group's mean coverage against 0.94 at the false-alarm rate ALPHA."""
+    for g, values in fractions.items():
+        f = np.asarray(values)
         se = max(f.std(ddof=1), 0.02) / np.sqrt(f.size)  # floor: a run where every f is 1 has sd 0
         t = (f.mean() - 0.94) / se
         limit = stats.t.ppf(1 - ALPHA / 2, df=f.size - 1)
         assert abs(t) < limit, f"{g}: coverage {f.mean():.3f} over {f.size} tables (t = {t:.2f})"
+
+
+@pytest.mark.stats
+def test_intervals_cover_the_truth_at_the_stated_rate():
+    groups = {g: (g,) for g in GROUPS}
+    assert_calibrated(coverage(SPEC, (6, 8, 1), groups, N_SIMS, se=0.3))
+
+
+@pytest.mark.stats
+def test_crossed_model_is_calibrated():
+    spec = twoway.preset("crossed").with_priors(
+        intercept=Prior.make("normal", mu=0, sigma=2),
+        row_effect_sd=Prior.make("halfnormal", sigma=1),
+        col_effect_sd=Prior.make("halfnormal", sigma=1),
+        sigma=Prior.make("halfnormal", sigma=0.5),
+    )
+    groups = {"means": ("row_mean", "col_mean"), "scales": ("row_effect_sd", "col_effect_sd", "sigma"),
+              "effects": ("row_effect", "col_effect")}
+    assert_calibrated(coverage(spec, (6, 5, 2), groups, N_SIMS))
+
+
+@pytest.mark.stats
+def test_kronecker_ar1_by_unstructured_is_calibrated():
+    import dataclasses
+
+    spec = dataclasses.replace(twoway.preset("kronecker"), row_structure="ar1",
+                               col_structure="unstructured").with_priors(
+        intercept=Prior.make("normal", mu=0, sigma=2),
+        row_effect_sd=Prior.make("halfnormal", sigma=1),
+        col_effect_sd=Prior.make("halfnormal", sigma=1),
+        row_sd=Prior.make("halfnormal", sigma=1),
+    )
+    groups = {"means": ("row_mean", "col_mean"), "row": ("row_rho", "row_sd"), "col": ("col_sd",)}
+    assert_calibrated(coverage(spec, (6, 3, 4), groups, 30, draws=400))
+
+
+FULL_MODULE = """
+import numpy as np
+
+
+def exp_rows(ops, rho, scale):
+    d = np.abs(np.subtract.outer(np.arange(4), np.arange(4))).astype(float)
+    return scale * scale * ops.kron(rho ** ops.asarray(d), ops.asarray(np.eye(3)))
+"""
+
+
+@pytest.mark.stats
+def test_full_covariance_model_is_calibrated(tmp_path):
+    path = tmp_path / "cov_rows.py"
+    path.write_text(FULL_MODULE)
+    spec = twoway.ModelSpec(residual="full", covariance=f"{path}:exp_rows", row_scale="none", col_scale="none",
+                            sigma=True).with_priors(
+        intercept=Prior.make("normal", mu=0, sigma=2),
+        row_effect_sd=Prior.make("halfnormal", sigma=1),
+        col_effect_sd=Prior.make("halfnormal", sigma=1),
+        sigma=Prior.make("halfnormal", sigma=0.3),
+        rho=Prior.make("uniform", lower=0.0, upper=0.9),
+        scale=Prior.make("halfnormal", sigma=1),
+    )
+    groups = {"means": ("row_mean", "col_mean"), "covariance": ("rho", "scale", "sigma")}
+    assert_calibrated(coverage(spec, (4, 3, 3), groups, 30, draws=400))

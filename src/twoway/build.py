@@ -81,6 +81,19 @@ def model_priors(spec: ModelSpec, data: TwoWayData) -> dict[str, Prior]:
     return resolve_priors(spec.parameter_names(), data.location(), data.spread(), spec.prior_overrides)
 
 
+def all_priors(spec: ModelSpec, data: TwoWayData) -> dict[str, Prior]:
+    """Every prior in force on ``data``: the model's, plus its Kronecker structures' parameters."""
+    priors = model_priors(spec, data)
+    if spec.residual == "kronecker":
+        parts = residual_parts(spec, data.row_labels, data.col_labels)
+        for side, unit in (("row", False), ("col", True)):
+            st = parts[side]
+            defaults = st.default_priors(data.spread(), unit_scale=unit)
+            chosen = {k: spec.prior_overrides.get(k, v) for k, v in defaults.items()}
+            priors.update(st.check_priors(chosen, unit_scale=unit))
+    return priors
+
+
 def public_names(spec: ModelSpec) -> list[str]:
     """Names of the parameters a user sees in the posterior, main ones first."""
     out: list[str] = []

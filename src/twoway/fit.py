@@ -29,7 +29,7 @@ import numpy as np
 import xarray as xr
 
 from twoway import __version__
-from twoway.build import BuiltModel, build_pymc_model, model_priors, public_names
+from twoway.build import BuiltModel, all_priors, build_pymc_model, public_names
 from twoway.data import TwoWayData
 from twoway.derived import row_col_means
 from twoway.errors import FitError
@@ -161,7 +161,7 @@ class CompiledModel:
         if not same:
             raise FitError("The table must have the layout the model was compiled for "
                            "(shape, missing cells and standard errors); compile again for this one.")
-        if model_priors(self.spec, data) != self.built.priors:
+        if all_priors(self.spec, data) != self.built.priors:
             raise FitError("The table's default priors differ from the compiled model's (they scale with the "
                            "data); give every prior explicitly in the model to reuse a compiled model.")
 

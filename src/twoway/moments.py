@@ -72,8 +72,9 @@ def iter_moments(fit, draws: list[tuple[int, int]] | None = None, *,
                  conditional: bool = True) -> Iterator[DrawMoments]:
     """Yield the moments of the observed cells for each (chain, draw) in ``draws`` (default: all)."""
     spec = fit.model
-    if spec.residual != "independent":  # pragma: no cover - other residuals arrive with their algebra
-        raise NotImplementedError(spec.residual)
+    if spec.effects == "integrate":
+        yield from _integrated_moments(fit, draws, conditional=conditional)
+        return
     data = fit.data
     rr, ii, jj = data.observed_index()
     se = data.se_or_zero()[rr, ii, jj]
@@ -110,3 +111,44 @@ def iter_moments(fit, draws: list[tuple[int, int]] | None = None, *,
                 cov = cov + tau**2 * (idx[:, None] == idx[None, :])
             var = np.diag(cov).copy()
         yield DrawMoments(chain=c, draw=d, mean=mean, var=var, cov=cov)
+
+
+def _integrated_moments(fit, draws, *, conditional: bool) -> Iterator[DrawMoments]:
+    """Moments for models whose effects were integrated out (any residual)."""
+    import dataclasses
+
+    from twoway.build import integration_constants, known_relationships, residual_parts
+    from twoway.likelihood.backend import NUMPY
+    from twoway.marginal import dense_covariance, effects_design, kronecker_factors, layout
+
+    spec = fit.model
+    data = fit.data
+    m0, constants = integration_constants(spec, fit.priors)
+    parts = residual_parts(spec, data.row_labels, data.col_labels)
+    lay = layout(data, m0, parts)
+    design = effects_design(spec, data, known=known_relationships(spec, data))
+    if conditional:
+        design = dataclasses.replace(design, E=design.E[:, :0], blocks=(), base_cov=(), base_prec=(),
+                                     base_logdet=())
+    rr, ii, jj = lay.obs
+    post = fit.posterior
+    draws = draw_indices(fit) if draws is None else draws
+    for c, d in draws:
+        params = {k: np.asarray(v) for k, v in constants.items()}
+        for name in post.data_vars:
+            params[name] = post[name].values[c, d]
+        if spec.residual == "kronecker":
+            batch = {k: np.asarray(v)[None] for k, v in params.items()}
+            params.update({k: v[0] for k, v in kronecker_factors(spec, lay, batch).items()})
+        cov = dense_covariance(NUMPY, spec, lay, design, params)
+        if conditional:
+            mean = np.full(ii.size, float(params.get("intercept", 0.0)))
+            if "row_effect" in params:
+                mean = mean + params["row_effect"][ii]
+            if "col_effect" in params:
+                mean = mean + params["col_effect"][jj]
+        else:
+            mean = np.full(ii.size, m0)
+        diagonal = spec.residual == "independent" and conditional
+        yield DrawMoments(chain=c, draw=d, mean=mean, var=np.diag(cov).copy(),
+                          cov=None if diagonal else cov)
