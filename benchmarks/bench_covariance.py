@@ -15,7 +15,8 @@ twoway / baseline of ESS per second.
 2. ``kronecker``: ar1 rows x unstructured columns on 100 x 8 with 5
    replicates. twoway's ``kronecker`` preset against ``pm.MatrixNormal``
    written by hand (rowcov the ar1 matrix of rho and sd, colchol from
-   ``pm.LKJCholeskyCov``, effects sampled non-centred), nutpie. Quantities:
+   ``pm.LKJCholeskyCov``, effects sampled non-centred, one MatrixNormal per
+   replicate), nutpie. Quantities:
    the ones identified in both models, ``row_rho`` and the diagonal of the
    total covariance ``U[0,0] * V[j,j]`` (twoway: ``row_sd^2 * col_sd[j]^2``;
    baseline: ``row_sd^2 * col_chol_stds[j]^2``); the Kronecker scale itself is
@@ -242,8 +243,8 @@ def kron_spec():
 
 def kron_pymc_model(data):
     """Matrix-normal residual written by hand: rowcov = row_sd^2 rho^|i-j|, colchol from
-    LKJCholeskyCov, intercept and effects sampled explicitly (non-centred); one batched
-    MatrixNormal observed over the replicates. Priors as close to twoway's as the
+    LKJCholeskyCov, intercept and effects sampled explicitly (non-centred); one
+    MatrixNormal observed per replicate (PyMC 6.4's MatrixNormal has no batched logp). Priors as close to twoway's as the
     parameterisation allows: intercept and effect sds twoway's defaults for the table,
     row_rho uniform(-1, 1), row_sd halfnormal(s), LKJ eta 2 with halfnormal(1) column sds
     (the column factor has no fixed scale here)."""
@@ -272,7 +273,9 @@ def kron_pymc_model(data):
                                                  sd_dist=pm.HalfNormal.dist(1.0), compute_corr=True)
         pm.Deterministic("col_stds", col_stds)
         mu = intercept + row_effect[:, None] + col_effect[None, :]
-        pm.MatrixNormal("y", mu=mu, rowcov=rowcov, colchol=colchol, observed=Y)
+        # PyMC 6.4's MatrixNormal.logp takes two-dimensional values only: one per replicate
+        for r in range(Y.shape[0]):
+            pm.MatrixNormal(f"y_{r}", mu=mu, rowcov=rowcov, colchol=colchol, observed=Y[r])
     return model
 
 

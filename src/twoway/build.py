@@ -65,11 +65,20 @@ class BuiltModel:
             return {"y_observed": data.observed_values()}
         from twoway.marginal import layout
 
-        lay = layout(data, self.layout.m0)
-        out = {"residual_grid": lay.r}
+        lay = layout(data, self.layout.m0, self.layout.parts)
         if self.likelihood_path == "anova":
-            out["anova_ss"] = _anova_vector(lay.anova)
-        return out
+            return {"anova_ss": _anova_vector(lay.anova)}
+        return {"residual_grid": lay.r}
+
+    def for_data(self, data: TwoWayData) -> "BuiltModel":
+        """The same model read against another table of the same layout (for drawing effects back)."""
+        if not self.integrated:
+            return self
+        import dataclasses
+
+        from twoway.marginal import layout
+
+        return dataclasses.replace(self, layout=layout(data, self.layout.m0, self.layout.parts))
 
 
 def _anova_vector(stats) -> np.ndarray:
@@ -316,9 +325,10 @@ def _build_integrated(spec: ModelSpec, data: TwoWayData, priors: dict[str, Prior
     path = choose_path(spec, lay, design, likelihood=likelihood)
     coords = {"row": list(data.row_labels), "col": list(data.col_labels)}
     with pm.Model(coords=coords) as model:
-        r = pm.Data("residual_grid", lay.r)
-        sym = dataclasses.replace(lay, r=r)
-        if path == "anova":
+        sym = lay
+        if path != "anova":
+            sym = dataclasses.replace(lay, r=pm.Data("residual_grid", lay.r))
+        else:
             ss = pm.Data("anova_ss", _anova_vector(lay.anova))
             sym = dataclasses.replace(sym, anova=dataclasses.replace(
                 lay.anova, ss_grand=ss[0], ss_row=ss[1], ss_col=ss[2], ss_inter=ss[3], ss_within=ss[4]))

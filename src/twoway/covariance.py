@@ -170,7 +170,6 @@ def covariance_tensor(fit, *, chain: int = 0, draw: int = 0, include_effects: bo
     Computed on the complete grid, as if no cell were missing and with the
     table's first replicate's known se.
     """
-    import dataclasses
 
     from twoway.build import integration_constants, model_priors
     from twoway.data import TwoWayData
@@ -186,8 +185,9 @@ def covariance_tensor(fit, *, chain: int = 0, draw: int = 0, include_effects: bo
     priors = model_priors(spec, data)
     m0, constants = integration_constants(spec, priors) if spec.effects == "integrate" else (0.0, {})
     lay = layout(complete, m0)
-    design_spec = spec if include_effects else dataclasses.replace(spec, effects="sample")
-    design = effects_design(design_spec, complete)
+    design = effects_design(spec, complete)
+    if not include_effects:
+        design = design.without_effects()
     post = fit.posterior
     params = {k: np.asarray(v) for k, v in constants.items()}
     for name in post.data_vars:

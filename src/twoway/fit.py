@@ -208,7 +208,8 @@ class CompiledModel:
             "compile_seconds": float(self.compile_seconds),
             "sampling_seconds": float(t_sampling),
         }
-        return _make_fit(raw, self.spec, data, self.built, info)
+        built = self.built if data is self.template else self.built.for_data(data)
+        return _make_fit(raw, self.spec, data, built, info)
 
 
 def compile_model(model: "ModelSpec | str", data: TwoWayData, *, backend: str = "nutpie",
@@ -312,6 +313,7 @@ def _make_fit(raw: xr.DataTree, spec: ModelSpec, data: TwoWayData, built: BuiltM
     names += [n for n in built.var_names if n not in names]
     names += [n for n in ("row_shock", "col_shock") if n in post]
     posterior = _public_posterior(post, names)
+    shown = [n for n in posterior.data_vars if n not in ("row_mean", "col_mean")]
     stats = raw["sample_stats"].to_dataset()
     stats = stats.drop_vars([v for v in stats.data_vars if stats[v].dtype == object])
     stats.attrs = {}
@@ -326,7 +328,7 @@ def _make_fit(raw: xr.DataTree, spec: ModelSpec, data: TwoWayData, built: BuiltM
         "twoway_model": spec.to_json(),
         "twoway_priors": json.dumps({k: p.to_dict() for k, p in built.priors.items()}),
         "twoway_data_summary": json.dumps(data.summary()),
-        "twoway_parameters": json.dumps(built.var_names),
+        "twoway_parameters": json.dumps(shown),
         "twoway_info": json.dumps(info),
     })
     return Fit(tree)

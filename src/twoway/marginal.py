@@ -153,6 +153,10 @@ class EffectsDesign:
     def m(self) -> int:
         return self.E.shape[1]
 
+    def without_effects(self) -> "EffectsDesign":
+        """The same layout with nothing integrated: the residual law alone."""
+        return EffectsDesign(E=self.E[:, :0], blocks=(), base_cov=(), base_prec=(), base_logdet=())
+
     def prior(self, ops, params):
         """``(G^-1, log|G|)`` for parameter values ``params`` (batched over leading dims)."""
         if self.m == 0:

@@ -115,7 +115,6 @@ def iter_moments(fit, draws: list[tuple[int, int]] | None = None, *,
 
 def _integrated_moments(fit, draws, *, conditional: bool) -> Iterator[DrawMoments]:
     """Moments for models whose effects were integrated out (any residual)."""
-    import dataclasses
 
     from twoway.build import integration_constants, known_relationships, residual_parts
     from twoway.likelihood.backend import NUMPY
@@ -128,8 +127,7 @@ def _integrated_moments(fit, draws, *, conditional: bool) -> Iterator[DrawMoment
     lay = layout(data, m0, parts)
     design = effects_design(spec, data, known=known_relationships(spec, data))
     if conditional:
-        design = dataclasses.replace(design, E=design.E[:, :0], blocks=(), base_cov=(), base_prec=(),
-                                     base_logdet=())
+        design = design.without_effects()
     rr, ii, jj = lay.obs
     post = fit.posterior
     draws = draw_indices(fit) if draws is None else draws

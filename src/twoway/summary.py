@@ -91,7 +91,10 @@ def summarize(fit, *, var_names: list[str] | None = None, ci_prob: float = 0.94)
     if not 0 < ci_prob < 1:
         raise FitError(f"The interval probability must be between 0 and 1; got {ci_prob!r}.")
     post = fit.posterior
-    names = var_names or [n for n in fit.parameter_names + ["row_mean", "col_mean"] if n in post]
+    # by default: every parameter with at most one dimension besides chain and draw (matrices such as
+    # row_cov and per-replicate shocks are in the posterior; ask for them by name)
+    names = var_names or [n for n in fit.parameter_names + ["row_mean", "col_mean"]
+                          if n in post and post[n].ndim <= 3]
     missing = [n for n in names if n not in post]
     if missing:
         raise FitError(f"The parameters must be among {', '.join(post.data_vars)}; got {', '.join(missing)}.")
