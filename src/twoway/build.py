@@ -87,7 +87,7 @@ def _anova_vector(stats) -> np.ndarray:
 
 def model_priors(spec: ModelSpec, data: TwoWayData) -> dict[str, Prior]:
     """The priors ``spec`` uses on ``data``: defaults scaled to the data, then the spec's overrides."""
-    return resolve_priors(spec.parameter_names(), data.location(), data.spread(), spec.prior_overrides)
+    return resolve_priors(spec.parameter_names(), data.location(), data.spread(), spec.model_prior_overrides)
 
 
 def all_priors(spec: ModelSpec, data: TwoWayData) -> dict[str, Prior]:

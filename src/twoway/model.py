@@ -173,7 +173,14 @@ class ModelSpec:
 
     @property
     def prior_overrides(self) -> dict[str, Prior]:
+        """Every prior the spec overrides (the Kronecker structures' parameters included)."""
         return dict(self.priors)
+
+    @property
+    def model_prior_overrides(self) -> dict[str, Prior]:
+        """The overrides of :meth:`parameter_names` only (not of the Kronecker structures' parameters)."""
+        names = self.parameter_names()
+        return {k: v for k, v in self.priors if k in names}
 
     def with_priors(self, **priors: Prior) -> "ModelSpec":
         """A copy with further prior overrides."""

@@ -307,7 +307,7 @@ def sbc_spec(model) -> "Any":
     from twoway.priors import resolve_priors
 
     spec = load_model(model)
-    return spec.with_priors(**resolve_priors(spec.parameter_names(), 0.0, 1.0, spec.prior_overrides))
+    return spec.with_priors(**resolve_priors(spec.parameter_names(), 0.0, 1.0, spec.model_prior_overrides))
 
 
 def _check_count(name: str, value: Any, low: int) -> int:

@@ -75,7 +75,7 @@ def draw_parameters(spec: ModelSpec, n_rows: int, n_cols: int, *, rng: np.random
     -------
     dict of str to float or array (N,) or (K,)
     """
-    priors = resolve_priors(spec.parameter_names(), location, spread, spec.prior_overrides)
+    priors = resolve_priors(spec.parameter_names(), location, spread, spec.model_prior_overrides)
     out: dict[str, Any] = {}
     if spec.intercept:
         out["intercept"] = float(priors["intercept"].sample(rng))
