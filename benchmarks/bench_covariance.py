@@ -79,15 +79,6 @@ def _divergences(trace) -> int:
     return int(stats["diverging"].sum())
 
 
-def nutpie_sample(model, settings: dict, seed: int):
-    """Compile ``model`` with nutpie (numba) and sample it."""
-    import nutpie
-
-    compiled = nutpie.compile_pymc_model(model)
-    return nutpie.sample(compiled, chains=settings["chains"], draws=settings["draws"], tune=settings["tune"],
-                         seed=seed, progress_bar=False)
-
-
 def run_twoway(spec, data, settings: dict, seed: int, quantities) -> dict:
     import twoway
 
@@ -113,10 +104,17 @@ def run_baseline(build, settings: dict, seed: int, quantities, *, sampler: str) 
 
     t0 = time.perf_counter()
     model = build()
+    note = ""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if sampler == "nutpie":
-            trace = nutpie_sample(model, settings, seed)
+            import nutpie
+
+            compiled = nutpie.compile_pymc_model(model)
+            t_compiled = time.perf_counter()
+            trace = nutpie.sample(compiled, chains=settings["chains"], draws=settings["draws"],
+                                  tune=settings["tune"], seed=seed, progress_bar=False)
+            note = f"build + compile {t_compiled - t0:.1f} s, sampling {time.perf_counter() - t_compiled:.1f} s"
         else:
             kwargs = {} if sampler == "pm.sample" else {"nuts_sampler": sampler}
             trace = pm.sample(settings["draws"], tune=settings["tune"], chains=settings["chains"],
@@ -125,7 +123,7 @@ def run_baseline(build, settings: dict, seed: int, quantities, *, sampler: str) 
     q = quantities(_posterior(trace))
     ess, worst = min_ess(q)
     return {"wall": wall, "min_ess": ess, "worst": worst, "divergences": _divergences(trace), "means": means(q),
-            "note": ""}
+            "note": note}
 
 
 def settings_text(s: dict) -> str:

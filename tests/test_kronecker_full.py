@@ -11,12 +11,7 @@ from twoway.build import build_pymc_model
 from twoway.likelihood.backend import NUMPY
 from twoway.likelihood.woodbury import effects_conditional
 from twoway.marginal import base_projections, dense_covariance, indicator_matrix
-
-
-def _logp_and_grad(model, point):
-    fn = model.compile_fn([model.logp(), model.dlogp()], mode="FAST_COMPILE", point_fn=True)
-    value, grad = fn(point)
-    return float(value), np.asarray(grad)
+from twins import logp_and_grad
 
 
 def kron(row, col, sigma=False, **kw):
@@ -44,8 +39,8 @@ def test_kronecker_paths_equal_dense_twin(spec, n, k, r, missing, se, path):
     ip = fast.model.initial_point()
     for _ in range(2):
         point = {key: v + rng.normal(0, 0.3, size=np.shape(v)) for key, v in ip.items()}
-        v_fast, g_fast = _logp_and_grad(fast.model, point)
-        v_dense, g_dense = _logp_and_grad(dense.model, point)
+        v_fast, g_fast = logp_and_grad(fast.model, point)
+        v_dense, g_dense = logp_and_grad(dense.model, point)
         np.testing.assert_allclose(v_fast, v_dense, rtol=1e-10, atol=1e-8)
         np.testing.assert_allclose(g_fast, g_dense, rtol=1e-8, atol=1e-8)
 
@@ -84,7 +79,7 @@ def test_full_callable_equals_dense_twin_and_simulates(cov_module):
         fast, dense = build_pymc_model(spec, data), build_pymc_model(spec, data, likelihood="dense")
         assert fast.likelihood_path == "dense-table"
         point = {k: v + 0.1 for k, v in fast.model.initial_point().items()}
-        a, b = _logp_and_grad(fast.model, point), _logp_and_grad(dense.model, point)
+        a, b = logp_and_grad(fast.model, point), logp_and_grad(dense.model, point)
         np.testing.assert_allclose(a[0], b[0], rtol=1e-10)
         np.testing.assert_allclose(a[1], b[1], rtol=1e-8, atol=1e-8)
 

@@ -7,13 +7,7 @@ import pytest
 
 from twoway import ModelSpec, preset, simulate
 from twoway.build import build_pymc_model
-
-
-def _logp_and_grad(model, point):
-    # FAST_COMPILE: the same graph, evaluated without a C compile step (float64 throughout)
-    fn = model.compile_fn([model.logp(), model.dlogp()], mode="FAST_COMPILE", point_fn=True)
-    value, grad = fn(point)
-    return float(value), np.asarray(grad)
+from twins import logp_and_grad
 
 
 def _random_points(model, rng, n=3):
@@ -45,8 +39,8 @@ def test_diagonal_path_equals_dense_twin(spec, n, k, r, missing, se):
     assert fast.likelihood_path == "diagonal" and dense.likelihood_path == "dense"
     rng = np.random.default_rng(0)
     for point in _random_points(fast.model, rng):
-        v_fast, g_fast = _logp_and_grad(fast.model, point)
-        v_dense, g_dense = _logp_and_grad(dense.model, point)
+        v_fast, g_fast = logp_and_grad(fast.model, point)
+        v_dense, g_dense = logp_and_grad(dense.model, point)
         assert np.isfinite(v_fast)
         np.testing.assert_allclose(v_fast, v_dense, rtol=1e-10, atol=1e-9)
         np.testing.assert_allclose(g_fast, g_dense, rtol=1e-9, atol=1e-9)

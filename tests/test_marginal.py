@@ -9,12 +9,7 @@ from twoway.build import build_pymc_model, integration_constants, model_priors
 from twoway.likelihood.backend import NUMPY
 from twoway.likelihood.woodbury import effects_conditional
 from twoway.marginal import base_projections, dense_covariance, effects_design, layout
-
-
-def _logp_and_grad(model, point):
-    fn = model.compile_fn([model.logp(), model.dlogp()], mode="FAST_COMPILE", point_fn=True)
-    value, grad = fn(point)
-    return float(value), np.asarray(grad)
+from twins import logp_and_grad
 
 
 CASES = [
@@ -44,8 +39,8 @@ def test_fast_path_equals_dense_twin(spec, n, k, r, missing, se, path):
     ip = fast.model.initial_point()
     for _ in range(3):
         point = {key: v + rng.normal(0, 0.5, size=np.shape(v)) for key, v in ip.items()}
-        v_fast, g_fast = _logp_and_grad(fast.model, point)
-        v_dense, g_dense = _logp_and_grad(dense.model, point)
+        v_fast, g_fast = logp_and_grad(fast.model, point)
+        v_dense, g_dense = logp_and_grad(dense.model, point)
         assert np.isfinite(v_fast)
         np.testing.assert_allclose(v_fast, v_dense, rtol=1e-10, atol=1e-8)
         np.testing.assert_allclose(g_fast, g_dense, rtol=1e-8, atol=1e-8)

@@ -171,10 +171,10 @@ def covariance_tensor(fit, *, chain: int = 0, draw: int = 0, include_effects: bo
     table's first replicate's known se.
     """
 
-    from twoway.build import integration_constants, model_priors
+    from twoway.build import integration_constants, model_priors, residual_parts
     from twoway.data import TwoWayData
     from twoway.likelihood.backend import NUMPY
-    from twoway.marginal import dense_covariance, effects_design, layout
+    from twoway.marginal import dense_covariance, effects_design, layout, point_parameters
 
     spec = fit.model
     data = fit.data
@@ -184,13 +184,10 @@ def covariance_tensor(fit, *, chain: int = 0, draw: int = 0, include_effects: bo
                                      col_labels=data.col_labels)
     priors = model_priors(spec, data)
     m0, constants = integration_constants(spec, priors) if spec.effects == "integrate" else (0.0, {})
-    lay = layout(complete, m0)
+    lay = layout(complete, m0, residual_parts(spec, data.row_labels, data.col_labels))
     design = effects_design(spec, complete)
     if not include_effects:
         design = design.without_effects()
-    post = fit.posterior
-    params = {k: np.asarray(v) for k, v in constants.items()}
-    for name in post.data_vars:
-        params[name] = post[name].values[chain, draw]
+    params = point_parameters(spec, lay, fit.posterior, chain, draw, constants)
     cov = dense_covariance(NUMPY, spec, lay, design, params)
     return cov.reshape(N, K, N, K)

@@ -339,6 +339,17 @@ def kronecker_factors(spec: ModelSpec, lay: Layout, params) -> dict:
     return out
 
 
+def point_parameters(spec: ModelSpec, lay: Layout, posterior, chain: int, draw: int, constants: dict) -> dict:
+    """NumPy parameter values at one posterior draw, with what the residual derives from them."""
+    params = {k: np.asarray(v) for k, v in constants.items()}
+    for name in posterior.data_vars:
+        params[name] = posterior[name].values[chain, draw]
+    if spec.residual == "kronecker":
+        batch = {k: np.asarray(v)[None] for k, v in params.items()}
+        params.update({k: v[0] for k, v in kronecker_factors(spec, lay, batch).items()})
+    return params
+
+
 def _dense_table(ops, spec, lay, params, var):
     from twoway.likelihood.dense import dense_table_projections
 

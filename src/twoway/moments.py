@@ -118,7 +118,7 @@ def _integrated_moments(fit, draws, *, conditional: bool) -> Iterator[DrawMoment
 
     from twoway.build import integration_constants, known_relationships, residual_parts
     from twoway.likelihood.backend import NUMPY
-    from twoway.marginal import dense_covariance, effects_design, kronecker_factors, layout
+    from twoway.marginal import dense_covariance, effects_design, layout, point_parameters
 
     spec = fit.model
     data = fit.data
@@ -132,12 +132,7 @@ def _integrated_moments(fit, draws, *, conditional: bool) -> Iterator[DrawMoment
     post = fit.posterior
     draws = draw_indices(fit) if draws is None else draws
     for c, d in draws:
-        params = {k: np.asarray(v) for k, v in constants.items()}
-        for name in post.data_vars:
-            params[name] = post[name].values[c, d]
-        if spec.residual == "kronecker":
-            batch = {k: np.asarray(v)[None] for k, v in params.items()}
-            params.update({k: v[0] for k, v in kronecker_factors(spec, lay, batch).items()})
+        params = point_parameters(spec, lay, post, c, d, constants)
         cov = dense_covariance(NUMPY, spec, lay, design, params)
         if conditional:
             mean = np.full(ii.size, float(params.get("intercept", 0.0)))
