@@ -29,6 +29,7 @@ import numpy as np
 import xarray as xr
 
 from twoway import __version__
+from twoway.compile_modes import pymc_compile_kwargs, sampling_modes
 from twoway.build import BuiltModel, all_priors, build_pymc_model, public_names
 from twoway.data import TwoWayData
 from twoway.derived import row_col_means
@@ -196,7 +197,8 @@ class CompiledModel:
                 warnings.simplefilter("ignore")  # PyMC's own convergence warnings: the summary says the same
                 raw = pm.sample(draws=draws, tune=tune, chains=chains, cores=cores, random_seed=seed,
                                 progressbar=progress, nuts_sampler="pymc", model=model,
-                                compute_convergence_checks=False, quiet=not progress)
+                                compute_convergence_checks=False, quiet=not progress,
+                                compile_kwargs=pymc_compile_kwargs())
         t_sampling = time.perf_counter() - t0
         info = {
             "backend": self.backend,
@@ -243,7 +245,8 @@ def compile_model(model: "ModelSpec | str", data: TwoWayData, *, backend: str = 
 
         if progress:
             print("twoway: compiling the model ...", file=sys.stderr, flush=True)
-        compiled = nutpie.compile_pymc_model(built.model)
+        with sampling_modes():
+            compiled = nutpie.compile_pymc_model(built.model)
     return CompiledModel(spec=spec, template=data, built=built, backend=backend, compiled=compiled,
                          compile_seconds=time.perf_counter() - t0)
 
