@@ -24,12 +24,22 @@ twoway / baseline of ESS per second.
 3. ``latent``: the seed's ``model_latent_var`` ported to PyMC 6 (see
    :func:`seed_latent_model`) sampled as the seed does, ``pm.sample(500,
    tune=1000, chains=6)`` (nutpie in PyMC 6) and with PyMC's own NUTS, against
-   twoway's ``latent`` preset (its defaults: 4 chains x 1000 draws, 1000
-   tuning) on the seed's 8 x 12 table with 3 replicates. Quantities: the row
-   and column shock sds and the noise sd.
+   twoway's ``latent`` preset on the seed's 8 x 12 table with 3 replicates
+   (``twoway.demo.seed_parameters()``: the seed's means, shock sds and noise sd
+   1e-4). Quantities: the row and column shock sds and the noise sd.
+
+Settings (the same on both sides, except the latent case, where the seed's
+model keeps the seed's own settings): crossed 24 x 6, 4 chains x 1000 draws
+after 1000 tuning; crossed 200 x 50 x 3, 4 x 200 after 200; kronecker, 4 x 200
+after 200; latent, twoway 4 x 1000 after 1000.
+Every model, baselines included, is compiled with the PyTensor modes of
+:mod:`twoway.compile_modes` (a rewrite that miscompiles sums over broadcast
+scalars left out); the latent case also prints how far nutpie's compiled
+log-density of the seed's model is off without that. ``--chains``,
+``--draws`` and ``--tune`` override them for every run.
 
 Run: ``.venv/bin/python benchmarks/bench_covariance.py [--only crossed|kronecker|latent]
-[--seed S] [--draws D] [--tune T] [--chains C] [--no-pymc-nuts]``
+[--seed S] [--draws D] [--tune T] [--chains C] [--no-pymc-nuts] [--latent-sigma S]``
 """
 
 from __future__ import annotations
@@ -73,10 +83,24 @@ def _posterior(trace) -> xr.Dataset:
     return post.to_dataset() if hasattr(post, "to_dataset") else post
 
 
-def _divergences(trace) -> int:
+def _stats(trace) -> xr.Dataset:
     stats = trace["sample_stats"]
-    stats = stats.to_dataset() if hasattr(stats, "to_dataset") else stats
-    return int(stats["diverging"].sum())
+    return stats.to_dataset() if hasattr(stats, "to_dataset") else stats
+
+
+def _divergences(trace) -> int:
+    return int(_stats(trace)["diverging"].sum())
+
+
+def _steps(trace) -> str:
+    """Mean leapfrog steps per kept draw and the share of draws at the maximum tree depth."""
+    st = _stats(trace)
+    steps = st["n_steps"] if "n_steps" in st else st.get("tree_size")
+    at_max = st["maxdepth_reached"] if "maxdepth_reached" in st else st.get("reached_max_treedepth")
+    out = f"{float(steps.mean()):.1f} leapfrog steps per draw" if steps is not None else ""
+    if at_max is not None:
+        out += f", {100 * float(at_max.mean()):.0f}% of draws at max tree depth"
+    return out
 
 
 def run_twoway(spec, data, settings: dict, seed: int, quantities) -> dict:
@@ -92,8 +116,8 @@ def run_twoway(spec, data, settings: dict, seed: int, quantities) -> dict:
     ess, worst = min_ess(q)
     info = result.info
     return {"wall": wall, "min_ess": ess, "worst": worst, "divergences": _divergences(result.tree), "means": means(q),
-            "note": f"compile {info['compile_seconds']:.1f} s, sampling {info['sampling_seconds']:.1f} s, "
-                    f"path {info['likelihood_path']}",
+            "note": f"build + compile {info['compile_seconds']:.1f} s, sampling {info['sampling_seconds']:.1f} s, "
+                    f"{_steps(result.tree)}, likelihood path {info['likelihood_path']}",
             "fit": result}
 
 
@@ -101,11 +125,13 @@ def run_baseline(build, settings: dict, seed: int, quantities, *, sampler: str) 
     """``sampler``: 'nutpie' (compile_pymc_model + nutpie.sample), or 'pm.sample' / 'pymc' (pm.sample's
     default NUTS, or nuts_sampler='pymc')."""
     import pymc as pm
+    from twoway.compile_modes import pymc_compile_kwargs, sampling_modes
 
     t0 = time.perf_counter()
     model = build()
     note = ""
-    with warnings.catch_warnings():
+    # the baselines get the same PyTensor modes as twoway (see twoway.compile_modes): a correct log-density
+    with warnings.catch_warnings(), sampling_modes():
         warnings.simplefilter("ignore")
         if sampler == "nutpie":
             import nutpie
@@ -114,14 +140,15 @@ def run_baseline(build, settings: dict, seed: int, quantities, *, sampler: str) 
             t_compiled = time.perf_counter()
             trace = nutpie.sample(compiled, chains=settings["chains"], draws=settings["draws"],
                                   tune=settings["tune"], seed=seed, progress_bar=False)
-            note = f"build + compile {t_compiled - t0:.1f} s, sampling {time.perf_counter() - t_compiled:.1f} s"
+            note = f"build + compile {t_compiled - t0:.1f} s, sampling {time.perf_counter() - t_compiled:.1f} s, "
         else:
-            kwargs = {} if sampler == "pm.sample" else {"nuts_sampler": sampler}
+            kwargs = {} if sampler == "pm.sample" else {"nuts_sampler": sampler, "compile_kwargs": pymc_compile_kwargs()}
             trace = pm.sample(settings["draws"], tune=settings["tune"], chains=settings["chains"],
                               random_seed=seed, progressbar=False, model=model, **kwargs)
     wall = time.perf_counter() - t0
     q = quantities(_posterior(trace))
     ess, worst = min_ess(q)
+    note += _steps(trace)
     return {"wall": wall, "min_ess": ess, "worst": worst, "divergences": _divergences(trace), "means": means(q),
             "note": note}
 
@@ -144,7 +171,8 @@ def report(title: str, runs: dict[str, dict], *, baseline: str, twoway_run: str,
         if r.get("note"):
             print(f"   {name}: {r['note']}")
     for name, r in runs.items():
-        text = "; ".join(f"{k} {np.array2string(np.round(v, 3), separator=', ', max_line_width=10**6)}"
+        text = "; ".join(f"{k} " + np.array2string(np.asarray(v), separator=", ", max_line_width=10**6,
+                                                     formatter={"float_kind": lambda x: f"{x:.3g}"})
                          for k, v in r["means"].items())
         print(f"   posterior means, {name}: {text}")
     rows = []
@@ -203,8 +231,10 @@ def bench_crossed(args) -> list[dict]:
     cases = [
         ("24 x 6, complete", dict(n_rows=24, n_cols=6, n_replicates=1, missing=0.0),
          {"chains": 4, "draws": 1000, "tune": 1000}),
+        # twoway samples this table slowly (its Woodbury path costs ~(N+K)^3 per gradient); 200/200
+        # keeps the whole script near 15 minutes on 2 cores
         ("200 x 50 x 3 replicates, 10% missing", dict(n_rows=200, n_cols=50, n_replicates=3, missing=0.1),
-         {"chains": 4, "draws": 500, "tune": 500}),
+         {"chains": 4, "draws": 200, "tune": 200}),
     ]
     for label, shape, settings in cases:
         settings = override(settings, args)
@@ -290,7 +320,8 @@ def kron_quantities_pymc(post) -> dict:
 def bench_kronecker(args) -> list[dict]:
     import twoway
 
-    settings = override({"chains": 4, "draws": 1000, "tune": 1000}, args)
+    # the MatrixNormal baseline takes ~1.3 s per draw of 4 chains on 2 cores: 200/200 keeps the script short
+    settings = override({"chains": 4, "draws": 200, "tune": 200}, args)
     spec = kron_spec()
     sim = twoway.simulate(spec, 100, 8, 5, params=KRON_TRUTH, seed=args.seed)
     data = sim.data
@@ -396,6 +427,9 @@ def bench_latent(args) -> list[dict]:
                   others=others)
     print(f"   truth: row shock sd {np.round(params['row_sd'], 3).tolist()}, col shock sd "
           f"{np.round(params['col_sd'], 3).tolist()}, noise sd {params['sigma']:g}")
+    offset = miscompiled_offset(seed_latent_model(y))
+    print(f"   without twoway.compile_modes, nutpie's compiled log-density of the seed's model differs from its graph "
+          f"by {offset:.6g} at the initial point (the baselines here are compiled with the exclusion)")
     return rows
 
 
@@ -408,6 +442,17 @@ def override(settings: dict, args) -> dict:
         if getattr(args, key) is not None:
             out[key] = getattr(args, key)
     return out
+
+
+def miscompiled_offset(model) -> float:
+    """Compiled (nutpie, standard NUMBA mode) minus uncompiled log-density of ``model`` at its initial point."""
+    import nutpie
+
+    compiled = nutpie.compile_pymc_model(model)
+    ip = model.initial_point()
+    x = np.concatenate([np.ravel(ip[v.name]) for v in model.value_vars])
+    reference = model.compile_fn(model.logp(), mode="FAST_COMPILE", point_fn=True)
+    return float(compiled.logp_func(x)[0]) - float(reference(ip))
 
 
 def main() -> None:

@@ -34,6 +34,7 @@ from twoway.likelihood.woodbury import (
     Projections,
     diagonal_projections,
     effects_posterior,
+    eliminated_side_logp,
     gaussian_logp_from,
     shock_projections,
     woodbury_logp,
@@ -43,7 +44,7 @@ from twoway.model import ModelSpec
 __all__ = ["Layout", "EffectsDesign", "layout", "effects_design", "choose_path", "marginal_logp",
            "dense_covariance", "draw_effects", "PATHS"]
 
-PATHS = ("diagonal", "anova", "woodbury", "woodbury-latent", "kronecker-cholesky", "kronecker-ar1",
+PATHS = ("diagonal", "anova", "woodbury", "woodbury-schur", "woodbury-latent", "kronecker-cholesky", "kronecker-ar1",
          "kronecker-eigen", "dense-table", "dense")
 
 
@@ -403,7 +404,33 @@ def choose_path(spec: ModelSpec, lay: Layout, design: EffectsDesign, *, likeliho
     homogeneous = spec.row_scale != "hetero" and spec.col_scale != "hetero"
     if lay.anova is not None and homogeneous and exchangeable:
         return "anova"
+    if spec.residual == "independent" and eliminated_block(spec, lay, design) is not None:
+        return "woodbury-schur"
     return "woodbury"
+
+
+def eliminated_block(spec: ModelSpec, lay: Layout, design: EffectsDesign):
+    """The block of iid random effects the ``woodbury-schur`` path eliminates, or None.
+
+    Of the row and column effects that are random with an identity relationship
+    matrix, the side with more levels (rows on a tie).
+
+    Returns
+    -------
+    (index in design.blocks, side) or None
+    """
+    best = None
+    for k, (name, _, start, stop) in enumerate(design.blocks):
+        if name not in ("row_effect", "col_effect"):
+            continue
+        side = name.split("_")[0]
+        if getattr(spec, f"{side}_effect") != "random":
+            continue
+        if not np.array_equal(design.base_cov[k][start:stop, start:stop], np.eye(stop - start)):
+            continue
+        if best is None or stop - start > best[2]:
+            best = (k, side, stop - start)
+    return None if best is None else best[:2]
 
 
 def marginal_logp(ops, spec: ModelSpec, lay: Layout, design: EffectsDesign, params, path: str):
@@ -426,11 +453,31 @@ def marginal_logp(ops, spec: ModelSpec, lay: Layout, design: EffectsDesign, para
         cov = dense_covariance(ops, spec, lay, design, params)
         r = ops.asarray(lay.r[lay.obs])
         return dense_logp(ops, r, cov, lay.n_obs)
+    if path == "woodbury-schur":
+        return _schur_logp(ops, spec, lay, design, params)
     proj = base_projections(ops, spec, lay, params)
     if design.m == 0:
         return gaussian_logp_from(lay.n_obs, proj.logdet, proj.quad)
     g_inv, logdet_g = design.prior(ops, params)
     return woodbury_logp(ops, proj, design.E, g_inv, logdet_g, lay.n_obs)
+
+
+def _schur_logp(ops, spec: ModelSpec, lay: Layout, design: EffectsDesign, params):
+    """The ``woodbury-schur`` path: diagonal residual, one side's iid random effects eliminated."""
+    k, side = eliminated_block(spec, lay, design)
+    _, var_param, start, stop = design.blocks[k]
+    var = noise_variance(ops, spec, lay, params)
+    w = lay.mask / var
+    wr = w * lay.r
+    logdet_base = ops.sum(ops.sum(ops.sum(lay.mask * ops.log(var), axis=-1), axis=-1), axis=-1)
+    quad0 = ops.sum(ops.sum(ops.sum(wr * lay.r, axis=-1), axis=-1), axis=-1)
+    keep = np.r_[0:start, stop:design.m]
+    g_inv, logdet_g = design.prior(ops, params)
+    sd = params[var_param]
+    return eliminated_side_logp(
+        ops, w_sum=ops.sum(w, axis=-3), wr_sum=ops.sum(wr, axis=-3), quad0=quad0, logdet_base=logdet_base,
+        n_rows=lay.shape[1], side=side, side_var=sd * sd, E_rest=design.E[:, keep],
+        g_inv_rest=g_inv[keep][:, keep], logdet_g=logdet_g, n_obs=lay.n_obs)
 
 
 # -- dense covariance ---------------------------------------------------------------------------
