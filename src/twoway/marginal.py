@@ -21,6 +21,7 @@ or NumPy arrays with a leading batch of posterior draws afterwards.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -34,7 +35,9 @@ from twoway.likelihood.woodbury import (
     Projections,
     diagonal_projections,
     effects_posterior,
+    eliminate_side,
     eliminated_side_logp,
+    eliminated_side_posterior,
     gaussian_logp_from,
     shock_projections,
     woodbury_logp,
@@ -462,22 +465,62 @@ def marginal_logp(ops, spec: ModelSpec, lay: Layout, design: EffectsDesign, para
     return woodbury_logp(ops, proj, design.E, g_inv, logdet_g, lay.n_obs)
 
 
-def _schur_logp(ops, spec: ModelSpec, lay: Layout, design: EffectsDesign, params):
-    """The ``woodbury-schur`` path: diagonal residual, one side's iid random effects eliminated."""
+def uniform_noise(spec: ModelSpec, lay: Layout) -> bool:
+    """Whether every observed cell of an independent residual has the same variance (a scalar)."""
+    return (spec.residual == "independent" and spec.row_scale != "hetero" and spec.col_scale != "hetero"
+            and lay.se_constant is not None)
+
+
+def _eliminated(ops, spec: ModelSpec, lay: Layout, design: EffectsDesign, params):
+    """(EliminatedSide, quad0, log|B|, log|G|) for the ``woodbury-schur`` path, batched over draws in NumPy.
+
+    With one variance v for every cell, the precision pattern is the constant
+    count of observations per cell and v enters as a scale; otherwise the cell
+    precisions are summed over replicates.
+    """
     k, side = eliminated_block(spec, lay, design)
     _, var_param, start, stop = design.blocks[k]
-    var = noise_variance(ops, spec, lay, params)
-    w = lay.mask / var
-    wr = w * lay.r
-    logdet_base = ops.sum(ops.sum(ops.sum(lay.mask * ops.log(var), axis=-1), axis=-1), axis=-1)
-    quad0 = ops.sum(ops.sum(ops.sum(wr * lay.r, axis=-1), axis=-1), axis=-1)
     keep = np.r_[0:start, stop:design.m]
     g_inv, logdet_g = design.prior(ops, params)
+    g_inv_rest = g_inv[..., keep, :][..., keep]
     sd = params[var_param]
-    return eliminated_side_logp(
-        ops, w_sum=ops.sum(w, axis=-3), wr_sum=ops.sum(wr, axis=-3), quad0=quad0, logdet_base=logdet_base,
-        n_rows=lay.shape[1], side=side, side_var=sd * sd, E_rest=design.E[:, keep],
-        g_inv_rest=g_inv[keep][:, keep], logdet_g=logdet_g, n_obs=lay.n_obs)
+    if uniform_noise(spec, lay):
+        one = dataclasses.replace(lay, se=np.full((1, 1, 1), lay.se_constant), mask=np.ones((1, 1, 1)))
+        v = noise_variance(ops, spec, one, params)[..., 0, 0, 0]
+        r = lay.r
+        scale = 1.0 / v
+        w_sum, wr_sum = lay.mask.sum(axis=0), ops.sum(r, axis=-3)
+        quad0 = ops.sum(ops.sum(ops.sum(r * r, axis=-1), axis=-1), axis=-1) / v
+        logdet_base = lay.n_obs * ops.log(v)
+    else:
+        var = noise_variance(ops, spec, lay, params)
+        w = lay.mask / var
+        wr = w * lay.r
+        scale = 1.0
+        w_sum, wr_sum = ops.sum(w, axis=-3), ops.sum(wr, axis=-3)
+        quad0 = ops.sum(ops.sum(ops.sum(wr * lay.r, axis=-1), axis=-1), axis=-1)
+        logdet_base = ops.sum(ops.sum(ops.sum(lay.mask * ops.log(var), axis=-1), axis=-1), axis=-1)
+    parts = eliminate_side(ops, w_sum=w_sum, wr_sum=wr_sum, scale=scale, n_rows=lay.shape[1], side=side,
+                           side_var=sd * sd, E_rest=design.E[:, keep], g_inv_rest=g_inv_rest)
+    return parts, quad0, logdet_base, logdet_g
+
+
+def _schur_logp(ops, spec: ModelSpec, lay: Layout, design: EffectsDesign, params):
+    """The ``woodbury-schur`` path: diagonal residual, one side's iid random effects eliminated."""
+    parts, quad0, logdet_base, logdet_g = _eliminated(ops, spec, lay, design, params)
+    return eliminated_side_logp(ops, parts, quad0=quad0, logdet_base=logdet_base, logdet_g=logdet_g,
+                                n_obs=lay.n_obs)
+
+
+def _schur_draw(spec: ModelSpec, lay: Layout, design: EffectsDesign, params, rng) -> np.ndarray:
+    """Effects' coordinates (S, m) drawn through the eliminated side's block structure."""
+    from twoway.likelihood.backend import NUMPY
+
+    k, _ = eliminated_block(spec, lay, design)
+    _, _, start, stop = design.blocks[k]
+    parts, *_ = _eliminated(NUMPY, spec, lay, design, params)
+    u_a, u_o = eliminated_side_posterior(parts, rng)
+    return np.concatenate([u_o[..., :start], u_a, u_o[..., start:]], axis=-1)
 
 
 # -- dense covariance ---------------------------------------------------------------------------
@@ -549,9 +592,13 @@ def draw_effects(spec: ModelSpec, lay: Layout, design: EffectsDesign, params, rn
             g_inv, _ = design.prior(NUMPY, sub)
             u[s_] = effects_posterior(proj, design.E, g_inv, rng)
         return _effects_from_coordinates(lay, design, u)
+    schur = spec.residual == "independent" and choose_path(spec, lay, design) == "woodbury-schur"
     for start in range(0, S, chunk):
         sl = slice(start, min(S, start + chunk))
         sub = {k: v[sl] for k, v in params.items()}
+        if schur:
+            u[sl] = _schur_draw(spec, lay, design, sub, rng)
+            continue
         proj = base_projections(NUMPY, spec, lay, sub)
         g_inv, _ = design.prior(NUMPY, sub)
         u[sl] = effects_posterior(proj, design.E, g_inv, rng)

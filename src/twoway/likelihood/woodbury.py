@@ -27,7 +27,8 @@ from typing import Any
 import numpy as np
 
 __all__ = ["Projections", "diagonal_projections", "shock_projections", "woodbury_logp",
-           "gaussian_logp_from", "effects_posterior", "effects_conditional", "eliminated_side_logp"]
+           "gaussian_logp_from", "effects_posterior", "effects_conditional", "EliminatedSide",
+           "eliminate_side", "eliminated_side_logp", "eliminated_side_posterior"]
 
 LOG_2PI = math.log(2.0 * math.pi)
 
@@ -223,75 +224,137 @@ def effects_posterior(proj: Projections, E, g_inv, rng: np.random.Generator) -> 
     return mean + dev
 
 
-def eliminated_side_logp(ops, *, w_sum, wr_sum, quad0, logdet_base, n_rows: int, side: str, side_var, E_rest,
-                         g_inv_rest, logdet_g, n_obs: int):
-    """Woodbury with one side's independent effects eliminated through their diagonal block.
+@dataclass(frozen=True)
+class EliminatedSide:
+    """The pieces of ``M = G^-1 + E' P E`` with one side's iid effects (``a``) split off.
+
+    Attributes
+    ----------
+    D : array (..., n)
+        The diagonal ``a`` block.
+    M_ao : array (..., n, m_o)
+        The off-diagonal block.
+    c_a : array (..., n)
+        ``E_a' b``.
+    S : array (..., m_o, m_o)
+        The Schur complement ``M_oo - M_ao' D^-1 M_ao``.
+    t : array (..., m_o)
+        ``c_o - M_ao' D^-1 c_a``.
+    """
+
+    D: Any
+    M_ao: Any
+    c_a: Any
+    S: Any
+    t: Any
+
+
+def eliminate_side(ops, *, w_sum, wr_sum, scale=1.0, n_rows: int, side: str, side_var, E_rest, g_inv_rest
+                   ) -> EliminatedSide:
+    """Split ``M`` for a diagonal residual whose cell precisions are ``scale * w_sum``.
 
     For a diagonal residual and effects ``u = (a, o)``, where ``a`` are iid
     random effects of one side (rows or columns, prior ``N(0, side_var I)``,
     acting on that side's indicators one to one) and ``o`` the other
-    coordinates, the Woodbury matrix ``M = G^-1 + E' P E`` has a diagonal
-    ``a`` block D. The Schur complement ``S = M_oo - M_ao' D^-1 M_ao`` gives
-
-        log|M| = sum log D + log|S|,
-        c' M^-1 c = c_a' D^-1 c_a + t' S^-1 t,   t = c_o - M_ao' D^-1 c_a,
-
-    at O(n m_o^2 + m_o^3) per evaluation instead of O((N + K)^3), without
-    forming the dense (N+K, N+K) projection. One parameter point (no batch).
+    coordinates, the Woodbury matrix ``M = G^-1 + E' P E`` has a diagonal ``a``
+    block D, and everything follows from D, ``M_ao`` and the Schur complement
+    ``S = M_oo - M_ao' D^-1 M_ao`` at O(n m_o^2 + m_o^3) instead of
+    O((N + K)^3), without forming the dense (N+K, N+K) projection.
 
     Parameters
     ----------
-    w_sum : array (N, K)
-        Cell precisions summed over replicates (0 at missing cells).
-    wr_sum : array (N, K)
-        Precision-weighted residuals summed over replicates.
-    quad0 : scalar
-        r' B^-1 r over all cells.
-    logdet_base : scalar
-        log|B| over the observed cells.
+    w_sum : array (N, K) or (..., N, K)
+        Cell precisions summed over replicates, up to ``scale`` (0 at missing
+        cells). A constant pattern with a parameter ``scale`` keeps every
+        product of ``w_sum`` with the design a constant.
+    wr_sum : array (..., N, K)
+        Precision-weighted residuals summed over replicates, up to ``scale``.
+    scale : scalar (...,)
+        Common factor of the precisions (1 when ``w_sum`` carries them).
     n_rows : int
         N.
     side : {"row", "col"}
         The eliminated side.
-    side_var : scalar
+    side_var : scalar (...,)
         Prior variance of the eliminated effects.
     E_rest : array (N+K, m_o)
         The other coordinates' map onto the indicators (a constant).
-    g_inv_rest : array (m_o, m_o)
+    g_inv_rest : array (..., m_o, m_o)
         Their inverse prior covariance.
-    logdet_g : scalar
-        log|G| of all effects, the eliminated ones included.
-    n_obs : int
-
-    Returns
-    -------
-    scalar
     """
-    a_prec = ops.sum(w_sum, axis=-1)            # (N,) the diagonal of P's row block
-    c_prec = ops.sum(w_sum, axis=-2)            # (K,)
-    b_rows = ops.sum(wr_sum, axis=-1)
-    b_cols = ops.sum(wr_sum, axis=-2)
     W = w_sum
-    if E_rest.shape[1] == 0:  # the eliminated effects are all there is
-        a = a_prec if side == "row" else c_prec
-        b = b_rows if side == "row" else b_cols
-        D = a + 1.0 / side_var
-        return gaussian_logp_from(n_obs, logdet_base + logdet_g + ops.sum(ops.log(D)), quad0 - ops.sum(b * b / D))
     E_row = np.ascontiguousarray(E_rest[:n_rows])          # (N, m_o)
     E_col = np.ascontiguousarray(E_rest[n_rows:])          # (K, m_o)
     if side == "col":  # transpose the table: the columns play the rows' part
-        a_prec, c_prec, W, b_rows, b_cols, E_row, E_col = c_prec, a_prec, _mT(ops, W), b_cols, b_rows, E_col, E_row
-    WE = W @ ops.asarray(E_col)                            # (n, m_o)
-    M_ao = a_prec[:, None] * ops.asarray(E_row) + WE       # the eliminated rows of P E_rest
-    M_oo = (ops.asarray(E_row.T) @ M_ao + ops.asarray(E_col.T) @ _mT(ops, W) @ ops.asarray(E_row)
-            + ops.asarray(E_col.T) @ (c_prec[:, None] * ops.asarray(E_col)) + g_inv_rest)
-    c_o = ops.asarray(E_row.T) @ b_rows + ops.asarray(E_col.T) @ b_cols
-    D = a_prec + 1.0 / side_var
-    scaled = M_ao / D[:, None]
+        W, wr_sum, E_row, E_col = _mT(ops, W), _mT(ops, wr_sum), E_col, E_row
+    sc = _expand(scale)                                    # (..., 1), or a scalar without batch
+    sc2 = sc[..., None] if getattr(sc, "ndim", 0) else sc  # (..., 1, 1)
+    a_prec = ops.sum(W, axis=-1)                           # (..., n): the diagonal of P's block
+    o_prec = ops.sum(W, axis=-2)                           # (..., k): the other side's
+    b_a = ops.sum(wr_sum, axis=-1)
+    b_o = ops.sum(wr_sum, axis=-2)
+    D = sc * a_prec + _expand(1.0 / side_var)
+    WE = W @ E_col                                         # (..., n, m_o)
+    M_ao_unit = a_prec[..., :, None] * E_row + WE
+    M_ao = sc2 * M_ao_unit
+    M_oo = sc2 * (ops.asarray(E_row.T) @ M_ao_unit + _mT(ops, WE) @ E_row
+                  + ops.asarray(E_col.T) @ (o_prec[..., :, None] * E_col)) + g_inv_rest
+    c_a = sc * b_a
+    c_o = sc * (ops.sum(b_a[..., :, None] * E_row, axis=-2) + ops.sum(b_o[..., :, None] * E_col, axis=-2))
+    scaled = M_ao / D[..., :, None]
     S = M_oo - _mT(ops, M_ao) @ scaled
-    t = c_o - _mT(ops, scaled) @ b_rows
-    L = ops.cholesky(S)
-    v = ops.solve_lower(L, t[:, None])[:, 0]
-    logdet = logdet_base + logdet_g + ops.sum(ops.log(D)) + 2.0 * ops.logdiag_sum(L)
-    quad = quad0 - ops.sum(b_rows * b_rows / D) - ops.sum(v * v)
+    t = c_o - ops.sum(scaled * c_a[..., :, None], axis=-2)
+    return EliminatedSide(D=D, M_ao=M_ao, c_a=c_a, S=S, t=t)
+
+
+def _expand(x):
+    """A scalar parameter as an array with the (possibly empty) batch shape; Python floats unchanged."""
+    return x[..., None] if getattr(x, "ndim", 0) else x
+
+
+def eliminated_side_logp(ops, parts: EliminatedSide, *, quad0, logdet_base, logdet_g, n_obs: int):
+    """Log-density from the split of ``M`` (see :func:`eliminate_side`):
+
+        log|M| = sum log D + log|S|,
+        c' M^-1 c = c_a' D^-1 c_a + t' S^-1 t.
+
+    Parameters
+    ----------
+    quad0 : scalar (...,)
+        r' B^-1 r over all cells.
+    logdet_base : scalar (...,)
+        log|B| over the observed cells.
+    logdet_g : scalar (...,)
+        log|G| of all effects, the eliminated ones included.
+    """
+    D = parts.D
+    logdet = logdet_base + logdet_g + ops.sum(ops.log(D), axis=-1)
+    quad = quad0 - ops.sum(parts.c_a * parts.c_a / D, axis=-1)
+    if parts.t.shape[-1] != 0:
+        L = ops.cholesky(parts.S)
+        v = ops.solve_lower(L, parts.t[..., :, None])[..., 0]
+        logdet = logdet + 2.0 * ops.logdiag_sum(L)
+        quad = quad - ops.sum(v * v, axis=-1)
     return gaussian_logp_from(n_obs, logdet, quad)
+
+
+def eliminated_side_posterior(parts: EliminatedSide, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Draw ``(u_a, u_o)`` from their exact conditional law (NumPy, batched).
+
+    ``u_o ~ N(S^-1 t, S^-1)``, then ``u_a | u_o ~ N(D^-1 (c_a - M_ao u_o), D^-1)``.
+
+    Returns
+    -------
+    (array (..., n), array (..., m_o))
+    """
+    D, M_ao, c_a, S, t = parts.D, parts.M_ao, parts.c_a, parts.S, parts.t
+    if t.shape[-1]:
+        L = np.linalg.cholesky(S)
+        mean = np.linalg.solve(S, t[..., None])[..., 0]
+        z = rng.standard_normal(mean.shape)
+        u_o = mean + np.linalg.solve(np.swapaxes(L, -1, -2), z[..., None])[..., 0]
+    else:
+        u_o = np.zeros(t.shape)
+    resid = c_a - np.einsum("...nm,...m->...n", M_ao, u_o)
+    u_a = resid / D + rng.standard_normal(D.shape) / np.sqrt(D)
+    return u_a, u_o
