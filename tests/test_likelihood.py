@@ -54,3 +54,22 @@ def test_numpy_pointwise_density_matches_scipy():
     rng = np.random.default_rng(3)
     y, mu, sd = rng.normal(size=20), rng.normal(size=20), rng.uniform(0.2, 3, size=20)
     np.testing.assert_allclose(diagonal_logp(y, mu, sd), stats.norm.logpdf(y, mu, sd), rtol=1e-12)
+
+
+def test_sandwich_equals_the_dense_product():
+    from twoway.likelihood.backend import NUMPY
+    from twoway.likelihood.woodbury import sandwich
+
+    rng = np.random.default_rng(5)
+    n = 9
+    A = rng.normal(size=(3, n, n))
+    P = A @ np.swapaxes(A, -1, -2)
+    helmert = rng.normal(size=(4, 3))
+    E = np.zeros((n, 1 + 5 + 3))
+    E[:5, 0] = 1.0                       # an intercept column
+    E[np.arange(5), 1 + np.arange(5)] = 1.0  # unit columns (random effects)
+    E[5:, 6:] = helmert                  # a dense basis
+    expected = np.swapaxes(E, 0, 1) @ P @ E
+    np.testing.assert_allclose(sandwich(NUMPY, P, E), expected, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(sandwich(NUMPY, P, E[:, 1:6]), expected[:, 1:6, 1:6], rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(sandwich(NUMPY, P, E[:, 6:]), expected[:, 6:, 6:], rtol=1e-12, atol=1e-12)

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Projections", "diagonal_projections", "shock_projections", "woodbury_logp",
+__all__ = ["Projections", "sandwich", "diagonal_projections", "shock_projections", "woodbury_logp",
            "gaussian_logp_from", "effects_posterior", "effects_conditional", "EliminatedSide",
            "eliminate_side", "eliminated_side_logp", "eliminated_side_posterior"]
 
@@ -161,6 +161,41 @@ def gaussian_logp_from(n_obs: int, logdet, quad):
     return -0.5 * (n_obs * LOG_2PI + logdet + quad)
 
 
+def sandwich(ops, P, E):
+    """``E' P E`` for a constant E whose columns are mostly unit vectors (random effects).
+
+    A unit column picks a column (and row) of P; only the other columns (an
+    intercept, a sum-to-zero basis) are multiplied. Exact, and O((N+K) m) for
+    random effects instead of O((N+K)^2 m).
+
+    Parameters
+    ----------
+    P : array (..., n, n)
+    E : array (n, m), a constant
+
+    Returns
+    -------
+    array (..., m, m)
+    """
+    E = np.asarray(E, dtype=float)
+    nonzero = E != 0
+    unit = (nonzero.sum(axis=0) == 1) & np.isclose(np.where(nonzero, E, 0.0).sum(axis=0), 1.0)
+    cols_u, cols_d = np.flatnonzero(unit), np.flatnonzero(~unit)
+    if cols_u.size == 0:
+        return ops.asarray(np.ascontiguousarray(E.T)) @ P @ ops.asarray(E)
+    src = np.argmax(nonzero[:, cols_u], axis=0)           # the row each unit column picks
+    order = np.argsort(np.concatenate([cols_u, cols_d]))   # back to E's column order
+    E_d = np.ascontiguousarray(E[:, cols_d])
+    PE = P[..., :, src]
+    if cols_d.size:
+        PE = ops.concatenate([PE, P @ ops.asarray(E_d)], axis=-1)
+    PE = PE[..., :, order]                                  # P E, (..., n, m)
+    T = PE[..., src, :]
+    if cols_d.size:
+        T = ops.concatenate([T, ops.asarray(np.ascontiguousarray(E_d.T)) @ PE], axis=-2)
+    return T[..., order, :]
+
+
 def woodbury_logp(ops, proj: Projections, E, g_inv, logdet_g, n_obs: int):
     """Log-density of the observed cells with the effects integrated out.
 
@@ -183,7 +218,7 @@ def woodbury_logp(ops, proj: Projections, E, g_inv, logdet_g, n_obs: int):
     if E.shape[1] == 0:
         return gaussian_logp_from(n_obs, proj.logdet, proj.quad)
     Et = ops.asarray(np.ascontiguousarray(E.T))
-    T = Et @ proj.P @ ops.asarray(E)
+    T = sandwich(ops, proj.P, E)
     c = (proj.b[..., None, :] * Et).sum(axis=-1)
     L = ops.cholesky(g_inv + T)
     v = ops.solve_lower(L, c[..., :, None])[..., 0]
@@ -202,7 +237,9 @@ def effects_conditional(proj: Projections, E, g_inv):
     -------
     (mean (..., m), L (..., m, m)) with ``L L' = M``.
     """
-    T = E.T @ proj.P @ E
+    from twoway.likelihood.backend import NUMPY
+
+    T = sandwich(NUMPY, proj.P, E)
     c = np.einsum("mk,...k->...m", E.T, proj.b)
     M = g_inv + T
     L = np.linalg.cholesky(M)
