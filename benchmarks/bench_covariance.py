@@ -29,9 +29,8 @@ twoway / baseline of ESS per second.
    1e-4). Quantities: the row and column shock sds and the noise sd.
 
 Settings (the same on both sides, except the latent case, where the seed's
-model keeps the seed's own settings): crossed 24 x 6, 4 chains x 1000 draws
-after 1000 tuning, for both tables; kronecker, 4 x 200
-after 200; latent, twoway 4 x 1000 after 1000. Before the first case, a
+model keeps the seed's own settings): crossed, both tables, 4 chains x 1000
+draws after 1000 tuning; kronecker, 4 x 200 after 200; latent, twoway 4 x 1000 after 1000. Before the first case, a
 one-parameter model is compiled untimed so that numba's start-up cost falls
 on neither side.
 Every model, baselines included, is compiled with the PyTensor modes of
