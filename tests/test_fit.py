@@ -51,8 +51,8 @@ def test_posterior_has_labelled_public_parameters(result, table):
     obs = result.tree["observed_data"].to_dataset()
     assert obs["y"].dims == ("replicate", "row", "col")
     np.testing.assert_array_equal(obs["y"].values, table.values)
-    # the effects are integrated out (and drawn back), so the likelihood takes the Woodbury path
-    assert result.info["likelihood_path"] == "woodbury" and result.info["backend"] == "nutpie"
+    # effects integrated out (and drawn back); the random row effects are eliminated by their Schur complement
+    assert result.info["likelihood_path"] == "woodbury-schur" and result.info["backend"] == "nutpie"
     assert json.loads(result.tree.attrs["twoway_data_summary"])["n_observed"] == table.n_observed
 
 
