@@ -6,6 +6,7 @@ path of twoway's loses the exclusion while PyTensor still has the fault.
 """
 
 import numpy as np
+import pytest
 import pytensor
 import pytensor.tensor as pt
 
@@ -39,6 +40,35 @@ def test_sampling_modes_restores_the_mode_on_error():
     assert modes.predefined_modes["NUMBA"] is before
 
 
+def test_compile_model_compiles_for_nutpie_in_the_safe_mode(monkeypatch):
+    """compile_model hands nutpie a NUMBA mode without the faulty rewrite (nutpie compiles by that name)."""
+    import nutpie
+
+    monkeypatch.setattr(nutpie, "compile_pymc_model", lambda model, **kw: _sum_of_broadcast("NUMBA"))
+    data = twoway.simulate("additive", 3, 4, seed=1).data
+    assert compile_model("additive", data, progress=False).compiled == 288.0
+
+
+def test_pymc_backend_samples_in_the_safe_mode(monkeypatch):
+    import pymc as pm
+
+    seen = {}
+
+    def fake_sample(**kwargs):
+        seen["value"] = _sum_of_broadcast(kwargs["compile_kwargs"]["mode"])
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(pm, "sample", fake_sample)
+    data = twoway.simulate("additive", 3, 4, seed=1).data
+    compiled = compile_model("additive", data, backend="pymc", progress=False)
+    try:
+        compiled.sample(chains=1, draws=5, tune=5, seed=1)
+    except RuntimeError:
+        pass
+    assert seen["value"] == 288.0
+
+
+@pytest.mark.slow
 def test_nutpie_log_density_of_latent_model_equals_the_graph():
     # the seed's table size: 3 x 8 x 12 = 288 cells, past int8
     spec = twoway.preset("latent")
