@@ -155,3 +155,63 @@ def test_schur_draws_follow_the_dense_conditional(spec, n, k, r, missing, se):
     emp = np.cov(z, rowvar=False)
     se_entry = np.where(np.eye(m, dtype=bool), np.sqrt(2.0 / S), np.sqrt(1.0 / S))
     assert np.max(np.abs(emp - np.eye(m)) / se_entry) < crit
+
+
+def _known_matrix_file(tmp_path, labels, seed=0):
+    n = len(labels)
+    a = np.random.default_rng(seed).normal(size=(n, n))
+    K = a @ a.T / n + np.eye(n)
+    lines = ["," + ",".join(labels)] + [lab + "," + ",".join(repr(float(v)) for v in row) for lab, row in zip(labels, K)]
+    path = tmp_path / "relationship.csv"
+    path.write_text("\n".join(lines) + "\n")
+    return path, K
+
+
+@pytest.mark.parametrize("col_effect, missing, path", [
+    ("random", 0.2, "woodbury-schur"),   # the iid columns are eliminated, the known rows stay dense
+    ("none", 0.0, "woodbury"),
+])
+def test_known_relationship_effects_equal_dense_twin(tmp_path, col_effect, missing, path):
+    from twoway.marginal import _schur_draw
+
+    data = simulate("additive", 5, 4, 2, seed=11, missing=missing).data
+    file, K = _known_matrix_file(tmp_path, data.row_labels)
+    spec = ModelSpec(row_effect="random", col_effect=col_effect, row_scale="none", col_scale="homo",
+                     row_effect_cov=f"known:{file}")
+    fast = build_pymc_model(spec, data)
+    dense = build_pymc_model(spec, data, likelihood="dense")
+    assert fast.likelihood_path == path
+    k = [b[0] for b in fast.design.blocks].index("row_effect")
+    start, stop = fast.design.blocks[k][2:]
+    np.testing.assert_allclose(fast.design.base_cov[k][start:stop, start:stop], K, rtol=1e-12)
+    rng = np.random.default_rng(2)
+    ip = fast.model.initial_point()
+    for _ in range(2):
+        point = {key: v + rng.normal(0, 0.5, size=np.shape(v)) for key, v in ip.items()}
+        v_fast, g_fast = logp_and_grad(fast.model, point)
+        v_dense, g_dense = logp_and_grad(dense.model, point)
+        np.testing.assert_allclose(v_fast, v_dense, rtol=1e-10, atol=1e-8)
+        np.testing.assert_allclose(g_fast, g_dense, rtol=1e-8, atol=1e-8)
+    if path == "woodbury-schur":
+        # the implied conditional mean of one exact draw path equals the dense one: average many draws
+        params = _params(spec, fast, data, rng)
+        mean, cov = _dense_conditional(spec, fast, params)
+        S = 20000
+        batch = {key: np.repeat(np.asarray(v)[None], S, axis=0) for key, v in params.items()}
+        u = _schur_draw(spec, fast.layout, fast.design, batch, rng)
+        z = np.linalg.solve(np.linalg.cholesky(cov), (u - mean).T).T
+        from scipy.stats import norm
+
+        crit = norm.isf(0.001 / (2 * z.shape[1]))
+        assert np.max(np.abs(z.mean(axis=0))) * np.sqrt(S) < crit
+        assert np.max(np.abs(z.std(axis=0) - 1.0)) * np.sqrt(2 * S) < crit
+
+
+def test_known_relationship_with_wrong_labels_is_a_clear_error(tmp_path):
+    from twoway import DataError, ModelError
+
+    data = simulate("additive", 4, 3, seed=1).data
+    file, _ = _known_matrix_file(tmp_path, ["x1", "x2", "x3", "x4"])
+    spec = ModelSpec(row_effect="random", row_effect_cov=f"known:{file}")
+    with pytest.raises((DataError, ModelError), match="x1|label"):
+        build_pymc_model(spec, data)
