@@ -535,6 +535,8 @@ def test_simulate_replicates(tmp_path, capsys):
 
 def test_fit_without_replicate_option_on_replicated_table(tmp_path, capsys, no_sampling):
     path, _ = simulate(capsys, tmp_path, "rep.csv", "--rows", 3, "--cols", 4, "--replicates", 2, "--seed", 2)
+    # a column named "replicate" is taken by default; under another name it must be given
+    path.write_text(path.read_text().replace("replicate,", "batch,", 1))
     status, out, err = run_cli(capsys, "fit", path, "--out", tmp_path / "f.nc")
     assert_one_error(status, out, err, "row='row1'", "col='col1'", "--replicate")
 
@@ -826,3 +828,45 @@ def test_demo(tmp_path, capsys):
     assert truth["truth"]["row_mean"]["T1"] == pytest.approx(-5.5)
     fit = Fit.load(out_dir / "fit.nc")
     assert fit.posterior.sizes["draw"] == 200 and fit.posterior.sizes["chain"] == 2
+
+
+@pytest.fixture
+def captured_fit(monkeypatch):
+    """Replace fitting with a recorder of the table it would fit."""
+    import importlib
+
+    fit_module = importlib.import_module("twoway.fit")
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def record(spec, data, **kwargs):
+        seen["data"] = data
+        raise Stop
+
+    monkeypatch.setattr(fit_module, "fit", record)
+    return seen, Stop
+
+
+def test_fit_reads_the_replicate_and_se_columns_simulate_writes(tmp_path, capsys, captured_fit):
+    seen, Stop = captured_fit
+    table = tmp_path / "t.csv"
+    status, _, _ = run_cli(capsys, "simulate", "--model", "crossed", "--rows", 4, "--cols", 3, "--replicates", 2,
+                           "--se", 0.3, "--seed", 1, "--out", table)
+    assert status == 0
+    with pytest.raises(Stop):
+        main(["fit", str(table), "--model", "crossed", "--out", str(tmp_path / "f.nc")])
+    err = capsys.readouterr().err
+    assert "column 'replicate'" in err and "column 'se'" in err
+    assert seen["data"].n_replicates == 2 and seen["data"].has_se
+    with pytest.raises(Stop):
+        main(["fit", str(table), "--model", "crossed", "--no-se", "--out", str(tmp_path / "f.nc")])
+    assert not seen["data"].has_se and seen["data"].n_replicates == 2
+
+
+def test_fit_refuses_se_and_no_se_together(tmp_path, capsys, no_sampling):
+    table = tmp_path / "t.csv"
+    table.write_text("row,col,value,se\na,x,1.0,0.1\na,y,2.0,0.1\nb,x,3.0,0.1\nb,y,4.0,0.1\n")
+    status, out, err = run_cli(capsys, "fit", table, "--se", "se", "--no-se", "--out", tmp_path / "f.nc")
+    assert_one_error(status, out, err, "--no-se")

@@ -82,8 +82,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--row", default="row", help="column holding the row label (default: %(default)s)")
     p.add_argument("--col", default="col", help="column holding the column label (default: %(default)s)")
     p.add_argument("--value", default="value", help="column holding the value (default: %(default)s)")
-    p.add_argument("--se", default=None, help="column holding known standard errors")
-    p.add_argument("--replicate", default=None, help="column holding the replicate label")
+    p.add_argument("--se", default=None,
+                   help="column holding known standard errors (default: a column named 'se', if any)")
+    p.add_argument("--no-se", action="store_true", help="ignore a column named 'se'")
+    p.add_argument("--replicate", default=None,
+                   help="column holding the replicate label (default: a column named 'replicate', if any)")
     _model_arg(p)
     _sampling_args(p)
     p.add_argument("--out", required=True, help="file for the fit (.nc, or .zarr)")
@@ -174,6 +177,23 @@ def cmd_simulate(args) -> int:
     return 0
 
 
+def _default_columns(args) -> tuple[str | None, str | None]:
+    """The se and replicate columns: as named, else columns named ``se`` / ``replicate`` (said on stderr)."""
+    from twoway.data import csv_header
+
+    if args.se is not None and args.no_se:
+        raise TwowayError("Give --se COLUMN or --no-se, not both.")
+    columns = csv_header(args.data)
+    se, replicate = args.se, args.replicate
+    if se is None and not args.no_se and "se" in columns:
+        se = "se"
+        print("twoway: using the column 'se' as known standard errors (--no-se to ignore it)", file=sys.stderr)
+    if replicate is None and "replicate" in columns:
+        replicate = "replicate"
+        print("twoway: using the column 'replicate' as the replicate label", file=sys.stderr)
+    return se, replicate
+
+
 def cmd_fit(args) -> int:
     from twoway.data import TwoWayData
     from twoway.fit import check_sampling_options, fit
@@ -182,8 +202,9 @@ def cmd_fit(args) -> int:
     check_sampling_options(args.chains, args.draws, args.tune, args.seed, args.backend)
     _parent_exists(args.out)
     spec = _model(args)
+    se, replicate = _default_columns(args)
     data = TwoWayData.from_csv(args.data, row=args.row, col=args.col, value=args.value,
-                               se=args.se, replicate=args.replicate)
+                               se=se, replicate=replicate)
     dof = degrees_of_freedom(spec, data.n_rows, data.n_cols, data.n_replicates, n_observed=data.n_observed)
     if dof.overparameterised:
         print(f"warning: the model uses {dof.n_parameters} parameters on {dof.n_observed} observed cells; "

@@ -924,6 +924,23 @@ def _number_or_none(x: Any) -> float | None:
 # --------------------------------------------------------------------------
 
 
+def csv_header(path: str | Path) -> list[str]:
+    """The column names on the first non-blank line of a CSV file.
+
+    Raises
+    ------
+    twoway.errors.DataError
+        As :meth:`TwoWayData.from_csv` for a file that is missing, binary or empty.
+    """
+    import csv
+
+    path = Path(path)
+    for line in _read_text(path).splitlines():
+        if line.strip():
+            return [name.strip() for name in next(csv.reader([line]))]
+    raise DataError(f"The file {_q(path)} is empty: it has no header line.")
+
+
 def _read_text(path: Path) -> str:
     """Read a CSV file as UTF-8 text, refusing binary files.
 
