@@ -200,7 +200,7 @@ def crossed_pymc_model(data):
     likelihood on the observed cells only; priors = twoway's defaults for this table."""
     import pymc as pm
     import twoway
-    from twoway.build import model_priors
+    from twoway.plan import resolve
 
     pri = model_priors(twoway.preset("crossed"), data)
     rr, ii, jj = np.nonzero(np.isfinite(data.values))
@@ -277,7 +277,7 @@ def kron_pymc_model(data):
     (the column factor has no fixed scale here)."""
     import pymc as pm
     import pytensor.tensor as pt
-    from twoway.build import model_priors
+    from twoway.plan import resolve
 
     pri = model_priors(kron_spec(), data)
     s = data.spread()
@@ -393,7 +393,7 @@ def latent_quantities_twoway(post) -> dict:
 def bench_latent(args) -> list[dict]:
     import twoway
     import twoway.demo
-    from twoway.build import public_names
+    from twoway.plan import public_names
 
     seed_settings = override({"chains": 6, "draws": 500, "tune": 1000}, args)
     tw_settings = override({"chains": 4, "draws": 1000, "tune": 1000}, args)

@@ -7,7 +7,8 @@ import pytest
 
 import twoway
 from twoway import DataError, ModelError, simulate
-from twoway.build import build_pymc_model
+from twoway.engines.pymc_model import build_pymc_model
+from twoway.plan import resolve
 from twoway.likelihood.backend import NUMPY
 from twoway.likelihood.woodbury import effects_conditional
 from twoway.marginal import base_projections, dense_covariance, indicator_matrix
@@ -32,8 +33,8 @@ CASES = [
 @pytest.mark.parametrize("spec, n, k, r, missing, se, path", CASES)
 def test_kronecker_paths_equal_dense_twin(spec, n, k, r, missing, se, path):
     data = simulate(spec, n, k, r, seed=n + k + r, missing=missing, se=se).data
-    fast = build_pymc_model(spec, data)
-    dense = build_pymc_model(spec, data, likelihood="dense")
+    fast = build_pymc_model(resolve(spec, data))
+    dense = build_pymc_model(resolve(spec, data, likelihood="dense"))
     assert fast.likelihood_path == path
     assert_equals_dense_twin(fast.model, dense.model, points=2, seed=3, jitter=0.3)
 
@@ -69,7 +70,7 @@ def test_full_callable_equals_dense_twin_and_simulates(cov_module):
     assert 0 <= sim.truth["rho"] <= 0.9
     for missing in (0.0, 0.2):
         data = simulate(spec, 4, 3, 2, seed=2, missing=missing).data
-        fast, dense = build_pymc_model(spec, data), build_pymc_model(spec, data, likelihood="dense")
+        fast, dense = build_pymc_model(resolve(spec, data)), build_pymc_model(resolve(spec, data, likelihood="dense"))
         assert fast.likelihood_path == "dense-table"
         point = {k: v + 0.1 for k, v in fast.model.initial_point().items()}
         a, b = logp_and_grad(fast.model, point), logp_and_grad(dense.model, point)
@@ -112,7 +113,7 @@ def test_full_from_a_file_with_labels(tmp_path):
 def test_kronecker_effects_conditional_equals_dense_conditioning():
     spec = kron("ar1", "unstructured", sigma=True)
     sim = simulate(spec, 4, 3, 2, seed=4)
-    built = build_pymc_model(spec, sim.data)
+    built = build_pymc_model(resolve(spec, sim.data))
     params = {k: np.asarray(v) for k, v in sim.truth.items()}
     params.update({k: np.asarray(v) for k, v in built.constants.items()})
     params["_row_cov"], params["_col_cov"] = sim.truth["row_cov"], sim.truth["col_cov"]

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from twoway import ModelSpec, preset, simulate
-from twoway.build import build_pymc_model
+from twoway.engines.pymc_model import build_pymc_model
+from twoway.plan import resolve
 from twins import logp_and_grad
 
 
@@ -34,8 +35,8 @@ def test_diagonal_path_equals_dense_twin(spec, n, k, r, missing, se):
     """With the effects sampled (not integrated), cells are independent given the parameters."""
     spec = dataclasses.replace(spec, effects="sample")
     data = simulate(spec, n, k, r, seed=n * 100 + k, missing=missing, se=se).data
-    fast = build_pymc_model(spec, data)
-    dense = build_pymc_model(spec, data, likelihood="dense")
+    fast = build_pymc_model(resolve(spec, data))
+    dense = build_pymc_model(resolve(spec, data, likelihood="dense"))
     assert fast.likelihood_path == "diagonal" and dense.likelihood_path == "dense"
     rng = np.random.default_rng(0)
     for point in _random_points(fast.model, rng):

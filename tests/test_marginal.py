@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from twoway import ModelSpec, preset, simulate
-from twoway.build import build_pymc_model, integration_constants, model_priors
+from twoway.engines.pymc_model import build_pymc_model
+from twoway.plan import integration_constants, resolve
 from twoway.likelihood.backend import NUMPY
 from twoway.likelihood.woodbury import effects_conditional
 from twoway.marginal import base_projections, dense_covariance, effects_design, layout
@@ -40,8 +41,8 @@ CASES = [
 @pytest.mark.parametrize("spec, n, k, r, missing, se, path", CASES)
 def test_fast_path_equals_dense_twin(spec, n, k, r, missing, se, path):
     data = simulate("additive", n, k, r, seed=10 * n + k + r, missing=missing, se=se).data
-    fast = build_pymc_model(spec, data)
-    dense = build_pymc_model(spec, data, likelihood="dense")
+    fast = build_pymc_model(resolve(spec, data))
+    dense = build_pymc_model(resolve(spec, data, likelihood="dense"))
     assert fast.likelihood_path == path and dense.likelihood_path == "dense"
     assert_equals_dense_twin(fast.model, dense.model, points=3, seed=1, jitter=0.5)
 
@@ -71,7 +72,7 @@ def _params(spec, built, data, rng):
 ])
 def test_effects_conditional_equals_dense_conditioning(spec, n, k, r, missing, se):
     data = simulate("additive", n, k, r, seed=5, missing=missing, se=se).data
-    built = build_pymc_model(spec, data)
+    built = build_pymc_model(resolve(spec, data))
     rng = np.random.default_rng(2)
     params = _params(spec, built, data, rng)
     lay, design = built.layout, built.design
@@ -96,7 +97,7 @@ def test_integration_constants_need_normal_priors():
 
     spec = preset("crossed").with_priors(intercept=Prior.make("normal", mu=1.0, sigma=3.0))
     data = simulate("crossed", 3, 3, seed=1).data
-    m0, const = integration_constants(spec, model_priors(spec, data))
+    m0, const = integration_constants(spec, resolve(spec, data).model_priors)
     assert m0 == 1.0 and const == {"intercept_sd": 3.0}
     design = effects_design(spec, data)
     assert design.m == 1 + 3 + 3
@@ -126,7 +127,7 @@ def test_schur_draws_follow_the_dense_conditional(spec, n, k, r, missing, se):
     from twoway.marginal import _schur_draw, choose_path
 
     data = simulate("additive", n, k, r, seed=7 * n + k, missing=missing, se=se).data
-    built = build_pymc_model(spec, data)
+    built = build_pymc_model(resolve(spec, data))
     lay, design = built.layout, built.design
     assert choose_path(spec, lay, design) == "woodbury-schur"
     rng = np.random.default_rng(3)
@@ -170,8 +171,8 @@ def test_known_relationship_effects_equal_dense_twin(tmp_path, col_effect, missi
     file, K = _known_matrix_file(tmp_path, data.row_labels)
     spec = ModelSpec(row_effect="random", col_effect=col_effect, row_scale="none", col_scale="homo",
                      row_effect_cov=f"known:{file}")
-    fast = build_pymc_model(spec, data)
-    dense = build_pymc_model(spec, data, likelihood="dense")
+    fast = build_pymc_model(resolve(spec, data))
+    dense = build_pymc_model(resolve(spec, data, likelihood="dense"))
     assert fast.likelihood_path == path
     k = [b[0] for b in fast.design.blocks].index("row_effect")
     start, stop = fast.design.blocks[k][2:]
@@ -200,4 +201,4 @@ def test_known_relationship_with_wrong_labels_is_a_clear_error(tmp_path):
     file, _ = _known_matrix_file(tmp_path, ["x1", "x2", "x3", "x4"])
     spec = ModelSpec(row_effect="random", row_effect_cov=f"known:{file}")
     with pytest.raises((DataError, ModelError), match="x1|label"):
-        build_pymc_model(spec, data)
+        build_pymc_model(resolve(spec, data))

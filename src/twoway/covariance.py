@@ -56,11 +56,7 @@ class _CovOps:
         return getattr(self._ops, name)
 
     def kron(self, a, b):
-        if self._ops.name == "numpy":
-            return np.kron(a, b)
-        from pytensor.tensor.linalg import kron
-
-        return kron(a, b)
+        return self._ops.kron(a, b)
 
 
 def callable_parameters(source: str) -> tuple[str, ...]:
@@ -171,10 +167,10 @@ def covariance_tensor(fit, *, chain: int = 0, draw: int = 0, include_effects: bo
     table's first replicate's known se.
     """
 
-    from twoway.build import integration_constants, model_priors, residual_parts
     from twoway.data import TwoWayData
     from twoway.likelihood.backend import NUMPY
-    from twoway.marginal import dense_covariance, effects_design, layout, point_parameters
+    from twoway.marginal import dense_covariance, point_parameters
+    from twoway.plan import resolve
 
     spec = fit.model
     data = fit.data
@@ -182,10 +178,15 @@ def covariance_tensor(fit, *, chain: int = 0, draw: int = 0, include_effects: bo
     se = None if not data.has_se else np.nan_to_num(data.se[:1], nan=float(np.nanmean(data.se)))
     complete = TwoWayData.from_array(np.zeros((1, N, K)), se=se, row_labels=data.row_labels,
                                      col_labels=data.col_labels)
-    priors = model_priors(spec, data)
-    m0, constants = integration_constants(spec, priors) if spec.effects == "integrate" else (0.0, {})
-    lay = layout(complete, m0, residual_parts(spec, data.row_labels, data.col_labels))
-    design = effects_design(spec, complete)
+    if spec.effects == "integrate":
+        plan = resolve(spec, data, priors=fit.priors).with_data(complete)
+        lay, design, constants = plan.layout, plan.design, plan.constants
+    else:  # sampled effects: the residual's covariance alone
+        from twoway.marginal import effects_design, layout
+        from twoway.plan import residual_parts
+
+        lay = layout(complete, 0.0, residual_parts(spec, data.row_labels, data.col_labels))
+        design, constants = effects_design(spec, complete), {}
     if not include_effects:
         design = design.without_effects()
     params = point_parameters(spec, lay, fit.posterior, chain, draw, constants)

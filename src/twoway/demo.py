@@ -52,7 +52,7 @@ def seed_table(model: str = "additive", *, seed: int = DEMO_SEED):
     """
     from twoway.simulate import simulate
 
-    from twoway.build import public_names
+    from twoway.plan import public_names
     from twoway.model import load_model
 
     spec = load_model(model)

@@ -8,7 +8,7 @@ PyMC's own sampler), and returns a :class:`Fit`. The fit's DataTree holds
 * ``sample_stats``: the sampler's per-draw statistics;
 * ``observed_data``: the table itself (``y`` and ``se`` on replicate x row x col);
 * attributes: the model spec, the priors in force, the data summary, the
-  likelihood path, the backend, seed and timings.
+  likelihood path, the engine, seed and timings.
 
 A fit is saved to one file (netCDF, or a zarr store when the name ends in
 ``.zarr``) and loads back whole.
@@ -29,17 +29,17 @@ import numpy as np
 import xarray as xr
 
 from twoway import __version__
-from twoway.compile_modes import pymc_compile_kwargs, sampling_modes
-from twoway.build import BuiltModel, all_priors, build_pymc_model, public_names
 from twoway.data import TwoWayData
 from twoway.derived import row_col_means
 from twoway.errors import FitError
+from twoway.engines import DEFAULT_ENGINE, ENGINES, get_engine
 from twoway.model import ModelSpec, load_model
+from twoway.plan import Plan, public_names, resolve
 from twoway.priors import Prior
 
-__all__ = ["Fit", "fit", "compile_model", "CompiledModel", "BACKENDS"]
+__all__ = ["Fit", "fit", "compile_model", "CompiledModel", "ENGINES", "BACKENDS"]
 
-BACKENDS = ("nutpie", "pymc")
+BACKENDS = ENGINES  # the older name
 
 
 @dataclass(frozen=True, eq=False)
@@ -79,8 +79,19 @@ class Fit:
 
     @property
     def info(self) -> dict[str, Any]:
-        """Backend, likelihood path, seed, chains, draws, tune and timings."""
+        """Engine, likelihood path, seed, chains, draws, tune and timings."""
         return json.loads(self.tree.attrs["twoway_info"])
+
+    @property
+    def plan(self) -> Plan:
+        """The plan of this fit: its model resolved on its table with the priors it was fitted with."""
+        return resolve(self.model, self.data, priors=self.priors)
+
+    @property
+    def engine(self) -> str:
+        """The engine that sampled this fit."""
+        info = self.info
+        return info.get("engine", info.get("backend", "nutpie"))
 
     @property
     def parameter_names(self) -> list[str]:
@@ -131,30 +142,41 @@ class CompiledModel:
     """A model compiled once for tables of one layout, ready to sample many of them.
 
     Compiling takes seconds; swapping in a new table with the same layout (same
-    shape, missing cells, standard errors and priors) does not. This is what
-    repeated fits (calibration, simulation studies) use.
+    shape, missing cells and standard errors) does not. With the ``jax`` engine
+    the priors' numbers are arguments too, so tables whose default priors
+    differ reuse the program; ``nutpie`` and ``pymc`` need the same priors.
 
     Attributes
     ----------
     spec : ModelSpec
-    template : TwoWayData
-        The table the model was compiled for.
-    built : BuiltModel
-    backend : str
+    plan : Plan
+        The plan of the table the model was compiled for.
+    engine : str
     compiled : object
-        The backend's compiled model (nutpie) or None (pymc compiles per call).
+        What the engine built (see :mod:`twoway.engines`).
     compile_seconds : float
     """
 
     spec: ModelSpec
-    template: TwoWayData
-    built: BuiltModel
-    backend: str
+    plan: Plan
+    engine: str
     compiled: Any
     compile_seconds: float
 
-    def check_layout(self, data: TwoWayData) -> None:
-        """Raise :class:`FitError` unless ``data`` can reuse this compiled model."""
+    @property
+    def template(self) -> TwoWayData:
+        """The table the model was compiled for."""
+        return self.plan.data
+
+    @property
+    def backend(self) -> str:
+        """The engine's name (``backend`` is the older word for it)."""
+        return self.engine
+
+    def plan_for(self, data: TwoWayData) -> Plan:
+        """The plan of ``data`` under this compiled model; :class:`FitError` unless the layout is the same."""
+        if data is self.plan.data:
+            return self.plan
         t = self.template
         same = (data.values.shape == t.values.shape and np.array_equal(data.mask, t.mask)
                 and data.has_se == t.has_se
@@ -162,67 +184,97 @@ class CompiledModel:
         if not same:
             raise FitError("The table must have the layout the model was compiled for "
                            "(shape, missing cells and standard errors); compile again for this one.")
-        if all_priors(self.spec, data) != self.built.priors:
+        new = resolve(self.spec, data)
+        if get_engine(self.engine).reuses_priors:
+            if {k: p.dist for k, p in new.priors.items()} != {k: p.dist for k, p in self.plan.priors.items()}:
+                raise FitError("The table's priors are of other families than the compiled model's; "
+                               "compile again for this one.")
+            return new
+        if new.priors != self.plan.priors:
             raise FitError("The table's default priors differ from the compiled model's (they scale with the "
-                           "data); give every prior explicitly in the model to reuse a compiled model.")
+                           "data); give every prior explicitly in the model to reuse a compiled model, "
+                           "or use the jax engine, which takes the priors as arguments.")
+        return self.plan.with_data(data)
+
+    def check_layout(self, data: TwoWayData) -> None:
+        """Raise :class:`FitError` unless ``data`` can reuse this compiled model."""
+        self.plan_for(data)
 
     def sample(self, data: TwoWayData | None = None, *, chains: int = 4, draws: int = 1000,
                tune: int = 1000, seed: int | None = None, progress: bool | None = None,
                cores: int | None = None) -> "Fit":
         """Sample the model on ``data`` (default: the table it was compiled for); see :func:`fit`."""
         data = self.template if data is None else data
-        check_sampling_options(chains, draws, tune, seed, self.backend)
-        if data is not self.template:
-            self.check_layout(data)
+        check_sampling_options(chains, draws, tune, seed, self.engine)
+        plan = self.plan_for(data)
         if progress is None:
             progress = sys.stderr.isatty()
+        eng = get_engine(self.engine)
         t0 = time.perf_counter()
-        if self.backend == "nutpie":
-            import nutpie
+        compile_seconds = float(self.compile_seconds)
+        extra: dict[str, Any] = {}
+        if self.engine == "jax":
+            from twoway.engines.jax.engine import JaxEngine
 
-            compiled = self.compiled
-            if data is not self.template:
-                compiled = compiled.with_data(**self.built.data_updates(data))
-            kwargs = dict(chains=chains, draws=draws, tune=tune, seed=seed, progress_bar=progress)
-            if cores is not None:
-                kwargs["cores"] = cores
-            raw = nutpie.sample(compiled, **kwargs)
+            raw = eng.sample(self.compiled, plan, chains=chains, draws=draws, tune=tune, seed=seed,
+                             progress=progress, cores=cores, report=_jax_reporter(progress, chains, draws, extra))
+            compile_seconds += self.compiled.get("last_compile_seconds", 0.0)
+            assert isinstance(eng, JaxEngine)
         else:
-            import pymc as pm
-
-            model = self.built.model
-            if data is not self.template:
-                model = build_pymc_model(self.spec, data).model
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # PyMC's own convergence warnings: the summary says the same
-                raw = pm.sample(draws=draws, tune=tune, chains=chains, cores=cores, random_seed=seed,
-                                progressbar=progress, nuts_sampler="pymc", model=model,
-                                compute_convergence_checks=False, quiet=not progress,
-                                compile_kwargs=pymc_compile_kwargs())
-        t_sampling = time.perf_counter() - t0
+            raw = eng.sample(self.compiled, plan, chains=chains, draws=draws, tune=tune, seed=seed,
+                             progress=progress, cores=cores)
+        t_sampling = time.perf_counter() - t0 - (compile_seconds - float(self.compile_seconds))
         info = {
-            "backend": self.backend,
-            "likelihood_path": self.built.likelihood_path,
+            "engine": self.engine,
+            "backend": self.engine,
+            "likelihood_path": plan.path,
             "seed": seed,
             "chains": int(chains),
             "draws": int(draws),
             "tune": int(tune),
-            "compile_seconds": float(self.compile_seconds),
-            "sampling_seconds": float(t_sampling),
+            "compile_seconds": compile_seconds,
+            "sampling_seconds": float(max(t_sampling, 0.0)),
+            **extra,
         }
-        built = self.built if data is self.template else self.built.for_data(data)
-        return _make_fit(raw, self.spec, data, built, info)
+        return _make_fit(raw, plan, info)
 
 
-def compile_model(model: "ModelSpec | str", data: TwoWayData, *, backend: str = "nutpie",
-                  progress: bool | None = None) -> CompiledModel:
-    """Build and compile ``model`` for tables laid out like ``data``.
+def _jax_reporter(progress: bool, chains: int, draws: int, extra: dict):
+    """Phase lines for the JAX engine: compiling (cache hit or miss), sampling."""
+    state: dict[str, Any] = {}
+
+    def report(phase, prog):
+        from twoway.cache import cache_entries
+
+        if phase == "compile":
+            state["before"] = cache_entries()
+            if progress:
+                print("twoway: compiling the model ...", file=sys.stderr, flush=True)
+        else:
+            if "before" in state:
+                hit = not (cache_entries() - state["before"])
+                extra["compile_cache"] = "hit" if hit else "miss"
+                if progress:
+                    print(f"twoway: compiled in {prog.compile_seconds:.1f} s (compile cache "
+                          f"{'hit' if hit else 'miss'})", file=sys.stderr, flush=True)
+            else:
+                extra["compile_cache"] = "in memory"
+            if progress:
+                print(f"twoway: sampling {chains} chains x {draws} draws ...", file=sys.stderr, flush=True)
+
+    return report
+
+
+def compile_model(model: "ModelSpec | str", data: TwoWayData, *, engine: str | None = None,
+                  backend: str | None = None, progress: bool | None = None) -> CompiledModel:
+    """Build (and compile, where the engine compiles) ``model`` for tables laid out like ``data``.
 
     Parameters
     ----------
     model : ModelSpec or str
     data : TwoWayData
-    backend : {"nutpie", "pymc"}
+    engine : {"jax", "nutpie", "pymc"}, optional
+        Default ``jax``. ``backend`` is accepted as another name for it.
     progress : bool, optional
         Say so on stderr while compiling (default: when stderr is a terminal).
 
@@ -232,23 +284,27 @@ def compile_model(model: "ModelSpec | str", data: TwoWayData, *, backend: str = 
     """
     if not isinstance(data, TwoWayData):
         raise FitError(f"The data must be a TwoWayData; got {type(data).__name__}.")
+    engine = _engine_name(engine, backend)
     spec = load_model(model)
-    if backend not in BACKENDS:
-        raise FitError(f"The backend must be one of {', '.join(BACKENDS)}; got {backend!r}.")
     if progress is None:
         progress = sys.stderr.isatty()
     t0 = time.perf_counter()
-    built = build_pymc_model(spec, data)
-    compiled = None
-    if backend == "nutpie":
-        import nutpie
-
-        if progress:
-            print("twoway: compiling the model ...", file=sys.stderr, flush=True)
-        with sampling_modes():
-            compiled = nutpie.compile_pymc_model(built.model)
-    return CompiledModel(spec=spec, template=data, built=built, backend=backend, compiled=compiled,
+    plan = resolve(spec, data)
+    eng = get_engine(engine)
+    if progress and engine != "jax":
+        print("twoway: compiling the model ...", file=sys.stderr, flush=True)
+    compiled = eng.compile(plan, progress=progress)
+    return CompiledModel(spec=spec, plan=plan, engine=engine, compiled=compiled,
                          compile_seconds=time.perf_counter() - t0)
+
+
+def _engine_name(engine: str | None, backend: str | None) -> str:
+    if engine is not None and backend is not None and engine != backend:
+        raise FitError(f"The 'engine' and 'backend' options name the same thing; got {engine!r} and {backend!r}.")
+    name = engine if engine is not None else backend if backend is not None else DEFAULT_ENGINE
+    if name not in ENGINES:
+        raise FitError(f"The engine must be one of {', '.join(ENGINES)}; got {name!r}.")
+    return name
 
 
 def fit(
@@ -259,7 +315,8 @@ def fit(
     draws: int = 1000,
     tune: int = 1000,
     seed: int | None = None,
-    backend: str = "nutpie",
+    engine: str | None = None,
+    backend: str | None = None,
     progress: bool | None = None,
     cores: int | None = None,
 ) -> Fit:
@@ -275,10 +332,12 @@ def fit(
         Number of chains, kept draws per chain, and tuning draws per chain.
     seed : int, optional
         Seed for the sampler; the same seed gives the same draws.
-    backend : {"nutpie", "pymc"}
-        ``nutpie`` (compiled with numba) or PyMC's own NUTS.
+    engine : {"jax", "nutpie", "pymc"}, optional
+        ``jax`` (default: BlackJAX's NUTS on a jitted program, cached on disk),
+        ``nutpie`` (compiled with numba) or PyMC's own NUTS. ``backend`` is
+        accepted as another name for it.
     progress : bool, optional
-        Show a progress bar; by default only when stderr is a terminal.
+        Show progress; by default only when stderr is a terminal.
     cores : int, optional
         Chains run in parallel on this many cores (default: all).
 
@@ -286,34 +345,34 @@ def fit(
     -------
     Fit
     """
-    check_sampling_options(chains, draws, tune, seed, backend)
-    compiled = compile_model(model, data, backend=backend, progress=progress)
+    engine = _engine_name(engine, backend)
+    check_sampling_options(chains, draws, tune, seed, engine)
+    compiled = compile_model(model, data, engine=engine, progress=progress)
     return compiled.sample(chains=chains, draws=draws, tune=tune, seed=seed, progress=progress, cores=cores)
 
 
-def check_sampling_options(chains, draws, tune, seed, backend: str = "nutpie") -> None:
+def check_sampling_options(chains, draws, tune, seed, engine: str = DEFAULT_ENGINE) -> None:
     """Raise :class:`FitError` for sampling options that cannot work."""
-    if backend not in BACKENDS:
-        raise FitError(f"The backend must be one of {', '.join(BACKENDS)}; got {backend!r}.")
-    # nutpie's adaptation needs at least one tuning draw; PyMC's sampler can run without
-    low_tune = 1 if backend == "nutpie" else 0
+    if engine not in ENGINES:
+        raise FitError(f"The engine must be one of {', '.join(ENGINES)}; got {engine!r}.")
+    low_tune = get_engine(engine).min_tune
     for name, value, low in (("chains", chains, 1), ("draws", draws, 1), ("tune", tune, low_tune)):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
             raise FitError(f"The '{name}' option must be a whole number >= {low}"
-                           f"{' with the nutpie backend' if name == 'tune' and low else ''}; got {value!r}.")
+                           f"{f' with the {engine} engine' if name == 'tune' and low else ''}; got {value!r}.")
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0):
         raise FitError(f"The seed must be a non-negative whole number; got {seed!r}.")
 
 
-def _make_fit(raw: xr.DataTree, spec: ModelSpec, data: TwoWayData, built: BuiltModel,
-              info: dict[str, Any]) -> Fit:
-    """Assemble the fit's DataTree from the sampler's raw output."""
+def _make_fit(raw: xr.DataTree, plan: Plan, info: dict[str, Any]) -> Fit:
+    """Assemble the fit's DataTree from the engine's raw draws."""
+    spec, data = plan.spec, plan.data
     post = raw["posterior"].to_dataset()
-    if built.integrated:
-        post = _draw_back(post, spec, built, seed=info.get("seed"))
+    if plan.integrated:
+        post = _draw_back(post, plan, seed=info.get("seed"))
     drawn = [n for n in ("intercept", "row_effect", "col_effect") if n in post]
-    names = [n for n in public_names(spec) if n in built.var_names + drawn]
-    names += [n for n in built.var_names if n not in names]
+    names = [n for n in public_names(spec) if n in plan.var_names + drawn]
+    names += [n for n in plan.var_names if n not in names]
     names += [n for n in ("row_shock", "col_shock") if n in post]
     posterior = _public_posterior(post, names)
     shown = [n for n in posterior.data_vars if n not in ("row_mean", "col_mean")]
@@ -329,7 +388,7 @@ def _make_fit(raw: xr.DataTree, spec: ModelSpec, data: TwoWayData, built: BuiltM
     tree.attrs.update({
         "twoway_version": __version__,
         "twoway_model": spec.to_json(),
-        "twoway_priors": json.dumps({k: p.to_dict() for k, p in built.priors.items()}),
+        "twoway_priors": json.dumps({k: p.to_dict() for k, p in plan.priors.items()}),
         "twoway_data_summary": json.dumps(data.summary()),
         "twoway_parameters": json.dumps(shown),
         "twoway_info": json.dumps(info),
@@ -337,10 +396,11 @@ def _make_fit(raw: xr.DataTree, spec: ModelSpec, data: TwoWayData, built: BuiltM
     return Fit(tree)
 
 
-def _draw_back(post: xr.Dataset, spec: ModelSpec, built: BuiltModel, *, seed: int | None) -> xr.Dataset:
+def _draw_back(post: xr.Dataset, plan: Plan, *, seed: int | None) -> xr.Dataset:
     """Add the integrated-out effects, drawn from their exact conditional law given each draw."""
     from twoway.marginal import draw_effects, draw_shocks
 
+    spec = plan.spec
     n_chain, n_draw = post.sizes["chain"], post.sizes["draw"]
     S = n_chain * n_draw
     params = {}
@@ -348,15 +408,15 @@ def _draw_back(post: xr.Dataset, spec: ModelSpec, built: BuiltModel, *, seed: in
         if not name.startswith("_"):
             v = post[name].values
             params[name] = v.reshape((S,) + v.shape[2:])
-    for name, value in built.constants.items():
+    for name, value in plan.constants.items():
         params[name] = np.full(S, value)
     # the draws of the effects get their own stream, derived from the fit's seed
     rng = np.random.default_rng([0 if seed is None else int(seed), 0x7E57])
-    drawn = draw_effects(spec, built.layout, built.design, params, rng)
+    drawn = draw_effects(spec, plan.layout, plan.design, params, rng)
     if spec.residual == "latent":
-        drawn.update(draw_shocks(spec, built.layout, built.design, params, drawn, rng))
-    out = post.copy().assign_coords(row=list(built.layout_labels[0]), col=list(built.layout_labels[1]),
-                                    replicate=list(built.layout_labels[2]))
+        drawn.update(draw_shocks(spec, plan.layout, plan.design, params, drawn, rng))
+    rows, cols, reps = plan.labels
+    out = post.copy().assign_coords(row=list(rows), col=list(cols), replicate=list(reps))
     dims = {"intercept": (), "row_effect": ("row",), "col_effect": ("col",),
             "row_shock": ("replicate", "row"), "col_shock": ("replicate", "col")}
     for name, value in drawn.items():

@@ -320,7 +320,7 @@ def _kronecker(ops, spec, lay, params, var):
         return kr.kron_eigen_projections(ops, lay.r, U, V, params["sigma"] ** 2, R,
                                          lay.parts["row"], lay.parts["col"])
     v_inv, ld_v = kr.inverse_and_logdet(ops, V)
-    if path == "kronecker-ar1" and ops.name == "pytensor":
+    if path == "kronecker-ar1" and not ops.batched:
         from twoway.structures import ar1_logdet, ar1_precision
 
         sd2 = params["row_sd"] ** 2

@@ -116,16 +116,12 @@ def iter_moments(fit, draws: list[tuple[int, int]] | None = None, *,
 def _integrated_moments(fit, draws, *, conditional: bool) -> Iterator[DrawMoments]:
     """Moments for models whose effects were integrated out (any residual)."""
 
-    from twoway.build import integration_constants, known_relationships, residual_parts
     from twoway.likelihood.backend import NUMPY
-    from twoway.marginal import dense_covariance, effects_design, layout, point_parameters
+    from twoway.marginal import dense_covariance, point_parameters
 
     spec = fit.model
-    data = fit.data
-    m0, constants = integration_constants(spec, fit.priors)
-    parts = residual_parts(spec, data.row_labels, data.col_labels)
-    lay = layout(data, m0, parts)
-    design = effects_design(spec, data, known=known_relationships(spec, data))
+    plan = fit.plan
+    lay, design, constants, m0 = plan.layout, plan.design, plan.constants, plan.m0
     if conditional:
         design = design.without_effects()
     rr, ii, jj = lay.obs

@@ -484,6 +484,8 @@ def sbc(
     se: float | None = None,
     n_thin: int = N_THIN,
     on_replication: Callable[[int], None] | None = None,
+    engine: str | None = None,
+    backend: str | None = None,
 ) -> SBCResult:
     """Simulation-based calibration of ``model`` on (n_replicates, n_rows, n_cols) tables.
 
@@ -519,6 +521,9 @@ def sbc(
         Kept draws per replication (L at most).
     on_replication : callable, optional
         Called with i after replication i has been fitted (not for reused ones).
+    engine : {"jax", "nutpie", "pymc"}, optional
+        The engine of every fit (default ``jax``; ``backend`` is another name for it).
+        The model is compiled once and every simulated table is run through it.
 
     Returns
     -------
@@ -529,8 +534,10 @@ def sbc(
     FitError
         For bad options, or an ``out`` folder holding another configuration.
     """
-    from twoway.fit import check_sampling_options, compile_model
+    from twoway.fit import _engine_name, check_sampling_options, compile_model
     from twoway.simulate import simulate
+
+    engine = _engine_name(engine, backend)
 
     n_rows = _check_count("n_rows", n_rows, 2)
     n_cols = _check_count("n_cols", n_cols, 2)
@@ -538,7 +545,7 @@ def sbc(
     n_replicates = _check_count("n_replicates", n_replicates, 1)
     n_thin = _check_count("n_thin", n_thin, 1)
     seed = _check_count("seed", seed, 0)
-    check_sampling_options(chains, draws, tune, seed)
+    check_sampling_options(chains, draws, tune, seed, engine)
     if se is not None and not (isinstance(se, (int, float)) and not isinstance(se, bool)
                                and math.isfinite(se) and se > 0):
         raise FitError(f"The known standard error must be a positive number; got {se!r}.")
@@ -546,7 +553,7 @@ def sbc(
     config = _normal({
         "model": spec.to_dict(), "n_rows": n_rows, "n_cols": n_cols, "n_replicates": n_replicates,
         "chains": int(chains), "draws": int(draws), "tune": int(tune), "seed": seed,
-        "se": None if se is None else float(se), "n_thin": n_thin, "backend": "nutpie",
+        "se": None if se is None else float(se), "n_thin": n_thin, "engine": engine,
     })
     out_path = None if out is None else Path(out)
     if out_path is not None:
@@ -576,7 +583,7 @@ def sbc(
             rseed = _replication_seed(seed, i)
             sim = simulate(spec, n_rows, n_cols, n_replicates, seed=rseed, se=se)
             if compiled is None:
-                compiled = compile_model(spec, sim.data, progress=False)
+                compiled = compile_model(spec, sim.data, engine=engine, progress=False)
             t0 = time.perf_counter()
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")

@@ -12,7 +12,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from twoway.build import public_names
+from twoway.plan import public_names
 from twoway.data import TwoWayData
 from twoway.derived import row_col_means
 from twoway.errors import ModelError
@@ -104,7 +104,7 @@ def draw_parameters(spec: ModelSpec, n_rows: int, n_cols: int, *, rng: np.random
 def _residual_parts(spec: ModelSpec, row_labels, col_labels) -> dict:
     if spec.residual not in ("kronecker", "full"):
         return {}
-    from twoway.build import residual_parts
+    from twoway.plan import residual_parts
 
     return residual_parts(spec, tuple(row_labels), tuple(col_labels))
 

@@ -102,8 +102,26 @@ def _is_tensor(x: Any) -> bool:
     return type(x).__module__.startswith("pytensor")
 
 
+def _is_jax(x: Any) -> bool:
+    return type(x).__module__.startswith(("jax", "jaxlib"))
+
+
 def _ops(*xs: Any) -> SimpleNamespace:
-    """The array operations for ``xs``: PyTensor's when any is a tensor, else NumPy's."""
+    """The array operations for ``xs``: PyTensor's or JAX's when any is one of theirs, else NumPy's."""
+    if any(_is_jax(x) for x in xs):
+        import jax.numpy as jnp
+        from jax.scipy.linalg import cho_solve
+
+        return SimpleNamespace(
+            tensor=True,
+            asarray=lambda a: jnp.asarray(a, dtype=float),
+            eye=jnp.eye,
+            log=jnp.log,
+            diag=jnp.diag,
+            diagonal=lambda a: jnp.diagonal(a, axis1=-2, axis2=-1),
+            cholesky=jnp.linalg.cholesky,
+            cho_inverse=lambda c: cho_solve((c, True), jnp.eye(c.shape[-1])),
+        )
     if any(_is_tensor(x) for x in xs):
         import pytensor.tensor as pt
 

@@ -131,7 +131,7 @@ def summarize(fit, *, var_names: list[str] | None = None, ci_prob: float = 0.94)
         warnings.warn(note, ConvergenceWarning, stacklevel=3)
     spec = fit.model
     header = [f"model: {spec.describe()}",
-              f"likelihood: {info['likelihood_path']} (exact); backend: {info['backend']}; "
+              f"likelihood: {info['likelihood_path']} (exact); engine: {info.get('engine', info.get('backend'))}; "
               f"{info['chains']} chains x {info['draws']} draws after {info['tune']} tuning; seed {info['seed']}",
               "priors:"] + [f"  {k} ~ {p}" for k, p in fit.priors.items()]
     return FitSummary(table=table, diagnostics=diagnostics, warnings=notes, header=header)

@@ -1,20 +1,36 @@
-"""One small set of array operations over NumPy or PyTensor.
+"""One small set of array operations over NumPy, PyTensor or JAX.
 
 The likelihood paths are written once against these operations, so the same
-algebra evaluates the log-density inside the sampler (PyTensor, with
+algebra evaluates the log-density inside the sampler (PyTensor or JAX, with
 gradients) and draws the integrated-out effects back afterwards (NumPy,
 batched over posterior draws).
+
+Each implementation is complete and carries the same names. Where the best
+way to lay out a computation differs between array libraries, the difference
+is a declared capability, never a test of the library's name:
+
+``batched``
+    Parameters may carry leading batch dimensions (posterior draws): NumPy.
+``loop_replicates``
+    Small per-replicate factorisations build a faster program than one batched
+    factorisation (PyTensor compiles batched Cholesky slowly).
+``dense_products``
+    Constant sandwiches ``E' P E`` are cheaper to compile as dense products
+    than as slices (PyTensor).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["NUMPY", "PYTENSOR", "ops_for"]
+__all__ = ["NUMPY", "PYTENSOR", "JAX", "ops_for"]
 
 
 class _NumpyOps:
     name = "numpy"
+    batched = True
+    loop_replicates = False
+    dense_products = False
 
     @staticmethod
     def asarray(x):
@@ -58,9 +74,14 @@ class _NumpyOps:
         """Sum of the log of the diagonal of (a batch of) triangular factors."""
         return np.sum(np.log(np.diagonal(l, axis1=-2, axis2=-1)), axis=-1)
 
+    kron = staticmethod(np.kron)
+
 
 class _PytensorOps:
     name = "pytensor"
+    batched = False
+    loop_replicates = True
+    dense_products = True
 
     @staticmethod
     def asarray(x):
@@ -170,9 +191,91 @@ class _PytensorOps:
 
         return pt.sum(pt.log(pt.diagonal(l, axis1=-2, axis2=-1)), axis=-1)
 
+    @staticmethod
+    def kron(a, b):
+        from pytensor.tensor.linalg import kron
+
+        return kron(a, b)
+
+
+class _JaxOps:
+    """JAX arrays (float64; jax is imported on first use)."""
+
+    name = "jax"
+    batched = False
+    loop_replicates = False
+    dense_products = False
+
+    @staticmethod
+    def _jnp():
+        import jax.numpy as jnp
+
+        return jnp
+
+    def asarray(self, x):
+        return self._jnp().asarray(x, dtype=float)
+
+    def log(self, x):
+        return self._jnp().log(x)
+
+    def exp(self, x):
+        return self._jnp().exp(x)
+
+    def sqrt(self, x):
+        return self._jnp().sqrt(x)
+
+    def diag(self, x):
+        return self._jnp().diag(x)
+
+    def outer(self, a, b):
+        return self._jnp().outer(a, b)
+
+    def eye(self, n):
+        return self._jnp().eye(n)
+
+    def zeros(self, shape):
+        return self._jnp().zeros(shape)
+
+    def concatenate(self, xs, axis=0):
+        return self._jnp().concatenate(xs, axis=axis)
+
+    def stack(self, xs, axis=0):
+        return self._jnp().stack(xs, axis=axis)
+
+    def einsum(self, spec, *xs):
+        return self._jnp().einsum(spec, *xs)
+
+    def swapaxes(self, x, a, b):
+        return self._jnp().swapaxes(x, a, b)
+
+    def cholesky(self, a):
+        return self._jnp().linalg.cholesky(a)
+
+    def solve_lower(self, l, b):
+        from jax.scipy.linalg import solve_triangular
+
+        return solve_triangular(l, b, lower=True)
+
+    def eigh(self, a):
+        return self._jnp().linalg.eigh(a)
+
+    def block(self, rows):
+        return self._jnp().block([list(r) for r in rows])
+
+    def sum(self, x, axis=None):
+        return self._jnp().sum(x, axis=axis)
+
+    def logdiag_sum(self, l):
+        jnp = self._jnp()
+        return jnp.sum(jnp.log(jnp.diagonal(l, axis1=-2, axis2=-1)), axis=-1)
+
+    def kron(self, a, b):
+        return self._jnp().kron(a, b)
+
 
 NUMPY = _NumpyOps()
 PYTENSOR = _PytensorOps()
+JAX = _JaxOps()
 
 
 def ops_for(*xs):

@@ -27,11 +27,7 @@ __all__ = ["kron", "kronecker_path", "inverse_and_logdet", "kron_precision_proje
 
 def kron(ops, a, b):
     """Kronecker product of two matrices (no batch)."""
-    if ops.name == "numpy":
-        return np.kron(a, b)
-    from pytensor.tensor.linalg import kron as pt_kron
-
-    return pt_kron(a, b)
+    return ops.kron(a, b)
 
 
 def kronecker_path(spec, lay) -> str:
@@ -53,7 +49,7 @@ def inverse_and_logdet(ops, a):
     """(A^-1, log|A|) of a symmetric positive definite (..., n, n) matrix via its Cholesky factor."""
     n = a.shape[-1]
     L = ops.cholesky(a)
-    eye = np.eye(int(n)) if ops.name == "numpy" else ops.eye(n)
+    eye = ops.eye(n)
     Li = ops.solve_lower(L, eye + 0.0 * a)
     return _mT(Li) @ Li, 2.0 * ops.logdiag_sum(L)
 
@@ -125,7 +121,7 @@ def factor_eigh(ops, a, structure):
         return ops.eigh(a)
     qa = ops.asarray(q)
     vals = ops.sum((a @ qa) * qa, axis=-2)     # diag(Q' A Q)
-    return vals, qa + 0.0 * a if ops.name == "numpy" else qa
+    return vals, qa + 0.0 * a if ops.batched else qa
 
 
 def kron_eigen_projections(ops, r, u, v, nugget, n_rep: int, row_structure=None,

@@ -122,7 +122,7 @@ def shock_projections(ops, r, w, logdet, shock_var, shock_index, n_rep: int, n_t
         N + K.
     """
     idx = np.asarray(shock_index)
-    if ops.name == "pytensor":
+    if ops.loop_replicates:
         # one replicate at a time: small 2-d factorizations compile far faster than batched ones
         parts = [_shock_block(ops, r[k], w[k], shock_var, idx, n_total) for k in range(n_rep)]
         P = sum(p[0] for p in parts)
@@ -142,7 +142,7 @@ def _shock_block(ops, r, w, shock_var, idx, n_total=None):
     wr = w * r
     P_r = _assemble(ops, ops.sum(w, axis=-1), ops.sum(w, axis=-2), w)            # (..., N+K, N+K)
     b_r = ops.concatenate([ops.sum(wr, axis=-1), ops.sum(wr, axis=-2)], axis=-1)  # (..., N+K)
-    sel = np.eye(r.shape[-2] + r.shape[-1] if ops.name == "numpy" else n_total)[:, idx]
+    sel = np.eye(n_total if n_total is not None else r.shape[-2] + r.shape[-1])[:, idx]
     Ps = P_r @ ops.asarray(sel)                # (..., N+K, m)
     Pss = ops.asarray(sel.T) @ Ps              # (..., m, m)
     bs = b_r @ ops.asarray(sel)                # (..., m)
@@ -235,7 +235,7 @@ def woodbury_logp(ops, proj: Projections, E, g_inv, logdet_g, n_obs: int):
     Et = ops.asarray(np.ascontiguousarray(E.T))
     # in a compiled graph the dense product compiles far faster than the sliced one (16 s against 38 s
     # for a 100 x 8 Kronecker model) and costs about as much to run; NumPy draws use the sliced one
-    T = Et @ proj.P @ ops.asarray(E) if ops.name == "pytensor" else sandwich(ops, proj.P, E)
+    T = Et @ proj.P @ ops.asarray(E) if ops.dense_products else sandwich(ops, proj.P, E)
     c = (proj.b[..., None, :] * Et).sum(axis=-1)
     L = ops.cholesky(g_inv + T)
     v = ops.solve_lower(L, c[..., :, None])[..., 0]

@@ -235,7 +235,7 @@ def _model_section(sid: str, fit, name: str) -> str:
     info = fit.info
     priors = fit.priors
     rows = "".join(f"<dt>{_e(k)}</dt><dd><code>{_e(p)}</code></dd>" for k, p in priors.items())
-    sampler = (f"{info.get('backend')} NUTS, {info.get('chains')} chains &times; {info.get('draws')} draws "
+    sampler = (f"{info.get('engine', info.get('backend'))} NUTS, {info.get('chains')} chains &times; {info.get('draws')} draws "
                f"after {info.get('tune')} tuning draws; seed {_e(info.get('seed'))}")
     timing = (f"compiled in {float(info.get('compile_seconds', float('nan'))):.1f} s, "
               f"sampled in {float(info.get('sampling_seconds', float('nan'))):.1f} s")

@@ -1,0 +1,135 @@
+"""The ``jax`` engine: describe the plan in JAX, compile one chain program, run chains in threads."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from collections import OrderedDict
+
+import numpy as np
+
+from twoway.errors import FitError
+
+__all__ = ["JaxEngine", "program_key"]
+
+_KEEP = 16  # compiled chain programs kept in memory per process
+
+
+class _Programs:
+    """Compiled chain programs of this process, by model structure, table layout and draws."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._items: OrderedDict = OrderedDict()
+
+    def get(self, key, make):
+        with self._lock:
+            if key in self._items:
+                self._items.move_to_end(key)
+                return self._items[key], True
+            item = make()
+            self._items[key] = item
+            while len(self._items) > _KEEP:
+                self._items.popitem(last=False)
+            return item, False
+
+
+PROGRAMS = _Programs()
+
+
+def program_key(plan) -> str:
+    """A digest of everything a plan bakes into the compiled program (not the table's numbers)."""
+    h = hashlib.sha256()
+    spec = plan.spec
+    h.update(spec.to_json().encode())
+    h.update(plan.path.encode())
+    h.update(json.dumps({k: p.dist for k, p in plan.priors.items()}, sort_keys=True).encode())
+    d = plan.data
+    h.update(np.asarray(d.values.shape).tobytes())
+    h.update(np.ascontiguousarray(d.mask).tobytes())
+    h.update(np.ascontiguousarray(d.se_or_zero()).tobytes())
+    if plan.integrated:
+        h.update(json.dumps(sorted(plan.constants)).encode())
+        for a in (plan.design.E, *plan.design.base_cov):
+            h.update(np.ascontiguousarray(a).tobytes())
+        for side in ("row", "col"):
+            st = plan.parts.get(side)
+            if st is not None:
+                h.update(st.text.encode())
+                if getattr(st, "known", None) is not None:
+                    h.update(np.ascontiguousarray(st.known).tobytes())
+        full = plan.parts.get("full")
+        if full is not None:
+            if full.function is not None:
+                h.update(str(id(full.function)).encode())
+            else:
+                h.update(np.ascontiguousarray(full.matrix).tobytes())
+    return h.hexdigest()
+
+
+class JaxEngine:
+    """NUTS (BlackJAX) over the plan's JAX log-density; the table is an argument of the program."""
+
+    name = "jax"
+    reuses_priors = True
+    min_tune = 0
+
+    def compile(self, plan, *, progress):
+        from twoway.cache import enable_jax_cache
+        from twoway.engines.jax.model import describe
+
+        enable_jax_cache()
+        return {"key": program_key(plan), "model": describe(plan), "programs": {}}
+
+    def program(self, compiled, tune: int, draws: int):
+        """The chain program for ``tune`` and ``draws`` (built once per process)."""
+        from twoway.engines.jax.sampler import ChainProgram
+
+        key = (compiled["key"], int(tune), int(draws))
+        prog, _ = PROGRAMS.get(key, lambda: ChainProgram(compiled["model"], int(tune), int(draws)))
+        return prog
+
+    def sample(self, compiled, plan, *, chains, draws, tune, seed, progress, cores, report=None):
+        from twoway.engines.jax.model import model_args
+
+        args = model_args(plan)
+        prog = self.program(compiled, tune, draws)
+        fresh = prog.compiled is None
+        if fresh and report is not None:
+            report("compile", prog)
+        prog.compile(args)
+        if report is not None:
+            report("sample", prog)
+        out = prog.run(args, seed, chains, cores=cores)
+        if not out["init_ok"].all():
+            raise FitError("The sampler found no starting point with a finite log-density in 50 tries; "
+                           "check the priors (an extreme prior can put all its mass where the data are impossible).")
+        compiled["last_compile_seconds"] = prog.compile_seconds if fresh else 0.0
+        return raw_tree(compiled["model"], out)
+
+
+def raw_tree(model, out):
+    """The draws as a DataTree: ``posterior`` (public values) and ``sample_stats``."""
+    import xarray as xr
+
+    post = {}
+    for name in model.names:
+        v = out["values"][name]
+        dims = ("chain", "draw") + tuple(model.dims[name])
+        post[name] = (dims, v)
+    used = {d for name in model.names for d in model.dims[name]}
+    coords = {k: v for k, v in model.coords.items() if k in used}
+    posterior = xr.Dataset(post, coords=coords)
+    st = out["stats"]
+    chains, draws = st["lp"].shape
+    stats = xr.Dataset({
+        "lp": (("chain", "draw"), st["lp"]),
+        "diverging": (("chain", "draw"), st["diverging"].astype(bool)),
+        "n_steps": (("chain", "draw"), st["n_steps"].astype(int)),
+        "tree_depth": (("chain", "draw"), st["tree_depth"].astype(int)),
+        "energy": (("chain", "draw"), st["energy"]),
+        "acceptance_rate": (("chain", "draw"), st["acceptance_rate"]),
+        "step_size": (("chain", "draw"), np.repeat(out["step_size"][:, None], draws, axis=1)),
+    })
+    return xr.DataTree.from_dict({"posterior": posterior, "sample_stats": stats})

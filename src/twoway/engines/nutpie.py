@@ -1,0 +1,35 @@
+"""The ``nutpie`` engine: the plan's PyMC model compiled with numba, sampled by nutpie."""
+
+from __future__ import annotations
+
+from twoway.engines.pymc_model import build_pymc_model, data_updates
+
+__all__ = ["NutpieEngine"]
+
+
+class NutpieEngine:
+    """nutpie; another table of the same layout is swapped in with ``with_data``."""
+
+    name = "nutpie"
+    reuses_priors = False
+    min_tune = 1  # nutpie's adaptation needs at least one tuning draw
+
+    def compile(self, plan, *, progress):
+        import nutpie
+
+        from twoway.compile_modes import sampling_modes
+
+        built = build_pymc_model(plan)
+        with sampling_modes():
+            return built, nutpie.compile_pymc_model(built.model)
+
+    def sample(self, compiled, plan, *, chains, draws, tune, seed, progress, cores):
+        import nutpie
+
+        built, model = compiled
+        if plan.data is not built.plan.data:
+            model = model.with_data(**data_updates(built.plan, plan.data))
+        kwargs = dict(chains=chains, draws=draws, tune=tune, seed=seed, progress_bar=progress)
+        if cores is not None:
+            kwargs["cores"] = cores
+        return nutpie.sample(model, **kwargs)

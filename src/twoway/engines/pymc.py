@@ -1,0 +1,33 @@
+"""The ``pymc`` engine: PyMC's own NUTS on the plan's PyMC model."""
+
+from __future__ import annotations
+
+import warnings
+
+from twoway.engines.pymc_model import build_pymc_model
+
+__all__ = ["PymcEngine"]
+
+
+class PymcEngine:
+    """PyMC's NUTS; the model is rebuilt for another table (PyMC compiles per call)."""
+
+    name = "pymc"
+    reuses_priors = False
+    min_tune = 0
+
+    def compile(self, plan, *, progress):
+        return build_pymc_model(plan)
+
+    def sample(self, compiled, plan, *, chains, draws, tune, seed, progress, cores):
+        import pymc as pm
+
+        from twoway.compile_modes import pymc_compile_kwargs
+
+        model = compiled.model if compiled.plan.data is plan.data else build_pymc_model(plan).model
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # PyMC's own convergence warnings: the summary says the same
+            return pm.sample(draws=draws, tune=tune, chains=chains, cores=cores, random_seed=seed,
+                             progressbar=progress, nuts_sampler="pymc", model=model,
+                             compute_convergence_checks=False, quiet=not progress,
+                             compile_kwargs=pymc_compile_kwargs())

@@ -1,0 +1,265 @@
+"""Resolve a model spec on a table, once: the plan every engine builds from.
+
+``plan = resolve(spec, data)`` is where the table enters. It fixes the priors
+in force (the model's, scaled to the data, and the Kronecker structures'),
+the integration constants (the intercept's prior mean and the fixed effects'
+prior sds), the residual parts (a full covariance, the row and column
+structures), the layout of the observed cells, the integrated effects'
+design (with known relationship matrices) and the exact likelihood path.
+Engines (PyMC, nutpie, JAX) build their log-density from a plan; the
+draw-back of effects, moments and covariances read it; nothing re-resolves.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from twoway.data import TwoWayData
+from twoway.errors import ModelError
+from twoway.model import ModelSpec
+from twoway.priors import Prior, resolve_priors
+
+__all__ = ["Plan", "resolve", "public_names", "integration_constants", "residual_parts",
+           "known_relationships", "LIKELIHOODS", "MAX_STORED_COV"]
+
+LIKELIHOODS = ("auto", "dense")
+MAX_STORED_COV = 30  # row_cov / col_cov are stored per draw only up to this many levels
+
+
+@dataclass(frozen=True, eq=False)
+class Plan:
+    """A spec resolved on a table.
+
+    Attributes
+    ----------
+    spec : ModelSpec
+    data : TwoWayData
+        The table, (R, N, K).
+    priors : dict of str to Prior
+        Every prior in force, structures' included, in the model's order.
+    model_priors : dict of str to Prior
+        The model's own priors (without the structures').
+    path : str
+        The exact likelihood path (``diagonal`` when effects are sampled).
+    var_names : list of str
+        The sampled (or derived) parameters a user sees, before the effects
+        that are drawn back.
+    m0 : float
+        Prior mean of the intercept (0 without one); integrated paths only.
+    constants : dict of str to float
+        ``intercept_sd`` and ``{side}_fixed_sd`` of the integrated effects.
+    parts : dict
+        ``full``: a :class:`~twoway.covariance.FullCovariance`; ``row``/``col``:
+        the Kronecker :class:`~twoway.structures.Structure` of each side.
+    layout : Layout or None
+        The observed cells laid out for the integrated paths.
+    design : EffectsDesign or None
+        The integrated effects (None when they are sampled).
+    """
+
+    spec: ModelSpec
+    data: TwoWayData
+    priors: dict
+    model_priors: dict
+    path: str
+    var_names: list
+    m0: float = 0.0
+    constants: dict = field(default_factory=dict)
+    parts: dict = field(default_factory=dict)
+    layout: object = None
+    design: object = None
+
+    @property
+    def integrated(self) -> bool:
+        return self.design is not None
+
+    @property
+    def labels(self) -> tuple:
+        """(row labels, column labels, replicate labels)."""
+        d = self.data
+        return d.row_labels, d.col_labels, d.replicate_labels
+
+    def structure_priors(self, side: str) -> dict[str, Prior]:
+        """The priors of the Kronecker structure on ``side`` (empty for other residuals)."""
+        st = self.parts.get(side)
+        if st is None:
+            return {}
+        return {k: self.priors[k] for k in st.prior_names(unit_scale=side == "col") if k in self.priors}
+
+    def with_data(self, data: TwoWayData) -> "Plan":
+        """The same plan read against another table of the same layout (priors kept)."""
+        if not self.integrated:
+            return dataclasses.replace(self, data=data)
+        from twoway.marginal import layout
+
+        return dataclasses.replace(self, data=data, layout=layout(data, self.m0, self.parts))
+
+
+def public_names(spec: ModelSpec) -> list[str]:
+    """Names of the parameters a user sees in the posterior, main ones first."""
+    out: list[str] = []
+    if spec.intercept:
+        out.append("intercept")
+    for side, kind in (("row", spec.row_effect), ("col", spec.col_effect)):
+        if kind != "none":
+            out.append(f"{side}_effect")
+    for side, kind in (("row", spec.row_effect), ("col", spec.col_effect)):
+        if kind == "random":
+            out.append(f"{side}_effect_sd")
+    for side, kind in (("row", spec.row_scale), ("col", spec.col_scale)):
+        if kind != "none":
+            out.append(f"{side}_sd")
+    if spec.sigma:
+        out.append("sigma")
+    for side, kind in (("row", spec.row_scale), ("col", spec.col_scale)):
+        if kind == "hetero":
+            out += [f"{side}_log_sd_loc", f"{side}_log_sd_scale"]
+    return out
+
+
+def integration_constants(spec: ModelSpec, priors: dict[str, Prior]) -> tuple[float, dict[str, float]]:
+    """The intercept's prior mean and the fixed prior sds of the integrated effects."""
+    m0 = 0.0
+    constants = {}
+    if spec.intercept:
+        p = priors["intercept"]
+        if p.dist != "normal":
+            raise ModelError(f"Integrating the intercept out needs a normal prior; got {p}. "
+                             "Use a normal prior, or effects = \"sample\".")
+        m0 = p.kwargs["mu"]
+        constants["intercept_sd"] = p.kwargs["sigma"]
+    for side, kind in (("row", spec.row_effect), ("col", spec.col_effect)):
+        if kind == "fixed":
+            check_fixed_prior(priors[f"{side}_effect"], side)
+            constants[f"{side}_fixed_sd"] = priors[f"{side}_effect"].kwargs["sigma"]
+    return m0, constants
+
+
+def check_fixed_prior(p: Prior, side: str) -> None:
+    """Fixed effects sum to zero: their prior must be normal with mean 0."""
+    if p.dist != "normal" or p.kwargs["mu"] != 0.0:
+        raise ModelError(f"The prior for fixed '{side}_effect' must be normal with mu = 0 "
+                         f"(the effects sum to zero); got {p}.")
+
+
+def residual_parts(spec: ModelSpec, row_labels, col_labels) -> dict:
+    """What the residual needs besides parameters: the full covariance, the Kronecker structures."""
+    parts = {}
+    if spec.residual == "full":
+        from twoway.covariance import load_full_covariance
+
+        parts["full"] = load_full_covariance(spec.covariance, row_labels, col_labels)
+    if spec.residual == "kronecker":
+        from twoway.structures import parse_structure
+
+        parts["row"] = parse_structure(spec.row_structure, side="row", labels=row_labels)
+        parts["col"] = parse_structure(spec.col_structure, side="col", labels=col_labels)
+    return parts
+
+
+def known_relationships(spec: ModelSpec, data: TwoWayData) -> dict:
+    """Known relationship matrices of random effects (``row_effect_cov = "known:FILE"``)."""
+    out = {}
+    for side, labels in (("row", data.row_labels), ("col", data.col_labels)):
+        value = getattr(spec, f"{side}_effect_cov")
+        if value is not None and getattr(spec, f"{side}_effect") == "random":
+            from twoway.structures import read_known_matrix
+
+            out[side] = read_known_matrix(value[len("known:"):], labels, what=f"{side}_effect_cov")
+    return out
+
+
+def _structure_priors(spec: ModelSpec, parts: dict, spread: float) -> dict[str, Prior]:
+    out: dict[str, Prior] = {}
+    for side, unit in (("row", False), ("col", True)):
+        st = parts[side]
+        defaults = st.default_priors(spread, unit_scale=unit)
+        chosen = {k: spec.prior_overrides.get(k, v) for k, v in defaults.items()}
+        out.update(st.check_priors(chosen, unit_scale=unit))
+    return out
+
+
+def resolve(spec: ModelSpec, data: TwoWayData, *, likelihood: str = "auto",
+            priors: dict[str, Prior] | None = None) -> Plan:
+    """Resolve ``spec`` on ``data``.
+
+    Parameters
+    ----------
+    spec : ModelSpec
+    data : TwoWayData
+        The table, (R, N, K); only observed cells enter the likelihood.
+    likelihood : {"auto", "dense"}
+        ``auto`` picks the fastest exact path; ``dense`` the dense reference.
+    priors : dict of str to Prior, optional
+        Every prior in force, as recorded by an earlier plan (a saved fit's):
+        used as they are instead of defaults scaled to ``data``.
+
+    Returns
+    -------
+    Plan
+
+    Raises
+    ------
+    ModelError
+        When the model cannot be fitted to this table (no scale and no se,
+        a prior the integrated paths cannot use, an unknown prior name).
+    """
+    if not isinstance(data, TwoWayData):
+        raise ModelError(f"The data must be a TwoWayData; got {type(data).__name__}.")
+    if spec.needs_se() and not data.has_se:
+        raise ModelError(
+            "The model has no unknown scale (row_scale, col_scale and sigma are all off), "
+            "so every cell needs a known standard error; the table has none."
+        )
+    if likelihood not in LIKELIHOODS:
+        raise ModelError(f"The likelihood must be one of {', '.join(LIKELIHOODS)}; got {likelihood!r}.")
+    if priors is not None:
+        given = dict(priors)
+        model_priors = {k: given[k] for k in spec.parameter_names() if k in given}
+    else:
+        model_priors = resolve_priors(spec.parameter_names(), data.location(), data.spread(),
+                                      spec.model_prior_overrides)
+    for side, kind in (("row", spec.row_effect), ("col", spec.col_effect)):
+        if kind == "fixed":
+            check_fixed_prior(model_priors[f"{side}_effect"], side)
+    if spec.effects != "integrate":
+        path = "dense" if likelihood == "dense" else "diagonal"
+        return Plan(spec=spec, data=data, priors=dict(model_priors), model_priors=model_priors, path=path,
+                    var_names=public_names(spec))
+
+    from twoway.marginal import choose_path, effects_design, layout
+
+    m0, constants = integration_constants(spec, model_priors)
+    parts = residual_parts(spec, data.row_labels, data.col_labels)
+    recorded, priors = priors, dict(model_priors)
+    extra: list[str] = []
+    if spec.residual == "full":
+        extra += list(parts["full"].parameters)
+    if spec.residual == "kronecker":
+        if recorded is not None:
+            priors.update({k: v for k, v in recorded.items() if k not in priors})
+        else:
+            priors.update(_structure_priors(spec, parts, data.spread()))
+        for side, unit in (("row", False), ("col", True)):
+            st = parts[side]
+            extra += [n for n in st.parameter_names(unit_scale=unit) if n not in extra]
+            if st.n <= MAX_STORED_COV:
+                extra.append(f"{side}_cov")
+        unknown = sorted(k for k in spec.prior_overrides if k not in priors)
+        if unknown:
+            raise ModelError(f"The priors must name parameters of this model ({', '.join(priors)}); "
+                             f"got {', '.join(unknown)}.")
+    lay = layout(data, m0, parts)
+    design = effects_design(spec, data, known=known_relationships(spec, data))
+    path = choose_path(spec, lay, design, likelihood=likelihood)
+    names = [n for n in public_names(spec) if n not in ("intercept", "row_effect", "col_effect")] + extra
+    return Plan(spec=spec, data=data, priors=priors, model_priors=model_priors, path=path, var_names=names,
+                m0=m0, constants=constants, parts=parts, layout=lay, design=design)
+
+
+def anova_vector(stats) -> np.ndarray:
+    """The five balanced sums of squares as one vector (grand, row, col, interaction, within)."""
+    return np.array([stats.ss_grand, stats.ss_row, stats.ss_col, stats.ss_inter, stats.ss_within])
