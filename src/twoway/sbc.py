@@ -293,11 +293,13 @@ def _check_alpha(alpha: float) -> None:
 # ---------------------------------------------------------------------------
 
 
-def sbc_spec(model) -> "Any":
+def sbc_spec(model, n_rows: int | None = None, n_cols: int | None = None) -> "Any":
     """``model`` with every prior fixed at the defaults for location 0 and spread 1 (overrides kept).
 
     Every parameter named by ``spec.parameter_names()`` gets an explicit
-    prior, so neither the simulated table nor the fitted one can move it.
+    prior, so neither the simulated table nor the fitted one can move it. A
+    Kronecker model's structure priors are fixed the same way (they depend on
+    the table's shape, hence ``n_rows`` and ``n_cols``).
 
     Returns
     -------
@@ -307,7 +309,18 @@ def sbc_spec(model) -> "Any":
     from twoway.priors import resolve_priors
 
     spec = load_model(model)
-    return spec.with_priors(**resolve_priors(spec.parameter_names(), 0.0, 1.0, spec.model_prior_overrides))
+    fixed = resolve_priors(spec.parameter_names(), 0.0, 1.0, spec.model_prior_overrides)
+    if spec.residual == "kronecker" and n_rows is not None and n_cols is not None:
+        from twoway.plan import residual_parts
+
+        parts = residual_parts(spec, tuple(f"row{i + 1}" for i in range(n_rows)),
+                               tuple(f"col{j + 1}" for j in range(n_cols)))
+        for side, unit in (("row", False), ("col", True)):
+            st = parts[side]
+            defaults = st.default_priors(1.0, unit_scale=unit)
+            fixed.update(st.check_priors({k: spec.prior_overrides.get(k, v) for k, v in defaults.items()},
+                                         unit_scale=unit))
+    return spec.with_priors(**fixed)
 
 
 def _check_count(name: str, value: Any, low: int) -> int:
@@ -549,7 +562,7 @@ def sbc(
     if se is not None and not (isinstance(se, (int, float)) and not isinstance(se, bool)
                                and math.isfinite(se) and se > 0):
         raise FitError(f"The known standard error must be a positive number; got {se!r}.")
-    spec = sbc_spec(model)
+    spec = sbc_spec(model, n_rows, n_cols)
     config = _normal({
         "model": spec.to_dict(), "n_rows": n_rows, "n_cols": n_cols, "n_replicates": n_replicates,
         "chains": int(chains), "draws": int(draws), "tune": int(tune), "seed": seed,

@@ -56,7 +56,6 @@ import difflib
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -98,58 +97,11 @@ LKJ_ETA = 2.0
 # ---------------------------------------------------------------------------
 
 
-def _is_tensor(x: Any) -> bool:
-    return type(x).__module__.startswith("pytensor")
+def _ops(*xs: Any):
+    """The ops of ``xs`` (:func:`twoway.likelihood.backend.ops_for`): NumPy, PyTensor or JAX."""
+    from twoway.likelihood.backend import ops_for
 
-
-def _is_jax(x: Any) -> bool:
-    return type(x).__module__.startswith(("jax", "jaxlib"))
-
-
-def _ops(*xs: Any) -> SimpleNamespace:
-    """The array operations for ``xs``: PyTensor's or JAX's when any is one of theirs, else NumPy's."""
-    if any(_is_jax(x) for x in xs):
-        import jax.numpy as jnp
-        from jax.scipy.linalg import cho_solve
-
-        return SimpleNamespace(
-            tensor=True,
-            asarray=lambda a: jnp.asarray(a, dtype=float),
-            eye=jnp.eye,
-            log=jnp.log,
-            diag=jnp.diag,
-            diagonal=lambda a: jnp.diagonal(a, axis1=-2, axis2=-1),
-            cholesky=jnp.linalg.cholesky,
-            cho_inverse=lambda c: cho_solve((c, True), jnp.eye(c.shape[-1])),
-        )
-    if any(_is_tensor(x) for x in xs):
-        import pytensor.tensor as pt
-
-        return SimpleNamespace(
-            tensor=True,
-            asarray=pt.as_tensor_variable,
-            eye=pt.eye,
-            log=pt.log,
-            diag=pt.diag,
-            diagonal=lambda a: pt.diagonal(a, axis1=-2, axis2=-1),
-            cholesky=lambda a: pt.linalg.cholesky(a, lower=True),
-            cho_inverse=lambda c: pt.linalg.cho_solve((c, True), pt.eye(c.shape[-1])),
-        )
-
-    def cho_inverse(c):
-        ci = np.linalg.inv(c)
-        return ci.T @ ci
-
-    return SimpleNamespace(
-        tensor=False,
-        asarray=lambda a: np.asarray(a, dtype=float),
-        eye=np.eye,
-        log=np.log,
-        diag=np.diag,
-        diagonal=lambda a: np.diagonal(a, axis1=-2, axis2=-1),
-        cholesky=np.linalg.cholesky,
-        cho_inverse=cho_inverse,
-    )
+    return ops_for(*xs)
 
 
 def _ar1_constants(n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -362,7 +314,7 @@ def fa_matrix(loadings: Any, psi: Any) -> Any:
     return loadings @ loadings.T + ops.diag(psi)
 
 
-def _fa_core(ops: SimpleNamespace, loadings: Any, psi: Any) -> tuple[Any, Any]:
+def _fa_core(ops, loadings: Any, psi: Any) -> tuple[Any, Any]:
     """``Psi^-1 Lambda`` (n, k) and the Cholesky factor of ``C = I_k + Lambda' Psi^-1 Lambda`` (k, k)."""
     scaled = loadings / psi[:, None]
     k = loadings.shape[-1]

@@ -76,6 +76,16 @@ class _NumpyOps:
 
     kron = staticmethod(np.kron)
 
+    @staticmethod
+    def diagonal(a):
+        return np.diagonal(a, axis1=-2, axis2=-1)
+
+    @staticmethod
+    def cho_inverse(c):
+        """A^-1 from the lower Cholesky factor c of A."""
+        ci = np.linalg.inv(c)
+        return np.swapaxes(ci, -1, -2) @ ci
+
 
 class _PytensorOps:
     name = "pytensor"
@@ -197,6 +207,18 @@ class _PytensorOps:
 
         return kron(a, b)
 
+    @staticmethod
+    def diagonal(a):
+        import pytensor.tensor as pt
+
+        return pt.diagonal(a, axis1=-2, axis2=-1)
+
+    @staticmethod
+    def cho_inverse(c):
+        import pytensor.tensor as pt
+
+        return pt.linalg.cho_solve((c, True), pt.eye(c.shape[-1]))
+
 
 class _JaxOps:
     """JAX arrays (float64; jax is imported on first use)."""
@@ -272,6 +294,14 @@ class _JaxOps:
     def kron(self, a, b):
         return self._jnp().kron(a, b)
 
+    def diagonal(self, a):
+        return self._jnp().diagonal(a, axis1=-2, axis2=-1)
+
+    def cho_inverse(self, c):
+        from jax.scipy.linalg import cho_solve
+
+        return cho_solve((c, True), self._jnp().eye(c.shape[-1]))
+
 
 NUMPY = _NumpyOps()
 PYTENSOR = _PytensorOps()
@@ -279,9 +309,9 @@ JAX = _JaxOps()
 
 
 def ops_for(*xs):
-    """PYTENSOR if any argument is a PyTensor variable, else NUMPY."""
-    try:
-        from pytensor.graph.basic import Variable
-    except ImportError:  # pragma: no cover
-        return NUMPY
-    return PYTENSOR if any(isinstance(x, Variable) for x in xs) else NUMPY
+    """The ops of the arrays ``xs``: JAX's or PyTensor's when any argument is one of theirs, else NumPy's."""
+    if any(type(x).__module__.startswith(("jax", "jaxlib")) for x in xs):
+        return JAX
+    if any(type(x).__module__.startswith("pytensor") for x in xs):
+        return PYTENSOR
+    return NUMPY

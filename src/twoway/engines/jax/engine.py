@@ -103,7 +103,7 @@ class JaxEngine:
             report("sample", prog)
         out = prog.run(args, seed, chains, cores=cores)
         if not out["init_ok"].all():
-            raise FitError("The sampler found no starting point with a finite log-density in 50 tries; "
+            raise FitError("The sampler found no starting point with a finite log-density in 20 tries per chain; "
                            "check the priors (an extreme prior can put all its mass where the data are impossible).")
         compiled["last_compile_seconds"] = prog.compile_seconds if fresh else 0.0
         return raw_tree(compiled["model"], out)

@@ -16,17 +16,20 @@ calibration (:meth:`ChainProgram.run_many`) without a second code path.
 from __future__ import annotations
 
 import time
+from typing import NamedTuple
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-__all__ = ["ChainProgram", "STAT_NAMES", "INIT_RADIUS", "INIT_TRIES"]
+__all__ = ["ChainProgram", "STAT_NAMES", "INIT_RADIUS", "adaptation_schedule", "DualAveraging"]
 
 INIT_RADIUS = 1.0      # initial points: uniform(-1, 1) on the (prior-scaled) unconstrained space
-INIT_TRIES = 50        # tries for a finite log-density and gradient
 MAX_TREE_DEPTH = 10
+INIT_TRIES = 20        # starting points tried per chain
+INITIAL_STEP = 0.1
+TARGET_ACCEPT = 0.8
 STAT_NAMES = ("lp", "diverging", "n_steps", "tree_depth", "energy", "acceptance_rate")
 
 
@@ -52,10 +55,18 @@ class ChainProgram:
 
     # -- the program ---------------------------------------------------------------
     def _chain(self, args, key):
-        import blackjax
+        """One chain: a starting point, ``tune`` adapting iterations, ``draws`` kept ones.
+
+        One NUTS kernel serves warm-up and sampling (a single scan over
+        ``tune + draws`` iterations whose adaptation switches off after the
+        warm-up), so the program holds one copy of the log-density's gradient
+        and compiles in about half the time of separate warm-up and sampling
+        loops.
+        """
         import jax
+        import jax.flatten_util
         import jax.numpy as jnp
-        from blackjax.adaptation.base import get_filter_adapt_info_fn
+        from blackjax.mcmc import nuts
 
         model = self.model
 
@@ -67,42 +78,58 @@ class ChainProgram:
             return {name: jax.random.uniform(kk, shape, minval=-INIT_RADIUS, maxval=INIT_RADIUS)
                     for kk, (name, shape) in zip(keys, model.sites.items())}
 
-        def finite(theta):
-            lp, grad = jax.value_and_grad(logdensity)(theta)
-            ok = jnp.isfinite(lp)
-            for g in jax.tree_util.tree_leaves(grad):
-                ok = ok & jnp.all(jnp.isfinite(g))
-            return ok
+        k_init, k_run = jax.random.split(key)
+        state = nuts.init(draw_init(k_init), logdensity)
+        ok = jnp.isfinite(state.logdensity)
+        for g in jax.tree_util.tree_leaves(state.logdensity_grad):
+            ok = ok & jnp.all(jnp.isfinite(g))
 
-        k_init, k_warm, k_draw = jax.random.split(key, 3)
+        flat0, unravel = jax.flatten_util.ravel_pytree(state.position)
+        dim = flat0.shape[0]
+        kernel = nuts.build_kernel()
+        slow, window_end = adaptation_schedule(self.tune)
+        n_total = self.tune + self.draws
+        slow = jnp.asarray(np.concatenate([slow, np.zeros(self.draws, bool)]))
+        window_end = jnp.asarray(np.concatenate([window_end, np.zeros(self.draws, bool)]))
+        adapt = DualAveraging()
 
-        def cond(c):
-            i, _, ok, _ = c
-            return (~ok) & (i < INIT_TRIES)
-
-        def body(c):
-            i, k, _, _ = c
-            k, sub = jax.random.split(k)
-            theta = draw_init(sub)
-            return i + 1, k, finite(theta), theta
-
-        first = draw_init(k_init)
-        _, _, ok, theta0 = jax.lax.while_loop(cond, body, (0, k_init, finite(first), first))
-
-        warmup = blackjax.window_adaptation(blackjax.nuts, logdensity, adaptation_info_fn=get_filter_adapt_info_fn(),
-                                            max_num_doublings=MAX_TREE_DEPTH)
-        (state, params), _ = warmup.run(k_warm, theta0, num_steps=self.tune)
-        kernel = blackjax.nuts(logdensity, **{**params, "max_num_doublings": MAX_TREE_DEPTH}).step
-
-        def one(state, k):
-            state, info = kernel(k, state)
+        def one(carry, inputs):
+            state, da, step, imm, (count, mean, m2) = carry
+            t, k, is_slow, is_end = inputs
+            state, info = kernel(k, state, logdensity, step, imm, max_num_doublings=MAX_TREE_DEPTH)
+            tuning = t < self.tune
+            # step size: dual averaging while tuning, its average after
+            acc = jnp.where(jnp.isfinite(info.acceptance_rate), info.acceptance_rate, 0.0)
+            da_new = adapt.update(da, acc)
+            da = jax.tree_util.tree_map(lambda a, b: jnp.where(tuning, a, b), da_new, da)
+            step = jnp.where(tuning, jnp.where(t == self.tune - 1, jnp.exp(da.log_avg), jnp.exp(da.log_step)), step)
+            # diagonal mass matrix: Welford variance over each slow window
+            x = jax.flatten_util.ravel_pytree(state.position)[0]
+            count1 = count + 1.0
+            delta = x - mean
+            mean1 = mean + delta / count1
+            m21 = m2 + delta * (x - mean1)
+            count, mean, m2 = (jnp.where(is_slow, count1, count), jnp.where(is_slow, mean1, mean),
+                               jnp.where(is_slow, m21, m2))
+            var = m2 / jnp.maximum(count - 1.0, 1.0)
+            regular = (count / (count + 5.0)) * var + 1e-3 * (5.0 / (count + 5.0))
+            imm = jnp.where(is_end, regular, imm)
+            da = jax.tree_util.tree_map(lambda a, b: jnp.where(is_end, a, b), adapt.init(step), da)
+            count, mean, m2 = (jnp.where(is_end, 0.0, count), jnp.where(is_end, 0.0, mean),
+                               jnp.where(is_end, 0.0, m2))
             values = model.public(state.position, args)
             stats = (state.logdensity, info.is_divergent, info.num_integration_steps,
                      info.num_trajectory_expansions, info.energy, info.acceptance_rate)
-            return state, (values, stats)
+            return (state, da, step, imm, (count, mean, m2)), (values, stats, step)
 
-        _, (values, stats) = jax.lax.scan(one, state, jax.random.split(k_draw, self.draws))
-        return values, dict(zip(STAT_NAMES, stats)), params["step_size"], ok
+        step0 = jnp.asarray(INITIAL_STEP)
+        carry = (state, adapt.init(step0), step0, jnp.ones(dim), (jnp.asarray(0.0), jnp.zeros(dim), jnp.zeros(dim)))
+        keys = jax.random.split(k_run, n_total)
+        _, (values, stats, steps) = jax.lax.scan(one, carry, (jnp.arange(n_total), keys, slow, window_end))
+        keep = slice(self.tune, n_total)
+        values = jax.tree_util.tree_map(lambda v: v[keep], values)
+        stats = tuple(s[keep] for s in stats)
+        return values, dict(zip(STAT_NAMES, stats)), steps[-1], ok
 
     def compile(self, args) -> float:
         """Compile the one-chain program for arguments shaped like ``args``; return the seconds taken."""
@@ -124,8 +151,13 @@ class ChainProgram:
         workers = max(1, min(chains, cores or _cores()))
 
         def one(k):
-            out = self.compiled(args, k)
-            return jax.tree_util.tree_map(np.asarray, jax.block_until_ready(out))
+            # a chain whose random starting point has no finite log-density starts again elsewhere
+            for attempt in range(INIT_TRIES):
+                out = jax.tree_util.tree_map(np.asarray, jax.block_until_ready(self.compiled(args, k)))
+                if out[3]:
+                    break
+                k = jax.random.fold_in(k, attempt + 1)
+            return out
 
         if workers == 1:
             results = [one(keys[c]) for c in range(chains)]
@@ -165,6 +197,73 @@ class ChainProgram:
             per_chain = [jax.tree_util.tree_map(lambda x: x[t * chains + c], out) for c in range(chains)]
             results.append(_stack(per_chain))
         return results
+
+
+def adaptation_schedule(tune: int) -> tuple[np.ndarray, np.ndarray]:
+    """Stan's warm-up windows: which iterations feed the mass matrix, and where a window ends.
+
+    An initial fast buffer (step size only), slow windows doubling in length
+    (mass matrix and step size), a final fast buffer: 75 / 25... / 50
+    iterations when ``tune`` >= 150, else 15% / 75% / 10%.
+
+    Returns
+    -------
+    slow : bool array (tune,)
+    window_end : bool array (tune,)
+        True at the last iteration of each slow window.
+    """
+    slow = np.zeros(tune, bool)
+    end = np.zeros(tune, bool)
+    if tune < 20:
+        return slow, end
+    if tune >= 150:
+        init, term, base = 75, 50, 25
+    else:
+        init, term = int(0.15 * tune), int(0.1 * tune)
+        base = tune - init - term
+    start, size = init, base
+    stop_all = tune - term
+    while start < stop_all:
+        stop = start + size
+        if stop_all - stop < 2 * size:  # the last window takes the rest
+            stop = stop_all
+        slow[start:stop] = True
+        end[stop - 1] = True
+        start, size = stop, 2 * size
+    return slow, end
+
+
+class DualAveraging:
+    """Nesterov dual averaging of the log step size towards a target acceptance rate (Stan's constants)."""
+
+    def __init__(self, target: float = TARGET_ACCEPT, t0: float = 10.0, gamma: float = 0.05, kappa: float = 0.75):
+        self.target, self.t0, self.gamma, self.kappa = target, t0, gamma, kappa
+
+    def init(self, step):
+        import jax.numpy as jnp
+
+        state = _DAState(log_step=jnp.log(step), log_avg=jnp.asarray(0.0), h_avg=jnp.asarray(0.0),
+                         t=jnp.asarray(0.0), mu=jnp.log(10.0 * step))
+        return state
+
+    def update(self, s, accept):
+        import jax.numpy as jnp
+
+        t = s.t + 1.0
+        w = 1.0 / (t + self.t0)
+        h_avg = (1.0 - w) * s.h_avg + w * (self.target - accept)
+        log_step = s.mu - jnp.sqrt(t) / self.gamma * h_avg
+        eta = t ** (-self.kappa)
+        log_avg = eta * log_step + (1.0 - eta) * s.log_avg
+        return _DAState(log_step=log_step, log_avg=log_avg, h_avg=h_avg, t=t, mu=s.mu)
+
+
+class _DAState(NamedTuple):
+    log_step: Any
+    log_avg: Any
+    h_avg: Any
+    t: Any
+    mu: Any
 
 
 def _stack(results: list) -> dict:
