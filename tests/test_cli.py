@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -23,7 +24,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from twoway.cli import main
+from twoway.cli import main, parse_args
 from twoway.data import TwoWayData
 from twoway.errors import DataError
 from twoway.fit import Fit
@@ -86,15 +87,27 @@ def csv_lines(path: Path) -> list[str]:
     return path.read_text(encoding="utf-8").strip("\n").split("\n")
 
 
+@pytest.fixture(scope="module", autouse=True)
+def jax_cache_folder(tmp_path_factory):
+    """The jax engine's compilation cache in a temporary folder, not the user's (TWOWAY_CACHE_DIR)."""
+    folder = tmp_path_factory.mktemp("jax-cache")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TWOWAY_CACHE_DIR", str(folder))
+        yield folder
+
+
 @pytest.fixture
 def no_sampling(monkeypatch):
     """Make compiling or sampling a model fail the test: bad input must be refused before."""
+    import importlib
+
     import nutpie
     import pymc
 
     def refuse(*args, **kwargs):
         pytest.fail("the command compiled or sampled a model; bad input must be refused before that")
 
+    monkeypatch.setattr(importlib.import_module("twoway.fit"), "compile_model", refuse)  # every engine
     monkeypatch.setattr(nutpie, "compile_pymc_model", refuse)
     monkeypatch.setattr(nutpie, "sample", refuse)
     monkeypatch.setattr(pymc, "sample", refuse)
@@ -637,7 +650,7 @@ COL_LABELS = [f"G{j}" for j in range(1, 7)]
 
 @pytest.fixture(scope="module")
 def fitted(tmp_path_factory):
-    """Simulate a 5 x 6 table, relabel it, fit it once through the CLI (2 x 200 draws, seed 1)."""
+    """Simulate a 5 x 6 table, relabel it, fit it once through the CLI (nutpie, 2 x 200 draws, seed 1)."""
     folder = tmp_path_factory.mktemp("fit")
     sim = folder / "sim.csv"
     with contextlib.redirect_stdout(io.StringIO()):
@@ -657,7 +670,7 @@ def fitted(tmp_path_factory):
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         status = main(["fit", str(data_path), "--row", "treatment", "--col", "group", "--value", "y",
                        "--se", "err", "--chains", "2", "--draws", "200", "--tune", "200", "--seed", "1",
-                       "--out", str(fit_path)])
+                       "--engine", "nutpie", "--out", str(fit_path)])
     return {"status": status, "stdout": out.getvalue(), "stderr": err.getvalue(), "path": fit_path,
             "data_path": data_path, "frame": frame}
 
@@ -720,7 +733,7 @@ def test_summary_text(fitted, capsys):
     status, out, err = run_cli(capsys, "summary", fitted["path"])
     assert status == 0 and "Traceback" not in err
     assert "model: additive" in out
-    assert "backend: nutpie" in out and "2 chains x 200 draws after 200 tuning; seed 1" in out
+    assert "engine: nutpie" in out and "2 chains x 200 draws after 200 tuning; seed 1" in out
     assert "diagnostics:" in out and "divergences" in out
     for label in ROW_LABELS + COL_LABELS:
         assert f"[{label}]" in out
@@ -733,7 +746,7 @@ def test_fit_file_loads_with_the_table_and_settings(fitted):
     assert [str(v) for v in post["row_effect"].coords["row"].values] == ROW_LABELS
     assert [str(v) for v in post["col_effect"].coords["col"].values] == COL_LABELS
     info = fit.info
-    assert (info["backend"], info["seed"], info["chains"], info["draws"], info["tune"]) == \
+    assert (info["engine"], info["seed"], info["chains"], info["draws"], info["tune"]) == \
         ("nutpie", 1, 2, 200, 200)
     assert fit.model.name == "additive"
     data = fit.data
@@ -832,7 +845,7 @@ def test_demo(tmp_path, capsys):
 
 @pytest.fixture
 def captured_fit(monkeypatch):
-    """Replace fitting with a recorder of the table it would fit."""
+    """Replace compiling with a recorder of the table (and options) it would compile, then stop."""
     import importlib
 
     fit_module = importlib.import_module("twoway.fit")
@@ -842,10 +855,10 @@ def captured_fit(monkeypatch):
         pass
 
     def record(spec, data, **kwargs):
-        seen["data"] = data
+        seen["spec"], seen["data"], seen["kwargs"] = spec, data, kwargs
         raise Stop
 
-    monkeypatch.setattr(fit_module, "fit", record)
+    monkeypatch.setattr(fit_module, "compile_model", record)
     return seen, Stop
 
 
@@ -870,3 +883,141 @@ def test_fit_refuses_se_and_no_se_together(tmp_path, capsys, no_sampling):
     table.write_text("row,col,value,se\na,x,1.0,0.1\na,y,2.0,0.1\nb,x,3.0,0.1\nb,y,4.0,0.1\n")
     status, out, err = run_cli(capsys, "fit", table, "--se", "se", "--no-se", "--out", tmp_path / "f.nc")
     assert_one_error(status, out, err, "--no-se")
+
+
+# ---------------------------------------------------------------------------
+# 9. --engine (and its old name --backend), --progress
+# ---------------------------------------------------------------------------
+
+FITTING_COMMANDS = {
+    "fit": ["fit", "t.csv", "--out", "f.nc"],
+    "demo": ["demo"],
+    "sbc": ["sbc", "--rows", "3", "--cols", "3", "--sims", "2", "--out", "o"],
+}
+
+
+@pytest.mark.parametrize("command", list(FITTING_COMMANDS))
+def test_engine_defaults_to_jax(command):
+    args = parse_args(FITTING_COMMANDS[command])
+    assert args.engine == "jax" and args.progress is None
+    assert not hasattr(args, "backend")
+
+
+@pytest.mark.parametrize("command", list(FITTING_COMMANDS))
+@pytest.mark.parametrize("option", ["--engine", "--backend"])
+@pytest.mark.parametrize("engine", ["jax", "nutpie", "pymc"])
+def test_engine_and_its_alias_backend(command, option, engine):
+    assert parse_args(FITTING_COMMANDS[command] + [option, engine]).engine == engine
+
+
+def test_the_last_of_engine_and_backend_wins():
+    argv = FITTING_COMMANDS["fit"]
+    assert parse_args(argv + ["--backend", "pymc", "--engine", "nutpie"]).engine == "nutpie"
+    assert parse_args(argv + ["--engine", "nutpie", "--backend", "pymc"]).engine == "pymc"
+
+
+@pytest.mark.parametrize("option", ["--engine", "--backend"])
+def test_unknown_engine_is_a_usage_error(option, capsys):
+    with pytest.raises(SystemExit) as info:
+        parse_args(FITTING_COMMANDS["fit"] + [option, "stan"])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert "invalid choice: 'stan'" in err and "jax" in err
+
+
+@pytest.mark.parametrize("command", list(FITTING_COMMANDS))
+def test_help_shows_engine_and_progress_not_backend(command, capsys):
+    with pytest.raises(SystemExit) as info:
+        main([command, "--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    assert "--engine {jax,nutpie,pymc}" in out and "--progress, --no-progress" in out
+    assert "--backend" not in out
+
+
+@pytest.mark.parametrize("extra, expected", [([], None), (["--progress"], True), (["--no-progress"], False)])
+def test_progress_option(extra, expected):
+    assert parse_args(FITTING_COMMANDS["fit"] + extra).progress is expected
+
+
+def test_fit_passes_the_engine_to_the_library(tmp_path, capsys, captured_fit):
+    seen, Stop = captured_fit
+    path = write(tmp_path, good_with())
+    for extra, engine in (([], "jax"), (["--engine", "pymc"], "pymc"), (["--backend", "nutpie"], "nutpie")):
+        with pytest.raises(Stop):
+            main(["fit", str(path), *COLS, "--out", str(tmp_path / "f.nc"), *extra])
+        assert seen["kwargs"]["engine"] == engine
+        assert "backend" not in seen["kwargs"]
+    err = capsys.readouterr().err
+    assert "twoway: fitting the additive model (nutpie): 4 chains x 1000 draws after 1000 tuning ...\n" in err
+
+
+def test_no_progress_says_nothing_about_phases(tmp_path, capsys, captured_fit):
+    seen, Stop = captured_fit
+    path = write(tmp_path, good_with())
+    with pytest.raises(Stop):
+        main(["fit", str(path), *COLS, "--out", str(tmp_path / "f.nc"), "--engine", "nutpie", "--no-progress"])
+    assert "twoway: fitting" not in capsys.readouterr().err
+
+
+def test_fit_with_the_jax_engine_reports_phases_and_reuses_the_cache(tmp_path):
+    """Two `twoway fit` processes, the jax engine by default: the second compile comes from the cache."""
+    path = write(tmp_path, good_with())
+    cache = tmp_path / "cache"
+    env = {**os.environ, "TWOWAY_CACHE_DIR": str(cache)}
+    errs = []
+    for k in range(2):
+        proc = subprocess.run(cli_command() + ["fit", str(path), *COLS_SE, "--out", str(tmp_path / f"f{k}.nc"),
+                                               "--chains", "1", "--draws", "50", "--tune", "50", "--seed", "1",
+                                               "--quiet"],
+                              cwd=tmp_path, capture_output=True, text=True, timeout=600, env=env)
+        assert proc.returncode == 0, proc.stderr
+        errs.append(proc.stderr)
+    for err, cache_note in zip(errs, ["cache miss", "cache hit"]):
+        lines = [line for line in err.splitlines() if line.startswith("twoway: ")]  # not the dof warning
+        assert lines[0] == "twoway: fitting the additive model (jax): 1 chain x 50 draws after 50 tuning ...", err
+        assert re.fullmatch(rf"twoway: compiling done in [\d.]+ s \({cache_note}\)", lines[1]), err
+        assert re.fullmatch(r"twoway: sampling done in [\d.]+ s", lines[2]) and len(lines) == 3, err
+        assert "\r" not in err  # not a terminal: lines, no redrawn bar
+    assert any(name.endswith("-cache") for name in os.listdir(cache))
+
+
+# ---------------------------------------------------------------------------
+# 10. start-up: `twoway --help` imports nothing heavy
+# ---------------------------------------------------------------------------
+
+HEAVY = ("pymc", "pytensor", "jax", "nutpie", "numba", "arviz", "matplotlib", "scipy", "xarray", "pandas")  # numpy (0.1 s) is the package's one eager import
+# Imported through twoway/__init__.py (twoway.data, twoway.fit ...), not by the CLI itself.
+
+
+def imported_after(code: str) -> set[str]:
+    """The HEAVY modules in sys.modules after running ``code`` in a fresh Python."""
+    proc = subprocess.run([sys.executable, "-c", code + f"\nimport sys\nprint(' '.join(m for m in {HEAVY!r} "
+                                                        "if m in sys.modules))"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    return set(proc.stdout.split())
+
+
+def test_cli_module_itself_imports_nothing_heavy():
+    """cli.py alone (the package's __init__ bypassed): building the parser and --help import nothing heavy."""
+    package = Path(__import__("twoway").__file__).resolve().parent
+    code = (f"import sys, types\npkg = types.ModuleType('twoway'); pkg.__path__ = [{str(package)!r}]\n"
+            "pkg.__version__ = '0'; sys.modules['twoway'] = pkg\n"
+            "import contextlib, io\nfrom twoway.cli import main\n"
+            "for argv in (['--help'], ['fit', '--help'], ['cache', '--help']):\n"
+            "    with contextlib.redirect_stdout(io.StringIO()):\n"
+            "        try: main(argv)\n"
+            "        except SystemExit: pass\n")
+    assert imported_after(code) == set()
+
+
+@pytest.mark.parametrize("module", HEAVY)
+def test_import_twoway_cli_does_not_import(module):
+    assert module not in imported_after("import twoway.cli")
+
+
+def test_twoway_help_exits_0():
+    proc = subprocess.run(cli_command() + ["--help"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("usage: twoway") and "cache" in proc.stdout and proc.stderr == ""

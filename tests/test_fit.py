@@ -52,7 +52,7 @@ def test_posterior_has_labelled_public_parameters(result, table):
     assert obs["y"].dims == ("replicate", "row", "col")
     np.testing.assert_array_equal(obs["y"].values, table.values)
     # effects integrated out (and drawn back); the random row effects are eliminated by their Schur complement
-    assert result.info["likelihood_path"] == "woodbury-schur" and result.info["backend"] == "nutpie"
+    assert result.info["likelihood_path"] == "woodbury-schur" and result.info["engine"] == "jax"
     assert json.loads(result.tree.attrs["twoway_data_summary"])["n_observed"] == table.n_observed
 
 
@@ -126,8 +126,10 @@ def test_other_layout_is_refused_by_a_compiled_model(compiled):
     ({"chains": 0}, "chains"),
     ({"draws": 2.5}, "draws"),
     ({"seed": -1}, "seed"),
-    ({"tune": 0}, "tune.*nutpie"),
-    ({"backend": "stan"}, "backend"),
+    ({"tune": 0, "engine": "nutpie"}, "tune.*nutpie"),
+    ({"engine": "stan"}, "engine"),
+    ({"backend": "stan"}, "engine"),
+    ({"engine": "jax", "backend": "nutpie"}, "same thing"),
 ])
 def test_bad_sampling_options(table, kwargs, match):
     with pytest.raises(FitError, match=match):
@@ -148,7 +150,7 @@ def test_model_without_unknown_scale_needs_se():
 
 def test_pymc_backend_gives_the_same_structure(table):
     res = twoway.fit(SPEC, table, chains=2, draws=100, tune=100, seed=2, backend="pymc", progress=False)
-    assert res.info["backend"] == "pymc"
+    assert res.info["engine"] == "pymc" and res.engine == "pymc"
     assert set(res.posterior.data_vars) >= {"row_effect", "col_sd", "row_mean", "sigma"}
     assert list(res.posterior["row_sd"].coords["row"].values) == list(table.row_labels)
     assert "diverging" in res.sample_stats

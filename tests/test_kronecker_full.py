@@ -22,11 +22,11 @@ def kron(row, col, sigma=False, **kw):
 CASES = [
     (kron("ar1", "unstructured"), 5, 4, 2, 0.0, None, "kronecker-ar1"),
     (kron("cs", "diag"), 4, 3, 1, 0.0, None, "kronecker-cholesky"),
-    (kron("fa:1", "ar1"), 4, 4, 2, 0.0, None, "kronecker-cholesky"),
+    pytest.param(*(kron("fa:1", "ar1"), 4, 4, 2, 0.0, None, "kronecker-cholesky"), marks=pytest.mark.slow),
     (kron("ar1", "iid", sigma=True), 5, 3, 2, 0.0, None, "kronecker-eigen"),
-    (kron("unstructured", "cs", sigma=True, row_effect="fixed"), 3, 4, 1, 0.0, None, "kronecker-eigen"),
+    pytest.param(*(kron("unstructured", "cs", sigma=True, row_effect="fixed"), 3, 4, 1, 0.0, None, "kronecker-eigen"), marks=pytest.mark.slow),
     (kron("ar1", "ar1"), 4, 4, 2, 0.15, None, "dense-table"),
-    (kron("iid", "unstructured", sigma=True), 4, 3, 2, 0.0, 0.3, "dense-table"),
+    pytest.param(*(kron("iid", "unstructured", sigma=True), 4, 3, 2, 0.0, 0.3, "dense-table"), marks=pytest.mark.slow),
 ]
 
 

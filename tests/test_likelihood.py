@@ -20,13 +20,13 @@ def _random_points(model, rng, n=3):
 CASES = [
     # (spec, rows, cols, replicates, missing, se)
     (preset("additive"), 3, 4, 1, 0.0, None),
-    (preset("additive"), 6, 5, 2, 0.2, 0.3),
-    (preset("additive-sd"), 4, 7, 1, 0.0, 0.5),
-    (preset("additive-sd"), 9, 3, 3, 0.25, None),
-    (ModelSpec(row_effect="fixed", col_effect="random", row_scale="homo", col_scale="none",
-               sigma=True), 5, 6, 2, 0.1, 0.2),
-    (ModelSpec(row_effect="none", col_effect="fixed", row_scale="none", col_scale="hetero",
-               sigma=False, combine="sd"), 4, 4, 1, 0.0, 0.4),
+    pytest.param(*(preset("additive"), 6, 5, 2, 0.2, 0.3), marks=pytest.mark.slow),
+    pytest.param(*(preset("additive-sd"), 4, 7, 1, 0.0, 0.5), marks=pytest.mark.slow),
+    pytest.param(*(preset("additive-sd"), 9, 3, 3, 0.25, None), marks=pytest.mark.slow),
+    pytest.param(*(ModelSpec(row_effect="fixed", col_effect="random", row_scale="homo", col_scale="none",
+               sigma=True), 5, 6, 2, 0.1, 0.2), marks=pytest.mark.slow),
+    pytest.param(*(ModelSpec(row_effect="none", col_effect="fixed", row_scale="none", col_scale="hetero",
+               sigma=False, combine="sd"), 4, 4, 1, 0.0, 0.4), marks=pytest.mark.slow),
 ]
 
 

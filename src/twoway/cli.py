@@ -1,7 +1,10 @@
 """The ``twoway`` command line: each sub-command reads, calls the library once, writes.
 
 Errors caused by the input print one line, ``twoway: error: ...``, and exit
-with status 2; no traceback.
+with status 2; no traceback. Commands that fit say on stderr what they are
+doing, a line per phase (``--no-progress``: nothing). This module imports no
+numerical library at its top, so that ``twoway --help`` can be quick; each
+command imports what it needs.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import warnings
 from pathlib import Path
 from typing import Sequence
 
+from twoway.engines import DEFAULT_ENGINE, ENGINES  # a light module: names only, no engine imported
 from twoway.errors import ConvergenceWarning, DegreesOfFreedomWarning, TwowayError
 
 __all__ = ["main"]
@@ -42,13 +46,24 @@ def _model(args):
     return dataclasses.replace(spec, **changes) if changes else spec
 
 
+def _engine_args(p: argparse.ArgumentParser) -> None:
+    """``--engine`` (``--backend``, its old name, is kept as a hidden alias) and ``--progress``."""
+    p.add_argument("--engine", choices=ENGINES, default=DEFAULT_ENGINE,
+                   help="what compiles and samples the model: jax (compiled programs are cached on disk, "
+                        "see 'twoway cache'), nutpie, or PyMC's own sampler (default: %(default)s)")
+    # Same destination; SUPPRESS keeps it out of --help and leaves the default to --engine.
+    p.add_argument("--backend", dest="engine", choices=ENGINES, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="report progress on stderr: a line per phase, and progress bars (default: the lines; "
+                        "the bars only when stderr is a terminal)")
+
+
 def _sampling_args(p: argparse.ArgumentParser, *, draws: int = 1000) -> None:
     p.add_argument("--chains", type=int, default=4, help="number of chains (default: %(default)s)")
     p.add_argument("--draws", type=int, default=draws, help="draws per chain kept (default: %(default)s)")
     p.add_argument("--tune", type=int, default=1000, help="tuning draws per chain (default: %(default)s)")
     p.add_argument("--seed", type=int, default=None, help="random seed (same seed, same draws)")
-    p.add_argument("--backend", choices=["nutpie", "pymc"], default="nutpie",
-                   help="sampler (default: %(default)s)")
+    _engine_args(p)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -65,6 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--draws", type=int, default=1000)
     p.add_argument("--tune", type=int, default=1000)
     p.add_argument("--seed", type=int, default=None, help="seed (default: the demo's fixed seed)")
+    _engine_args(p)
 
     p = sub.add_parser("simulate", help="draw a table from a model, from the prior")
     p.add_argument("--rows", type=int, required=True)
@@ -132,7 +148,23 @@ def build_parser() -> argparse.ArgumentParser:
                    help="family-wise false-alarm rate, Bonferroni over parameters (default: %(default)s)")
     p.add_argument("--out", required=True, help="folder for the results; a rerun with the same settings resumes")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    _engine_args(p)
+
+    p = sub.add_parser("cache", help="the cache of compiled JAX programs: where it is, how big; clear it",
+                       description="The jax engine keeps compiled programs on disk, so the next fit of a table "
+                                   "of the same layout starts sooner. The folder is $TWOWAY_CACHE_DIR, else "
+                                   "$XDG_CACHE_HOME/twoway/jax, else ~/.cache/twoway/jax.")
+    cache_sub = p.add_subparsers(dest="cache_command", metavar="ACTION")
+    cache_sub.required = True
+    q = cache_sub.add_parser("info", help="print the folder, the number of cached programs and their size")
+    q.add_argument("--json", action="store_true", help="print one JSON object")
+    cache_sub.add_parser("clear", help="delete the cached programs")
     return parser
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Parse a command line as ``twoway`` does, without running it (usage errors exit 2)."""
+    return build_parser().parse_args(argv)
 
 
 def _version() -> str:
@@ -147,7 +179,7 @@ def cmd_demo(args) -> int:
     print(f"twoway demo: the seed's 8 treatments x 12 groups, simulated and fitted with 'additive' -> {args.out}/",
           flush=True)
     res = run_demo(args.out, chains=args.chains, draws=args.draws, tune=args.tune,
-                   seed=DEMO_SEED if args.seed is None else args.seed)
+                   seed=DEMO_SEED if args.seed is None else args.seed, engine=args.engine, progress=args.progress)
     rec = res.recovery
     print("\nrecovery (94% highest-density intervals):")
     print(rec.to_string(float_format=lambda v: f"{v:.3f}"))
@@ -196,10 +228,10 @@ def _default_columns(args) -> tuple[str | None, str | None]:
 
 def cmd_fit(args) -> int:
     from twoway.data import TwoWayData
-    from twoway.fit import check_sampling_options, fit
-    from twoway.model import degrees_of_freedom, load_model
+    from twoway.fit import check_sampling_options, compile_model
+    from twoway.model import degrees_of_freedom
 
-    check_sampling_options(args.chains, args.draws, args.tune, args.seed, args.backend)
+    check_sampling_options(args.chains, args.draws, args.tune, args.seed, args.engine)
     _parent_exists(args.out)
     spec = _model(args)
     se, replicate = _default_columns(args)
@@ -209,8 +241,19 @@ def cmd_fit(args) -> int:
     if dof.overparameterised:
         print(f"warning: the model uses {dof.n_parameters} parameters on {dof.n_observed} observed cells; "
               "the priors will decide what the data cannot.", file=sys.stderr)
-    result = fit(spec, data, chains=args.chains, draws=args.draws, tune=args.tune, seed=args.seed,
-                 backend=args.backend)
+    progress = _progress(args)
+    chains = f"{args.chains} chain{'s' if args.chains != 1 else ''}"
+    progress.phase("fitting", f"the {spec.name} model ({args.engine}): {chains} x {args.draws} draws "
+                              f"after {args.tune} tuning")
+    # The phase lines are the CLI's (the same for every engine, in a log too); the library shows only
+    # the sampler's own progress bar, on a terminal (the jax engine's progress is phase lines: not twice).
+    bars = _sampler_progress(args) and args.engine != "jax"
+    compiled = compile_model(spec, data, engine=args.engine, progress=False)
+    result = compiled.sample(chains=args.chains, draws=args.draws, tune=args.tune, seed=args.seed, progress=bars)
+    info = result.info
+    cache = {"hit": "cache hit", "miss": "cache miss", "in memory": "in memory"}.get(info.get("compile_cache"), "")
+    progress.done("compiling", info["compile_seconds"], cache)
+    progress.done("sampling", info["sampling_seconds"])
     result.save(args.out)
     if not args.quiet:
         print(result.summary().format())
@@ -298,14 +341,62 @@ def cmd_sbc(args) -> int:
 
     if not 0 < args.alpha < 1:
         raise TwowayError(f"The --alpha option must be between 0 and 1; got {args.alpha!r}.")
+    # Progress is sbc's own line (one per replication), so that bad options still end in one line on stderr.
     result = sbc(_model(args), args.rows, args.cols, args.sims, n_replicates=args.replicates, chains=args.chains,
-                 draws=args.draws, tune=args.tune, seed=args.seed, out=args.out, se=args.se)
+                 draws=args.draws, tune=args.tune, seed=args.seed, out=args.out, se=args.se, engine=args.engine,
+                 progress=args.progress)
     if args.json:
         print(json.dumps(result.to_dict(args.alpha), indent=2))
     else:
         print(result.format(args.alpha))
         print(f"\nresults in {args.out}/")
     return 0 if result.passes(args.alpha) else 1
+
+
+def cmd_cache(args) -> int:
+    from twoway.cache import cache_info, clear_cache
+
+    if args.cache_command == "clear":
+        folder = cache_info()["path"]
+        removed = clear_cache()
+        print(f"removed {removed} cached program{'s' if removed != 1 else ''} from {folder}")
+        return 0
+    info = cache_info()
+    if args.json:
+        print(json.dumps(info, indent=2))
+    else:
+        print(f"folder: {info['path']}{'' if info['exists'] else ' (not created yet)'}")
+        print(f"entries: {info['entries']} compiled program{'s' if info['entries'] != 1 else ''}")
+        print(f"size: {_bytes(info['bytes'])}")
+    return 0
+
+
+def _bytes(n: int) -> str:
+    """``512 bytes``, ``7.7 KiB``, ``12.0 MiB``, ``1.5 GiB``."""
+    if n < 1024:
+        return f"{n} byte{'s' if n != 1 else ''}"
+    for unit in ("KiB", "MiB", "GiB"):
+        n /= 1024
+        if n < 1024 or unit == "GiB":
+            return f"{n:.1f} {unit}"
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _progress(args):
+    """The phase lines on stderr (compiling, sampling): on unless --no-progress."""
+    from twoway.progress import Progress
+
+    return Progress(enabled=args.progress is not False)
+
+
+def _sampler_progress(args) -> bool:
+    """Whether the sampler shows its own progress bar: --progress, else when stderr is a terminal."""
+    if args.progress is not None:
+        return bool(args.progress)
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):
+        return False
 
 
 def _parent_exists(path: str) -> None:
@@ -316,7 +407,7 @@ def _parent_exists(path: str) -> None:
 
 COMMANDS = {"demo": cmd_demo, "simulate": cmd_simulate, "fit": cmd_fit, "summary": cmd_summary, "dof": cmd_dof,
             "compare": cmd_compare,
-            "report": cmd_report, "sbc": cmd_sbc}
+            "report": cmd_report, "sbc": cmd_sbc, "cache": cmd_cache}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

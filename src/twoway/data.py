@@ -26,7 +26,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
+
+
+def _pd():
+    """pandas, imported on first use (``import twoway`` stays light)."""
+    import pandas
+
+    return pandas
 
 from twoway.errors import DataError
 
@@ -173,7 +179,7 @@ def _check_labels(labels: Any, n: int, what: str, axis: str) -> tuple[str, ...]:
     axis : str
         Name of one item of the axis for messages (``"row"``).
     """
-    if isinstance(labels, str) or not isinstance(labels, Sequence | np.ndarray | pd.Index):
+    if isinstance(labels, str) or not isinstance(labels, Sequence | np.ndarray | _pd().Index):
         raise DataError(f"The {what} must be a sequence of labels; got {type(labels).__name__}.")
     out = tuple(str(x) for x in labels)
     if len(out) != n:
@@ -545,7 +551,7 @@ class TwoWayData:
             out["se"] = self.names["se"]
         return out
 
-    def to_long(self) -> pd.DataFrame:
+    def to_long(self) -> _pd().DataFrame:
         """The observed cells as a long table, one line per cell.
 
         Returns
@@ -565,7 +571,7 @@ class TwoWayData:
         data[columns["value"]] = self.values[r, i, j]
         if self.se is not None:
             data[columns["se"]] = self.se[r, i, j]
-        return pd.DataFrame(data)
+        return _pd().DataFrame(data)
 
     def to_csv(self, path: str | Path) -> None:
         """Write :meth:`to_long` to a CSV file (no index column).
@@ -589,7 +595,7 @@ class TwoWayData:
     @classmethod
     def from_long(
         cls,
-        df: pd.DataFrame,
+        df: _pd().DataFrame,
         *,
         row: str,
         col: str,
@@ -629,7 +635,7 @@ class TwoWayData:
             present, a duplicated cell, fewer than 2 rows or columns, or a
             label with no observed value.
         """
-        if not isinstance(df, pd.DataFrame):
+        if not isinstance(df, _pd().DataFrame):
             raise DataError(f"The table must be a pandas DataFrame; got {type(df).__name__}.")
         return _from_long_table(
             df,
@@ -716,10 +722,10 @@ class TwoWayData:
             ``"se"`` or None, and None for the replicate).
         """
         frame_rows = frame_cols = None
-        if isinstance(values, pd.DataFrame):
+        if isinstance(values, _pd().DataFrame):
             frame_rows = [str(x) for x in values.index]
             frame_cols = [str(x) for x in values.columns]
-            if isinstance(se, pd.DataFrame):
+            if isinstance(se, _pd().DataFrame):
                 se = _align_frame(se, values)
         arr = _numeric_array(values, "values")
         se_arr = None if se is None else _numeric_array(se, "standard errors (se)")
@@ -845,7 +851,7 @@ def _names_from_attrs(text: Any) -> dict | None:
     return names
 
 
-def _align_frame(se: pd.DataFrame, values: pd.DataFrame) -> pd.DataFrame:
+def _align_frame(se: _pd().DataFrame, values: _pd().DataFrame) -> _pd().DataFrame:
     """Reorder a wide se frame to the labels of the wide values frame."""
     if se.shape != values.shape:
         raise DataError(
@@ -873,9 +879,9 @@ def _numeric_array(array: Any, what: str) -> np.ndarray:
     -------
     numpy.ndarray, float64, same shape
     """
-    if isinstance(array, pd.DataFrame):
+    if isinstance(array, _pd().DataFrame):
         numeric = all(
-            pd.api.types.is_numeric_dtype(t) and not pd.api.types.is_bool_dtype(t)
+            _pd().api.types.is_numeric_dtype(t) and not _pd().api.types.is_bool_dtype(t)
             for t in array.dtypes
         )
         if numeric:
@@ -910,7 +916,7 @@ def _numeric_array(array: Any, what: str) -> np.ndarray:
 
 def _number_or_none(x: Any) -> float | None:
     """Return ``x`` as a float (NaN for a missing marker) or None if not a number."""
-    if x is None or x is pd.NA or x is pd.NaT:
+    if x is None or x is _pd().NA or x is _pd().NaT:
         return float("nan")
     if isinstance(x, bool | np.bool_):
         return None
@@ -979,7 +985,7 @@ def _read_text(path: Path) -> str:
     return text
 
 
-def _parse_csv(text: str, path: Path) -> tuple[pd.DataFrame, np.ndarray]:
+def _parse_csv(text: str, path: Path) -> tuple[_pd().DataFrame, np.ndarray]:
     """Split CSV text into a frame of strings and the file line of each record.
 
     Parameters
@@ -1017,7 +1023,7 @@ def _parse_csv(text: str, path: Path) -> tuple[pd.DataFrame, np.ndarray]:
         raise DataError(f"The file {_q(path)} is empty.")
     if not records:
         raise DataError(f"The file {_q(path)} has a header but no data rows.")
-    df = pd.DataFrame(records, columns=pd.Index(header, dtype=object), dtype=object)
+    df = _pd().DataFrame(records, columns=_pd().Index(header, dtype=object), dtype=object)
     return df, np.asarray(lines, dtype=np.int64)
 
 
@@ -1070,7 +1076,7 @@ class _Rows:
 
 
 def _from_long_table(
-    df: pd.DataFrame, roles: dict, lines: np.ndarray | None, source: str
+    df: _pd().DataFrame, roles: dict, lines: np.ndarray | None, source: str
 ) -> TwoWayData:
     """Shared body of :meth:`TwoWayData.from_long` and :meth:`TwoWayData.from_csv`.
 
@@ -1105,7 +1111,7 @@ def _from_long_table(
         _check_se_long(se, y, roles["se"], roles["value"], rows)
     rep = labels.get("replicate", np.full(len(df), "0", dtype=object))
     codes, uniques = zip(
-        *(pd.factorize(arr, sort=False) for arr in (rep, labels["row"], labels["col"]))
+        *(_pd().factorize(arr, sort=False) for arr in (rep, labels["row"], labels["col"]))
     )
     _check_duplicates(codes, [len(u) for u in uniques], roles, rows)
     shape = tuple(len(u) for u in uniques)
@@ -1139,7 +1145,7 @@ def _check_roles(roles: dict) -> None:
                 )
 
 
-def _get_column(df: pd.DataFrame, name: str, role: str, source: str) -> pd.Series:
+def _get_column(df: _pd().DataFrame, name: str, role: str, source: str) -> _pd().Series:
     """Return the column ``name`` of ``df``, or raise DataError naming the columns there.
 
     The message suggests a close match (difflib) and hints at a wrong
@@ -1174,7 +1180,7 @@ def _get_column(df: pd.DataFrame, name: str, role: str, source: str) -> pd.Serie
     raise DataError(message)
 
 
-def _parse_labels(series: pd.Series, column: str, rows: _Rows) -> np.ndarray:
+def _parse_labels(series: _pd().Series, column: str, rows: _Rows) -> np.ndarray:
     """Labels as stripped strings; DataError at the first empty one.
 
     Returns
@@ -1194,13 +1200,13 @@ def _parse_labels(series: pd.Series, column: str, rows: _Rows) -> np.ndarray:
 
 
 def _is_missing_scalar(x: Any) -> bool:
-    """True for None, NaN, pd.NA, NaT."""
-    if x is None or x is pd.NA or x is pd.NaT:
+    """True for None, NaN, _pd().NA, NaT."""
+    if x is None or x is _pd().NA or x is _pd().NaT:
         return True
     return isinstance(x, float | np.floating) and np.isnan(x)
 
 
-def _parse_numbers(series: pd.Series, column: str, rows: _Rows) -> np.ndarray:
+def _parse_numbers(series: _pd().Series, column: str, rows: _Rows) -> np.ndarray:
     """Numbers of a long-table column; NA text and empty fields become NaN.
 
     Returns
@@ -1213,7 +1219,7 @@ def _parse_numbers(series: pd.Series, column: str, rows: _Rows) -> np.ndarray:
         At the first entry that is neither a number nor an NA marker.
     """
     dtype = series.dtype
-    if pd.api.types.is_numeric_dtype(dtype) and not pd.api.types.is_bool_dtype(dtype):
+    if _pd().api.types.is_numeric_dtype(dtype) and not _pd().api.types.is_bool_dtype(dtype):
         try:
             return series.to_numpy(dtype=np.float64, na_value=np.nan)
         except (TypeError, ValueError):
@@ -1286,7 +1292,7 @@ def _check_duplicates(codes: tuple, sizes: list[int], roles: dict, rows: _Rows) 
         Numbers of replicates, rows and columns.
     """
     flat = (codes[0] * sizes[1] + codes[1]) * sizes[2] + codes[2]
-    repeated = pd.Series(flat).duplicated(keep="first").to_numpy()
+    repeated = _pd().Series(flat).duplicated(keep="first").to_numpy()
     if not repeated.any():
         return
     later = int(np.argmax(repeated))

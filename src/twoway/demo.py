@@ -71,8 +71,11 @@ class DemoResult:
 
 
 def run_demo(out: "str | Path", *, chains: int = 4, draws: int = 1000, tune: int = 1000,
-             seed: int = DEMO_SEED, progress: bool | None = None) -> DemoResult:
-    """Simulate the seed table, fit ``additive``, write data, fit, figures and an HTML report to ``out``."""
+             seed: int = DEMO_SEED, progress: bool | None = None, engine: str | None = None) -> DemoResult:
+    """Simulate the seed table, fit ``additive``, write data, fit, figures and an HTML report to ``out``.
+
+    ``engine`` is the fit's engine (default ``jax``; see :func:`twoway.fit`).
+    """
     import warnings
 
     from twoway.check import recovery
@@ -89,7 +92,8 @@ def run_demo(out: "str | Path", *, chains: int = 4, draws: int = 1000, tune: int
              "recovery": out / "recovery.csv"}
     sim.data.to_csv(files["data"])
     sim.write_truth(files["truth"])
-    result = fit("additive", sim.data, chains=chains, draws=draws, tune=tune, seed=seed, progress=progress)
+    result = fit("additive", sim.data, chains=chains, draws=draws, tune=tune, seed=seed, progress=progress,
+                 engine=engine)
     result.save(files["fit"])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)

@@ -26,7 +26,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import xarray as xr
+
+
+def _xr():
+    """xarray, imported on first use (``import twoway`` stays light)."""
+    import xarray
+
+    return xarray
 
 from twoway import __version__
 from twoway.data import TwoWayData
@@ -53,15 +59,15 @@ class Fit:
         described in the module docstring.
     """
 
-    tree: xr.DataTree
+    tree: _xr().DataTree
 
     # -- what it holds --------------------------------------------------------
     @property
-    def posterior(self) -> xr.Dataset:
+    def posterior(self) -> _xr().Dataset:
         return self.tree["posterior"].to_dataset()
 
     @property
-    def sample_stats(self) -> xr.Dataset:
+    def sample_stats(self) -> _xr().Dataset:
         return self.tree["sample_stats"].to_dataset()
 
     @property
@@ -126,9 +132,9 @@ class Fit:
             raise FitError(f"The fit file {str(path)!r} does not exist.")
         try:
             if path.suffix == ".zarr" or path.is_dir():
-                tree = xr.open_datatree(path, engine="zarr")
+                tree = _xr().open_datatree(path, engine="zarr")
             else:
-                tree = xr.open_datatree(path, engine="h5netcdf")
+                tree = _xr().open_datatree(path, engine="h5netcdf")
             tree = tree.load()
         except Exception as exc:  # any reader failure means: not a fit file
             raise FitError(f"The file {str(path)!r} is not a twoway fit ({type(exc).__name__}: {exc}).") from None
@@ -364,7 +370,7 @@ def check_sampling_options(chains, draws, tune, seed, engine: str = DEFAULT_ENGI
         raise FitError(f"The seed must be a non-negative whole number; got {seed!r}.")
 
 
-def _make_fit(raw: xr.DataTree, plan: Plan, info: dict[str, Any]) -> Fit:
+def _make_fit(raw: _xr().DataTree, plan: Plan, info: dict[str, Any]) -> Fit:
     """Assemble the fit's DataTree from the engine's raw draws."""
     spec, data = plan.spec, plan.data
     post = raw["posterior"].to_dataset()
@@ -379,7 +385,7 @@ def _make_fit(raw: xr.DataTree, plan: Plan, info: dict[str, Any]) -> Fit:
     stats = raw["sample_stats"].to_dataset()
     stats = stats.drop_vars([v for v in stats.data_vars if stats[v].dtype == object])
     stats.attrs = {}
-    tree = xr.DataTree.from_dict({
+    tree = _xr().DataTree.from_dict({
         "posterior": posterior,
         "sample_stats": stats,
         "observed_data": data.to_dataset(),
@@ -396,7 +402,7 @@ def _make_fit(raw: xr.DataTree, plan: Plan, info: dict[str, Any]) -> Fit:
     return Fit(tree)
 
 
-def _draw_back(post: xr.Dataset, plan: Plan, *, seed: int | None) -> xr.Dataset:
+def _draw_back(post: _xr().Dataset, plan: Plan, *, seed: int | None) -> _xr().Dataset:
     """Add the integrated-out effects, drawn from their exact conditional law given each draw."""
     from twoway.marginal import draw_effects, draw_shocks
 
@@ -424,7 +430,7 @@ def _draw_back(post: xr.Dataset, plan: Plan, *, seed: int | None) -> xr.Dataset:
     return out
 
 
-def _public_posterior(post: xr.Dataset, names: list[str]) -> xr.Dataset:
+def _public_posterior(post: _xr().Dataset, names: list[str]) -> _xr().Dataset:
     """Keep the user-facing parameters and add the derived row and column means."""
     keep = [n for n in names if n in post.data_vars]
     out = post[keep]

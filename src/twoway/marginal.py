@@ -283,6 +283,10 @@ def noise_variance(ops, spec: ModelSpec, lay: Layout, params):
 def base_projections(ops, spec: ModelSpec, lay: Layout, params) -> Projections:
     """The residual covariance seen through the row and column indicators."""
     var = noise_variance(ops, spec, lay, params)
+    if spec.residual == "kronecker":   # the noise may be zero there; its own path handles it
+        return _kronecker(ops, spec, lay, params, var)
+    if spec.residual == "full":
+        return _dense_table(ops, spec, lay, params, var)
     w = lay.mask / var
     logdet = ops.sum(ops.sum(ops.sum(lay.mask * ops.log(var), axis=-1), axis=-1), axis=-1)
     if spec.residual == "independent":
@@ -290,10 +294,6 @@ def base_projections(ops, spec: ModelSpec, lay: Layout, params) -> Projections:
     if spec.residual == "latent":
         shock_var, index = _shock_variances(ops, spec, lay, params)
         return shock_projections(ops, lay.r, w, logdet, shock_var, index, lay.shape[0], lay.shape[1] + lay.shape[2])
-    if spec.residual == "kronecker":
-        return _kronecker(ops, spec, lay, params, var)
-    if spec.residual == "full":
-        return _dense_table(ops, spec, lay, params, var)
     raise ModelError(f"No projection path for the {spec.residual!r} residual.")  # pragma: no cover
 
 

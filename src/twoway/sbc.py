@@ -360,6 +360,10 @@ def _components(da, name: str) -> tuple[list[str], np.ndarray]:
 def _flatten(fit, truth: Mapping[str, Any], n_thin: int) -> tuple[list[str], np.ndarray, np.ndarray]:
     """The fit's scalar parameters that have a true value: names (P,), truth (P,), kept draws (L, P).
 
+    Components that every draw and the truth hold at one value (fixed by
+    construction, such as the diagonal of a unit-scale correlation-type
+    factor) are left out: their rank says nothing.
+
     Draws are kept by concatenating the chains and taking every k-th draw,
     k = S // L, for S draws in all and L = ``min(n_thin, S)``.
     """
@@ -375,9 +379,12 @@ def _flatten(fit, truth: Mapping[str, Any], n_thin: int) -> tuple[list[str], np.
         if t.size != per_draw.shape[1]:
             continue  # the truth is laid out differently (not comparable component by component)
         comp_names, idx = _components(da, name)
-        names += comp_names
-        values.append(t[idx])
-        cols.append(per_draw[:, idx])
+        d, tv = per_draw[:, idx], t[idx]
+        # components fixed by construction (a unit-scale factor's diagonal) rank nothing: left out
+        fixed = (np.ptp(d, axis=0) <= 1e-10 * (1.0 + np.abs(tv))) & np.isclose(d[0], tv, rtol=1e-8, atol=1e-10)
+        names += [n for n, f in zip(comp_names, fixed) if not f]
+        values.append(tv[~fixed])
+        cols.append(d[:, ~fixed])
     if not names:
         raise FitError("The model's posterior has no parameter with a simulated true value to rank.")
     flat = np.concatenate(cols, axis=1)

@@ -110,7 +110,7 @@ def fixed_eigenvectors(structure) -> np.ndarray | None:
 
         return helmert(n, full=True).T.copy()
     if structure.kind == "known":
-        return np.linalg.eigh(structure.matrix)[1]
+        return np.linalg.eigh(structure.known)[1]
     return None
 
 

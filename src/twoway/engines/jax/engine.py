@@ -76,10 +76,16 @@ class JaxEngine:
     min_tune = 0
 
     def compile(self, plan, *, progress):
+        import warnings
+
         from twoway.cache import enable_jax_cache
         from twoway.engines.jax.model import describe
+        from twoway.errors import TwowayError, TwowayWarning
 
-        enable_jax_cache()
+        try:
+            enable_jax_cache()
+        except TwowayError as exc:
+            warnings.warn(f"{exc} Compiled programs are kept for this process only.", TwowayWarning, stacklevel=2)
         return {"key": program_key(plan), "model": describe(plan), "programs": {}}
 
     def program(self, compiled, tune: int, draws: int):
