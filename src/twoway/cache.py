@@ -43,7 +43,8 @@ _ATIME_SUFFIX = "-atime"
 #: Other things JAX puts in the cache folder: the lock of a size-limited cache,
 #: and XLA's own GPU caches (autotuning results, kernels) when the cache is enabled.
 _OTHER_FILES = (".lockfile",)
-_XLA_FOLDERS = ("xla_gpu_per_fusion_autotune_cache_dir", "xla_gpu_kernel_cache_file")
+_XLA_FOLDERS = ("xla_gpu_per_fusion_autotune_cache_dir", "xla_gpu_kernel_cache_file",
+                "programs")  # the last: twoway's own compiled chain programs (engines/jax/programs.py)
 
 _lock = threading.Lock()
 _enabled_path: Path | None = None

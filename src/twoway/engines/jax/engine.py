@@ -14,6 +14,7 @@ from twoway.errors import FitError
 __all__ = ["JaxEngine", "program_key"]
 
 _KEEP = 16  # compiled chain programs kept in memory per process
+QUICK_COMPILE_CELLS = 24
 
 
 class _Programs:
@@ -82,18 +83,24 @@ class JaxEngine:
         from twoway.engines.jax.model import describe
         from twoway.errors import TwowayError, TwowayWarning
 
+        from twoway.engines.jax.programs import ProgramStore
+
+        store = None
         try:
-            enable_jax_cache()
+            store = ProgramStore(enable_jax_cache() / "programs")
         except TwowayError as exc:
             warnings.warn(f"{exc} Compiled programs are kept for this process only.", TwowayWarning, stacklevel=2)
-        return {"key": program_key(plan), "model": describe(plan), "programs": {}}
+        # cheap evaluations (O(1) sums of squares, tiny tables): compile fast rather than run fast
+        quick = plan.path == "anova" or plan.data.n_observed <= QUICK_COMPILE_CELLS
+        return {"key": program_key(plan), "model": describe(plan), "quick": quick, "store": store}
 
     def program(self, compiled, tune: int, draws: int):
         """The chain program for ``tune`` and ``draws`` (built once per process)."""
         from twoway.engines.jax.sampler import ChainProgram
 
         key = (compiled["key"], int(tune), int(draws))
-        prog, _ = PROGRAMS.get(key, lambda: ChainProgram(compiled["model"], int(tune), int(draws)))
+        quick = compiled["quick"]
+        prog, _ = PROGRAMS.get(key, lambda: ChainProgram(compiled["model"], int(tune), int(draws), quick_compile=quick))
         return prog
 
     def sample(self, compiled, plan, *, chains, draws, tune, seed, progress, cores, report=None):
@@ -104,7 +111,7 @@ class JaxEngine:
         fresh = prog.compiled is None
         if fresh and report is not None:
             report("compile", prog)
-        prog.compile(args)
+        prog.compile(args, store=compiled["store"], key=compiled["key"])
         if report is not None:
             report("sample", prog)
         out = prog.run(args, seed, chains, cores=cores)
