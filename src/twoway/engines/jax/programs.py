@@ -42,6 +42,19 @@ def code_digest() -> str:
     return h.hexdigest()[:16]
 
 
+def _initialize_lapack() -> None:
+    """Load LAPACK's kernels into XLA's CPU runtime.
+
+    JAX does this when it first lowers a linear-algebra operation; a program
+    loaded from disk lowers nothing, and calling its Cholesky without this
+    crashes the process (seen with jax 0.12). JAX's own loader of exported
+    programs makes the same call.
+    """
+    from jax._src.lax import linalg
+
+    linalg.initialize_lapack()
+
+
 class ProgramStore:
     """A folder of compiled chain programs (inside the compile cache folder)."""
 
@@ -59,6 +72,7 @@ class ProgramStore:
         try:
             from jax.experimental.serialize_executable import deserialize_and_load
 
+            _initialize_lapack()
             with open(path, "rb") as fh:
                 payload, in_tree, out_tree = pickle.load(fh)
             return deserialize_and_load(payload, in_tree, out_tree)

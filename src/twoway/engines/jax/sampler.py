@@ -154,7 +154,9 @@ class ChainProgram:
             if loaded is not None:
                 self.compiled, self.loaded = loaded, True
             else:
-                options = {"xla_backend_optimization_level": 0} if self.quick_compile else None
+                options = {"xla_cpu_parallel_codegen_split_count": 1}
+                if self.quick_compile:
+                    options["xla_backend_optimization_level"] = 0
                 self.compiled = jax.jit(self._chain).lower(args, jax.random.key(0)).compile(compiler_options=options)
                 if store is not None and name is not None:
                     store.save(name, self.compiled)
