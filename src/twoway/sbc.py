@@ -395,7 +395,7 @@ def _flatten(fit, truth: Mapping[str, Any], n_thin: int) -> tuple[list[str], np.
 
 
 def _fit_diagnostics(fit) -> dict[str, float]:
-    import arviz as az
+    from twoway.diagnostics import ess_bulk, rhat
 
     post = fit.posterior
     post = post[[n for n in post.data_vars if n not in DERIVED]]
@@ -404,9 +404,9 @@ def _fit_diagnostics(fit) -> dict[str, float]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            raw = az.summary(post, kind="diagnostics", round_to="none")
-            max_rhat = float(np.nanmax(raw["r_hat"].to_numpy(dtype=float)))
-            min_ess = float(np.nanmin(raw["ess_bulk"].to_numpy(dtype=float)))
+            draws = [post[n].transpose("chain", "draw", ...).values for n in post.data_vars]
+            max_rhat = float(np.nanmax(np.concatenate([np.ravel(rhat(x)) for x in draws])))
+            min_ess = float(np.nanmin(np.concatenate([np.ravel(ess_bulk(x)) for x in draws])))
         except Exception:  # diagnostics are informative only; never stop a run for them
             max_rhat = min_ess = float("nan")
     return {"divergences": div, "max_r_hat": max_rhat, "min_ess_bulk": min_ess}

@@ -86,7 +86,7 @@ def summarize(fit, *, var_names: list[str] | None = None, ci_prob: float = 0.94)
     ci_prob : float
         Probability of the highest-density interval.
     """
-    import arviz as az
+    from twoway.diagnostics import summary_table
 
     if not 0 < ci_prob < 1:
         raise FitError(f"The interval probability must be between 0 and 1; got {ci_prob!r}.")
@@ -98,7 +98,7 @@ def summarize(fit, *, var_names: list[str] | None = None, ci_prob: float = 0.94)
     missing = [n for n in names if n not in post]
     if missing:
         raise FitError(f"The parameters must be among {', '.join(post.data_vars)}; got {', '.join(missing)}.")
-    raw = az.summary(post[names], kind="all", ci_kind="hdi", ci_prob=ci_prob, round_to="none")
+    raw = summary_table(post, names, ci_prob)
     pct = 100 * ci_prob
     lo_name = f"hdi_{_fmt_pct((100 - pct) / 2)}%"
     hi_name = f"hdi_{_fmt_pct(100 - (100 - pct) / 2)}%"
