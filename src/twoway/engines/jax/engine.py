@@ -95,12 +95,13 @@ class JaxEngine:
         return {"key": program_key(plan), "model": describe(plan), "quick": quick, "store": store}
 
     def program(self, compiled, tune: int, draws: int):
-        """The chain program for ``tune`` and ``draws`` (built once per process)."""
-        from twoway.engines.jax.sampler import ChainProgram
+        """The chain program that can run ``tune + draws`` iterations (built once per process)."""
+        from twoway.engines.jax.sampler import ChainProgram, capacity_for
 
-        key = (compiled["key"], int(tune), int(draws))
+        capacity = capacity_for(tune, draws)
+        key = (compiled["key"], capacity)
         quick = compiled["quick"]
-        prog, _ = PROGRAMS.get(key, lambda: ChainProgram(compiled["model"], int(tune), int(draws), quick_compile=quick))
+        prog, _ = PROGRAMS.get(key, lambda: ChainProgram(compiled["model"], capacity, quick_compile=quick))
         return prog
 
     def sample(self, compiled, plan, *, chains, draws, tune, seed, progress, cores, report=None):
@@ -114,7 +115,7 @@ class JaxEngine:
         prog.compile(args, store=compiled["store"], key=compiled["key"])
         if report is not None:
             report("sample", prog)
-        out = prog.run(args, seed, chains, cores=cores)
+        out = prog.run(args, seed, chains, int(tune), int(draws), cores=cores)
         if not out["init_ok"].all():
             raise FitError("The sampler found no starting point with a finite log-density in 20 tries per chain; "
                            "check the priors (an extreme prior can put all its mass where the data are impossible).")

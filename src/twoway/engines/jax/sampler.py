@@ -9,8 +9,9 @@ chain (:class:`ChainProgram`). Chains run in parallel as threads calling the
 same compiled program (XLA releases the interpreter lock while it runs).
 
 BlackJAX is used rather than NumPyro's sampler because its kernels are pure
-functions of arrays: the same chain program is vmapped over many tables for
-calibration (:meth:`ChainProgram.run_many`) without a second code path.
+functions of arrays: twoway writes the chain program itself (one kernel for
+warm-up and draws, the adaptation as a few lines of state), which keeps the
+program small and lets the numbers of draws be arguments.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["ChainProgram", "STAT_NAMES", "INIT_RADIUS", "adaptation_schedule", "DualAveraging"]
+__all__ = ["ChainProgram", "STAT_NAMES", "INIT_RADIUS", "adaptation_schedule", "capacity_for", "DualAveraging"]
 
 INIT_RADIUS = 1.0      # initial points: uniform(-1, 1) on the (prior-scaled) unconstrained space
 MAX_TREE_DEPTH = 10
@@ -35,12 +36,13 @@ STAT_NAMES = ("lp", "diverging", "n_steps", "tree_depth", "energy", "acceptance_
 
 @dataclass
 class ChainProgram:
-    """A model's chain program for a given number of tuning and kept draws.
+    """A model's chain program for up to ``capacity`` iterations (tuning and kept draws together).
 
     Attributes
     ----------
     model : JaxModel
-    tune, draws : int
+    capacity : int
+        The scan's length; see :func:`capacity_for`.
     quick_compile : bool
         Compile with XLA's backend optimisation level 0: about 40% less
         compile time for twice the run time per gradient, the better choice
@@ -51,8 +53,7 @@ class ChainProgram:
     """
 
     model: Any
-    tune: int
-    draws: int
+    capacity: int
     quick_compile: bool = False
     compiled: Any = None
     compiled_many: dict = field(default_factory=dict)
@@ -60,14 +61,15 @@ class ChainProgram:
     compile_seconds: float = 0.0
 
     # -- the program ---------------------------------------------------------------
-    def _chain(self, args, key):
-        """One chain: a starting point, ``tune`` adapting iterations, ``draws`` kept ones.
+    def _chain(self, args, key, schedule):
+        """One chain: a starting point, ``n_tune`` adapting iterations, then kept ones up to ``n_total``.
 
-        One NUTS kernel serves warm-up and sampling (a single scan over
-        ``tune + draws`` iterations whose adaptation switches off after the
-        warm-up), so the program holds one copy of the log-density's gradient
-        and compiles in about half the time of separate warm-up and sampling
-        loops.
+        One NUTS kernel serves warm-up and sampling (a single scan whose
+        adaptation switches off after the warm-up), so the program holds one
+        copy of the log-density's gradient. The scan has a fixed length, the
+        program's capacity; the numbers of tuning and kept draws are
+        arguments (iterations past ``n_total`` are skipped), so one compiled
+        program serves any ``tune + draws`` up to its capacity.
         """
         import jax
         import jax.flatten_util
@@ -75,6 +77,7 @@ class ChainProgram:
         from blackjax.mcmc import nuts
 
         model = self.model
+        n_tune, n_total = schedule["n_tune"], schedule["n_total"]
 
         def logdensity(theta):
             return model.log_density(theta, args)
@@ -90,25 +93,20 @@ class ChainProgram:
         for g in jax.tree_util.tree_leaves(state.logdensity_grad):
             ok = ok & jnp.all(jnp.isfinite(g))
 
-        flat0, unravel = jax.flatten_util.ravel_pytree(state.position)
-        dim = flat0.shape[0]
+        dim = jax.flatten_util.ravel_pytree(state.position)[0].shape[0]
         kernel = nuts.build_kernel()
-        slow, window_end = adaptation_schedule(self.tune)
-        n_total = self.tune + self.draws
-        slow = jnp.asarray(np.concatenate([slow, np.zeros(self.draws, bool)]))
-        window_end = jnp.asarray(np.concatenate([window_end, np.zeros(self.draws, bool)]))
         adapt = DualAveraging()
 
-        def one(carry, inputs):
+        def step_once(carry, inputs):
             state, da, step, imm, (count, mean, m2) = carry
             t, k, is_slow, is_end = inputs
             state, info = kernel(k, state, logdensity, step, imm, max_num_doublings=MAX_TREE_DEPTH)
-            tuning = t < self.tune
+            tuning = t < n_tune
             # step size: dual averaging while tuning, its average after
             acc = jnp.where(jnp.isfinite(info.acceptance_rate), info.acceptance_rate, 0.0)
             da_new = adapt.update(da, acc)
             da = jax.tree_util.tree_map(lambda a, b: jnp.where(tuning, a, b), da_new, da)
-            step = jnp.where(tuning, jnp.where(t == self.tune - 1, jnp.exp(da.log_avg), jnp.exp(da.log_step)), step)
+            step = jnp.where(tuning, jnp.where(t == n_tune - 1, jnp.exp(da.log_avg), jnp.exp(da.log_step)), step)
             # diagonal mass matrix: Welford variance over each slow window
             x = jax.flatten_util.ravel_pytree(state.position)[0]
             count1 = count + 1.0
@@ -130,12 +128,27 @@ class ChainProgram:
 
         step0 = jnp.asarray(INITIAL_STEP)
         carry = (state, adapt.init(step0), step0, jnp.ones(dim), (jnp.asarray(0.0), jnp.zeros(dim), jnp.zeros(dim)))
-        keys = jax.random.split(k_run, n_total)
-        _, (values, stats, steps) = jax.lax.scan(one, carry, (jnp.arange(n_total), keys, slow, window_end))
-        keep = slice(self.tune, n_total)
-        values = jax.tree_util.tree_map(lambda v: v[keep], values)
-        stats = tuple(s[keep] for s in stats)
-        return values, dict(zip(STAT_NAMES, stats)), steps[-1], ok
+        # the shapes of one iteration's outputs, to fill skipped iterations with zeros
+        out_shapes = jax.eval_shape(step_once, carry, (0, k_run, False, False))[1]
+
+        def one(carry, inputs):
+            def skip(c, _):
+                return c, jax.tree_util.tree_map(lambda a: jnp.zeros(a.shape, a.dtype), out_shapes)
+
+            return jax.lax.cond(inputs[0] < n_total, step_once, skip, carry, inputs)
+
+        keys = jax.random.split(k_run, self.capacity)
+        _, (values, stats, steps) = jax.lax.scan(
+            one, carry, (jnp.arange(self.capacity), keys, schedule["slow"], schedule["window_end"]))
+        return values, dict(zip(STAT_NAMES, stats)), steps[jnp.maximum(n_total - 1, 0)], ok
+
+    def schedule(self, tune: int, draws: int) -> dict:
+        """The program's schedule argument for ``tune`` and ``draws`` (tune + draws <= capacity)."""
+        slow, end = adaptation_schedule(tune)
+        pad = self.capacity - tune
+        return {"slow": np.concatenate([slow, np.zeros(pad, bool)]),
+                "window_end": np.concatenate([end, np.zeros(pad, bool)]),
+                "n_tune": np.int32(tune), "n_total": np.int32(tune + draws)}
 
     def compile(self, args, *, store=None, key: str | None = None) -> float:
         """Compile the one-chain program for arguments shaped like ``args``; return the seconds taken.
@@ -149,7 +162,7 @@ class ChainProgram:
 
         if self.compiled is None:
             t0 = time.perf_counter()
-            name = None if key is None else f"{key}-{self.tune}-{self.draws}-{int(self.quick_compile)}"
+            name = None if key is None else f"{key}-{self.capacity}-{int(self.quick_compile)}"
             loaded = store.load(name) if store is not None and name is not None else None
             if loaded is not None:
                 self.compiled, self.loaded = loaded, True
@@ -157,24 +170,26 @@ class ChainProgram:
                 options = {"xla_cpu_parallel_codegen_split_count": 1}
                 if self.quick_compile:
                     options["xla_backend_optimization_level"] = 0
-                self.compiled = jax.jit(self._chain).lower(args, jax.random.key(0)).compile(compiler_options=options)
+                lowered = jax.jit(self._chain).lower(args, jax.random.key(0), self.schedule(0, 1))
+                self.compiled = lowered.compile(compiler_options=options)
                 if store is not None and name is not None:
                     store.save(name, self.compiled)
             self.compile_seconds = time.perf_counter() - t0
         return self.compile_seconds
 
-    def run(self, args, seed: int | None, chains: int, *, cores: int | None = None) -> dict:
+    def run(self, args, seed: int | None, chains: int, tune: int, draws: int, *, cores: int | None = None) -> dict:
         """Run ``chains`` chains in parallel threads; NumPy arrays with leading (chain, draw) dims."""
         import jax
 
         self.compile(args)
+        schedule = self.schedule(tune, draws)
         keys = jax.random.split(jax.random.key(0 if seed is None else int(seed)), chains)
         workers = max(1, min(chains, cores or _cores()))
 
         def one(k):
             # a chain whose random starting point has no finite log-density starts again elsewhere
             for attempt in range(INIT_TRIES):
-                out = jax.tree_util.tree_map(np.asarray, jax.block_until_ready(self.compiled(args, k)))
+                out = jax.tree_util.tree_map(np.asarray, jax.block_until_ready(self.compiled(args, k, schedule)))
                 if out[3]:
                     break
                 k = jax.random.fold_in(k, attempt + 1)
@@ -185,39 +200,25 @@ class ChainProgram:
         else:
             with ThreadPoolExecutor(max_workers=workers) as pool:
                 results = list(pool.map(one, [keys[c] for c in range(chains)]))
-        return _stack(results)
+        return _keep(_stack(results), tune, draws)
 
-    # -- many tables ---------------------------------------------------------------
-    def run_many(self, many_args, seeds: np.ndarray, chains: int) -> list[dict]:
-        """Run ``chains`` chains on each of a batch of tables through one vmapped program.
 
-        Parameters
-        ----------
-        many_args : pytree
-            ``args`` with a leading table dimension T on every leaf.
-        seeds : array (T,) of int
-        chains : int
 
-        Returns
-        -------
-        list of T dicts, as :meth:`run` returns for one table.
-        """
-        import jax
+def capacity_for(tune: int, draws: int) -> int:
+    """The capacity of the program for ``tune + draws`` iterations: the next power of two, at least 256.
 
-        T = int(np.asarray(seeds).shape[0])
-        keys = jax.vmap(lambda s: jax.random.split(jax.random.key(s), chains))(np.asarray(seeds))
-        flat_keys = keys.reshape((T * chains,))
-        flat_args = jax.tree_util.tree_map(lambda x: np.repeat(np.asarray(x), chains, axis=0), many_args)
-        shape_key = T * chains
-        if shape_key not in self.compiled_many:
-            self.compiled_many[shape_key] = jax.jit(jax.vmap(self._chain)).lower(flat_args, flat_keys).compile()
-        out = jax.tree_util.tree_map(np.asarray, jax.block_until_ready(
-            self.compiled_many[shape_key](flat_args, flat_keys)))
-        results = []
-        for t in range(T):
-            per_chain = [jax.tree_util.tree_map(lambda x: x[t * chains + c], out) for c in range(chains)]
-            results.append(_stack(per_chain))
-        return results
+    Programs are compiled per capacity, so fits with other numbers of draws
+    reuse one (skipped iterations cost nothing but their outputs' memory).
+    """
+    return max(256, 1 << (int(tune) + int(draws) - 1).bit_length())
+
+
+def _keep(out: dict, tune: int, draws: int) -> dict:
+    """The kept draws of every chain: iterations tune .. tune + draws - 1."""
+    sl = slice(tune, tune + draws)
+    out["values"] = {k: v[:, sl] for k, v in out["values"].items()}
+    out["stats"] = {k: v[:, sl] for k, v in out["stats"].items()}
+    return out
 
 
 def adaptation_schedule(tune: int) -> tuple[np.ndarray, np.ndarray]:
