@@ -23,11 +23,11 @@ demo: $(STAMP)
 	$(VENV)/bin/twoway demo --out demo-output
 
 test: $(STAMP) browser
-	$(PY) -m pytest -q --durations=10
+	$(PY) -m pytest -q -n auto --dist loadfile --durations=10
 
 # everything, the tests marked slow included (end-to-end compiles of the larger models)
 test-all: $(STAMP) browser
-	$(PY) -m pytest -q -m ""
+	$(PY) -m pytest -q -n auto --dist loadfile -m ""
 
 # the report's browser test opens the HTML report in headless Chromium (/usr/bin/chromium)
 browser:

@@ -81,8 +81,14 @@ def test_full_callable_equals_dense_twin_and_simulates(cov_module):
 def test_full_needs_priors_for_callable_parameters(cov_module):
     with pytest.raises(ModelError, match="needs a prior for 'rho'"):
         simulate(twoway.ModelSpec(residual="full", covariance=f"{cov_module}:ar_rows"), 4, 3, seed=1)
+    # a spec runs no user code: the callable is loaded (and found missing) when a table meets the model
+    missing = twoway.ModelSpec(residual="full", covariance=f"{cov_module}:nothing")
+    assert "rho" not in missing.parameter_names()
     with pytest.raises(ModelError, match="no such function"):
-        twoway.ModelSpec(residual="full", covariance=f"{cov_module}:nothing").parameter_names()
+        simulate(missing, 4, 3, seed=1)
+    with pytest.raises(ModelError, match="give each a prior"):
+        twoway.resolve(twoway.ModelSpec(residual="full", covariance=f"{cov_module}:ar_rows"),
+                       twoway.TwoWayData.from_array(np.ones((4, 3))))
 
 
 def test_full_from_a_file_with_labels(tmp_path):

@@ -16,6 +16,7 @@ from twoway.priors import Prior  # noqa: E402
 from twoway.model import ModelSpec, PRESETS, preset, load_model, degrees_of_freedom  # noqa: E402
 from twoway.simulate import Simulation, simulate  # noqa: E402
 from twoway.fit import Fit, fit  # noqa: E402
+from twoway.plan import Plan, resolve  # noqa: E402
 
 __all__ = [
     "__version__",
@@ -30,6 +31,8 @@ __all__ = [
     "simulate",
     "Fit",
     "fit",
+    "Plan",
+    "resolve",
     "TwowayError",
     "DataError",
     "ModelError",

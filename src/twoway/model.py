@@ -27,6 +27,12 @@ from typing import Any, Mapping
 from twoway.errors import ModelError
 from twoway.priors import Prior, check_support
 
+#: Every parameter name a model can have besides a full covariance's own (and Kronecker structures').
+STANDARD_PARAMETERS = frozenset(
+    ["intercept", "sigma"]
+    + [f"{side}_{what}" for side in ("row", "col")
+       for what in ("effect", "effect_sd", "sd", "log_sd_loc", "log_sd_scale")])
+
 __all__ = [
     "ModelSpec",
     "PRESETS",
@@ -159,10 +165,12 @@ class ModelSpec:
         if self.sigma:
             out.append("sigma")
         if self.residual == "full":
-            from twoway.covariance import callable_parameters, is_callable_source
+            from twoway.covariance import is_callable_source
 
             if is_callable_source(self.covariance):
-                out += [p for p in callable_parameters(self.covariance) if p not in out]
+                # a covariance callable's parameters are the priors the model file names besides the
+                # standard ones; the plan checks them against the callable's signature (a spec runs no user code)
+                out += [k for k, _ in self.priors if k not in out and k not in STANDARD_PARAMETERS]
         return tuple(out)
 
     def needs_se(self) -> bool:

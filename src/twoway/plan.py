@@ -19,7 +19,7 @@ import numpy as np
 
 from twoway.data import TwoWayData
 from twoway.errors import ModelError
-from twoway.model import ModelSpec
+from twoway.model import STANDARD_PARAMETERS, ModelSpec
 from twoway.priors import Prior, resolve_priors
 
 __all__ = ["Plan", "resolve", "public_names", "integration_constants", "residual_parts",
@@ -237,7 +237,17 @@ def resolve(spec: ModelSpec, data: TwoWayData, *, likelihood: str = "auto",
     recorded, priors = priors, dict(model_priors)
     extra: list[str] = []
     if spec.residual == "full":
-        extra += list(parts["full"].parameters)
+        declared = [n for n in spec.parameter_names() if n not in STANDARD_PARAMETERS]
+        wanted = list(parts["full"].parameters)
+        missing = [n for n in wanted if n not in declared]
+        if missing:
+            raise ModelError(f"The covariance {spec.covariance!r} takes {', '.join(wanted)}; give each a prior "
+                             f"in the model file's [priors] table (missing: {', '.join(missing)}).")
+        unused = [n for n in declared if n not in wanted]
+        if unused:
+            raise ModelError(f"The priors must name parameters of this model; the covariance {spec.covariance!r} "
+                             f"takes {', '.join(wanted) or 'none'}, not {', '.join(unused)}.")
+        extra += wanted
     if spec.residual == "kronecker":
         if recorded is not None:
             priors.update({k: v for k, v in recorded.items() if k not in priors})
