@@ -23,8 +23,8 @@ from twoway.structures import (
     fa_precision,
     fa_quad,
     parse_structure,
-    read_known_matrix,
 )
+from twoway.io.matrices import read_labelled_matrix
 
 ALPHA = 1e-3  # false-alarm rate of each Kolmogorov-Smirnov test below
 
@@ -442,7 +442,7 @@ def test_read_known_matrix_reorders_to_the_labels(tmp_path):
     path = tmp_path / "K.csv"
     path.write_text("id," + ",".join(header_order) + "\n" + "\n".join(
         lab + "," + ",".join(repr(float(v)) for v in row) for lab, row in zip(file_labels, hm)) + "\n")
-    out = read_known_matrix(path, ["a", "b", "c", "d"], what="row_structure")
+    out = read_labelled_matrix(path, ["a", "b", "c", "d"], what="row_structure")
     order = [file_labels.index(x) for x in "abcd"]
     np.testing.assert_array_equal(out, m[np.ix_(order, order)])
 
@@ -486,8 +486,8 @@ def test_read_known_matrix_rejects_bad_files(tmp_path):
     cases = _bad_cases(tmp_path)
     for path, labels, match in cases:
         with pytest.raises(DataError, match=match) as info:
-            read_known_matrix(path, labels, what="row_structure")
+            read_labelled_matrix(path, labels, what="row_structure")
         message = str(info.value)
         assert message.startswith(f"The ") and path.name in message and "'row_structure'" in message, message
     with pytest.raises(DataError, match="does not exist"):
-        read_known_matrix(tmp_path / "nope.csv", ["a", "b"], what="row_structure")
+        read_labelled_matrix(tmp_path / "nope.csv", ["a", "b"], what="row_structure")

@@ -4,7 +4,8 @@ The ``full`` residual takes the covariance of vec(table) (row-major: cell
 (i, j) is entry ``i*K + j``) from the user, either
 
 * a CSV file holding the (N K) x (N K) matrix (numbers only, or with a header
-  row and first column of ``row:col`` labels, which must match the table's), or
+  row and first column of ``row:col`` labels, which must match the table's;
+  read by :func:`twoway.io.matrices.read_labelled_matrix`), or
 * ``module:function`` (or ``path/to/file.py:function``): a callable
   ``function(ops, **params)`` returning the matrix, where ``ops`` offers
   ``exp, log, sqrt, eye, outer, diag, kron`` that work on NumPy arrays and on
@@ -26,7 +27,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from twoway.errors import DataError, ModelError
+from twoway.errors import ModelError
+from twoway.io.matrices import read_labelled_matrix
 
 __all__ = ["FullCovariance", "load_full_covariance", "covariance_tensor"]
 
@@ -93,69 +95,22 @@ def _load_callable(source: str) -> Callable:
 
 
 def load_full_covariance(source: str, row_labels, col_labels) -> FullCovariance:
-    """Read the ``full`` residual's covariance for a table with these labels."""
-    n = len(row_labels) * len(col_labels)
+    """Read the ``full`` residual's covariance for a table with these labels.
+
+    A ``module:function`` source is loaded as a callable; anything else is a
+    CSV file read by :func:`twoway.io.matrices.read_labelled_matrix`, its
+    labels the table's cells ``row:col`` (or numbers alone, in row-major order).
+    """
     if is_callable_source(source):
         func = _load_callable(source)
         return FullCovariance(matrix=None, function=func, parameters=callable_parameters(source), source=source)
-    matrix = _read_matrix(source, row_labels, col_labels)
-    if matrix.shape != (n, n):
-        raise DataError(f"The covariance in {source!r} must be {n} x {n} (rows x columns of the table); "
-                        f"got {matrix.shape[0]} x {matrix.shape[1]}.")
-    asym = np.max(np.abs(matrix - matrix.T))
-    if asym > 1e-8 * max(1.0, np.max(np.abs(matrix))):
-        i, j = np.unravel_index(np.argmax(np.abs(matrix - matrix.T)), matrix.shape)
-        raise DataError(f"The covariance in {source!r} must be symmetric; entries ({i + 1}, {j + 1}) and "
-                        f"({j + 1}, {i + 1}) differ by {asym:.3g}.")
-    low = np.linalg.eigvalsh(matrix).min()
-    if low <= 0:
-        raise DataError(f"The covariance in {source!r} must be positive definite; its smallest eigenvalue is {low:.3g}.")
-    return FullCovariance(matrix=0.5 * (matrix + matrix.T), function=None, parameters=(), source=source)
-
-
-def _read_matrix(source: str, row_labels, col_labels) -> np.ndarray:
-    import pandas as pd
-
-    path = Path(source)
-    if not path.is_file():
-        raise DataError(f"The covariance file {source!r} does not exist.")
-    try:
-        raw = pd.read_csv(path, header=None, dtype=str, keep_default_na=False)
-    except Exception as exc:
-        raise DataError(f"The covariance file {source!r} is not a CSV table ({exc}).") from None
-    expected = [f"{r}:{c}" for r in row_labels for c in col_labels]
-    first = raw.iloc[0, 0].strip()
-    if _is_number(first):
-        body = raw
-    else:
-        header = [h.strip() for h in raw.iloc[0, 1:]]
-        index = [h.strip() for h in raw.iloc[1:, 0]]
-        if header != index:
-            raise DataError(f"The covariance file {source!r} must have the same labels on its header and first column.")
-        missing = [lab for lab in expected if lab not in header]
-        if missing:
-            raise DataError(f"The covariance file {source!r} lacks the cells {', '.join(missing[:5])}"
-                            f"{' and more' if len(missing) > 5 else ''} (labels are 'row:col').")
-        extra = [lab for lab in header if lab not in expected]
-        if extra:
-            raise DataError(f"The covariance file {source!r} has cells that are not in the table: {', '.join(extra[:5])}.")
-        order = [header.index(lab) for lab in expected]
-        body = raw.iloc[1:, 1:].iloc[order, order]
-    try:
-        matrix = body.to_numpy().astype(float)
-    except ValueError:
-        raise DataError(f"The covariance file {source!r} must hold numbers only (apart from labels).") from None
-    if not np.all(np.isfinite(matrix)):
-        raise DataError(f"The covariance file {source!r} must hold finite numbers.")
-    return matrix
-
-
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
+    cells = [f"{r}:{c}" for r in row_labels for c in col_labels]
+    matrix = read_labelled_matrix(
+        source, cells, what="covariance", numbers_only=True, unit="cell of the table, row-major",
+        missing="lacks the cells {plain} (labels are 'row:col').",
+        extra="has cells that are not in the table: {plain}.",
+    )
+    return FullCovariance(matrix=matrix, function=None, parameters=(), source=source)
 
 
 def covariance_tensor(fit, *, chain: int = 0, draw: int = 0, include_effects: bool = True) -> np.ndarray:

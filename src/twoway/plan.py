@@ -166,9 +166,9 @@ def known_relationships(spec: ModelSpec, data: TwoWayData) -> dict:
     for side, labels in (("row", data.row_labels), ("col", data.col_labels)):
         value = getattr(spec, f"{side}_effect_cov")
         if value is not None and getattr(spec, f"{side}_effect") == "random":
-            from twoway.structures import read_known_matrix
+            from twoway.io.matrices import read_labelled_matrix
 
-            out[side] = read_known_matrix(value[len("known:"):], labels, what=f"{side}_effect_cov")
+            out[side] = read_labelled_matrix(value[len("known:"):], labels, what=f"{side}_effect_cov")
     return out
 
 

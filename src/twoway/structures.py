@@ -45,13 +45,12 @@ The module also provides closed forms as pure functions that take NumPy
 arrays or PyTensor tensors alike: the matrix, log-determinant, precision and
 quadratic form ``x' A^-1 x`` of ``ar1`` (tridiagonal precision), ``cs``
 (identity plus rank one) and factor-analytic matrices (Woodbury and the
-matrix determinant lemma); and :func:`read_known_matrix`, which reads a known
-matrix (a relationship or kinship matrix) from a labelled CSV file.
+matrix determinant lemma). A known matrix (a relationship or kinship matrix)
+is read from its labelled CSV file by :func:`twoway.io.matrices.read_labelled_matrix`.
 """
 
 from __future__ import annotations
 
-import csv
 import difflib
 import math
 from dataclasses import dataclass, field
@@ -60,7 +59,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from twoway.errors import DataError, ModelError
+from twoway.errors import ModelError
+from twoway.io.matrices import read_labelled_matrix
 from twoway.priors import Prior
 
 __all__ = [
@@ -68,7 +68,6 @@ __all__ = [
     "Structure",
     "BuiltStructure",
     "parse_structure",
-    "read_known_matrix",
     "ar1_matrix",
     "ar1_logdet",
     "ar1_precision",
@@ -380,173 +379,8 @@ def fa_quad(loadings: Any, psi: Any, X: Any) -> Any:
     return (X * X / psi).sum(axis=-1) - ((b @ ops.cho_inverse(chol)) * b).sum(axis=-1)
 
 
-# ---------------------------------------------------------------------------
-# reading a known matrix
-# ---------------------------------------------------------------------------
-
-
 def _q(text: Any) -> str:
     return f"'{text}'"
-
-
-def _names(items: Sequence[Any], limit: int = 8) -> str:
-    shown = ", ".join(_q(x) for x in list(items)[:limit])
-    extra = len(items) - limit
-    return shown + (f" and {extra} more" if extra > 0 else "")
-
-
-def _read_csv_records(path: Path, source: str) -> list[tuple[int, list[str]]]:
-    """Non-blank CSV records of ``path`` with their line numbers, fields stripped."""
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise DataError(f"The {source} does not exist.") from None
-    except IsADirectoryError:
-        raise DataError(f"The {source} is a directory, not a CSV file.") from None
-    except OSError as exc:
-        raise DataError(f"The {source} cannot be read: {exc.strerror or exc}.") from None
-    try:
-        if b"\x00" in raw[:65536]:
-            raise UnicodeDecodeError("utf-8", raw, 0, 1, "NUL byte")
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        raise DataError(f"The {source} is not a CSV text file in UTF-8; it holds binary data.") from None
-    reader = csv.reader(text.splitlines(keepends=True), skipinitialspace=True, strict=True)
-    out = []
-    end = 0
-    try:
-        for fields in reader:
-            start, end = end + 1, reader.line_num
-            fields = [f.strip() for f in fields]
-            while len(fields) > 1 and fields[-1] == "":
-                fields.pop()
-            if any(fields):
-                out.append((start, fields))
-    except csv.Error as exc:
-        raise DataError(f"The {source} is not valid CSV; line {reader.line_num}: {exc}.") from None
-    return out
-
-
-def _check_unique(names: Sequence[str], where: str, source: str) -> None:
-    seen: set[str] = set()
-    for name in names:
-        if name == "":
-            raise DataError(f"The {source} must name every row and column; {where} has an empty label.")
-        if name in seen:
-            raise DataError(f"The {source} must name each label once; {_q(name)} appears twice in {where}.")
-        seen.add(name)
-
-
-def read_known_matrix(path: str | Path, labels: Sequence[str], *, what: str) -> np.ndarray:
-    """Read a known symmetric positive-definite matrix from a labelled CSV file.
-
-    The file has a header line whose first field is ignored (it may be empty)
-    and whose other fields are labels, then one line per label: the label,
-    then the numbers of its row. Header and first column must name the same
-    labels (in any order); the matrix is reordered to ``labels``. It must be
-    symmetric up to a relative 1e-8 (it is then made exactly symmetric) and
-    positive definite.
-
-    Parameters
-    ----------
-    path : str or pathlib.Path
-        The CSV file.
-    labels : sequence of str, length n
-        The labels the matrix must cover (the table's row or column labels).
-    what : str
-        What the matrix is for, for messages (``"row_structure"``).
-
-    Returns
-    -------
-    numpy.ndarray, shape (n, n)
-        The matrix, rows and columns in the order of ``labels``.
-
-    Raises
-    ------
-    twoway.errors.DataError
-        If the file is missing or not CSV text; labels are empty, repeated,
-        missing or extra; header and first column disagree; the matrix is not
-        square; an entry is not a finite number; the matrix is not symmetric
-        or not positive definite. The message names the file and the labels.
-    """
-    path = Path(path)
-    source = f"file {_q(path)} for the {_q(what)}"
-    records = _read_csv_records(path, source)
-    if not records:
-        raise DataError(f"The {source} is empty.")
-    header_line, header = records[0]
-    col_names = header[1:]
-    if not col_names:
-        raise DataError(f"The {source} must have a header line of labels; line {header_line} has none.")
-    _check_unique(col_names, "the header", source)
-    rows = records[1:]
-    if not rows:
-        raise DataError(f"The {source} has a header but no rows of numbers.")
-    row_names = [fields[0] for _, fields in rows]
-    _check_unique(row_names, "the first column", source)
-    for line, fields in rows:
-        if len(fields) - 1 != len(col_names):
-            raise DataError(
-                f"The {source} must hold a square matrix; line {line} (label {_q(fields[0])}) has "
-                f"{len(fields) - 1} values, the header names {len(col_names)} labels."
-            )
-    if set(row_names) != set(col_names):
-        only_h = [x for x in col_names if x not in set(row_names)]
-        only_r = [x for x in row_names if x not in set(col_names)]
-        parts = []
-        if only_h:
-            parts.append(f"only in the header: {_names(only_h)}")
-        if only_r:
-            parts.append(f"only in the first column: {_names(only_r)}")
-        if len(row_names) != len(col_names):
-            parts.insert(0, f"{len(col_names)} labels in the header, {len(row_names)} in the first column")
-        raise DataError(
-            f"The {source} must hold a square matrix with the same labels in its header "
-            f"and its first column; {'; '.join(parts)}."
-        )
-    labels = [str(x) for x in labels]
-    missing = [x for x in labels if x not in set(col_names)]
-    if missing:
-        raise DataError(f"The {source} must have a row and a column for every label; missing: {_names(missing)}.")
-    extra = [x for x in col_names if x not in set(labels)]
-    if extra:
-        raise DataError(
-            f"The {source} must have only the labels of the table; extra: {_names(extra)}."
-        )
-    n = len(col_names)
-    raw = np.empty((n, n))
-    for r, (line, fields) in enumerate(rows):
-        for c, text in enumerate(fields[1:]):
-            where = f"(row {_q(fields[0])}, column {_q(col_names[c])}) on line {line}"
-            try:
-                value = float(text)
-            except ValueError:
-                shown = "empty" if text == "" else f"{text!r}, not a number"
-                raise DataError(f"The {source} must hold numbers; the entry at {where} is {shown}.") from None
-            if not math.isfinite(value):
-                raise DataError(f"The {source} must hold finite numbers; the entry at {where} is {text!r}.")
-            raw[r, c] = value
-    row_at = {x: i for i, x in enumerate(row_names)}
-    col_at = {x: j for j, x in enumerate(col_names)}
-    order_r = [row_at[x] for x in labels]
-    order_c = [col_at[x] for x in labels]
-    matrix = raw[np.ix_(order_r, order_c)]
-    asym = np.abs(matrix - matrix.T)
-    scale = float(np.max(np.abs(matrix)))
-    i, j = np.unravel_index(int(np.argmax(asym)), asym.shape)
-    if asym[i, j] > 1e-8 * scale:
-        raise DataError(
-            f"The matrix in the {source} must be symmetric; the largest asymmetry is {asym[i, j]:.6g} "
-            f"between (row {_q(labels[i])}, column {_q(labels[j])}) = {matrix[i, j]:.6g} and "
-            f"(row {_q(labels[j])}, column {_q(labels[i])}) = {matrix[j, i]:.6g}."
-        )
-    matrix = 0.5 * (matrix + matrix.T)
-    eig = np.linalg.eigvalsh(matrix)
-    if not eig[0] > n * np.finfo(float).eps * max(float(eig[-1]), 0.0):
-        raise DataError(
-            f"The matrix in the {source} must be positive definite; its smallest eigenvalue is {eig[0]:.6g}."
-        )
-    return matrix
 
 
 # ---------------------------------------------------------------------------
@@ -567,7 +401,8 @@ def parse_structure(
     ----------
     text : str
         ``iid``, ``diag``, ``ar1``, ``cs``, ``fa:k`` (1 <= k < n),
-        ``unstructured`` or ``known:FILE`` (a CSV file, see :func:`read_known_matrix`).
+        ``unstructured`` or ``known:FILE`` (a CSV file, see
+        :func:`twoway.io.matrices.read_labelled_matrix`).
     side : {"row", "col"}
         Which factor of the Kronecker product this is; it prefixes the parameter names.
     labels : sequence of str, length n >= 2
@@ -585,7 +420,8 @@ def parse_structure(
     twoway.errors.ModelError
         For an unknown form, a bad rank, or a bad side or labels.
     twoway.errors.DataError
-        When the file of ``known:FILE`` cannot be used (see :func:`read_known_matrix`).
+        When the file of ``known:FILE`` cannot be used (see
+        :func:`twoway.io.matrices.read_labelled_matrix`).
     """
     if side not in _SIDES:
         raise ModelError(f"The structure side must be 'row' or 'col'; got {side!r}.")
@@ -634,7 +470,7 @@ def parse_structure(
         path = Path(arg)
         if base_dir is not None and not path.is_absolute():
             path = Path(base_dir) / path
-        matrix = read_known_matrix(path, labels, what=what)
+        matrix = read_labelled_matrix(path, labels, what=what)
         return Structure("known", side, labels, path=str(path), known=matrix)
     if sep:
         raise ModelError(f"The {_q(what)} {kind!r} takes no argument after ':'; got {text!r}.")
