@@ -124,7 +124,8 @@ def _dense_conditional(spec, built, params):
 
 @pytest.mark.parametrize("spec, n, k, r, missing, se", SCHUR_CASES)
 def test_schur_draws_follow_the_dense_conditional(spec, n, k, r, missing, se):
-    from twoway.marginal import _schur_draw, choose_path
+    from twoway.likelihood.paths import choose_path
+    from twoway.marginal import schur_draw
 
     data = simulate("additive", n, k, r, seed=7 * n + k, missing=missing, se=se).data
     built = build_pymc_model(resolve(spec, data))
@@ -135,7 +136,7 @@ def test_schur_draws_follow_the_dense_conditional(spec, n, k, r, missing, se):
     mean, cov = _dense_conditional(spec, built, params)
     S = 20000
     batch = {key: np.repeat(np.asarray(v)[None], S, axis=0) for key, v in params.items()}
-    u = _schur_draw(spec, lay, design, batch, rng)
+    u = schur_draw(spec, lay, design, batch, rng)
     # whitened by the dense law, the draws are iid standard normal: check mean and covariance
     L = np.linalg.cholesky(cov)
     z = np.linalg.solve(L, (u - mean).T).T
@@ -165,7 +166,7 @@ def _known_matrix_file(tmp_path, labels, seed=0):
     ("none", 0.0, "woodbury"),
 ])
 def test_known_relationship_effects_equal_dense_twin(tmp_path, col_effect, missing, path):
-    from twoway.marginal import _schur_draw
+    from twoway.marginal import schur_draw
 
     data = simulate("additive", 5, 4, 2, seed=11, missing=missing).data
     file, K = _known_matrix_file(tmp_path, data.row_labels)
@@ -185,7 +186,7 @@ def test_known_relationship_effects_equal_dense_twin(tmp_path, col_effect, missi
         mean, cov = _dense_conditional(spec, fast, params)
         S = 20000
         batch = {key: np.repeat(np.asarray(v)[None], S, axis=0) for key, v in params.items()}
-        u = _schur_draw(spec, fast.layout, fast.design, batch, rng)
+        u = schur_draw(spec, fast.layout, fast.design, batch, rng)
         z = np.linalg.solve(np.linalg.cholesky(cov), (u - mean).T).T
         from scipy.stats import norm
 

@@ -1,6 +1,6 @@
 """Every likelihood path equals its dense twin under each array library, without a PyMC model.
 
-:func:`twoway.marginal.marginal_logp` is written once against the ops protocol
+:func:`twoway.likelihood.paths.marginal_logp` is written once against the ops protocol
 (:mod:`twoway.likelihood.backend`: NumPy, PyTensor, JAX). For each path, a
 small table whose plan resolves to that path is evaluated by the fast path
 and by the dense twin (``likelihood="dense"``: the full covariance of the
@@ -35,7 +35,7 @@ import pytest
 import twoway
 from twoway import ModelSpec, preset, simulate
 from twoway.likelihood.backend import JAX, NUMPY, PYTENSOR
-from twoway.marginal import PATHS, marginal_logp
+from twoway.likelihood.paths import PATHS, marginal_logp
 from twoway.plan import anova_vector, resolve
 
 RTOL_VALUE = 1e-9       # fast path against dense twin, same library: rounding only

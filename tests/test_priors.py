@@ -5,6 +5,7 @@ import pytest
 from scipy import stats
 
 from twoway import ModelError, Prior
+from twoway.engines.pymc_priors import pymc_distribution, pymc_variable
 
 ALPHA = 1e-3  # false-alarm rate of each Kolmogorov-Smirnov test below
 
@@ -20,7 +21,7 @@ def test_numpy_draws_match_pymc_draws(prior):
     import pymc as pm
 
     with pm.Model():
-        rv = prior.pymc("x")
+        rv = pymc_variable(prior, "x")
     ours = prior.sample(np.random.default_rng(1), 20000)
     theirs = pm.draw(rv, draws=20000, random_seed=2)
     assert stats.ks_2samp(ours, theirs).pvalue > ALPHA

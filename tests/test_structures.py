@@ -25,6 +25,7 @@ from twoway.structures import (
     parse_structure,
 )
 from twoway.io.matrices import read_labelled_matrix
+from twoway.engines.pymc_priors import pymc_distribution, pymc_variable
 
 ALPHA = 1e-3  # false-alarm rate of each Kolmogorov-Smirnov test below
 
@@ -408,11 +409,11 @@ def test_uniform_and_beta_priors_match_pymc(prior):
     import pymc as pm
 
     with pm.Model():
-        rv = prior.pymc("x")
+        rv = pymc_variable(prior, "x")
     ours = prior.sample(np.random.default_rng(1), 20000)
     theirs = pm.draw(rv, draws=20000, random_seed=2, mode=fast_mode())
     assert stats.ks_2samp(ours, theirs).pvalue > ALPHA
-    theirs_dist = pm.draw(prior.pymc_dist(), draws=20000, random_seed=3, mode=fast_mode())
+    theirs_dist = pm.draw(pymc_distribution(prior), draws=20000, random_seed=3, mode=fast_mode())
     assert stats.ks_2samp(ours, theirs_dist).pvalue > ALPHA
 
 

@@ -404,7 +404,8 @@ def _make_fit(raw: _xr().DataTree, plan: Plan, info: dict[str, Any]) -> Fit:
 
 def _draw_back(post: _xr().Dataset, plan: Plan, *, seed: int | None) -> _xr().Dataset:
     """Add the integrated-out effects, drawn from their exact conditional law given each draw."""
-    from twoway.marginal import draw_effects, draw_shocks
+    from twoway.likelihood.paths import draw_effects
+    from twoway.marginal import draw_shocks
 
     spec = plan.spec
     n_chain, n_draw = post.sizes["chain"], post.sizes["draw"]

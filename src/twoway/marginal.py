@@ -1,4 +1,4 @@
-"""The marginal Gaussian law of the observed cells, written once for NumPy and PyTensor.
+"""The pieces of the marginal Gaussian law of the observed cells, written once against the ops protocol.
 
 A fitted model's cells are ``y = intercept + row_effect + col_effect + e``.
 With a Gaussian residual e and Gaussian priors on the effects, the effects are
@@ -11,12 +11,16 @@ integrated out: ``y ~ N(m0, B + Z G Z')`` where B is the residual covariance
 * describes the integrated effects (:class:`EffectsDesign`): which
   coordinates, how they map onto the row and column indicators, their prior
   covariance as a sum of scaled constant blocks;
-* evaluates the log-density by the fastest exact path
-  (:func:`marginal_logp`), builds the dense covariance (:func:`dense_covariance`)
-  and draws the effects back (:func:`draw_effects`).
+* sees the residual through the row and column indicators
+  (:func:`base_projections`), eliminates one side's iid effects
+  (:func:`schur_logp`, :func:`schur_draw`), builds the dense covariance
+  (:func:`dense_covariance`) and draws latent shocks back (:func:`draw_shocks`).
 
-``params`` maps parameter names to values: PyTensor variables inside a model,
-or NumPy arrays with a leading batch of posterior draws afterwards.
+The likelihood paths themselves (which applies, log-density, draw-back of the
+effects) are objects in :mod:`twoway.likelihood.paths`.
+
+``params`` maps parameter names to values: PyTensor or JAX arrays inside a
+sampler, or NumPy arrays with a leading batch of posterior draws afterwards.
 """
 
 from __future__ import annotations
@@ -28,27 +32,21 @@ import numpy as np
 
 from twoway.data import TwoWayData
 from twoway.errors import ModelError
-from twoway.likelihood.anova import AnovaStats, anova_logp, anova_stats
-from twoway.likelihood.dense import dense_logp
+from twoway.likelihood.anova import AnovaStats, anova_stats
 from twoway.likelihood.diagonal import cell_sd
 from twoway.likelihood.woodbury import (
     Projections,
     diagonal_projections,
-    effects_posterior,
     eliminate_side,
     eliminated_side_logp,
     eliminated_side_posterior,
-    gaussian_logp_from,
     shock_projections,
-    woodbury_logp,
 )
 from twoway.model import ModelSpec
 
-__all__ = ["Layout", "EffectsDesign", "layout", "effects_design", "choose_path", "marginal_logp",
-           "dense_covariance", "draw_effects", "PATHS"]
-
-PATHS = ("diagonal", "anova", "woodbury", "woodbury-schur", "woodbury-latent", "kronecker-cholesky", "kronecker-ar1",
-         "kronecker-eigen", "dense-table", "dense")
+__all__ = ["Layout", "EffectsDesign", "layout", "effects_design", "base_projections", "noise_variance",
+           "eliminated_block", "schur_logp", "schur_draw", "dense_covariance", "draw_shocks", "kronecker_factors",
+           "point_parameters"]
 
 
 @dataclass(frozen=True)
@@ -386,32 +384,6 @@ def _shock_variances(ops, spec, lay, params):
 
 
 # -- the log-density ----------------------------------------------------------------------------
-def choose_path(spec: ModelSpec, lay: Layout, design: EffectsDesign, *, likelihood: str = "auto") -> str:
-    """The fastest exact method for ``spec`` on this layout (or ``dense`` when asked)."""
-    if likelihood == "dense":
-        return "dense"
-    if spec.residual == "latent":
-        return "woodbury-latent"
-    if spec.residual == "full":
-        return "dense-table"
-    if spec.residual == "kronecker":
-        from twoway.likelihood.kronecker import kronecker_path
-
-        return kronecker_path(spec, lay)
-    if design.m == 0:
-        return "diagonal"
-    exchangeable = all(
-        not (name in ("row_effect", "col_effect") and not np.allclose(design.base_cov[k][start:stop, start:stop],
-                                                                      np.eye(stop - start)))
-        for k, (name, _, start, stop) in enumerate(design.blocks))
-    homogeneous = spec.row_scale != "hetero" and spec.col_scale != "hetero"
-    if lay.anova is not None and homogeneous and exchangeable:
-        return "anova"
-    if spec.residual == "independent" and eliminated_block(spec, lay, design) is not None:
-        return "woodbury-schur"
-    return "woodbury"
-
-
 def eliminated_block(spec: ModelSpec, lay: Layout, design: EffectsDesign):
     """The block of iid random effects the ``woodbury-schur`` path eliminates, or None.
 
@@ -434,35 +406,6 @@ def eliminated_block(spec: ModelSpec, lay: Layout, design: EffectsDesign):
         if best is None or stop - start > best[2]:
             best = (k, side, stop - start)
     return None if best is None else best[:2]
-
-
-def marginal_logp(ops, spec: ModelSpec, lay: Layout, design: EffectsDesign, params, path: str):
-    """Log-density of the observed cells with the effects integrated out."""
-    if path == "anova":
-        var = noise_variance(ops, spec, lay, params)
-        v = var[..., 0, 0, 0]
-        kw = {}
-        for name, var_param, start, stop in design.blocks:
-            sd = params[var_param]
-            if name == "intercept":
-                kw["grand_var"] = sd * sd
-            else:
-                side = name.split("_")[0]
-                kw[f"{side}_var"] = sd * sd
-                if getattr(spec, f"{side}_effect") == "random":
-                    kw[f"{side}_mean_var"] = sd * sd
-        return anova_logp(ops, lay.anova, v, **kw)
-    if path == "dense":
-        cov = dense_covariance(ops, spec, lay, design, params)
-        r = ops.asarray(lay.r[lay.obs])
-        return dense_logp(ops, r, cov, lay.n_obs)
-    if path == "woodbury-schur":
-        return _schur_logp(ops, spec, lay, design, params)
-    proj = base_projections(ops, spec, lay, params)
-    if design.m == 0:
-        return gaussian_logp_from(lay.n_obs, proj.logdet, proj.quad)
-    g_inv, logdet_g = design.prior(ops, params)
-    return woodbury_logp(ops, proj, design.E, g_inv, logdet_g, lay.n_obs)
 
 
 def uniform_noise(spec: ModelSpec, lay: Layout) -> bool:
@@ -505,14 +448,14 @@ def _eliminated(ops, spec: ModelSpec, lay: Layout, design: EffectsDesign, params
     return parts, quad0, logdet_base, logdet_g
 
 
-def _schur_logp(ops, spec: ModelSpec, lay: Layout, design: EffectsDesign, params):
+def schur_logp(ops, spec: ModelSpec, lay: Layout, design: EffectsDesign, params):
     """The ``woodbury-schur`` path: diagonal residual, one side's iid random effects eliminated."""
     parts, quad0, logdet_base, logdet_g = _eliminated(ops, spec, lay, design, params)
     return eliminated_side_logp(ops, parts, quad0=quad0, logdet_base=logdet_base, logdet_g=logdet_g,
                                 n_obs=lay.n_obs)
 
 
-def _schur_draw(spec: ModelSpec, lay: Layout, design: EffectsDesign, params, rng) -> np.ndarray:
+def schur_draw(spec: ModelSpec, lay: Layout, design: EffectsDesign, params, rng) -> np.ndarray:
     """Effects' coordinates (S, m) drawn through the eliminated side's block structure."""
     from twoway.likelihood.backend import NUMPY
 
@@ -562,66 +505,6 @@ def dense_covariance(ops, spec: ModelSpec, lay: Layout, design: EffectsDesign, p
 
 
 # -- drawing the effects back -------------------------------------------------------------------------
-def draw_effects(spec: ModelSpec, lay: Layout, design: EffectsDesign, params, rng: np.random.Generator,
-                 chunk: int = 256) -> dict[str, np.ndarray]:
-    """Exact draws of the integrated effects given each posterior draw of the other parameters.
-
-    Parameters
-    ----------
-    params : dict of str to arrays (S, ...)
-        Posterior draws flattened over chains, S of them.
-
-    Returns
-    -------
-    dict with ``intercept`` (S,), ``row_effect`` (S, N), ``col_effect`` (S, K) for those integrated.
-    """
-    from twoway.likelihood.backend import NUMPY
-
-    if design.m == 0:
-        return {}
-    S = next(iter(params.values())).shape[0]
-    u = np.empty((S, design.m))
-    if spec.residual == "kronecker":
-        params = {**params, **kronecker_factors(spec, lay, params)}
-    per_draw = spec.residual == "full" or (spec.residual == "kronecker" and
-                                          _kron_path(spec, lay) == "dense-table")
-    if per_draw:  # dense per-table algebra: one draw at a time
-        for s_ in range(S):
-            sub = {k: v[s_] for k, v in params.items()}
-            proj = base_projections(NUMPY, spec, lay, sub)
-            g_inv, _ = design.prior(NUMPY, sub)
-            u[s_] = effects_posterior(proj, design.E, g_inv, rng)
-        return _effects_from_coordinates(lay, design, u)
-    schur = spec.residual == "independent" and choose_path(spec, lay, design) == "woodbury-schur"
-    for start in range(0, S, chunk):
-        sl = slice(start, min(S, start + chunk))
-        sub = {k: v[sl] for k, v in params.items()}
-        if schur:
-            u[sl] = _schur_draw(spec, lay, design, sub, rng)
-            continue
-        proj = base_projections(NUMPY, spec, lay, sub)
-        g_inv, _ = design.prior(NUMPY, sub)
-        u[sl] = effects_posterior(proj, design.E, g_inv, rng)
-    return _effects_from_coordinates(lay, design, u)
-
-
-def _kron_path(spec, lay):
-    from twoway.likelihood.kronecker import kronecker_path
-
-    return kronecker_path(spec, lay)
-
-
-def _effects_from_coordinates(lay: Layout, design: EffectsDesign, u: np.ndarray) -> dict[str, np.ndarray]:
-    out = {}
-    for name, _, start, stop in design.blocks:
-        coords = u[:, start:stop]
-        if name == "intercept":
-            out["intercept"] = lay.m0 + coords[:, 0]
-        else:
-            out[name] = coords @ design.bases[name.split("_")[0]].T
-    return out
-
-
 def draw_shocks(spec: ModelSpec, lay: Layout, design: EffectsDesign, params, effects: dict,
                 rng: np.random.Generator) -> dict[str, np.ndarray]:
     """Exact draws of the latent residual's row and column shocks, given the drawn effects.

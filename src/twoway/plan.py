@@ -230,7 +230,8 @@ def resolve(spec: ModelSpec, data: TwoWayData, *, likelihood: str = "auto",
         return Plan(spec=spec, data=data, priors=dict(model_priors), model_priors=model_priors, path=path,
                     var_names=public_names(spec))
 
-    from twoway.marginal import choose_path, effects_design, layout
+    from twoway.likelihood.paths import choose_path
+    from twoway.marginal import effects_design, layout
 
     m0, constants = integration_constants(spec, model_priors)
     parts = residual_parts(spec, data.row_labels, data.col_labels)

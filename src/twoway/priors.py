@@ -1,9 +1,10 @@
-"""Prior distributions: one description serves both the sampler and the simulator.
+"""Prior distributions as data: one description serves every engine and the simulator.
 
-A :class:`Prior` names a family and its parameters. It can build the PyMC
-random variable used when fitting and draw the same distribution with NumPy
-when simulating, so that a table simulated "from the prior" comes from exactly
-the prior that the fit uses.
+A :class:`Prior` names a family and its parameters. Each engine maps it to
+its own terms (:mod:`twoway.engines.pymc_priors` for PyMC,
+:mod:`twoway.engines.jax.priors` for JAX), and the simulator draws the same
+distribution with NumPy (:meth:`Prior.sample`), so that a table simulated
+"from the prior" comes from exactly the prior that the fit uses.
 
 Default priors are weakly informative and scaled to the data: ``m`` is the
 mean of the observed values and ``s`` a spread (their standard deviation); see
@@ -121,48 +122,6 @@ class Prior:
 
     def to_dict(self) -> dict[str, Any]:
         return {"dist": self.dist, **self.kwargs}
-
-    def pymc(self, name: str, **kwargs: Any):
-        """Create the PyMC random variable ``name`` with this prior (inside a model context)."""
-        import pymc as pm
-
-        p = self.kwargs
-        if self.dist == "normal":
-            return pm.Normal(name, mu=p["mu"], sigma=p["sigma"], **kwargs)
-        if self.dist == "halfnormal":
-            return pm.HalfNormal(name, sigma=p["sigma"], **kwargs)
-        if self.dist == "halfstudentt":
-            return pm.HalfStudentT(name, nu=p["nu"], sigma=p["sigma"], **kwargs)
-        if self.dist == "exponential":
-            return pm.Exponential(name, scale=p["scale"], **kwargs)
-        if self.dist == "lognormal":
-            return pm.LogNormal(name, mu=p["mu"], sigma=p["sigma"], **kwargs)
-        if self.dist == "uniform":
-            return pm.Uniform(name, lower=p["lower"], upper=p["upper"], **kwargs)
-        if self.dist == "beta":
-            return pm.Beta(name, alpha=p["alpha"], beta=p["beta"], **kwargs)
-        raise AssertionError(self.dist)  # pragma: no cover - validated in __post_init__
-
-    def pymc_dist(self):
-        """The same prior as an unnamed PyMC distribution (for ``pm.logp``)."""
-        import pymc as pm
-
-        p = self.kwargs
-        if self.dist == "normal":
-            return pm.Normal.dist(mu=p["mu"], sigma=p["sigma"])
-        if self.dist == "halfnormal":
-            return pm.HalfNormal.dist(sigma=p["sigma"])
-        if self.dist == "halfstudentt":
-            return pm.HalfStudentT.dist(nu=p["nu"], sigma=p["sigma"])
-        if self.dist == "exponential":
-            return pm.Exponential.dist(scale=p["scale"])
-        if self.dist == "lognormal":
-            return pm.LogNormal.dist(mu=p["mu"], sigma=p["sigma"])
-        if self.dist == "uniform":
-            return pm.Uniform.dist(lower=p["lower"], upper=p["upper"])
-        if self.dist == "beta":
-            return pm.Beta.dist(alpha=p["alpha"], beta=p["beta"])
-        raise AssertionError(self.dist)  # pragma: no cover
 
     def sample(self, rng: np.random.Generator, size: int | tuple[int, ...] | None = None) -> np.ndarray:
         """Draw from the prior with NumPy; shape ``size`` (a float when ``size`` is None)."""

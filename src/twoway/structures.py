@@ -845,6 +845,8 @@ class Structure:
         import pymc as pm
         import pytensor.tensor as pt
 
+        from twoway.engines.pymc_priors import pymc_variable
+
         model = pm.modelcontext(None)
         self._add_coords(model)
         pri = self.check_priors(priors, unit_scale=unit_scale)
@@ -855,7 +857,7 @@ class Structure:
         def scalar_sd2():
             if unit_scale:
                 return pt.constant(1.0)
-            sd = pri[nm("sd")].pymc(nm("sd"))
+            sd = pymc_variable(pri[nm("sd")], nm("sd"))
             params[nm("sd")] = sd
             return sd * sd
 
@@ -873,12 +875,12 @@ class Structure:
                 parts["logdet_known"] = float(logdet)
                 parts["inverse_known"] = pt.constant(np.linalg.inv(base))
         elif kind == "diag":
-            sd = unit_sd() if unit_scale else pri[nm("sd")].pymc(nm("sd"), dims=side)
+            sd = unit_sd() if unit_scale else pymc_variable(pri[nm("sd")], nm("sd"), dims=side)
             params[nm("sd")] = sd
             parts["var"] = sd * sd
             cov = pt.diag(parts["var"])
         elif kind in ("ar1", "cs"):
-            rho = pri[nm("rho")].pymc(nm("rho"))
+            rho = pymc_variable(pri[nm("rho")], nm("rho"))
             params[nm("rho")] = rho
             sd2 = scalar_sd2()
             cov = ar1_matrix(rho, sd2, n) if kind == "ar1" else cs_matrix(rho, sd2, n)
@@ -892,12 +894,12 @@ class Structure:
             lam = pt.set_subtensor(lam[rows, cols], free)
             lam = pt.set_subtensor(lam[diag, diag], lead)
             if unit_scale:
-                psi_raw = pri[nm("psi")].pymc(f"_{nm('psi')}_raw", dims=side)
+                psi_raw = pymc_variable(pri[nm("psi")], f"_{nm('psi')}_raw", dims=side)
                 m = ((lam * lam).sum() + psi_raw.sum()) / n
                 lam, psi_raw = lam / pt.sqrt(m), psi_raw / m
                 psi = pm.Deterministic(nm("psi"), psi_raw, dims=side)
             else:
-                psi = pri[nm("psi")].pymc(nm("psi"), dims=side)
+                psi = pymc_variable(pri[nm("psi")], nm("psi"), dims=side)
             loadings = pm.Deterministic(nm("loadings"), lam, dims=(side, f"{side}_factor"))
             params = {nm("loadings"): loadings, nm("psi"): psi}
             parts.update(loadings=loadings, psi=psi)
@@ -905,7 +907,7 @@ class Structure:
         else:  # unstructured
             chol_corr = pm.LKJCorr(f"_{nm('corr')}_chol", n=n, eta=self.eta)
             corr = pm.Deterministic(nm("corr"), chol_corr @ chol_corr.T, dims=(side, f"{side}_other"))
-            sd = unit_sd() if unit_scale else pri[nm("sd")].pymc(nm("sd"), dims=side)
+            sd = unit_sd() if unit_scale else pymc_variable(pri[nm("sd")], nm("sd"), dims=side)
             params = {nm("corr"): corr, nm("sd"): sd}
             parts["chol"] = sd[:, None] * chol_corr
             cov = sd[:, None] * corr * sd[None, :]

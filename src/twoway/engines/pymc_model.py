@@ -22,6 +22,7 @@ from twoway.data import TwoWayData
 from twoway.likelihood.diagonal import cell_sd
 from twoway.plan import MAX_STORED_COV, Plan, anova_vector
 from twoway.priors import Prior
+from twoway.engines.pymc_priors import pymc_distribution, pymc_variable
 
 __all__ = ["BuiltModel", "build_pymc_model", "data_updates"]
 
@@ -91,7 +92,7 @@ def _mean_structure(spec, priors: dict[str, Prior], data: TwoWayData, ii, jj):
     centred = {}
     for side, kind in (("row", spec.row_effect), ("col", spec.col_effect)):
         if kind == "random":
-            sd = priors[f"{side}_effect_sd"].pymc(f"{side}_effect_sd")
+            sd = pymc_variable(priors[f"{side}_effect_sd"], f"{side}_effect_sd")
             z = pm.Normal(f"_{side}_effect_z", 0.0, 1.0, dims=side)
             effects[side] = pm.Deterministic(f"{side}_effect", sd * z, dims=side)
             centred[side] = sd * (z - z.mean())
@@ -103,10 +104,10 @@ def _mean_structure(spec, priors: dict[str, Prior], data: TwoWayData, ii, jj):
         grand = pm.Flat("_grand_mean", initval=data.location())
         intercept = grand - sum(effects[side].mean() for side in random_sides)
         intercept = pm.Deterministic("intercept", intercept)
-        pm.Potential("_intercept_prior", pm.logp(priors["intercept"].pymc_dist(), intercept))
+        pm.Potential("_intercept_prior", pm.logp(pymc_distribution(priors["intercept"]), intercept))
         mu = grand
     else:
-        mu = priors["intercept"].pymc("intercept") if spec.intercept else 0.0
+        mu = pymc_variable(priors["intercept"], "intercept") if spec.intercept else 0.0
         centred = effects
     if "row" in centred:
         mu = mu + centred["row"][ii]
@@ -141,16 +142,16 @@ def build_pymc_model(plan: Plan) -> BuiltModel:
         scales = {}
         for side, kind, idx in (("row", spec.row_scale, ii), ("col", spec.col_scale, jj)):
             if kind == "homo":
-                scales[side] = priors[f"{side}_sd"].pymc(f"{side}_sd")
+                scales[side] = pymc_variable(priors[f"{side}_sd"], f"{side}_sd")
             elif kind == "hetero":
-                loc = priors[f"{side}_log_sd_loc"].pymc(f"{side}_log_sd_loc")
-                scale = priors[f"{side}_log_sd_scale"].pymc(f"{side}_log_sd_scale")
+                loc = pymc_variable(priors[f"{side}_log_sd_loc"], f"{side}_log_sd_loc")
+                scale = pymc_variable(priors[f"{side}_log_sd_scale"], f"{side}_log_sd_scale")
                 z = pm.Normal(f"_{side}_sd_z", 0.0, 1.0, dims=side)
                 per_level = pm.Deterministic(f"{side}_sd", pm.math.exp(loc + scale * z), dims=side)
                 scales[side] = per_level[idx]
             else:
                 scales[side] = None
-        sigma = priors["sigma"].pymc("sigma") if spec.sigma else None
+        sigma = pymc_variable(priors["sigma"], "sigma") if spec.sigma else None
         sd = cell_sd(se, scales["row"], scales["col"], sigma, combine=spec.combine)
         if plan.path == "diagonal":
             pm.Normal("y", mu=mu, sigma=sd, observed=y_data, dims="cell")
@@ -169,14 +170,14 @@ def _scale_parameters(spec, priors: dict[str, Prior]) -> dict:
     out = {}
     for side, kind in (("row", spec.row_scale), ("col", spec.col_scale)):
         if kind == "homo":
-            out[f"{side}_sd"] = priors[f"{side}_sd"].pymc(f"{side}_sd")
+            out[f"{side}_sd"] = pymc_variable(priors[f"{side}_sd"], f"{side}_sd")
         elif kind == "hetero":
-            loc = priors[f"{side}_log_sd_loc"].pymc(f"{side}_log_sd_loc")
-            scale = priors[f"{side}_log_sd_scale"].pymc(f"{side}_log_sd_scale")
+            loc = pymc_variable(priors[f"{side}_log_sd_loc"], f"{side}_log_sd_loc")
+            scale = pymc_variable(priors[f"{side}_log_sd_scale"], f"{side}_log_sd_scale")
             z = pm.Normal(f"_{side}_sd_z", 0.0, 1.0, dims=side)
             out[f"{side}_sd"] = pm.Deterministic(f"{side}_sd", pm.math.exp(loc + scale * z), dims=side)
     if spec.sigma:
-        out["sigma"] = priors["sigma"].pymc("sigma")
+        out["sigma"] = pymc_variable(priors["sigma"], "sigma")
     return out
 
 
@@ -185,7 +186,7 @@ def _integrated_model(plan: Plan):
     import pymc as pm
 
     from twoway.likelihood.backend import PYTENSOR
-    from twoway.marginal import marginal_logp
+    from twoway.likelihood.paths import marginal_logp
 
     spec, data, priors, lay = plan.spec, plan.data, plan.priors, plan.layout
     coords = {"row": list(data.row_labels), "col": list(data.col_labels)}
@@ -200,11 +201,11 @@ def _integrated_model(plan: Plan):
         params = dict(plan.constants)
         for side, kind in (("row", spec.row_effect), ("col", spec.col_effect)):
             if kind == "random":
-                params[f"{side}_effect_sd"] = priors[f"{side}_effect_sd"].pymc(f"{side}_effect_sd")
+                params[f"{side}_effect_sd"] = pymc_variable(priors[f"{side}_effect_sd"], f"{side}_effect_sd")
         params.update(_scale_parameters(spec, priors))
         if spec.residual == "full":
             for name in plan.parts["full"].parameters:
-                params[name] = priors[name].pymc(name)
+                params[name] = pymc_variable(priors[name], name)
         if spec.residual == "kronecker":
             for side, unit in (("row", False), ("col", True)):
                 st = plan.parts[side]

@@ -8,7 +8,7 @@ user sees, deterministics included). Every number that comes from the table
 the priors' numbers, the data's location and spread) is in ``args``, a pytree
 of arrays, so one compiled program serves every table of the same layout.
 
-The integrated likelihood is :func:`twoway.marginal.marginal_logp` evaluated
+The integrated likelihood is :func:`twoway.likelihood.paths.marginal_logp` evaluated
 against the JAX ops: the same algebra the PyMC engines compile, so the same
 dense-twin tests cover it.
 """
@@ -230,7 +230,7 @@ def _scales(b: _Builder, spec) -> dict:
 
 def _integrated(b: _Builder, plan: Plan) -> None:
     from twoway.likelihood.backend import JAX
-    from twoway.marginal import marginal_logp
+    from twoway.likelihood.paths import marginal_logp
 
     spec, lay, a = plan.spec, plan.layout, b.args
     params = dict(a["constants"])

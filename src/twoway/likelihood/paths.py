@@ -1,0 +1,276 @@
+"""The exact likelihood paths as objects: when each applies, its log-density, its draw-back.
+
+A path is chosen once per plan (:func:`choose_path`: the first that applies,
+fastest first), evaluated against any ops (:func:`marginal_logp`, NumPy,
+PyTensor or JAX) and used again after sampling to draw the integrated effects
+back from their exact conditional law (:func:`draw_effects`). The pieces the
+paths share (the layout, the effects' design, the residual's projections onto
+the row and column indicators, the dense covariance) live in
+:mod:`twoway.marginal`; the algebra of each method in this package's modules.
+
+=====================  ====================================================
+path                   applies when
+=====================  ====================================================
+``diagonal``           independent residual, nothing integrated
+``anova``              complete table, one residual variance, exchangeable effects
+``woodbury-schur``     independent residual, iid random effects on one side
+``woodbury``           independent residual otherwise
+``woodbury-latent``    latent residual (per-replicate row and column shocks)
+``kronecker-ar1``      complete Kronecker table, ar1 rows, no nugget or se
+``kronecker-eigen``    complete Kronecker table with a nugget
+``kronecker-cholesky`` complete Kronecker table otherwise
+``dense-table``        Kronecker with missing cells or se; a full covariance
+``dense``              only when asked: one Cholesky of the whole covariance
+=====================  ====================================================
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from twoway.likelihood.anova import anova_logp
+from twoway.likelihood.dense import dense_logp
+from twoway.likelihood.woodbury import effects_posterior, gaussian_logp_from, woodbury_logp
+
+__all__ = ["LikelihoodPath", "PATHS", "path_named", "choose_path", "marginal_logp", "draw_effects"]
+
+
+class LikelihoodPath:
+    """The Woodbury form every integrated path shares: projections of the residual, then the effects.
+
+    Subclasses say when they apply and override what they do differently.
+    """
+
+    name = ""
+
+    def applies(self, spec, lay, design) -> bool:  # pragma: no cover - every path defines it
+        raise NotImplementedError
+
+    def log_density(self, ops, spec, lay, design, params):
+        """Log-density of the observed cells with the effects integrated out (scalar, or (S,) for NumPy batches)."""
+        from twoway.marginal import base_projections
+
+        proj = base_projections(ops, spec, lay, params)
+        if design.m == 0:
+            return gaussian_logp_from(lay.n_obs, proj.logdet, proj.quad)
+        g_inv, logdet_g = design.prior(ops, params)
+        return woodbury_logp(ops, proj, design.E, g_inv, logdet_g, lay.n_obs)
+
+    def draw_coordinates(self, spec, lay, design, params, rng, chunk: int) -> np.ndarray:
+        """Exact draws (S, m) of the effects' coordinates given S parameter draws (NumPy, in chunks)."""
+        from twoway.likelihood.backend import NUMPY
+        from twoway.marginal import base_projections
+
+        S = next(iter(params.values())).shape[0]
+        u = np.empty((S, design.m))
+        for start in range(0, S, chunk):
+            sl = slice(start, min(S, start + chunk))
+            sub = {k: v[sl] for k, v in params.items()}
+            proj = base_projections(NUMPY, spec, lay, sub)
+            g_inv, _ = design.prior(NUMPY, sub)
+            u[sl] = effects_posterior(proj, design.E, g_inv, rng)
+        return u
+
+
+class Diagonal(LikelihoodPath):
+    name = "diagonal"
+
+    def applies(self, spec, lay, design):
+        return spec.residual == "independent" and design.m == 0
+
+
+class Anova(LikelihoodPath):
+    """Balanced crossed table, one residual variance: four eigenvalues, sums of squares computed once."""
+
+    name = "anova"
+
+    def applies(self, spec, lay, design):
+        if spec.residual != "independent" or design.m == 0 or lay.anova is None:
+            return False
+        if spec.row_scale == "hetero" or spec.col_scale == "hetero":
+            return False
+        return all(not (name in ("row_effect", "col_effect")
+                        and not np.allclose(design.base_cov[k][start:stop, start:stop], np.eye(stop - start)))
+                   for k, (name, _, start, stop) in enumerate(design.blocks))
+
+    def log_density(self, ops, spec, lay, design, params):
+        from twoway.marginal import noise_variance
+
+        var = noise_variance(ops, spec, lay, params)
+        kw = {}
+        for name, var_param, _, _ in design.blocks:
+            sd = params[var_param]
+            if name == "intercept":
+                kw["grand_var"] = sd * sd
+            else:
+                side = name.split("_")[0]
+                kw[f"{side}_var"] = sd * sd
+                if getattr(spec, f"{side}_effect") == "random":
+                    kw[f"{side}_mean_var"] = sd * sd
+        return anova_logp(ops, lay.anova, var[..., 0, 0, 0], **kw)
+
+
+class WoodburySchur(LikelihoodPath):
+    """iid random effects on one side eliminated through their diagonal block (Schur complement)."""
+
+    name = "woodbury-schur"
+
+    def applies(self, spec, lay, design):
+        from twoway.marginal import eliminated_block
+
+        return spec.residual == "independent" and design.m > 0 and eliminated_block(spec, lay, design) is not None
+
+    def log_density(self, ops, spec, lay, design, params):
+        from twoway.marginal import schur_logp
+
+        return schur_logp(ops, spec, lay, design, params)
+
+    def draw_coordinates(self, spec, lay, design, params, rng, chunk):
+        from twoway.marginal import schur_draw
+
+        S = next(iter(params.values())).shape[0]
+        u = np.empty((S, design.m))
+        for start in range(0, S, chunk):
+            sl = slice(start, min(S, start + chunk))
+            u[sl] = schur_draw(spec, lay, design, {k: v[sl] for k, v in params.items()}, rng)
+        return u
+
+
+class Woodbury(LikelihoodPath):
+    name = "woodbury"
+
+    def applies(self, spec, lay, design):
+        return spec.residual == "independent" and design.m > 0
+
+
+class WoodburyLatent(LikelihoodPath):
+    """Per-replicate row and column shocks: Woodbury inside each replicate, then for the effects."""
+
+    name = "woodbury-latent"
+
+    def applies(self, spec, lay, design):
+        return spec.residual == "latent"
+
+
+class _Kronecker(LikelihoodPath):
+    """A complete Kronecker table (the projections come from the factors; see likelihood.kronecker)."""
+
+    def applies(self, spec, lay, design):
+        from twoway.likelihood.kronecker import kronecker_path
+
+        return spec.residual == "kronecker" and kronecker_path(spec, lay) == self.name
+
+    def draw_coordinates(self, spec, lay, design, params, rng, chunk):
+        from twoway.marginal import kronecker_factors
+
+        return super().draw_coordinates(spec, lay, design, {**params, **kronecker_factors(spec, lay, params)},
+                                        rng, chunk)
+
+
+class KroneckerAR1(_Kronecker):
+    name = "kronecker-ar1"
+
+
+class KroneckerEigen(_Kronecker):
+    name = "kronecker-eigen"
+
+
+class KroneckerCholesky(_Kronecker):
+    name = "kronecker-cholesky"
+
+
+class DenseTable(LikelihoodPath):
+    """One Cholesky per replicate table: a full covariance, or a Kronecker table with gaps or se."""
+
+    name = "dense-table"
+
+    def applies(self, spec, lay, design):
+        from twoway.likelihood.kronecker import kronecker_path
+
+        return spec.residual == "full" or (spec.residual == "kronecker" and kronecker_path(spec, lay) == self.name)
+
+    def draw_coordinates(self, spec, lay, design, params, rng, chunk):
+        from twoway.likelihood.backend import NUMPY
+        from twoway.marginal import base_projections, kronecker_factors
+
+        if spec.residual == "kronecker":
+            params = {**params, **kronecker_factors(spec, lay, params)}
+        S = next(iter(params.values())).shape[0]
+        u = np.empty((S, design.m))
+        for s in range(S):  # dense per-table algebra: one draw at a time
+            sub = {k: v[s] for k, v in params.items()}
+            proj = base_projections(NUMPY, spec, lay, sub)
+            g_inv, _ = design.prior(NUMPY, sub)
+            u[s] = effects_posterior(proj, design.E, g_inv, rng)
+        return u
+
+
+class Dense(LikelihoodPath):
+    """The whole covariance of the observed cells, one Cholesky: the reference every path is tested against."""
+
+    name = "dense"
+
+    def applies(self, spec, lay, design):
+        return False  # only when asked for
+
+    def log_density(self, ops, spec, lay, design, params):
+        from twoway.marginal import dense_covariance
+
+        cov = dense_covariance(ops, spec, lay, design, params)
+        return dense_logp(ops, ops.asarray(lay.r[lay.obs]), cov, lay.n_obs)
+
+    def draw_coordinates(self, spec, lay, design, params, rng, chunk):
+        return path_named(choose_path(spec, lay, design)).draw_coordinates(spec, lay, design, params, rng, chunk)
+
+
+#: Every path, fastest first: the first that applies is the one used.
+PATHS: dict[str, LikelihoodPath] = {p.name: p for p in (
+    Diagonal(), Anova(), WoodburySchur(), Woodbury(), WoodburyLatent(),
+    KroneckerAR1(), KroneckerEigen(), KroneckerCholesky(), DenseTable(), Dense())}
+
+
+def path_named(name: str) -> LikelihoodPath:
+    return PATHS[name]
+
+
+def choose_path(spec, lay, design, *, likelihood: str = "auto") -> str:
+    """The fastest exact path for ``spec`` on this layout (or ``dense`` when asked)."""
+    if likelihood == "dense":
+        return "dense"
+    for path in PATHS.values():
+        if path.applies(spec, lay, design):
+            return path.name
+    from twoway.errors import ModelError
+
+    raise ModelError(f"No likelihood path for the {spec.residual!r} residual.")  # pragma: no cover
+
+
+def marginal_logp(ops, spec, lay, design, params, path: str):
+    """Log-density of the observed cells with the effects integrated out, by the path ``path``."""
+    return PATHS[path].log_density(ops, spec, lay, design, params)
+
+
+def draw_effects(spec, lay, design, params, rng: np.random.Generator, chunk: int = 256) -> dict[str, np.ndarray]:
+    """Exact draws of the integrated effects given each posterior draw of the other parameters.
+
+    Parameters
+    ----------
+    params : dict of str to arrays (S, ...)
+        Posterior draws flattened over chains, S of them.
+
+    Returns
+    -------
+    dict with ``intercept`` (S,), ``row_effect`` (S, N), ``col_effect`` (S, K) for those integrated.
+    """
+    if design.m == 0:
+        return {}
+    path = path_named(choose_path(spec, lay, design))
+    u = path.draw_coordinates(spec, lay, design, params, rng, chunk)
+    out = {}
+    for name, _, start, stop in design.blocks:
+        coords = u[:, start:stop]
+        if name == "intercept":
+            out["intercept"] = lay.m0 + coords[:, 0]
+        else:
+            out[name] = coords @ design.bases[name.split("_")[0]].T
+    return out
