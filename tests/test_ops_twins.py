@@ -207,7 +207,7 @@ def _structure_values(st, unit: bool) -> dict:
 
 def _structure_matrix(ops, st, unit: bool, p: dict):
     """The factor at parameter values ``p`` (values of any library), as the engines build it."""
-    from twoway.structures import ar1_matrix, cs_matrix, fa_matrix
+    from twoway.likelihood.structured import ar1_matrix, cs_matrix, fa_matrix
 
     n, nm, kind = st.n, st._name, st.kind
     sd2 = 1.0 if unit else None

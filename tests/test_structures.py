@@ -8,8 +8,9 @@ from scipy import stats
 
 from twoway.errors import DataError, ModelError
 from twoway.priors import Prior
-from twoway.structures import (
-    Structure,
+from twoway.structures import Structure, parse_structure
+from twoway.engines.pymc_structures import build_structure
+from twoway.likelihood.structured import (
     ar1_logdet,
     ar1_matrix,
     ar1_precision,
@@ -22,7 +23,6 @@ from twoway.structures import (
     fa_matrix,
     fa_precision,
     fa_quad,
-    parse_structure,
 )
 from twoway.io.matrices import read_labelled_matrix
 from twoway.engines.pymc_priors import pymc_distribution, pymc_variable
@@ -91,7 +91,7 @@ def test_matrix_equals_pymc_cov_and_closed_forms_equal_dense(text, unit_scale, k
     priors = st.default_priors(2.0, unit_scale=unit_scale)
     X = np.random.default_rng(1).normal(size=(3, 2, st.n))
     with pm.Model(coords={"row": list(LABELS)}) as model:
-        built = st.build_pymc(priors, unit_scale=unit_scale)
+        built = build_structure(st, priors, unit_scale=unit_scale)
     assert list(built.params) == names and built.kind == st.kind
     for name, dims in st.parameter_dims(unit_scale=unit_scale).items():
         if name in model.named_vars_to_dims or dims:
@@ -128,7 +128,7 @@ def test_model_compiles_with_gradient_and_adds_coords():
     with pm.Model() as model:
         for side, text in (("row", "fa:2"), ("col", "unstructured")):
             st = parse_structure(text, side=side, labels=LABELS)
-            st.build_pymc(st.default_priors(1.0, unit_scale=side == "col"), unit_scale=side == "col")
+            build_structure(st, st.default_priors(1.0, unit_scale=side == "col"), unit_scale=side == "col")
     assert list(model.coords["row"]) == list(LABELS)
     assert list(model.coords["row_factor"]) == ["f1", "f2"]
     assert list(model.coords["col_other"]) == list(LABELS)
@@ -137,7 +137,7 @@ def test_model_compiles_with_gradient_and_adds_coords():
     assert np.all(np.isfinite(model.compile_dlogp(mode=fast_mode())(point)))
     with pm.Model(coords={"row": ["x", "y"]}):
         with pytest.raises(ModelError, match="'row' coordinate has 2 values"):
-            parse_structure("iid", side="row", labels=LABELS).build_pymc({"row_sd": Prior.make("halfnormal", sigma=1)}, unit_scale=False)
+            build_structure(parse_structure("iid", side="row", labels=LABELS), {"row_sd": Prior.make("halfnormal", sigma=1)}, unit_scale=False)
 
 
 def test_unit_scale_diag_matrix_rescales_and_fa_is_identifiable():
@@ -160,7 +160,7 @@ def _pymc_draws(st, unit_scale, names, draws, seed):
     import pymc as pm
 
     with pm.Model():
-        built = st.build_pymc(st.default_priors(1.5, unit_scale=unit_scale), unit_scale=unit_scale)
+        built = build_structure(st, st.default_priors(1.5, unit_scale=unit_scale), unit_scale=unit_scale)
     out = pm.draw([built.params[n] for n in names], draws=draws, random_seed=seed, mode=fast_mode())
     return dict(zip(names, out))
 

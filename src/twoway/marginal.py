@@ -319,7 +319,7 @@ def _kronecker(ops, spec, lay, params, var):
                                          lay.parts["row"], lay.parts["col"])
     v_inv, ld_v = kr.inverse_and_logdet(ops, V)
     if path == "kronecker-ar1" and not ops.batched:
-        from twoway.structures import ar1_logdet, ar1_precision
+        from twoway.likelihood.structured import ar1_logdet, ar1_precision
 
         sd2 = params["row_sd"] ** 2
         N = lay.shape[1]

@@ -41,12 +41,13 @@ vectors, ``(side, f"{side}_factor")`` for the loadings (coordinates ``f1`` ..
 the side's labels again). Variables whose names start with an underscore are
 sampling devices (the raw values behind a deterministic).
 
-The module also provides closed forms as pure functions that take NumPy
-arrays or PyTensor tensors alike: the matrix, log-determinant, precision and
-quadratic form ``x' A^-1 x`` of ``ar1`` (tridiagonal precision), ``cs``
-(identity plus rank one) and factor-analytic matrices (Woodbury and the
-matrix determinant lemma). A known matrix (a relationship or kinship matrix)
-is read from its labelled CSV file by :func:`twoway.io.matrices.read_labelled_matrix`.
+This module describes (the menu, names, dims, priors, NumPy draws and
+matrices for simulation and results). The closed forms of the structured
+matrices are in :mod:`twoway.likelihood.structured`; each engine builds a
+structure in its own terms (:mod:`twoway.engines.pymc_structures`,
+:mod:`twoway.engines.jax.model`). A known matrix (a relationship or kinship
+matrix) is read from its labelled CSV file by
+:func:`twoway.io.matrices.read_labelled_matrix`.
 """
 
 from __future__ import annotations
@@ -59,6 +60,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from twoway.likelihood.structured import ar1_matrix, cs_matrix, fa_matrix
 from twoway.errors import ModelError
 from twoway.io.matrices import read_labelled_matrix
 from twoway.priors import Prior
@@ -66,20 +68,7 @@ from twoway.priors import Prior
 __all__ = [
     "KINDS",
     "Structure",
-    "BuiltStructure",
     "parse_structure",
-    "ar1_matrix",
-    "ar1_logdet",
-    "ar1_precision",
-    "ar1_quad",
-    "cs_matrix",
-    "cs_logdet",
-    "cs_precision",
-    "cs_quad",
-    "fa_matrix",
-    "fa_logdet",
-    "fa_precision",
-    "fa_quad",
 ]
 
 #: The structure kinds, as written (``fa`` as ``fa:k``, ``known`` as ``known:FILE``).
@@ -89,294 +78,6 @@ _SIDES = ("row", "col")
 
 #: Default shape of the LKJ prior of an ``unstructured`` correlation matrix.
 LKJ_ETA = 2.0
-
-
-# ---------------------------------------------------------------------------
-# one set of operations for NumPy arrays and PyTensor tensors
-# ---------------------------------------------------------------------------
-
-
-def _ops(*xs: Any):
-    """The ops of ``xs`` (:func:`twoway.likelihood.backend.ops_for`): NumPy, PyTensor or JAX."""
-    from twoway.likelihood.backend import ops_for
-
-    return ops_for(*xs)
-
-
-def _ar1_constants(n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Identity, the two first off-diagonals, and the two corner indicators (the (0,0) and (n-1,n-1) entries; both in the one entry when n = 1)."""
-    eye = np.eye(n)
-    off = np.eye(n, k=1) + np.eye(n, k=-1)
-    ends = np.zeros((n, n))
-    ends[0, 0] += 1.0
-    ends[n - 1, n - 1] += 1.0
-    return eye, off, ends
-
-
-# ---------------------------------------------------------------------------
-# ar1: s^2 rho^|i-j|
-# ---------------------------------------------------------------------------
-
-
-def ar1_matrix(rho: Any, sd2: Any, n: int) -> Any:
-    """The AR(1) covariance ``sd2 * rho^|i-j|``.
-
-    Parameters
-    ----------
-    rho : float or scalar tensor
-        Lag-one correlation, in (-1, 1).
-    sd2 : float or scalar tensor
-        Variance (the diagonal).
-    n : int
-        Size.
-
-    Returns
-    -------
-    array or tensor, shape (n, n)
-    """
-    lag = np.abs(np.subtract.outer(np.arange(n), np.arange(n)))
-    eye = np.eye(n)
-    ops = _ops(rho, sd2)
-    rho, sd2 = ops.asarray(rho), ops.asarray(sd2)
-    # rho ** max(lag, 1) off the diagonal and 1 on it: finite gradient at rho = 0
-    return sd2 * (eye + (1.0 - eye) * rho ** np.maximum(lag, 1).astype(float))
-
-
-def ar1_logdet(rho: Any, sd2: Any, n: int) -> Any:
-    """``log det`` of the AR(1) covariance: ``n log sd2 + (n - 1) log(1 - rho^2)``.
-
-    Parameters
-    ----------
-    rho, sd2 : float or tensor
-        Lag-one correlation and variance; any broadcastable shape.
-    n : int
-
-    Returns
-    -------
-    float or tensor, the broadcast shape of ``rho`` and ``sd2``
-    """
-    ops = _ops(rho, sd2)
-    rho, sd2 = ops.asarray(rho), ops.asarray(sd2)
-    return n * ops.log(sd2) + (n - 1) * ops.log(1.0 - rho * rho)
-
-
-def ar1_precision(rho: Any, sd2: Any, n: int) -> Any:
-    """The tridiagonal inverse of the AR(1) covariance.
-
-    ``A^-1 = [(1 + rho^2) I - rho (S + S') - rho^2 (e_1 e_1' + e_n e_n')] / (sd2 (1 - rho^2))``
-    with ``S`` the shift matrix.
-
-    Parameters
-    ----------
-    rho, sd2 : float or scalar tensor
-    n : int
-
-    Returns
-    -------
-    array or tensor, shape (n, n)
-    """
-    eye, off, ends = _ar1_constants(n)
-    ops = _ops(rho, sd2)
-    rho, sd2 = ops.asarray(rho), ops.asarray(sd2)
-    r2 = rho * rho
-    return ((1.0 + r2) * eye - rho * off - r2 * ends) / (sd2 * (1.0 - r2))
-
-
-def ar1_quad(rho: Any, sd2: Any, X: Any) -> Any:
-    """The quadratic forms ``x' A^-1 x`` of the AR(1) covariance, in O(n) each.
-
-    ``x' A^-1 x = [sum x_i^2 + rho^2 (sum x_i^2 - x_1^2 - x_n^2) - 2 rho sum x_i x_(i+1)] / (sd2 (1 - rho^2))``.
-
-    Parameters
-    ----------
-    rho, sd2 : float or tensor
-        Scalars, or shaped to broadcast with ``X[..., 0]``.
-    X : array or tensor, shape (..., n)
-        A batch of vectors.
-
-    Returns
-    -------
-    array or tensor, shape (...)
-    """
-    ops = _ops(rho, sd2, X)
-    rho, sd2, X = ops.asarray(rho), ops.asarray(sd2), ops.asarray(X)
-    r2 = rho * rho
-    ss = (X * X).sum(axis=-1)
-    ends = X[..., 0] ** 2 + X[..., -1] ** 2
-    lag = (X[..., :-1] * X[..., 1:]).sum(axis=-1)
-    return (ss + r2 * (ss - ends) - 2.0 * rho * lag) / (sd2 * (1.0 - r2))
-
-
-# ---------------------------------------------------------------------------
-# cs: s^2 ((1 - rho) I + rho J)
-# ---------------------------------------------------------------------------
-
-
-def cs_matrix(rho: Any, sd2: Any, n: int) -> Any:
-    """The compound-symmetry covariance ``sd2 ((1 - rho) I + rho J)``.
-
-    Parameters
-    ----------
-    rho : float or scalar tensor
-        Common correlation, in (-1/(n-1), 1).
-    sd2 : float or scalar tensor
-        Variance (the diagonal).
-    n : int
-
-    Returns
-    -------
-    array or tensor, shape (n, n)
-    """
-    ops = _ops(rho, sd2)
-    rho, sd2 = ops.asarray(rho), ops.asarray(sd2)
-    return sd2 * ((1.0 - rho) * np.eye(n) + rho * np.ones((n, n)))
-
-
-def cs_logdet(rho: Any, sd2: Any, n: int) -> Any:
-    """``log det`` of the compound-symmetry covariance.
-
-    ``n log sd2 + (n - 1) log(1 - rho) + log(1 + (n - 1) rho)`` (eigenvalues
-    ``1 - rho``, n - 1 times, and ``1 + (n - 1) rho``, times ``sd2``).
-
-    Parameters
-    ----------
-    rho, sd2 : float or tensor; any broadcastable shape
-    n : int
-
-    Returns
-    -------
-    float or tensor, the broadcast shape of ``rho`` and ``sd2``
-    """
-    ops = _ops(rho, sd2)
-    rho, sd2 = ops.asarray(rho), ops.asarray(sd2)
-    return n * ops.log(sd2) + (n - 1) * ops.log(1.0 - rho) + ops.log(1.0 + (n - 1) * rho)
-
-
-def cs_precision(rho: Any, sd2: Any, n: int) -> Any:
-    """The inverse of the compound-symmetry covariance (identity plus rank one).
-
-    ``A^-1 = [I - rho / (1 + (n - 1) rho) J] / (sd2 (1 - rho))``.
-
-    Returns
-    -------
-    array or tensor, shape (n, n)
-    """
-    ops = _ops(rho, sd2)
-    rho, sd2 = ops.asarray(rho), ops.asarray(sd2)
-    c = rho / (1.0 + (n - 1) * rho)
-    return (np.eye(n) - c * np.ones((n, n))) / (sd2 * (1.0 - rho))
-
-
-def cs_quad(rho: Any, sd2: Any, X: Any) -> Any:
-    """The quadratic forms ``x' A^-1 x`` of the compound-symmetry covariance, in O(n) each.
-
-    ``x' A^-1 x = [sum x_i^2 - rho / (1 + (n - 1) rho) (sum x_i)^2] / (sd2 (1 - rho))``.
-
-    Parameters
-    ----------
-    rho, sd2 : float or tensor
-        Scalars, or shaped to broadcast with ``X[..., 0]``.
-    X : array or tensor, shape (..., n)
-
-    Returns
-    -------
-    array or tensor, shape (...)
-    """
-    ops = _ops(rho, sd2, X)
-    rho, sd2, X = ops.asarray(rho), ops.asarray(sd2), ops.asarray(X)
-    n = X.shape[-1]
-    ss = (X * X).sum(axis=-1)
-    total = X.sum(axis=-1)
-    return (ss - rho / (1.0 + (n - 1) * rho) * total * total) / (sd2 * (1.0 - rho))
-
-
-# ---------------------------------------------------------------------------
-# factor-analytic: Lambda Lambda' + diag(psi)
-# ---------------------------------------------------------------------------
-
-
-def fa_matrix(loadings: Any, psi: Any) -> Any:
-    """The factor-analytic covariance ``Lambda Lambda' + diag(psi)``.
-
-    Parameters
-    ----------
-    loadings : array or tensor, shape (n, k)
-    psi : array or tensor, shape (n,)
-        Specific variances, positive.
-
-    Returns
-    -------
-    array or tensor, shape (n, n)
-    """
-    ops = _ops(loadings, psi)
-    loadings, psi = ops.asarray(loadings), ops.asarray(psi)
-    return loadings @ loadings.T + ops.diag(psi)
-
-
-def _fa_core(ops, loadings: Any, psi: Any) -> tuple[Any, Any]:
-    """``Psi^-1 Lambda`` (n, k) and the Cholesky factor of ``C = I_k + Lambda' Psi^-1 Lambda`` (k, k)."""
-    scaled = loadings / psi[:, None]
-    k = loadings.shape[-1]
-    core = ops.eye(k) + loadings.T @ scaled
-    return scaled, ops.cholesky(core)
-
-
-def fa_logdet(loadings: Any, psi: Any) -> Any:
-    """``log det(Lambda Lambda' + diag(psi))`` by the matrix determinant lemma, in O(n k^2).
-
-    ``= sum log psi + log det(I_k + Lambda' Psi^-1 Lambda)``.
-
-    Parameters
-    ----------
-    loadings : array or tensor, shape (n, k)
-    psi : array or tensor, shape (n,)
-
-    Returns
-    -------
-    float or scalar tensor
-    """
-    ops = _ops(loadings, psi)
-    loadings, psi = ops.asarray(loadings), ops.asarray(psi)
-    _, chol = _fa_core(ops, loadings, psi)
-    return ops.log(psi).sum() + 2.0 * ops.log(ops.diagonal(chol)).sum()
-
-
-def fa_precision(loadings: Any, psi: Any) -> Any:
-    """The inverse of ``Lambda Lambda' + diag(psi)`` by the Woodbury identity.
-
-    ``= Psi^-1 - Psi^-1 Lambda C^-1 Lambda' Psi^-1``, ``C = I_k + Lambda' Psi^-1 Lambda``.
-
-    Returns
-    -------
-    array or tensor, shape (n, n)
-    """
-    ops = _ops(loadings, psi)
-    loadings, psi = ops.asarray(loadings), ops.asarray(psi)
-    scaled, chol = _fa_core(ops, loadings, psi)
-    return ops.diag(1.0 / psi) - scaled @ ops.cho_inverse(chol) @ scaled.T
-
-
-def fa_quad(loadings: Any, psi: Any, X: Any) -> Any:
-    """The quadratic forms ``x' A^-1 x`` of ``A = Lambda Lambda' + diag(psi)``, in O(n k + k^2) each.
-
-    ``= x' Psi^-1 x - b' C^-1 b`` with ``b = Lambda' Psi^-1 x`` and
-    ``C = I_k + Lambda' Psi^-1 Lambda`` (Woodbury).
-
-    Parameters
-    ----------
-    loadings : array or tensor, shape (n, k)
-    psi : array or tensor, shape (n,)
-    X : array or tensor, shape (..., n)
-
-    Returns
-    -------
-    array or tensor, shape (...)
-    """
-    ops = _ops(loadings, psi, X)
-    loadings, psi, X = ops.asarray(loadings), ops.asarray(psi), ops.asarray(X)
-    scaled, chol = _fa_core(ops, loadings, psi)
-    b = X @ scaled
-    return (X * X / psi).sum(axis=-1) - ((b @ ops.cho_inverse(chol)) * b).sum(axis=-1)
 
 
 def _q(text: Any) -> str:
@@ -475,80 +176,6 @@ def parse_structure(
     if sep:
         raise ModelError(f"The {_q(what)} {kind!r} takes no argument after ':'; got {text!r}.")
     return Structure(kind, side, labels)
-
-
-@dataclass(frozen=True)
-class BuiltStructure:
-    """A structure built into a PyMC model.
-
-    Attributes
-    ----------
-    cov : TensorVariable, shape (n, n)
-        The matrix.
-    params : dict of str to TensorVariable
-        The public parameters (see :meth:`Structure.parameter_names`), for
-        example ``{"row_rho": ..., "row_sd": ...}``.
-    kind : str
-    structure : Structure
-    parts : dict of str to TensorVariable
-        The pieces the closed forms use (``sd2``, ``rho``, ``var``,
-        ``loadings``, ``psi``, ``chol``).
-    """
-
-    cov: Any
-    params: dict[str, Any]
-    kind: str
-    structure: "Structure"
-    parts: dict[str, Any] = field(default_factory=dict)
-
-    def logdet(self) -> Any:
-        """``log det`` of :attr:`cov` by the structure's closed form (a scalar tensor)."""
-        import pytensor.tensor as pt
-
-        p, n = self.parts, self.structure.n
-        if self.kind in ("iid", "known"):
-            return n * pt.log(p["sd2"]) + p.get("logdet_known", 0.0)
-        if self.kind == "diag":
-            return pt.log(p["var"]).sum()
-        if self.kind == "ar1":
-            return ar1_logdet(p["rho"], p["sd2"], n)
-        if self.kind == "cs":
-            return cs_logdet(p["rho"], p["sd2"], n)
-        if self.kind == "fa":
-            return fa_logdet(p["loadings"], p["psi"])
-        return 2.0 * pt.log(pt.diagonal(p["chol"])).sum()  # unstructured
-
-    def quad(self, X: Any) -> Any:
-        """The quadratic forms ``x' cov^-1 x`` by the structure's closed form.
-
-        Parameters
-        ----------
-        X : array or tensor, shape (..., n)
-
-        Returns
-        -------
-        tensor, shape (...)
-        """
-        import pytensor.tensor as pt
-
-        p = self.parts
-        X = pt.as_tensor_variable(X)
-        if self.kind == "iid":
-            return (X * X).sum(axis=-1) / p["sd2"]
-        if self.kind == "known":
-            return ((X @ p["inverse_known"]) * X).sum(axis=-1) / p["sd2"]
-        if self.kind == "diag":
-            return (X * X / p["var"]).sum(axis=-1)
-        if self.kind == "ar1":
-            return ar1_quad(p["rho"], p["sd2"], X)
-        if self.kind == "cs":
-            return cs_quad(p["rho"], p["sd2"], X)
-        if self.kind == "fa":
-            return fa_quad(p["loadings"], p["psi"], X)
-        n = self.structure.n
-        flat = X.reshape((-1, n))
-        z = pt.linalg.solve_triangular(p["chol"], flat.T, lower=True)
-        return (z * z).sum(axis=0).reshape(X.shape[:-1])
 
 
 @dataclass(frozen=True)
@@ -813,106 +440,6 @@ class Structure:
         return (rows, cols), np.arange(k)
 
     # -- PyMC ----------------------------------------------------------------------
-    def _add_coords(self, model: Any) -> None:
-        for name, values in self.coords().items():
-            if name in model.coords:
-                have = model.coords[name]
-                if have is not None and len(have) != len(values):
-                    raise ModelError(
-                        f"The model's {name!r} coordinate has {len(have)} values; the "
-                        f"'{self.side}_structure' needs {len(values)}."
-                    )
-            else:
-                model.add_coord(name, values)
-
-    def build_pymc(self, priors: Mapping[str, Prior], *, unit_scale: bool) -> BuiltStructure:
-        """Create the parameters and the matrix inside the current PyMC model.
-
-        Parameters
-        ----------
-        priors : mapping of str to Prior
-            At least :meth:`prior_names` (other keys are ignored).
-        unit_scale : bool
-            Build the matrix with mean diagonal 1 (see the module docstring).
-
-        Returns
-        -------
-        BuiltStructure
-            ``cov`` of shape (n, n) and the public parameters (deterministics
-            or random variables) with dims as in :meth:`parameter_dims`.
-            Coordinates the model lacks are added (:meth:`coords`).
-        """
-        import pymc as pm
-        import pytensor.tensor as pt
-
-        from twoway.engines.pymc_priors import pymc_variable
-
-        model = pm.modelcontext(None)
-        self._add_coords(model)
-        pri = self.check_priors(priors, unit_scale=unit_scale)
-        kind, side, n, nm = self.kind, self.side, self.n, self._name
-        params: dict[str, Any] = {}
-        parts: dict[str, Any] = {}
-
-        def scalar_sd2():
-            if unit_scale:
-                return pt.constant(1.0)
-            sd = pymc_variable(pri[nm("sd")], nm("sd"))
-            params[nm("sd")] = sd
-            return sd * sd
-
-        def unit_sd():
-            w = pm.ZeroSumNormal(f"_{nm('log_sd_centred')}", sigma=pri[nm("log_sd_centred")].kwargs["sigma"], dims=side)
-            return pm.Deterministic(nm("sd"), pt.sqrt(n * pt.special.softmax(2.0 * w)), dims=side)
-
-        if kind in ("iid", "known"):
-            sd2 = scalar_sd2()
-            base = np.eye(n) if kind == "iid" else self._known_unit() if unit_scale else self.known
-            cov = sd2 * pt.constant(base)
-            parts["sd2"] = sd2
-            if kind == "known":
-                sign, logdet = np.linalg.slogdet(base)
-                parts["logdet_known"] = float(logdet)
-                parts["inverse_known"] = pt.constant(np.linalg.inv(base))
-        elif kind == "diag":
-            sd = unit_sd() if unit_scale else pymc_variable(pri[nm("sd")], nm("sd"), dims=side)
-            params[nm("sd")] = sd
-            parts["var"] = sd * sd
-            cov = pt.diag(parts["var"])
-        elif kind in ("ar1", "cs"):
-            rho = pymc_variable(pri[nm("rho")], nm("rho"))
-            params[nm("rho")] = rho
-            sd2 = scalar_sd2()
-            cov = ar1_matrix(rho, sd2, n) if kind == "ar1" else cs_matrix(rho, sd2, n)
-            parts.update(rho=rho, sd2=sd2)
-        elif kind == "fa":
-            (rows, cols), diag = self._fa_index()
-            sigma = pri[nm("loadings")].kwargs["sigma"]
-            free = pm.Normal(f"_{nm('loadings')}_lower", 0.0, sigma, shape=rows.size)
-            lead = pm.HalfNormal(f"_{nm('loadings')}_diag", sigma, shape=self.k)
-            lam = pt.zeros((n, self.k))
-            lam = pt.set_subtensor(lam[rows, cols], free)
-            lam = pt.set_subtensor(lam[diag, diag], lead)
-            if unit_scale:
-                psi_raw = pymc_variable(pri[nm("psi")], f"_{nm('psi')}_raw", dims=side)
-                m = ((lam * lam).sum() + psi_raw.sum()) / n
-                lam, psi_raw = lam / pt.sqrt(m), psi_raw / m
-                psi = pm.Deterministic(nm("psi"), psi_raw, dims=side)
-            else:
-                psi = pymc_variable(pri[nm("psi")], nm("psi"), dims=side)
-            loadings = pm.Deterministic(nm("loadings"), lam, dims=(side, f"{side}_factor"))
-            params = {nm("loadings"): loadings, nm("psi"): psi}
-            parts.update(loadings=loadings, psi=psi)
-            cov = fa_matrix(loadings, psi)
-        else:  # unstructured
-            chol_corr = pm.LKJCorr(f"_{nm('corr')}_chol", n=n, eta=self.eta)
-            corr = pm.Deterministic(nm("corr"), chol_corr @ chol_corr.T, dims=(side, f"{side}_other"))
-            sd = unit_sd() if unit_scale else pymc_variable(pri[nm("sd")], nm("sd"), dims=side)
-            params = {nm("corr"): corr, nm("sd"): sd}
-            parts["chol"] = sd[:, None] * chol_corr
-            cov = sd[:, None] * corr * sd[None, :]
-        return BuiltStructure(cov=cov, params=params, kind=kind, structure=self, parts=parts)
-
     # -- NumPy ---------------------------------------------------------------------
     def _known_unit(self) -> np.ndarray:
         return self.known / np.mean(np.diag(self.known))
@@ -920,7 +447,7 @@ class Structure:
     def draw(
         self, rng: np.random.Generator, priors: Mapping[str, Prior], *, unit_scale: bool
     ) -> dict[str, float | np.ndarray]:
-        """Draw the public parameters from their prior with NumPy (the law of :meth:`build_pymc`).
+        """Draw the public parameters from their prior with NumPy (the law the engines build).
 
         Parameters
         ----------

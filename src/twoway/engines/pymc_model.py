@@ -23,6 +23,7 @@ from twoway.likelihood.diagonal import cell_sd
 from twoway.plan import MAX_STORED_COV, Plan, anova_vector
 from twoway.priors import Prior
 from twoway.engines.pymc_priors import pymc_distribution, pymc_variable
+from twoway.engines.pymc_structures import build_structure
 
 __all__ = ["BuiltModel", "build_pymc_model", "data_updates"]
 
@@ -209,7 +210,7 @@ def _integrated_model(plan: Plan):
         if spec.residual == "kronecker":
             for side, unit in (("row", False), ("col", True)):
                 st = plan.parts[side]
-                built_st = st.build_pymc(plan.structure_priors(side), unit_scale=unit)
+                built_st = build_structure(st, plan.structure_priors(side), unit_scale=unit)
                 params.update(built_st.params)
                 params[f"_{side}_cov"] = built_st.cov
                 if st.n <= MAX_STORED_COV:

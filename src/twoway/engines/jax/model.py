@@ -307,7 +307,7 @@ def _sampled(b: _Builder, plan: Plan) -> None:
 
 def _structure(b: _Builder, st, unit: bool):
     """A Kronecker factor (n, n) and its public parameters, as in the PyMC build."""
-    from twoway.structures import ar1_matrix, cs_matrix, fa_matrix
+    from twoway.likelihood.structured import ar1_matrix, cs_matrix, fa_matrix
 
     jnp, side, n, nm, kind = b.jnp, st.side, st.n, st._name, st.kind
     params: dict[str, Any] = {}
