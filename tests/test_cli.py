@@ -980,6 +980,19 @@ def test_fit_with_the_jax_engine_reports_phases_and_reuses_the_cache(tmp_path):
         assert re.fullmatch(r"twoway: sampling done in [\d.]+ s", lines[2]) and len(lines) == 3, err
         assert "\r" not in err  # not a terminal: lines, no redrawn bar
     assert any(name.endswith("-cache") for name in os.listdir(cache))
+    assert os.listdir(cache / "programs")  # the stored chain program the second run loaded
+    # a cache folder that cannot be made: one warning line, the fit goes on without a cache
+    (tmp_path / "a-file").write_text("not a folder")
+    env = {**os.environ, "TWOWAY_CACHE_DIR": str(tmp_path / "a-file" / "cache")}
+    proc = subprocess.run(cli_command() + ["fit", str(path), *COLS_SE, "--out", str(tmp_path / "f2.nc"),
+                                           "--chains", "1", "--draws", "50", "--tune", "50", "--seed", "1", "--quiet"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("twoway: ")]
+    assert any(line.startswith("twoway: warning: The cache folder must be a folder twoway can create")
+               for line in lines), proc.stderr
+    assert any(re.fullmatch(r"twoway: compiling done in [\d.]+ s \(no compile cache\)", line) for line in lines)
+    assert "TwowayWarning" not in proc.stderr and "compile(" not in proc.stderr  # one line, no source echo
 
 
 # ---------------------------------------------------------------------------

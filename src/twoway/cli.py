@@ -251,7 +251,8 @@ def cmd_fit(args) -> int:
     compiled = compile_model(spec, data, engine=args.engine, progress=False)
     result = compiled.sample(chains=args.chains, draws=args.draws, tune=args.tune, seed=args.seed, progress=bars)
     info = result.info
-    cache = {"hit": "cache hit", "miss": "cache miss", "in memory": "in memory"}.get(info.get("compile_cache"), "")
+    cache = {"hit": "cache hit", "miss": "cache miss", "in memory": "in memory",
+             "off": "no compile cache"}.get(info.get("compile_cache"), "")
     progress.done("compiling", info["compile_seconds"], cache)
     progress.done("sampling", info["sampling_seconds"])
     result.save(args.out)
@@ -410,6 +411,16 @@ COMMANDS = {"demo": cmd_demo, "simulate": cmd_simulate, "fit": cmd_fit, "summary
             "report": cmd_report, "sbc": cmd_sbc, "cache": cmd_cache}
 
 
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """twoway's own warnings as one line on stderr (no source line); others as Python shows them."""
+    from twoway.errors import TwowayWarning
+
+    if issubclass(category, TwowayWarning):
+        print(f"twoway: warning: {message}", file=sys.stderr)
+    else:
+        sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status (0 ok, 2 bad input)."""
     parser = build_parser()
@@ -419,6 +430,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             # The summary prints these in words; the CLI need not repeat them as Python warnings.
             warnings.simplefilter("ignore", ConvergenceWarning)
             warnings.simplefilter("ignore", DegreesOfFreedomWarning)
+            warnings.showwarning = _one_line_warning
             return COMMANDS[args.command](args)
     except TwowayError as exc:
         print(f"twoway: error: {exc}", file=sys.stderr)

@@ -246,25 +246,19 @@ class CompiledModel:
 
 
 def _jax_reporter(progress: bool, chains: int, draws: int, extra: dict):
-    """Phase lines for the JAX engine: compiling (cache hit or miss), sampling."""
+    """Phase lines for the JAX engine: compiling (compile cache hit, miss or off), sampling."""
     state: dict[str, Any] = {}
 
-    def report(phase, prog):
-        from twoway.cache import cache_entries
-
+    def report(phase, prog, status):
         if phase == "compile":
-            state["before"] = cache_entries()
+            state["compiling"] = True
             if progress:
                 print("twoway: compiling the model ...", file=sys.stderr, flush=True)
         else:
-            if "before" in state:
-                hit = not (cache_entries() - state["before"])
-                extra["compile_cache"] = "hit" if hit else "miss"
-                if progress:
-                    print(f"twoway: compiled in {prog.compile_seconds:.1f} s (compile cache "
-                          f"{'hit' if hit else 'miss'})", file=sys.stderr, flush=True)
-            else:
-                extra["compile_cache"] = "in memory"
+            extra["compile_cache"] = status
+            if progress and state.get("compiling"):
+                said = {"hit": "compile cache hit", "miss": "compile cache miss", "off": "no compile cache"}[status]
+                print(f"twoway: compiled in {prog.compile_seconds:.1f} s ({said})", file=sys.stderr, flush=True)
             if progress:
                 print(f"twoway: sampling {chains} chains x {draws} draws ...", file=sys.stderr, flush=True)
 

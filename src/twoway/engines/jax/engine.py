@@ -108,13 +108,26 @@ class JaxEngine:
         from twoway.engines.jax.model import model_args
 
         args = model_args(plan)
+        from twoway.cache import cache_entries
+
         prog = self.program(compiled, tune, draws)
         fresh = prog.compiled is None
+        store = compiled["store"]
         if fresh and report is not None:
-            report("compile", prog)
-        prog.compile(args, store=compiled["store"], key=compiled["key"])
+            report("compile", prog, None)
+        before = cache_entries() if fresh and store is not None else None
+        prog.compile(args, store=store, key=compiled["key"])
+        # where the program came from: this process, a stored program, JAX's cache, or a compile
+        if not fresh:
+            status = "in memory"
+        elif store is None:
+            status = "off"
+        elif prog.loaded:
+            status = "hit"
+        else:
+            status = "hit" if not (cache_entries() - before) else "miss"
         if report is not None:
-            report("sample", prog)
+            report("sample", prog, status)
         out = prog.run(args, seed, chains, int(tune), int(draws), cores=cores)
         if not out["init_ok"].all():
             raise FitError("The sampler found no starting point with a finite log-density in 20 tries per chain; "
