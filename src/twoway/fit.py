@@ -219,16 +219,9 @@ class CompiledModel:
         t0 = time.perf_counter()
         compile_seconds = float(self.compile_seconds)
         extra: dict[str, Any] = {}
-        if self.engine == "jax":
-            from twoway.engines.jax.engine import JaxEngine
-
-            raw = eng.sample(self.compiled, plan, chains=chains, draws=draws, tune=tune, seed=seed,
-                             progress=progress, cores=cores, report=_jax_reporter(progress, chains, draws, extra))
-            compile_seconds += self.compiled.get("last_compile_seconds", 0.0)
-            assert isinstance(eng, JaxEngine)
-        else:
-            raw = eng.sample(self.compiled, plan, chains=chains, draws=draws, tune=tune, seed=seed,
-                             progress=progress, cores=cores)
+        raw = eng.sample(self.compiled, plan, chains=chains, draws=draws, tune=tune, seed=seed,
+                         progress=progress, cores=cores, report=_phase_reporter(progress, chains, draws, extra))
+        compile_seconds += eng.compile_seconds_in_sample(self.compiled)
         t_sampling = time.perf_counter() - t0 - (compile_seconds - float(self.compile_seconds))
         info = {
             "engine": self.engine,
@@ -245,8 +238,8 @@ class CompiledModel:
         return _make_fit(raw, plan, info)
 
 
-def _jax_reporter(progress: bool, chains: int, draws: int, extra: dict):
-    """Phase lines for the JAX engine: compiling (compile cache hit, miss or off), sampling."""
+def _phase_reporter(progress: bool, chains: int, draws: int, extra: dict):
+    """Phase lines for engines that compile while sampling (jax): compiling (compile cache hit, miss or off), sampling."""
     state: dict[str, Any] = {}
 
     def report(phase, prog, status):

@@ -4,9 +4,11 @@ Every engine has the same small interface (:class:`Engine`):
 
 ``compile(plan, progress)``
     Build what samples the plan's model (compiling where the engine compiles).
-``sample(compiled, plan, chains=, draws=, tune=, seed=, progress=, cores=)``
+``sample(compiled, plan, chains=, draws=, tune=, seed=, progress=, cores=, report=)``
     Sample the model on ``plan``'s table (a table of the compiled layout);
     return the raw draws as a DataTree with ``posterior`` and ``sample_stats``.
+    ``report(phase, program, cache_status)`` is called by engines that compile
+    while sampling; ``compile_seconds_in_sample(compiled)`` says how long that took.
 ``reuses_priors``
     Whether a compiled model can take a table whose priors differ (they are
     arguments of the program, not constants in it).
@@ -34,7 +36,9 @@ class Engine(Protocol):  # pragma: no cover - a description
 
     def compile(self, plan, *, progress) -> Any: ...
 
-    def sample(self, compiled, plan, *, chains: int, draws: int, tune: int, seed, progress, cores): ...
+    def sample(self, compiled, plan, *, chains: int, draws: int, tune: int, seed, progress, cores, report=None): ...
+
+    def compile_seconds_in_sample(self, compiled) -> float: ...
 
 
 def get_engine(name: str) -> Engine:

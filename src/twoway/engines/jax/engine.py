@@ -104,6 +104,10 @@ class JaxEngine:
         prog, _ = PROGRAMS.get(key, lambda: ChainProgram(compiled["model"], capacity, quick_compile=quick))
         return prog
 
+    def compile_seconds_in_sample(self, compiled) -> float:
+        """Seconds the last sample() spent compiling (or loading) its chain program; 0 when reused."""
+        return compiled.get("last_compile_seconds", 0.0)
+
     def sample(self, compiled, plan, *, chains, draws, tune, seed, progress, cores, report=None):
         from twoway.engines.jax.model import model_args
 

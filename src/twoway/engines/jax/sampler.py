@@ -19,7 +19,7 @@ from __future__ import annotations
 import time
 from typing import NamedTuple
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -56,7 +56,6 @@ class ChainProgram:
     capacity: int
     quick_compile: bool = False
     compiled: Any = None
-    compiled_many: dict = field(default_factory=dict)
     loaded: bool = False
     compile_seconds: float = 0.0
 
