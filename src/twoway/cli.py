@@ -24,7 +24,7 @@ __all__ = ["main"]
 
 def _model_arg(p: argparse.ArgumentParser, default: str = "additive") -> None:
     p.add_argument("--model", default=default,
-                   help="a preset (additive, additive-sd, crossed, crossed-hetero, latent, kronecker) "
+                   help="a preset (additive, additive-sd, crossed, crossed-hetero, latent, kronecker, common-effect) "
                         "or a TOML model file (default: %(default)s)")
     p.add_argument("--row-structure", default=None,
                    help="Kronecker row factor: iid, diag, ar1, cs, fa:k, unstructured, known:FILE")

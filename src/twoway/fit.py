@@ -47,6 +47,9 @@ __all__ = ["Fit", "fit", "compile_model", "CompiledModel", "ENGINES", "BACKENDS"
 
 BACKENDS = ENGINES  # the older name
 
+#: File endings of a fit: netCDF (HDF5) files, or a zarr store (a folder).
+FIT_ENDINGS = (".nc", ".h5", ".zarr")
+
 
 @dataclass(frozen=True, eq=False)
 class Fit:
@@ -111,17 +114,24 @@ class Fit:
 
     # -- files ------------------------------------------------------------------
     def save(self, path: "str | os.PathLike[str]") -> Path:
-        """Write the fit to one file: netCDF, or a zarr store when ``path`` ends in ``.zarr``."""
-        path = Path(path)
-        if path.parent and not path.parent.exists():
-            raise FitError(f"The folder {str(path.parent)!r} for the fit file does not exist.")
+        """Write the fit to one file: netCDF (``.nc``, ``.h5``), or a zarr store when ``path`` ends in ``.zarr``.
+
+        The write is atomic: the fit goes to a hidden temporary beside ``path`` that is renamed
+        over it only when complete, so a run killed while writing leaves the previous file whole.
+        The file is self-contained: known matrices and full covariances the model read are stored
+        in it (group ``inputs``), so it loads, summarises and compares with those files gone.
+        """
+        from twoway.io.outputs import atomic_output
+
+        path = check_fit_output(path)
         try:
-            if path.suffix == ".zarr":
-                self.tree.to_zarr(path, mode="w")
+            if path.suffix.lower() == ".zarr":
+                _replace_folder(path, lambda tmp: self.tree.to_zarr(tmp, mode="w"))
             else:
-                self.tree.to_netcdf(path, engine="h5netcdf")
-        except (OSError, PermissionError) as exc:
-            raise FitError(f"The fit could not be written to {str(path)!r}: {exc}.") from None
+                with atomic_output(path) as tmp:
+                    self.tree.to_netcdf(tmp, engine="h5netcdf")
+        except OSError as exc:
+            raise FitError(f"The fit could not be written to {str(path)!r}: {exc.strerror or exc}.") from None
         return path
 
     @classmethod
@@ -191,7 +201,9 @@ class CompiledModel:
             raise FitError("The table must have the layout the model was compiled for "
                            "(shape, missing cells and standard errors); compile again for this one.")
         new = resolve(self.spec, data)
-        if get_engine(self.engine).reuses_priors:
+        from twoway.engines.exact import engine_for
+
+        if engine_for(new, self.engine).reuses_priors:
             if {k: p.dist for k, p in new.priors.items()} != {k: p.dist for k, p in self.plan.priors.items()}:
                 raise FitError("The table's priors are of other families than the compiled model's; "
                                "compile again for this one.")
@@ -215,7 +227,9 @@ class CompiledModel:
         plan = self.plan_for(data)
         if progress is None:
             progress = sys.stderr.isatty()
-        eng = get_engine(self.engine)
+        from twoway.engines.exact import engine_for
+
+        eng = engine_for(plan, self.engine)  # no sampler when every unknown is integrated out
         t0 = time.perf_counter()
         compile_seconds = float(self.compile_seconds)
         extra: dict[str, Any] = {}
@@ -227,6 +241,7 @@ class CompiledModel:
             "engine": self.engine,
             "backend": self.engine,
             "likelihood_path": plan.path,
+            "method": "exact" if eng.name == "exact" else "nuts",
             "seed": seed,
             "chains": int(chains),
             "draws": int(draws),
@@ -236,6 +251,56 @@ class CompiledModel:
             **extra,
         }
         return _make_fit(raw, plan, info)
+
+
+def check_fit_output(path: "str | os.PathLike[str]", *, inputs=()) -> Path:
+    """Check, before any work, that a fit can be written to ``path``; :class:`FitError` if not.
+
+    ``path`` must end in one of :data:`FIT_ENDINGS`, not be one of ``inputs`` and lie in a
+    writable folder; an existing ``.zarr`` folder may be replaced only when it is a zarr store.
+    """
+    from twoway.errors import TwowayError
+    from twoway.io.outputs import check_output
+
+    text = "" if path is None else os.fspath(path)
+    try:
+        out = Path(text)
+        if text.strip() and out.suffix.lower() == ".zarr" and out.is_dir():
+            if not any((out / marker).exists() for marker in (".zgroup", "zarr.json")):
+                raise TwowayError(f"The fit file {text!r} is a folder that is not a zarr store; "
+                                  "give another name.")
+            check_output(out.with_name(f".{out.name}.nc"), endings=FIT_ENDINGS, inputs=inputs, what="fit file")
+            return out
+        return check_output(text, endings=FIT_ENDINGS, inputs=inputs, what="fit file")
+    except FitError:
+        raise
+    except TwowayError as exc:
+        raise FitError(str(exc)) from None
+
+
+def _replace_folder(path: Path, write) -> None:
+    """Write a folder (a zarr store) beside ``path`` with ``write(tmp)``, then swap it in.
+
+    The old store is renamed aside first and removed only after the new one is in place, so
+    a kill at any moment leaves a whole store under ``path`` or under its hidden aside name.
+    """
+    import shutil
+    import tempfile
+
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        write(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    aside = None
+    if path.exists():
+        aside = path.with_name(f".{path.name}.old.tmp")
+        shutil.rmtree(aside, ignore_errors=True)
+        os.replace(path, aside)
+    os.replace(tmp, path)
+    if aside is not None:
+        shutil.rmtree(aside, ignore_errors=True)
 
 
 def _phase_reporter(progress: bool, chains: int, draws: int, extra: dict):
@@ -283,8 +348,10 @@ def compile_model(model: "ModelSpec | str", data: TwoWayData, *, engine: str | N
         progress = sys.stderr.isatty()
     t0 = time.perf_counter()
     plan = resolve(spec, data)
-    eng = get_engine(engine)
-    if progress and engine != "jax":
+    from twoway.engines.exact import engine_for
+
+    eng = engine_for(plan, engine)
+    if progress and engine != "jax" and eng.name != "exact":
         print("twoway: compiling the model ...", file=sys.stderr, flush=True)
     compiled = eng.compile(plan, progress=progress)
     return CompiledModel(spec=spec, plan=plan, engine=engine, compiled=compiled,

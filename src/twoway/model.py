@@ -261,6 +261,10 @@ PRESETS.update({
     "kronecker": dict(combine="variance", row_effect="random", col_effect="random", residual="kronecker",
                       row_scale="none", col_scale="none", sigma=False,
                       row_structure="iid", col_structure="iid"),
+    # a common-effect (network) meta-analysis: fixed row (study) and column (treatment) effects, the known se
+    # the only variance; every unknown is Gaussian and integrated out, so the posterior is drawn exactly (no sampler)
+    "common-effect": dict(combine="variance", row_effect="fixed", col_effect="fixed",
+                          row_scale="none", col_scale="none", sigma=False),
 })
 
 

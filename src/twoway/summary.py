@@ -130,9 +130,13 @@ def summarize(fit, *, var_names: list[str] | None = None, ci_prob: float = 0.94)
     for note in notes:
         warnings.warn(note, ConvergenceWarning, stacklevel=3)
     spec = fit.model
-    header = [f"model: {spec.describe()}",
-              f"likelihood: {info['likelihood_path']} (exact); engine: {info.get('engine', info.get('backend'))}; "
-              f"{info['chains']} chains x {info['draws']} draws after {info['tune']} tuning; seed {info['seed']}",
+    if info.get("method") == "exact":
+        how = (f"posterior: exact Gaussian, nothing left to sample (no sampler); "
+               f"{info['chains']} x {info['draws']} independent draws; seed {info['seed']}")
+    else:
+        how = (f"likelihood: {info['likelihood_path']} (exact); engine: {info.get('engine', info.get('backend'))}; "
+               f"{info['chains']} chains x {info['draws']} draws after {info['tune']} tuning; seed {info['seed']}")
+    header = [f"model: {spec.describe()}", how,
               "priors:"] + [f"  {k} ~ {p}" for k, p in fit.priors.items()]
     return FitSummary(table=table, diagnostics=diagnostics, warnings=notes, header=header)
 
