@@ -121,7 +121,8 @@ def test_refuses_each_bad_file_with_its_message_naming_the_file_and_what_it_is_f
         message = str(info.value)
         assert message.startswith(f"The file '{path}' for the 'col_structure' ") or \
             message.startswith(f"The matrix in the file '{path}' for the 'col_structure' "), message
-    with pytest.raises(DataError, match=r"file '.*nope\.csv' for the 'covariance' does not exist\.$"):
+    with pytest.raises(DataError, match=r"file '.*nope\.csv' for the 'covariance' does not exist; "
+                                         r"looked for '.*nope\.csv'\.$"):
         read_labelled_matrix(tmp_path / "nope.csv", ROWS, what="covariance")
     with pytest.raises(DataError, match=r"is a directory, not a CSV file"):
         read_labelled_matrix(tmp_path, ROWS, what="covariance")

@@ -101,6 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--se", default=None,
                    help="column holding known standard errors (default: a column named 'se', if any)")
     p.add_argument("--no-se", action="store_true", help="ignore a column named 'se'")
+    p.add_argument("--zero-se", choices=("error", "none"), default="error",
+                   help="an se of 0: an error (default), or no known error for that cell, like an empty se")
     p.add_argument("--replicate", default=None,
                    help="column holding the replicate label (default: a column named 'replicate', if any)")
     _model_arg(p)
@@ -194,9 +196,12 @@ def cmd_demo(args) -> int:
 def cmd_simulate(args) -> int:
     from twoway.simulate import simulate
 
-    _parent_exists(args.out)
+    from twoway.io.outputs import check_output
+
+    inputs = _model_inputs(args)
+    check_output(args.out, endings=TABLE_ENDINGS, inputs=inputs, what="table file")
     if args.truth:
-        _parent_exists(args.truth)
+        check_output(args.truth, endings=(".json",), inputs=inputs + [args.out], what="truth file")
     sim = simulate(_model(args), args.rows, args.cols, args.replicates, seed=args.seed, se=args.se,
                    missing=args.missing)
     sim.data.to_csv(args.out)
@@ -228,15 +233,15 @@ def _default_columns(args) -> tuple[str | None, str | None]:
 
 def cmd_fit(args) -> int:
     from twoway.data import TwoWayData
-    from twoway.fit import check_sampling_options, compile_model
+    from twoway.fit import check_fit_output, check_sampling_options, compile_model
     from twoway.model import degrees_of_freedom
 
     check_sampling_options(args.chains, args.draws, args.tune, args.seed, args.engine)
-    _parent_exists(args.out)
+    check_fit_output(args.out, inputs=[args.data] + _model_inputs(args))
     spec = _model(args)
     se, replicate = _default_columns(args)
     data = TwoWayData.from_csv(args.data, row=args.row, col=args.col, value=args.value,
-                               se=se, replicate=replicate)
+                               se=se, replicate=replicate, zero_se=args.zero_se)
     dof = degrees_of_freedom(spec, data.n_rows, data.n_cols, data.n_replicates, n_observed=data.n_observed)
     if dof.overparameterised:
         print(f"warning: the model uses {dof.n_parameters} parameters on {dof.n_observed} observed cells; "
@@ -315,9 +320,10 @@ def cmd_compare(args) -> int:
 def cmd_report(args) -> int:
     from twoway.errors import DataError
     from twoway.fit import Fit
+    from twoway.io.outputs import check_output
     from twoway.report import write_report
 
-    _parent_exists(args.out)
+    check_output(args.out, endings=(".html", ".htm"), inputs=list(args.fits) + [args.truth], what="report")
     if args.names is not None:
         names = [n.strip() for n in args.names.split(",")]
         if len(names) != len(args.fits) or not all(names):
@@ -398,6 +404,36 @@ def _sampler_progress(args) -> bool:
         return sys.stderr.isatty()
     except (AttributeError, ValueError):
         return False
+
+
+#: Endings of the table files twoway reads and writes (long form).
+TABLE_ENDINGS = (".csv", ".csv.gz")
+
+
+def _model_inputs(args) -> list[str]:
+    """The files a command's model options read: the model file and the files it names."""
+    out = []
+    for text in (getattr(args, "model", None), getattr(args, "row_structure", None),
+                 getattr(args, "col_structure", None)):
+        if not text:
+            continue
+        if text.lower().endswith(".toml"):
+            out.append(text)
+            try:
+                from twoway.model import FILE_OPTIONS, load_model
+
+                spec = load_model(text)
+            except TwowayError:
+                continue  # reported when the model is read
+            for key in FILE_OPTIONS:
+                value = getattr(spec, key, None)
+                if isinstance(value, str) and value.startswith("known:"):
+                    out.append(value[len("known:"):])
+                elif key == "covariance" and isinstance(value, str) and value.lower().endswith(".csv"):
+                    out.append(value)
+        elif text.startswith("known:"):
+            out.append(text[len("known:"):])
+    return out
 
 
 def _parent_exists(path: str) -> None:

@@ -78,7 +78,8 @@ def _load_callable(source: str) -> Callable:
         if mod_name.endswith(".py"):
             path = Path(mod_name)
             if not path.is_file():
-                raise ModelError(f"The covariance file {mod_name!r} does not exist.")
+                raise ModelError(f"The covariance file {mod_name!r} does not exist; looked for "
+                                 f"{str(path.absolute())!r}.")
             spec = importlib.util.spec_from_file_location(path.stem, path)
             module = importlib.util.module_from_spec(spec)
             spec.loader.exec_module(module)
@@ -94,13 +95,17 @@ def _load_callable(source: str) -> Callable:
     return func
 
 
-def load_full_covariance(source: str, row_labels, col_labels) -> FullCovariance:
+def load_full_covariance(source: str, row_labels, col_labels, *, matrix=None) -> FullCovariance:
     """Read the ``full`` residual's covariance for a table with these labels.
 
     A ``module:function`` source is loaded as a callable; anything else is a
     CSV file read by :func:`twoway.io.matrices.read_labelled_matrix`, its
     labels the table's cells ``row:col`` (or numbers alone, in row-major order).
+    A ``matrix`` given (shape (N K, N K), cells row-major: a saved fit's copy)
+    is used instead of reading the file.
     """
+    if matrix is not None and not is_callable_source(source):
+        return FullCovariance(matrix=np.asarray(matrix, dtype=float), function=None, parameters=(), source=source)
     if is_callable_source(source):
         func = _load_callable(source)
         return FullCovariance(matrix=None, function=func, parameters=callable_parameters(source), source=source)
@@ -132,9 +137,9 @@ def covariance_tensor(fit, *, chain: int = 0, draw: int = 0, include_effects: bo
     N, K = data.n_rows, data.n_cols
     se = None if not data.has_se else np.nan_to_num(data.se[:1], nan=float(np.nanmean(data.se)))
     complete = TwoWayData.from_array(np.zeros((1, N, K)), se=se, row_labels=data.row_labels,
-                                     col_labels=data.col_labels)
+                                     col_labels=data.col_labels, zero_se="none")
     if spec.effects == "integrate":
-        plan = resolve(spec, data, priors=fit.priors).with_data(complete)
+        plan = fit.plan.with_data(complete)
         lay, design, constants = plan.layout, plan.design, plan.constants
     else:  # sampled effects: the residual's covariance alone
         from twoway.marginal import effects_design, layout

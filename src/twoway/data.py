@@ -181,20 +181,30 @@ def _check_finite_values(values: np.ndarray, labels: tuple) -> None:
 
 
 def _check_se_array(se: np.ndarray, mask: np.ndarray, labels: tuple) -> None:
-    """Raise DataError unless ``se`` (R, N, K) is finite and positive where ``mask``."""
+    """Raise DataError unless ``se`` (R, N, K) is finite and >= 0 where ``mask`` (NaN or 0: no known error)."""
     observed = se[mask]
     index = np.argwhere(mask)
     for test, rule in (
-        (np.isnan(observed), "must be given for every observed cell"),
         (np.isinf(observed), "must be finite"),
-        (~(observed > 0) & np.isfinite(observed), "must be positive"),
+        (observed < 0, "must be positive"),
     ):
         if test.any():
             r, i, j = index[np.argmax(test)]
+            hint = " (NaN marks a cell with no known error)" if rule == "must be positive" else ""
             raise DataError(
                 f"The standard errors {rule}; {_cell_text(r, i, j, *labels)} "
-                f"has {_number_text(se[r, i, j])}."
+                f"has {_number_text(se[r, i, j])}{hint}."
             )
+
+
+def _check_zero_se(se: np.ndarray, values: np.ndarray, labels: tuple, zero_se: str) -> None:
+    """Raise DataError at an se of exactly 0 on an observed cell unless ``zero_se == "none"``."""
+    tables.check_zero_se(zero_se)
+    zero = (se == 0) & ~np.isnan(values)
+    if zero_se == "error" and zero.any():
+        r, i, j = np.argwhere(zero)[0]
+        raise DataError(f"The standard errors must be positive; {_cell_text(r, i, j, *labels)} has 0 "
+                        "(NaN, or 0 with zero_se='none', marks a cell with no known error).")
 
 
 def _label_ref(axis: str, label: str, column: str | int | None) -> str:
@@ -263,8 +273,9 @@ class TwoWayData:
     values : numpy.ndarray, shape (R, N, K)
         Measured values, float64, NaN where a cell is missing.
     se : numpy.ndarray, shape (R, N, K), or None
-        Known standard errors, positive and finite for every observed cell;
-        set to NaN wherever the value is missing. None when no errors are known.
+        Known standard errors, finite and >= 0 for every observed cell; 0 (or
+        NaN on input, stored as 0) where a cell has no known error; set to NaN
+        wherever the value is missing. None when no errors are known at all.
     row_labels : tuple of str, length N
     col_labels : tuple of str, length K
     replicate_labels : tuple of str, length R
@@ -307,7 +318,8 @@ class TwoWayData:
         mask = ~np.isnan(values)
         if se is not None:
             _check_se_array(se, mask, labels)
-            se = np.where(mask, se, np.nan)
+            # an observed cell without a known error (an empty se) has se 0: nothing known adds to its variance
+            se = np.where(mask, np.nan_to_num(se, nan=0.0), np.nan)
             se.setflags(write=False)
         _check_coverage(mask, labels, names)
         object.__setattr__(self, "values", values)
@@ -517,12 +529,16 @@ class TwoWayData:
         return _pd().DataFrame(data)
 
     def to_csv(self, path: str | Path) -> None:
-        """Write :meth:`to_long` to a CSV file (no index column).
+        """Write :meth:`to_long` to a CSV file (no index column), atomically; gzip-compressed for ``.gz``.
 
         Read it back with ``TwoWayData.from_csv(path, **options)`` where the
         options name the columns as in ``names``.
         """
-        self.to_long().to_csv(path, index=False)
+        from twoway.io.outputs import atomic_output
+
+        gz = str(path).lower().endswith(".gz")
+        with atomic_output(path) as tmp:
+            self.to_long().to_csv(tmp, index=False, compression="gzip" if gz else None)
 
     def long_options(self) -> dict[str, str | int | None]:
         """Keyword options that make :meth:`from_long`/:meth:`from_csv` read :meth:`to_long`.
@@ -545,6 +561,7 @@ class TwoWayData:
         value: str,
         se: str | None = None,
         replicate: str | None = None,
+        zero_se: str = "error",
     ) -> TwoWayData:
         """Build a table from a long data frame, one line per cell.
 
@@ -558,11 +575,15 @@ class TwoWayData:
             Names of the columns holding the row label, the column label and
             the measured value.
         se : str, optional
-            Name of the column holding known standard errors (positive, given
-            wherever the value is).
+            Name of the column holding known standard errors (positive); an
+            empty se on a line with a value means no known error for that
+            cell (its variance is the model's unknown part alone).
         replicate : str, optional
             Name of the column holding the replicate label, when ``df`` stacks
             several tables measured on the same rows and columns.
+        zero_se : {"error", "none"}
+            What an se of exactly 0 means: a mistake (default) or, like an
+            empty se, no known error for that cell.
 
         Returns
         -------
@@ -581,7 +602,7 @@ class TwoWayData:
         if not isinstance(df, _pd().DataFrame):
             raise DataError(f"The table must be a pandas DataFrame; got {type(df).__name__}.")
         roles = {"row": row, "col": col, "value": value, "se": se, "replicate": replicate}
-        return cls(**tables.long_table(df, roles=roles, lines=None, source="the table"))
+        return cls(**tables.long_table(df, roles=roles, lines=None, source="the table", zero_se=zero_se))
 
     @classmethod
     def from_csv(
@@ -593,6 +614,7 @@ class TwoWayData:
         value: str,
         se: str | None = None,
         replicate: str | None = None,
+        zero_se: str = "error",
     ) -> TwoWayData:
         """Read a long table from a comma-separated UTF-8 text file.
 
@@ -605,6 +627,8 @@ class TwoWayData:
         ----------
         path : str or pathlib.Path
         row, col, value, se, replicate : str
+            See :meth:`from_long`.
+        zero_se : {"error", "none"}
             See :meth:`from_long`.
 
         Returns
@@ -620,7 +644,7 @@ class TwoWayData:
         """
         df, lines = tables.read_csv(path)
         roles = {"row": row, "col": col, "value": value, "se": se, "replicate": replicate}
-        return cls(**tables.long_table(df, roles=roles, lines=lines, source=str(path)))
+        return cls(**tables.long_table(df, roles=roles, lines=lines, source=str(path), zero_se=zero_se))
 
     # ---- arrays ------------------------------------------------------------
 
@@ -633,6 +657,7 @@ class TwoWayData:
         row_labels: Sequence[Any] | None = None,
         col_labels: Sequence[Any] | None = None,
         replicate_labels: Sequence[Any] | None = None,
+        zero_se: str = "error",
     ) -> TwoWayData:
         """Build a table from a wide array.
 
@@ -643,10 +668,13 @@ class TwoWayData:
             gives its index as row labels and its columns as column labels.
         se : array_like or pandas.DataFrame, optional
             Known standard errors, the same shape as ``values``. A DataFrame
-            se with a DataFrame values is aligned on their labels.
+            se with a DataFrame values is aligned on their labels. NaN at an
+            observed cell: no known error for that cell.
         row_labels, col_labels, replicate_labels : sequence, optional
             Labels (converted to str); they override a DataFrame's labels.
             Defaults: ``"row1".."rowN"``, ``"col1".."colK"``, ``"0".."R-1"``.
+        zero_se : {"error", "none"}
+            What an se of exactly 0 means: a mistake (default) or no known error.
 
         Returns
         -------
@@ -682,6 +710,9 @@ class TwoWayData:
             col_labels = frame_cols or [f"col{k + 1}" for k in range(n_col)]
         if replicate_labels is None:
             replicate_labels = [str(k) for k in range(n_rep)]
+        if se_arr is not None:
+            _check_zero_se(se_arr, arr, ([str(x) for x in replicate_labels], [str(x) for x in row_labels],
+                                         [str(x) for x in col_labels]), zero_se)
         return cls(
             values=arr,
             se=se_arr,

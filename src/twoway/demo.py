@@ -80,12 +80,20 @@ def run_demo(out: "str | Path", *, chains: int = 4, draws: int = 1000, tune: int
 
     from twoway.check import recovery
     from twoway.errors import ConvergenceWarning
+    from twoway.errors import TwowayError
     from twoway.fit import fit
+    from twoway.io.outputs import atomic_output, check_output, write_text_atomic
     from twoway.plots import table_heatmap, trace_plot
     from twoway.report import write_report
 
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        raise TwowayError(f"The demo's output folder {str(out)!r} is a file; give a folder.")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise TwowayError(f"The demo's output folder {str(out)!r} cannot be made ({exc.strerror or exc}).") from None
+    check_output(out / "fit.nc", what="demo's fit file")  # writable, before any fitting
     sim = seed_table(seed=seed)
     files = {"data": out / "data.csv", "truth": out / "truth.json", "fit": out / "fit.nc",
              "heatmap": out / "table.png", "trace": out / "trace.png", "summary": out / "summary.txt",
@@ -98,13 +106,14 @@ def run_demo(out: "str | Path", *, chains: int = 4, draws: int = 1000, tune: int
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         summary = result.summary()
-    files["summary"].write_text(summary.format() + "\n", encoding="utf-8")
+    write_text_atomic(files["summary"], summary.format() + "\n")
     truth = sim.truth_dict()
     rec = recovery(result, truth, names=[n for n in ("row_mean", "col_mean", "row_sd", "col_sd", "sigma") if n in truth])
-    rec.to_csv(files["recovery"])
+    with atomic_output(files["recovery"]) as tmp:
+        rec.to_csv(tmp)
     table_heatmap(sim.data, files["heatmap"], title="simulated seed table (8 treatments x 12 groups)")
     trace_plot(result, files["trace"])
-    (out / "summary.json").write_text(json.dumps(summary.to_dict(), indent=2), encoding="utf-8")
+    write_text_atomic(out / "summary.json", json.dumps(summary.to_dict(), indent=2))
     files["summary_json"] = out / "summary.json"
     files["report"] = write_report(result, out / "report.html", truth=truth,
                                    title="twoway demo: the seed's 8 treatments x 12 groups")

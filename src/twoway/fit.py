@@ -50,6 +50,9 @@ BACKENDS = ENGINES  # the older name
 #: File endings of a fit: netCDF (HDF5) files, or a zarr store (a folder).
 FIT_ENDINGS = (".nc", ".h5", ".zarr")
 
+#: The group of a fit's DataTree holding the matrices its model read from files.
+INPUTS_GROUP = "inputs"
+
 
 @dataclass(frozen=True, eq=False)
 class Fit:
@@ -92,9 +95,23 @@ class Fit:
         return json.loads(self.tree.attrs["twoway_info"])
 
     @property
+    def inputs(self) -> dict[str, np.ndarray]:
+        """The matrices the model read from files (known matrices, a full covariance), as stored in the fit.
+
+        Keys are the model options that named the files (see :attr:`twoway.plan.Plan.inputs`).
+        """
+        if INPUTS_GROUP not in self.tree.children:
+            return {}
+        ds = self.tree[INPUTS_GROUP].to_dataset()
+        return {str(name): np.asarray(ds[name].values, dtype=float) for name in ds.data_vars}
+
+    @property
     def plan(self) -> Plan:
-        """The plan of this fit: its model resolved on its table with the priors it was fitted with."""
-        return resolve(self.model, self.data, priors=self.priors)
+        """The plan of this fit: its model resolved on its table with the priors it was fitted with.
+
+        Matrices stored in the fit are used, so the files they came from are not needed.
+        """
+        return resolve(self.model, self.data, priors=self.priors, inputs=self.inputs)
 
     @property
     def engine(self) -> str:
@@ -288,6 +305,9 @@ def _replace_folder(path: Path, write) -> None:
     import tempfile
 
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    mask = os.umask(0o022)
+    os.umask(mask)
+    os.chmod(tmp, 0o777 & ~mask)  # mkdtemp makes it private to its owner
     try:
         write(tmp)
     except BaseException:
@@ -439,11 +459,14 @@ def _make_fit(raw: _xr().DataTree, plan: Plan, info: dict[str, Any]) -> Fit:
     stats = raw["sample_stats"].to_dataset()
     stats = stats.drop_vars([v for v in stats.data_vars if stats[v].dtype == object])
     stats.attrs = {}
-    tree = _xr().DataTree.from_dict({
+    groups = {
         "posterior": posterior,
         "sample_stats": stats,
         "observed_data": data.to_dataset(),
-    })
+    }
+    if plan.inputs:
+        groups[INPUTS_GROUP] = _inputs_dataset(plan)
+    tree = _xr().DataTree.from_dict(groups)
     info = {**info, "total_seconds": info["compile_seconds"] + info["sampling_seconds"]}
     tree.attrs.update({
         "twoway_version": __version__,
@@ -454,6 +477,15 @@ def _make_fit(raw: _xr().DataTree, plan: Plan, info: dict[str, Any]) -> Fit:
         "twoway_info": json.dumps(info),
     })
     return Fit(tree)
+
+
+def _inputs_dataset(plan: Plan) -> _xr().Dataset:
+    """The plan's matrices read from files, one (n, n) variable each, with the option text it came from."""
+    out = _xr().Dataset()
+    for name, matrix in plan.inputs.items():
+        out[name] = ((f"{name}_i", f"{name}_j"), np.asarray(matrix, dtype=float),
+                     {"source": str(getattr(plan.spec, name))})
+    return out
 
 
 def _draw_back(post: _xr().Dataset, plan: Plan, *, seed: int | None) -> _xr().Dataset:

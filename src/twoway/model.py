@@ -306,9 +306,42 @@ def load_model(source: "str | Path | ModelSpec") -> ModelSpec:
     if base_name is not None and base_name not in PRESETS:
         raise ModelError(f"The 'preset' in {text!r} must be one of {', '.join(PRESETS)}; got {base_name!r}.")
     base = dict(PRESETS[base_name]) if base_name is not None else {}
-    merged = {**base, **table}
+    merged = {**base, **_paths_beside(table, path.parent)}
     merged.setdefault("name", base_name or path.stem)
     return ModelSpec.from_dict(merged)
+
+
+#: Model options that can name a file (``known:FILE``, a covariance CSV, ``FILE.py:function``).
+FILE_OPTIONS = ("row_structure", "col_structure", "row_effect_cov", "col_effect_cov", "covariance")
+
+
+def _paths_beside(table: dict, folder: Path) -> dict:
+    """``table`` with the relative file paths of its options made absolute against ``folder``.
+
+    A model file's ``known:K.csv`` means the ``K.csv`` beside the model file, wherever the
+    command is run from; the spec holds the absolute path.
+    """
+    out = dict(table)
+    for key in FILE_OPTIONS:
+        value = out.get(key)
+        if not isinstance(value, str):
+            continue
+        head, sep, rest = value.strip().partition(":")
+        if key != "covariance":
+            if head.strip().lower() == "known" and sep and rest.strip():
+                out[key] = f"known:{_beside(rest.strip(), folder)}"
+        elif value.lower().endswith(".csv"):
+            out[key] = _beside(value.strip(), folder)
+        else:
+            module, sep, func = value.strip().rpartition(":")
+            if sep and module.endswith(".py"):
+                out[key] = f"{_beside(module, folder)}:{func}"
+    return out
+
+
+def _beside(name: str, folder: Path) -> str:
+    path = Path(name).expanduser()
+    return str(path if path.is_absolute() else (folder / path).absolute())
 
 
 @dataclass(frozen=True)

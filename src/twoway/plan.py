@@ -58,6 +58,11 @@ class Plan:
         The observed cells laid out for the integrated paths.
     design : EffectsDesign or None
         The integrated effects (None when they are sampled).
+    inputs : dict of str to numpy.ndarray
+        The matrices read from files, by the model option that named them (``row_structure``,
+        ``col_structure``, ``row_effect_cov``, ``col_effect_cov``, ``covariance``), each (n, n)
+        in the table's label order (cells row-major for ``covariance``); a fit stores them so
+        that it does not need the files again.
     """
 
     spec: ModelSpec
@@ -71,6 +76,7 @@ class Plan:
     parts: dict = field(default_factory=dict)
     layout: object = None
     design: object = None
+    inputs: dict = field(default_factory=dict)
 
     @property
     def integrated(self) -> bool:
@@ -145,30 +151,63 @@ def check_fixed_prior(p: Prior, side: str) -> None:
                          f"(the effects sum to zero); got {p}.")
 
 
-def residual_parts(spec: ModelSpec, row_labels, col_labels) -> dict:
-    """What the residual needs besides parameters: the full covariance, the Kronecker structures."""
+def residual_parts(spec: ModelSpec, row_labels, col_labels, *, inputs: dict | None = None) -> dict:
+    """What the residual needs besides parameters: the full covariance, the Kronecker structures.
+
+    ``inputs`` (a :attr:`Plan.inputs`, e.g. a saved fit's) gives matrices that are used instead
+    of reading their files again.
+    """
+    inputs = inputs or {}
     parts = {}
     if spec.residual == "full":
         from twoway.covariance import load_full_covariance
 
-        parts["full"] = load_full_covariance(spec.covariance, row_labels, col_labels)
+        parts["full"] = load_full_covariance(spec.covariance, row_labels, col_labels,
+                                             matrix=inputs.get("covariance"))
     if spec.residual == "kronecker":
-        from twoway.structures import parse_structure
+        from twoway.structures import Structure, parse_structure
 
-        parts["row"] = parse_structure(spec.row_structure, side="row", labels=row_labels)
-        parts["col"] = parse_structure(spec.col_structure, side="col", labels=col_labels)
+        for side, labels in (("row", row_labels), ("col", col_labels)):
+            text = getattr(spec, f"{side}_structure")
+            stored = inputs.get(f"{side}_structure")
+            if stored is not None and text.strip().lower().startswith("known:"):
+                parts[side] = Structure("known", side, tuple(labels), path=text.partition(":")[2].strip(),
+                                        known=np.asarray(stored, dtype=float))
+            else:
+                parts[side] = parse_structure(text, side=side, labels=labels)
     return parts
 
 
-def known_relationships(spec: ModelSpec, data: TwoWayData) -> dict:
-    """Known relationship matrices of random effects (``row_effect_cov = "known:FILE"``)."""
+def known_relationships(spec: ModelSpec, data: TwoWayData, *, inputs: dict | None = None) -> dict:
+    """Known relationship matrices of random effects (``row_effect_cov = "known:FILE"``).
+
+    ``inputs`` as in :func:`residual_parts`: stored matrices used instead of the files.
+    """
+    inputs = inputs or {}
     out = {}
     for side, labels in (("row", data.row_labels), ("col", data.col_labels)):
         value = getattr(spec, f"{side}_effect_cov")
         if value is not None and getattr(spec, f"{side}_effect") == "random":
             from twoway.io.matrices import read_labelled_matrix
 
-            out[side] = read_labelled_matrix(value[len("known:"):], labels, what=f"{side}_effect_cov")
+            stored = inputs.get(f"{side}_effect_cov")
+            out[side] = (np.asarray(stored, dtype=float) if stored is not None else
+                         read_labelled_matrix(value[len("known:"):], labels, what=f"{side}_effect_cov"))
+    return out
+
+
+def plan_inputs(spec: ModelSpec, parts: dict, known: dict) -> dict:
+    """The matrices a plan read from files, by the model option that named them (see :attr:`Plan.inputs`)."""
+    out = {}
+    full = parts.get("full")
+    if full is not None and getattr(full, "matrix", None) is not None:
+        out["covariance"] = np.asarray(full.matrix, dtype=float)
+    for side in ("row", "col"):
+        st = parts.get(side)
+        if st is not None and st.kind == "known":
+            out[f"{side}_structure"] = np.asarray(st.known, dtype=float)
+        if side in known:
+            out[f"{side}_effect_cov"] = np.asarray(known[side], dtype=float)
     return out
 
 
@@ -183,7 +222,7 @@ def _structure_priors(spec: ModelSpec, parts: dict, spread: float) -> dict[str, 
 
 
 def resolve(spec: ModelSpec, data: TwoWayData, *, likelihood: str = "auto",
-            priors: dict[str, Prior] | None = None) -> Plan:
+            priors: dict[str, Prior] | None = None, inputs: dict | None = None) -> Plan:
     """Resolve ``spec`` on ``data``.
 
     Parameters
@@ -196,6 +235,9 @@ def resolve(spec: ModelSpec, data: TwoWayData, *, likelihood: str = "auto",
     priors : dict of str to Prior, optional
         Every prior in force, as recorded by an earlier plan (a saved fit's):
         used as they are instead of defaults scaled to ``data``.
+    inputs : dict of str to numpy.ndarray, optional
+        Matrices recorded by an earlier plan (:attr:`Plan.inputs`, a saved fit's), used
+        instead of reading the model's ``known:FILE`` and covariance files again.
 
     Returns
     -------
@@ -213,6 +255,15 @@ def resolve(spec: ModelSpec, data: TwoWayData, *, likelihood: str = "auto",
         raise ModelError(
             "The model has no unknown scale (row_scale, col_scale and sigma are all off), "
             "so every cell needs a known standard error; the table has none."
+        )
+    if spec.needs_se() and np.any(data.se_or_zero()[data.mask] == 0):
+        from twoway.data import _cell_text
+
+        r, i, j = np.argwhere(data.mask & (data.se_or_zero() == 0))[0]
+        raise ModelError(
+            "The model has no unknown scale (row_scale, col_scale and sigma are all off), so every cell needs "
+            f"a known standard error; {_cell_text(r, i, j, data.replicate_labels, data.row_labels, data.col_labels)} "
+            "has none (an empty se). Give it one, or add an unknown scale (sigma = true)."
         )
     if likelihood not in LIKELIHOODS:
         raise ModelError(f"The likelihood must be one of {', '.join(LIKELIHOODS)}; got {likelihood!r}.")
@@ -234,7 +285,7 @@ def resolve(spec: ModelSpec, data: TwoWayData, *, likelihood: str = "auto",
     from twoway.marginal import effects_design, layout
 
     m0, constants = integration_constants(spec, model_priors)
-    parts = residual_parts(spec, data.row_labels, data.col_labels)
+    parts = residual_parts(spec, data.row_labels, data.col_labels, inputs=inputs)
     recorded, priors = priors, dict(model_priors)
     extra: list[str] = []
     if spec.residual == "full":
@@ -264,11 +315,13 @@ def resolve(spec: ModelSpec, data: TwoWayData, *, likelihood: str = "auto",
             raise ModelError(f"The priors must name parameters of this model ({', '.join(priors)}); "
                              f"got {', '.join(unknown)}.")
     lay = layout(data, m0, parts)
-    design = effects_design(spec, data, known=known_relationships(spec, data))
+    known = known_relationships(spec, data, inputs=inputs)
+    design = effects_design(spec, data, known=known)
     path = choose_path(spec, lay, design, likelihood=likelihood)
     names = [n for n in public_names(spec) if n not in ("intercept", "row_effect", "col_effect")] + extra
     return Plan(spec=spec, data=data, priors=priors, model_priors=model_priors, path=path, var_names=names,
-                m0=m0, constants=constants, parts=parts, layout=lay, design=design)
+                m0=m0, constants=constants, parts=parts, layout=lay, design=design,
+                inputs=plan_inputs(spec, parts, known))
 
 
 def anova_vector(stats) -> np.ndarray:

@@ -37,7 +37,7 @@ def table_heatmap(data, path, *, replicate: int = 0, title: str | None = None):
     ax.set_title((title or "table") + rep)
     fig.colorbar(im, ax=ax, label=data.names.get("value") or "value")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    _save(fig, path, dpi=100)
     plt.close(fig)
     return path
 
@@ -71,6 +71,17 @@ def trace_plot(fit, path, *, var_names: list[str] | None = None, max_levels: int
     axes[0, 0].set_title("trace (each chain)")
     axes[0, 1].set_title("density (each chain)")
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
+    _save(fig, path, dpi=90)
     plt.close(fig)
     return path
+
+
+def _save(fig, path, *, dpi: int) -> None:
+    """Save ``fig`` to ``path`` atomically, in the format its ending names (PNG by default)."""
+    from pathlib import Path
+
+    from twoway.io.outputs import atomic_output
+
+    fmt = Path(path).suffix.lstrip(".").lower() or "png"
+    with atomic_output(path) as tmp:
+        fig.savefig(tmp, dpi=dpi, format=fmt)

@@ -60,8 +60,10 @@ class Simulation:
         return out
 
     def write_truth(self, path) -> None:
-        with open(path, "w", encoding="utf-8") as fh:
-            json.dump({"model": self.model.to_dict(), "truth": self.truth_dict()}, fh, indent=2)
+        """Write the model and the truth as JSON (atomically), as ``twoway report --truth`` reads it."""
+        from twoway.io.outputs import write_json_atomic
+
+        write_json_atomic(path, {"model": self.model.to_dict(), "truth": self.truth_dict()}, indent=2)
 
 
 def draw_parameters(spec: ModelSpec, n_rows: int, n_cols: int, *, rng: np.random.Generator,

@@ -103,6 +103,9 @@ def read_labelled_matrix(
 
 def _read_records(path: Path, source: str) -> list[tuple[int, list[str]]]:
     """Non-blank CSV records of ``path`` with their line numbers, fields stripped."""
+    if not path.exists():
+        raise DataError(f"The {source} does not exist; looked for {quote(path.absolute())}"
+                        f"{'' if path.is_absolute() else ' (relative to the working folder)'}.")
     raw = read_bytes(path, source)
     try:
         if b"\x00" in raw[:65536]:

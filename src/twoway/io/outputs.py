@@ -114,11 +114,28 @@ def atomic_output(path: "str | os.PathLike[str]") -> Iterator[Path]:
     try:
         yield tmp
         _fsync(tmp)
+        _set_mode(tmp, target)
         os.replace(tmp, target)
     except BaseException:
         with contextlib.suppress(OSError):
             tmp.unlink()
         raise
+
+
+def _set_mode(tmp: Path, target: Path) -> None:
+    """Give the new file the previous file's permissions, else the usual ones (0666 less the umask).
+
+    ``mkstemp`` makes files readable by their owner only; a result should be readable as any
+    other file the user writes.
+    """
+    try:
+        mode = target.stat().st_mode & 0o7777
+    except OSError:
+        mask = os.umask(0o022)
+        os.umask(mask)
+        mode = 0o666 & ~mask
+    with contextlib.suppress(OSError):
+        os.chmod(tmp, mode)
 
 
 def _fsync(path: Path) -> None:

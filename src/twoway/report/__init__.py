@@ -45,6 +45,7 @@ import pandas as pd
 
 from twoway import __version__
 from twoway.errors import DataError, FitError, TwowayError
+from twoway.io.outputs import write_text_atomic
 
 __all__ = ["write_report", "render_report", "SECTION_IDS"]
 
@@ -649,10 +650,8 @@ def write_report(fits, path: "str | os.PathLike[str]", *, names: Sequence[str] |
     if not path.parent.exists():
         raise FitError(f"The folder {str(path.parent)!r} for the report does not exist.")
     text = render_report(fits, names=names, truth=truth, title=title)
-    tmp = path.with_name(f".{path.name}.tmp")
     try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
+        write_text_atomic(path, text)
     except OSError as exc:
         raise FitError(f"The report could not be written to {str(path)!r}: {exc.strerror or exc}.") from None
     return path
