@@ -54,8 +54,8 @@ def table_difference(a, b) -> str | None:
         return f"their observed values differ in {n} cell{'s' if n != 1 else ''}"
     if a.has_se != b.has_se:
         return "one has known standard errors and the other not"
-    if a.has_se and not np.array_equal(a.se[a.mask], b.se[b.mask]):
-        n = int(np.count_nonzero(a.se[a.mask] != b.se[b.mask]))
+    if a.has_se and not np.array_equal(a.se_or_zero()[a.mask], b.se_or_zero()[b.mask]):
+        n = int(np.count_nonzero(a.se_or_zero()[a.mask] != b.se_or_zero()[b.mask]))
         return f"their standard errors differ in {n} cell{'s' if n != 1 else ''}"
     return None
 

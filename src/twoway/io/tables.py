@@ -238,7 +238,7 @@ class _Rows:
 
 
 def long_table(
-    df: pandas.DataFrame, *, roles: dict, lines: np.ndarray | None, source: str
+    df: pandas.DataFrame, *, roles: dict, lines: np.ndarray | None, source: str, zero_se: str = "error"
 ) -> dict[str, Any]:
     """The fields of a table read from a long frame, one line per cell.
 
@@ -253,6 +253,9 @@ def long_table(
         File line numbers, for messages.
     source : str
         ``"the table"`` or the file name, for messages.
+    zero_se : {"error", "none"}
+        What an se of exactly 0 means: a mistake (``error``) or, like an
+        empty se, no known error for that cell (``none``).
 
     Returns
     -------
@@ -280,7 +283,7 @@ def long_table(
     se = None
     if "se" in columns:
         se = _parse_numbers(columns["se"], roles["se"], rows)
-        _check_se_long(se, y, roles["se"], roles["value"], rows)
+        _check_se_long(se, y, roles["se"], roles["value"], rows, zero_se=zero_se)
     rep = labels.get("replicate", np.full(len(df), "0", dtype=object))
     codes, uniques = zip(
         *(_pd().factorize(arr, sort=False) for arr in (rep, labels["row"], labels["col"]))
@@ -429,28 +432,33 @@ def _check_finite_long(y: np.ndarray, column: str, rows: _Rows, where: np.ndarra
 
 
 def _check_se_long(
-    se: np.ndarray, y: np.ndarray, column: str, value_column: str, rows: _Rows
+    se: np.ndarray, y: np.ndarray, column: str, value_column: str, rows: _Rows, *, zero_se: str = "error"
 ) -> None:
     """Check standard errors on the lines whose value is present.
 
-    Raises DataError at the first se that is missing, infinite or not positive
-    where the value is present; se on lines with a missing value is ignored.
+    An empty se means no known error for that cell (it is kept, with se 0).
+    Raises DataError at the first se that is infinite, negative, or 0 unless
+    ``zero_se == "none"``; se on lines with a missing value is ignored.
     """
+    check_zero_se(zero_se)
     present = ~np.isnan(y)
     _check_finite_long(se, column, rows, present)
-    missing = np.isnan(se) & present
-    if missing.any():
-        pos = int(np.argmax(missing))
-        raise DataError(
-            f"The {_q(column)} column must have a standard error wherever {_q(value_column)} "
-            f"has a value; {rows.at(pos)} has value {_number_text(y[pos])} but no standard error."
-        )
-    bad = present & ~(se > 0)
+    bad = present & (se < 0) if zero_se == "none" else present & ~(se > 0) & ~np.isnan(se)
     if bad.any():
         pos = int(np.argmax(bad))
+        hint = "" if zero_se == "none" else " (leave it empty, or say zero_se='none', for a cell with no known error)"
         raise DataError(
-            f"The {_q(column)} column must be positive; {rows.at(pos)} has {_number_text(se[pos])}."
+            f"The {_q(column)} column must be positive; {rows.at(pos)} has {_number_text(se[pos])}{hint}."
         )
+
+
+ZERO_SE = ("error", "none")
+
+
+def check_zero_se(zero_se: str) -> None:
+    """Raise DataError unless ``zero_se`` is ``error`` or ``none``."""
+    if zero_se not in ZERO_SE:
+        raise DataError(f"The 'zero_se' option must be one of {', '.join(ZERO_SE)}; got {zero_se!r}.")
 
 
 def _check_duplicates(codes: tuple, sizes: list[int], roles: dict, rows: _Rows) -> None:
