@@ -469,7 +469,7 @@ def test_binary_files_are_not_csv(tmp_path):
         read(zip_path)
     parquet = tmp_path / "t.parquet"
     parquet.write_bytes(b"PAR1\x15\x04\x15\x10" + b"\x00" * 20)
-    with pytest.raises(DataError, match="is not a CSV text file; it looks like a Parquet file"):
+    with pytest.raises(DataError, match=r"'.*t\.parquet' is not a readable Parquet file"):  # a cut one
         read(parquet)
     blob = tmp_path / "blob.csv"
     blob.write_bytes(b"treatment,group\x00\x01\x02binary")
@@ -486,8 +486,8 @@ def test_binary_files_are_not_csv(tmp_path):
 
 
 def test_single_column_file_hints_at_separator(tmp_path):
-    text = GOOD_CSV.replace(",", ";")
-    with pytest.raises(DataError, match=r"'treatment;group;y;err', a single column, so the file may not be separated by commas"):
+    text = GOOD_CSV.replace(",", "|")  # semicolons and tabs are read (European CSV): see test_outputs.py
+    with pytest.raises(DataError, match=r"'treatment\|group\|y\|err', a single column, so the file may not be separated by commas"):
         read(write(tmp_path, text))
 
 

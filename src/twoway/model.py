@@ -19,6 +19,7 @@ unknown row, column and cell scales:
 from __future__ import annotations
 
 import json
+import os
 import tomllib
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -29,7 +30,7 @@ from twoway.priors import Prior, check_support
 
 #: Every parameter name a model can have besides a full covariance's own (and Kronecker structures').
 STANDARD_PARAMETERS = frozenset(
-    ["intercept", "sigma"]
+    ["intercept", "sigma", "cell_sd"]
     + [f"{side}_{what}" for side in ("row", "col")
        for what in ("effect", "effect_sd", "sd", "log_sd_loc", "log_sd_scale")])
 
@@ -46,6 +47,7 @@ EFFECTS = ("random", "fixed", "none")
 SCALES = ("hetero", "homo", "none")
 COMBINES = ("variance", "sd")
 RESIDUALS = ("independent", "latent", "kronecker", "full")
+CELL_EFFECTS = ("none", "random")
 EFFECT_MODES = ("integrate", "sample")
 
 
@@ -81,6 +83,11 @@ class ModelSpec:
     row_structure, col_structure : str
         Kronecker factors: ``iid``, ``diag``, ``ar1``, ``cs``, ``fa:k``,
         ``unstructured``, ``known:FILE``.
+    cell_effect : {"none", "random"}
+        ``random``: a cell effect ``cell_effect[i,j] ~ normal(0, cell_sd)``
+        shared by every replicate of the cell (the row x column interaction
+        of a two-way design with replication), integrated out like the row
+        and column effects; independent residual, integrated effects only.
     row_effect_cov, col_effect_cov : str or None
         ``known:FILE``: a known relationship matrix K for random effects,
         ``effect ~ normal(0, effect_sd^2 K)``.
@@ -105,6 +112,7 @@ class ModelSpec:
     effects: str = "integrate"
     row_structure: str = "iid"
     col_structure: str = "iid"
+    cell_effect: str = "none"
     row_effect_cov: str | None = None
     col_effect_cov: str | None = None
     covariance: str | None = None
@@ -119,6 +127,10 @@ class ModelSpec:
         _choice("combine", self.combine, COMBINES)
         _choice("residual", self.residual, RESIDUALS)
         _choice("effects", self.effects, EFFECT_MODES)
+        _choice("cell_effect", self.cell_effect, CELL_EFFECTS)
+        if self.cell_effect == "random" and (self.residual != "independent" or self.effects != "integrate"):
+            raise ModelError("A random cell effect ('cell_effect = \"random\"') works with the independent residual "
+                             f"and integrated effects; got residual {self.residual!r}, effects {self.effects!r}.")
         if self.residual != "independent" and self.combine != "variance":
             raise ModelError(f"The '{self.residual}' residual adds variances; 'combine' must be 'variance'; got {self.combine!r}.")
         if self.effects == "sample" and self.residual != "independent":
@@ -164,6 +176,8 @@ class ModelSpec:
                 out += [f"{side}_log_sd_loc", f"{side}_log_sd_scale"]
         if self.sigma:
             out.append("sigma")
+        if self.cell_effect == "random":
+            out.append("cell_sd")
         if self.residual == "full":
             from twoway.covariance import is_callable_source
 
@@ -200,6 +214,8 @@ class ModelSpec:
         eff = f"row effects {self.row_effect}, column effects {self.col_effect}"
         sc = f"row scales {self.row_scale}, column scales {self.col_scale}"
         comb = "variances add" if self.combine == "variance" else "standard deviations add"
+        if self.cell_effect == "random":
+            eff += ", cell effects random"
         return f"{self.name}: {eff}; {self.residual} residual with {sc}, sigma {'on' if self.sigma else 'off'} ({comb}, known se included)"
 
     # -- serialisation ------------------------------------------------------------
@@ -341,7 +357,7 @@ def _paths_beside(table: dict, folder: Path) -> dict:
 
 def _beside(name: str, folder: Path) -> str:
     path = Path(name).expanduser()
-    return str(path if path.is_absolute() else (folder / path).absolute())
+    return os.path.abspath(path if path.is_absolute() else folder / path)
 
 
 @dataclass(frozen=True)
@@ -426,6 +442,8 @@ def degrees_of_freedom(spec: ModelSpec, n_rows: int, n_cols: int, n_replicates: 
             parts.append((f"{side}_sd", 1))
     if spec.sigma:
         parts.append(("sigma", 1))
+    if spec.cell_effect == "random":
+        parts += [("cell_effect", n_rows * n_cols), ("cell_sd", 1)]
     if spec.residual == "latent":
         for side, kind, n in (("row", spec.row_scale, n_rows), ("col", spec.col_scale, n_cols)):
             if kind != "none":

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import csv
 import math
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -104,7 +105,7 @@ def read_labelled_matrix(
 def _read_records(path: Path, source: str) -> list[tuple[int, list[str]]]:
     """Non-blank CSV records of ``path`` with their line numbers, fields stripped."""
     if not path.exists():
-        raise DataError(f"The {source} does not exist; looked for {quote(path.absolute())}"
+        raise DataError(f"The {source} does not exist; looked for {quote(os.path.abspath(path))}"
                         f"{'' if path.is_absolute() else ' (relative to the working folder)'}.")
     raw = read_bytes(path, source)
     try:

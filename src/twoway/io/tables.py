@@ -1,5 +1,10 @@
 """Reading tables: long tables from CSV text or pandas DataFrames, wide arrays and frames.
 
+A long table file is CSV text in UTF-8, plain or gzip-compressed (``.csv.gz``, recognised
+by its first bytes), separated by commas, or by semicolons with decimal commas
+(``1,5`` for 1.5, as European spreadsheets save CSV), or by tabs; or a Parquet file
+(read with pyarrow, if installed).
+
 The functions here turn what a user gives into the fields of a
 :class:`~twoway.data.TwoWayData` (values and se on the (replicate, row, col)
 grid, labels, source column names); the container checks them in its
@@ -73,6 +78,9 @@ _NUMBER = re.compile(
     r"[+-]?(?:(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?|inf(?:inity)?)", re.IGNORECASE
 )
 
+# A number written with a decimal comma: 1,5  -0,25  ,5  1,5e-3
+_DECIMAL_COMMA = re.compile(r"[+-]?(?:\d+,\d*|,\d+)(?:[eE][+-]?\d+)?")
+
 # Leading bytes of common non-CSV files, with how to name them.
 _MAGIC = (
     (b"PK\x03\x04", "a zip archive (an .xlsx workbook is one)"),
@@ -92,7 +100,7 @@ _MAGIC = (
 
 
 def csv_header(path: str | Path) -> list[str]:
-    """The column names on the first non-blank line of a CSV file.
+    """The column names on the first non-blank line of a CSV file (or of a Parquet file's schema).
 
     Raises
     ------
@@ -100,21 +108,65 @@ def csv_header(path: str | Path) -> list[str]:
         As :meth:`twoway.data.TwoWayData.from_csv` for a file that is missing, binary or empty.
     """
     path = Path(path)
-    for line in _read_text(path).splitlines():
+    raw = read_bytes(path, f"file {_q(path)}")
+    if _is_parquet(path, raw):
+        return [str(c) for c in _read_parquet(path).columns]
+    text = _read_text(path, raw)
+    delimiter = _delimiter(text)
+    for line in text.splitlines():
         if line.strip():
-            return [name.strip() for name in next(csv.reader([line]))]
+            return [name.strip() for name in next(csv.reader([line], delimiter=delimiter))]
     raise DataError(f"The file {_q(path)} is empty: it has no header line.")
 
 
-def _read_text(path: Path) -> str:
-    """Read a CSV file as UTF-8 text, refusing binary files.
+def _is_parquet(path: Path, raw: bytes) -> bool:
+    return raw.startswith(b"PAR1") or path.suffix.lower() in (".parquet", ".pq")
+
+
+def _read_parquet(path: Path) -> pandas.DataFrame:
+    """A Parquet file as a frame (pyarrow); DataError naming the package when it is missing."""
+    try:
+        import pyarrow  # noqa: F401
+    except ImportError:
+        raise DataError(f"Reading the Parquet file {_q(path)} needs the package 'pyarrow', which is not "
+                        "installed (pip install pyarrow); or save the table as CSV.") from None
+    try:
+        df = _pd().read_parquet(path, engine="pyarrow")
+    except Exception as exc:  # any reader failure: not a usable Parquet file
+        raise DataError(f"The file {_q(path)} is not a readable Parquet file ({type(exc).__name__}: {exc}).") from None
+    if df.index.name is not None or not isinstance(df.index, _pd().RangeIndex):
+        df = df.reset_index()
+    return df
+
+
+def _delimiter(text: str) -> str:
+    """The field separator of CSV ``text``: the one of ``,``, ``;`` and tab that splits its header most."""
+    for line in text.splitlines():
+        if line.strip():
+            widths = {d: len(next(csv.reader([line], delimiter=d))) for d in (",", ";", "\t")}
+            best = max(widths.values())
+            return "," if widths[","] == best else ";" if widths[";"] == best else "\t"
+    return ","
+
+
+def _read_text(path: Path, raw: bytes | None = None) -> str:
+    """Read a CSV file (plain or gzip-compressed) as UTF-8 text, refusing binary files.
 
     Returns
     -------
     str
         The text, without a byte-order mark.
     """
-    raw = read_bytes(path, f"file {_q(path)}")
+    if raw is None:
+        raw = read_bytes(path, f"file {_q(path)}")
+    if raw.startswith(b"\x1f\x8b"):
+        import gzip
+        import zlib
+
+        try:
+            raw = gzip.decompress(raw)
+        except (OSError, EOFError, zlib.error) as exc:
+            raise DataError(f"The file {_q(path)} is gzip-compressed but cannot be decompressed ({exc}).") from None
     for magic, kind in _MAGIC:
         if raw.startswith(magic):
             raise DataError(
@@ -137,12 +189,15 @@ def _read_text(path: Path) -> str:
     return text
 
 
-def read_csv(path: str | Path) -> tuple[pandas.DataFrame, np.ndarray]:
-    """Read a comma-separated UTF-8 text file as a frame of strings, with the line of each record.
+def read_csv(path: str | Path) -> tuple[pandas.DataFrame, np.ndarray | None]:
+    """Read a long table file as a frame of strings, with the line of each record.
 
     The first non-blank line is the header; blank lines are skipped; a short
     record is padded with empty fields and empty trailing extra fields (a
-    trailing comma) are dropped.
+    trailing comma) are dropped. The file may be gzip-compressed; its fields may
+    be separated by commas, semicolons (then a decimal comma is read too: the
+    frame's ``attrs["decimal"]`` is ``","``) or tabs. A Parquet file is read as
+    it is (typed columns; ``lines`` is None).
 
     Parameters
     ----------
@@ -161,8 +216,15 @@ def read_csv(path: str | Path) -> tuple[pandas.DataFrame, np.ndarray]:
         line or a line with more non-empty fields than its header.
     """
     path = Path(path)
-    text = _read_text(path)
-    reader = csv.reader(text.splitlines(keepends=True), skipinitialspace=True, strict=True)
+    raw = read_bytes(path, f"file {_q(path)}")
+    if _is_parquet(path, raw):
+        df = _read_parquet(path)
+        if len(df) == 0:
+            raise DataError(f"The file {_q(path)} has a header but no data rows.")
+        return df, None
+    text = _read_text(path, raw)
+    delimiter = _delimiter(text)
+    reader = csv.reader(text.splitlines(keepends=True), skipinitialspace=True, strict=True, delimiter=delimiter)
     header: list[str] | None = None
     records: list[list[str]] = []
     lines: list[int] = []
@@ -186,6 +248,7 @@ def read_csv(path: str | Path) -> tuple[pandas.DataFrame, np.ndarray]:
     if not records:
         raise DataError(f"The file {_q(path)} has a header but no data rows.")
     df = _pd().DataFrame(records, columns=_pd().Index(header, dtype=object), dtype=object)
+    df.attrs["decimal"] = "," if delimiter == ";" else "."
     return df, np.asarray(lines, dtype=np.int64)
 
 
@@ -278,11 +341,12 @@ def long_table(
     label_roles = [r for r in ("replicate", "row", "col") if r in columns]
     labels = {role: _parse_labels(columns[role], roles[role], rows) for role in label_roles}
     rows = rows.with_labels({roles[role]: labels[role] for role in label_roles})
-    y = _parse_numbers(columns["value"], roles["value"], rows)
+    decimal = df.attrs.get("decimal", ".")
+    y = _parse_numbers(columns["value"], roles["value"], rows, decimal=decimal)
     _check_finite_long(y, roles["value"], rows, np.ones(y.shape, bool))
     se = None
     if "se" in columns:
-        se = _parse_numbers(columns["se"], roles["se"], rows)
+        se = _parse_numbers(columns["se"], roles["se"], rows, decimal=decimal)
         _check_se_long(se, y, roles["se"], roles["value"], rows, zero_se=zero_se)
     rep = labels.get("replicate", np.full(len(df), "0", dtype=object))
     codes, uniques = zip(
@@ -381,8 +445,10 @@ def _is_missing_scalar(x: Any) -> bool:
     return isinstance(x, float | np.floating) and np.isnan(x)
 
 
-def _parse_numbers(series: pandas.Series, column: str, rows: _Rows) -> np.ndarray:
+def _parse_numbers(series: pandas.Series, column: str, rows: _Rows, *, decimal: str = ".") -> np.ndarray:
     """Numbers of a long-table column; NA text and empty fields become NaN.
+
+    With ``decimal=","`` a number written with a decimal comma (``-1,25``) is read too.
 
     Returns
     -------
@@ -402,6 +468,8 @@ def _parse_numbers(series: pandas.Series, column: str, rows: _Rows) -> np.ndarra
     out = np.empty(len(series), dtype=np.float64)
     for pos, x in enumerate(series.tolist()):
         number = _parse_number(x)
+        if number is None and decimal == "," and isinstance(x, str) and _DECIMAL_COMMA.fullmatch(x.strip()):
+            number = float(x.strip().replace(",", "."))
         if number is None:
             shown = _q(x) if isinstance(x, str) else repr(x)
             raise DataError(
