@@ -58,6 +58,24 @@ def _engine_args(p: argparse.ArgumentParser) -> None:
                         "the bars only when stderr is a terminal)")
 
 
+def _worker_args(p: argparse.ArgumentParser) -> None:
+    """``--workers`` and ``--scheduler``: where many fits run."""
+    p.add_argument("--workers", type=int, default=1,
+                   help="fits at a time: 1 runs them here one after another; N > 1 starts a local Dask "
+                        "cluster of N worker processes (default: %(default)s)")
+    p.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                   help="address of a running Dask scheduler (tcp://host:8786) to run the fits on instead")
+
+
+def _estimand_args(p: argparse.ArgumentParser) -> None:
+    """``--ci-prob`` and ``--var``: the intervals' probability, the variables shown."""
+    p.add_argument("--ci-prob", type=float, default=0.94,
+                   help="probability of the highest-density intervals, in (0, 1) (default: %(default)s)")
+    p.add_argument("--var", action="append", default=None, metavar="NAME",
+                   help="show this variable, or every variable whose name starts with it; repeatable "
+                        "(default: the model's parameters and the row and column means)")
+
+
 def _sampling_args(p: argparse.ArgumentParser, *, draws: int = 1000) -> None:
     p.add_argument("--chains", type=int, default=4, help="number of chains (default: %(default)s)")
     p.add_argument("--draws", type=int, default=draws, help="draws per chain kept (default: %(default)s)")
@@ -113,6 +131,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("summary", help="summarise a saved fit")
     p.add_argument("fit", help="a fit file written by 'twoway fit'")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    _estimand_args(p)
+    p.add_argument("--contrast", action="append", default=None, metavar="SIDE=LABEL",
+                   help="each row (row=LABEL) or column (col=LABEL) mean minus the reference level's, "
+                        "named 'OTHER - LABEL'; repeatable")
 
     p = sub.add_parser("dof", help="degrees of freedom a model uses on a table")
     p.add_argument("--rows", type=int, required=True)
@@ -132,6 +154,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--out", default="report.html", help="the HTML file to write (default: %(default)s)")
     p.add_argument("--names", default=None, help="comma-separated names, one per fit (default: the file names)")
     p.add_argument("--truth", default=None, help="JSON of true values (from 'twoway simulate --truth')")
+    _estimand_args(p)
+
+    p = sub.add_parser("predict", help="every cell's mean (or a new observation), observed and missing, to a CSV",
+                       description="Write one line per cell of the full grid (per replicate table when the fit "
+                                   "has several): row, col, (replicate), observed (empty when missing), mean, sd, "
+                                   "lower, upper (the highest-density interval) and kind: 'fitted' for observed "
+                                   "cells, 'predicted' for missing ones, predicted from the observed cells "
+                                   "(exactly, also under Kronecker and full covariances).")
+    p.add_argument("fit", help="a fit file written by 'twoway fit'")
+    p.add_argument("--out", required=True, help="the CSV file to write")
+    p.add_argument("--new-observation", action="store_true",
+                   help="predict a new observation of each cell (its noise and known se added), not its mean")
+    p.add_argument("--ci-prob", type=float, default=0.94,
+                   help="probability of the intervals, in (0, 1) (default: %(default)s)")
+    p.add_argument("--max-draws", type=int, default=None,
+                   help="use this many posterior draws, chosen at random (default: all)")
+    p.add_argument("--seed", type=int, default=0, help="seed for the choice of draws (default: %(default)s)")
 
     p = sub.add_parser("sbc", help="simulation-based calibration: simulate from the prior, fit, rank the truth",
                        description="Simulation-based calibration. Exit status 0 when every parameter's ranks "
@@ -151,6 +190,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="folder for the results; a rerun with the same settings resumes")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     _engine_args(p)
+    _worker_args(p)
+
+    p = sub.add_parser("fit-many", help="fit one model to many tables (files, or groups of one table), on workers",
+                       description="Fit one model to each table: the CSV files in a folder or matching a pattern, "
+                                   "or the groups of one long table split by --by. Writes one fit file per table, "
+                                   "summary.csv (one row per table: status, error, seconds, diagnostics, posterior "
+                                   "mean and sd of the scalar parameters) and config.json into --out. A rerun with "
+                                   "the same folder and settings fits only the tables not yet done. Exit status 0 "
+                                   "when every table was fitted, 1 when some failed, 2 for bad input.")
+    p.add_argument("tables", nargs="+", metavar="TABLES",
+                   help="a folder of CSV tables, a glob pattern (quoted), CSV files, or one long table with --by")
+    p.add_argument("--by", default=None, metavar="COL", help="split each table into one table per value of COL")
+    p.add_argument("--row", default="row", help="column holding the row label (default: %(default)s)")
+    p.add_argument("--col", default="col", help="column holding the column label (default: %(default)s)")
+    p.add_argument("--value", default="value", help="column holding the value (default: %(default)s)")
+    p.add_argument("--se", default=None,
+                   help="column holding known standard errors (default: a column named 'se', if any)")
+    p.add_argument("--no-se", action="store_true", help="ignore a column named 'se'")
+    p.add_argument("--replicate", default=None,
+                   help="column holding the replicate label (default: a column named 'replicate', if any)")
+    _model_arg(p)
+    _sampling_args(p)
+    p.set_defaults(seed=0)
+    p.add_argument("--out", required=True, metavar="DIR",
+                   help="folder for the fit files and summary.csv; a rerun with the same settings resumes")
+    _worker_args(p)
 
     p = sub.add_parser("cache", help="the cache of compiled JAX programs: where it is, how big; clear it",
                        description="The jax engine keeps compiled programs on disk, so the next fit of a table "
@@ -270,13 +335,38 @@ def cmd_fit(args) -> int:
 def cmd_summary(args) -> int:
     from twoway.fit import Fit
 
-    summary = Fit.load(args.fit).summary()
+    _check_ci_prob(args.ci_prob)
+    summary = Fit.load(args.fit).summary(var_names=args.var, ci_prob=args.ci_prob, contrasts=args.contrast)
     if args.json:
         out = summary.to_dict()
-        print(json.dumps({"parameters": out["parameters"], "diagnostics": out["diagnostics"],
-                          "warnings": out["warnings"]}, indent=2))
+        keep = ("parameters", "contrasts", "variance_decomposition", "diagnostics", "warnings")
+        print(json.dumps({k: out[k] for k in keep if k in out}, indent=2))
     else:
         print(summary.format())
+    return 0
+
+
+def _check_ci_prob(value: float) -> None:
+    if not 0 < value < 1:
+        raise TwowayError(f"The --ci-prob option must be between 0 and 1; got {value!r}.")
+
+
+def cmd_predict(args) -> int:
+    from twoway.fit import Fit
+    from twoway.io.outputs import atomic_output, check_output
+
+    _check_ci_prob(args.ci_prob)
+    if args.max_draws is not None and args.max_draws < 1:
+        raise TwowayError(f"The --max-draws option must be at least 1; got {args.max_draws!r}.")
+    out = check_output(args.out, endings=(".csv",), inputs=[args.fit], what="predictions file")
+    fit = Fit.load(args.fit)
+    table = fit.predict(new_observation=args.new_observation, ci_prob=args.ci_prob, max_draws=args.max_draws,
+                        seed=args.seed)
+    with atomic_output(out) as tmp:
+        table.to_csv(tmp, index=False, na_rep="")
+    n_missing = int((table["kind"] == "predicted").sum())
+    what = "a new observation of each cell" if args.new_observation else "each cell's mean"
+    print(f"wrote {what} ({len(table)} cells, {n_missing} of them missing from the table) to {out}")
     return 0
 
 
@@ -337,8 +427,9 @@ def cmd_report(args) -> int:
             truth = json.loads(Path(args.truth).read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise DataError(f"The truth file {args.truth!r} is not readable JSON ({type(exc).__name__}).") from None
+    _check_ci_prob(args.ci_prob)
     fits = [Fit.load(path) for path in args.fits]
-    path = write_report(fits, args.out, names=names, truth=truth)
+    path = write_report(fits, args.out, names=names, truth=truth, ci_prob=args.ci_prob, var_names=args.var)
     print(f"wrote the report to {path}")
     return 0
 
@@ -351,13 +442,49 @@ def cmd_sbc(args) -> int:
     # Progress is sbc's own line (one per replication), so that bad options still end in one line on stderr.
     result = sbc(_model(args), args.rows, args.cols, args.sims, n_replicates=args.replicates, chains=args.chains,
                  draws=args.draws, tune=args.tune, seed=args.seed, out=args.out, se=args.se, engine=args.engine,
-                 progress=args.progress)
+                 progress=args.progress, workers=args.workers, scheduler=args.scheduler)
     if args.json:
         print(json.dumps(result.to_dict(args.alpha), indent=2))
     else:
         print(result.format(args.alpha))
         print(f"\nresults in {args.out}/")
     return 0 if result.passes(args.alpha) else 1
+
+
+def cmd_fit_many(args) -> int:
+    from twoway.batch import fit_many, table_files
+    from twoway.fit import check_sampling_options
+    from twoway.io.tables import csv_header
+
+    check_sampling_options(args.chains, args.draws, args.tune, args.seed, args.engine)
+    spec = _model(args)
+    if args.se is not None and args.no_se:
+        raise TwowayError("Give --se COLUMN or --no-se, not both.")
+    se, replicate = args.se, args.replicate
+    if se is None or replicate is None:  # columns named se / replicate in the first table, as 'twoway fit' does
+        first = table_files(args.tables)[0]
+        try:
+            columns = csv_header(first)
+        except TwowayError:
+            columns = []  # that table's own job reports what is wrong with it
+        if se is None and not args.no_se and "se" in columns:
+            se = "se"
+            print("twoway: using the column 'se' as known standard errors (--no-se to ignore it)", file=sys.stderr)
+        if replicate is None and "replicate" in columns:
+            replicate = "replicate"
+            print("twoway: using the column 'replicate' as the replicate label", file=sys.stderr)
+    progress = args.progress is not False
+    result = fit_many(args.tables, spec, args.out, by=args.by, row=args.row, col=args.col, value=args.value,
+                      se=se, replicate=replicate, chains=args.chains, draws=args.draws, tune=args.tune,
+                      seed=args.seed, engine=args.engine, workers=args.workers, scheduler=args.scheduler,
+                      progress=progress)
+    summary = result.summary
+    n_ok = int((summary["status"] == "ok").sum())
+    reused = f" ({len(result.reused)} from an earlier run)" if result.reused else ""
+    print(f"fitted {n_ok} of {len(summary)} tables{reused}; fit files and summary.csv in {args.out}/")
+    for name, row in summary[summary["status"] != "ok"].iterrows():
+        print(f"failed: {name}: {row['error']}")
+    return 0 if n_ok == len(summary) else 1
 
 
 def cmd_cache(args) -> int:
@@ -444,7 +571,7 @@ def _parent_exists(path: str) -> None:
 
 COMMANDS = {"demo": cmd_demo, "simulate": cmd_simulate, "fit": cmd_fit, "summary": cmd_summary, "dof": cmd_dof,
             "compare": cmd_compare,
-            "report": cmd_report, "sbc": cmd_sbc, "cache": cmd_cache}
+            "report": cmd_report, "sbc": cmd_sbc, "fit-many": cmd_fit_many, "predict": cmd_predict, "cache": cmd_cache}
 
 
 def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:

@@ -123,11 +123,33 @@ class Fit:
     def parameter_names(self) -> list[str]:
         return list(json.loads(self.tree.attrs["twoway_parameters"]))
 
-    def summary(self, *, var_names: list[str] | None = None, ci_prob: float = 0.94):
-        """Per-parameter statistics and overall diagnostics; see :class:`twoway.summary.FitSummary`."""
+    def summary(self, *, var_names: list[str] | None = None, ci_prob: float = 0.94,
+                contrasts: list | None = None, decomposition: bool = True):
+        """Per-parameter statistics and overall diagnostics; see :func:`twoway.summary.summarize`."""
         from twoway.summary import summarize
 
-        return summarize(self, var_names=var_names, ci_prob=ci_prob)
+        return summarize(self, var_names=var_names, ci_prob=ci_prob, contrasts=contrasts,
+                         decomposition=decomposition)
+
+    def contrasts(self, *, row: str | None = None, col: str | None = None, ci_prob: float = 0.94):
+        """Each row (column) mean minus the reference level's; see :func:`twoway.contrasts.contrasts`."""
+        from twoway.contrasts import contrasts
+
+        return contrasts(self, row=row, col=col, ci_prob=ci_prob)
+
+    def variance_decomposition(self, *, ci_prob: float = 0.94):
+        """Variance components, shares and intraclass correlations; see :mod:`twoway.decomposition`."""
+        from twoway.decomposition import variance_decomposition
+
+        return variance_decomposition(self, ci_prob=ci_prob)
+
+    def predict(self, *, new_observation: bool = False, ci_prob: float = 0.94, new_rows=(), new_cols=(),
+                max_draws: int | None = None, seed: int | None = 0):
+        """Every cell's mean (or a new observation), fitted and predicted; see :func:`twoway.predict.predict`."""
+        from twoway.predict import predict
+
+        return predict(self, new_observation=new_observation, ci_prob=ci_prob, new_rows=new_rows,
+                       new_cols=new_cols, max_draws=max_draws, seed=seed)
 
     # -- files ------------------------------------------------------------------
     def save(self, path: "str | os.PathLike[str]") -> Path:
@@ -253,6 +275,7 @@ class CompiledModel:
         raw = eng.sample(self.compiled, plan, chains=chains, draws=draws, tune=tune, seed=seed,
                          progress=progress, cores=cores, report=_phase_reporter(progress, chains, draws, extra))
         compile_seconds += eng.compile_seconds_in_sample(self.compiled)
+        engine_info = dict(raw.attrs.pop("engine_info", {}))  # the laplace engine's method and diagnostics
         t_sampling = time.perf_counter() - t0 - (compile_seconds - float(self.compile_seconds))
         info = {
             "engine": self.engine,
@@ -266,6 +289,7 @@ class CompiledModel:
             "compile_seconds": compile_seconds,
             "sampling_seconds": float(max(t_sampling, 0.0)),
             **extra,
+            **engine_info,
         }
         return _make_fit(raw, plan, info)
 
@@ -362,12 +386,14 @@ def compile_model(model: "ModelSpec | str", data: TwoWayData, *, engine: str | N
     """
     if not isinstance(data, TwoWayData):
         raise FitError(f"The data must be a TwoWayData; got {type(data).__name__}.")
+    named = engine is not None or backend is not None
     engine = _engine_name(engine, backend)
     spec = load_model(model)
     if progress is None:
         progress = sys.stderr.isatty()
     t0 = time.perf_counter()
     plan = resolve(spec, data)
+    plan, engine = _sparse_or_nuts(spec, data, plan, engine, named)
     from twoway.engines.exact import engine_for
 
     eng = engine_for(plan, engine)
@@ -376,6 +402,28 @@ def compile_model(model: "ModelSpec | str", data: TwoWayData, *, engine: str | N
     compiled = eng.compile(plan, progress=progress)
     return CompiledModel(spec=spec, plan=plan, engine=engine, compiled=compiled,
                          compile_seconds=time.perf_counter() - t0)
+
+
+def _sparse_or_nuts(spec, data, plan, engine: str, named: bool):
+    """(plan, engine): the laplace engine for a plan on the sparse path unless a NUTS engine was named.
+
+    A NUTS engine named for such a table gets the fastest path it can trace
+    when that fits in memory, else a :class:`FitError` saying why; the laplace
+    engine named for another plan gets the sparse path when the model allows it.
+    """
+    from twoway.errors import ModelError
+
+    if plan.path == "sparse":
+        if not named or engine == "laplace":
+            return plan, "laplace"
+        try:
+            return resolve(spec, data, likelihood="nuts", priors=plan.priors), engine
+        except ModelError as exc:
+            raise FitError(f"The {engine} engine (NUTS) cannot trace the sparse likelihood path this table needs. "
+                           f"{exc} Leave the engine unnamed, or name the laplace engine.") from None
+    if engine == "laplace":
+        return resolve(spec, data, likelihood="sparse", priors=plan.priors), engine
+    return plan, engine
 
 
 def _engine_name(engine: str | None, backend: str | None) -> str:
@@ -425,9 +473,8 @@ def fit(
     -------
     Fit
     """
-    engine = _engine_name(engine, backend)
-    check_sampling_options(chains, draws, tune, seed, engine)
-    compiled = compile_model(model, data, engine=engine, progress=progress)
+    check_sampling_options(chains, draws, tune, seed, _engine_name(engine, backend))
+    compiled = compile_model(model, data, engine=engine, backend=backend, progress=progress)
     return compiled.sample(chains=chains, draws=draws, tune=tune, seed=seed, progress=progress, cores=cores)
 
 
@@ -448,12 +495,12 @@ def _make_fit(raw: _xr().DataTree, plan: Plan, info: dict[str, Any]) -> Fit:
     """Assemble the fit's DataTree from the engine's raw draws."""
     spec, data = plan.spec, plan.data
     post = raw["posterior"].to_dataset()
-    if plan.integrated:
-        post = _draw_back(post, plan, seed=info.get("seed"))
+    if plan.integrated and not any(n in post for n in ("intercept", "row_effect", "col_effect")):
+        post = _draw_back(post, plan, seed=info.get("seed"))  # the laplace engine draws them itself
     drawn = [n for n in ("intercept", "row_effect", "col_effect") if n in post]
     names = [n for n in public_names(spec) if n in plan.var_names + drawn]
     names += [n for n in plan.var_names if n not in names]
-    names += [n for n in ("row_shock", "col_shock") if n in post]
+    names += [n for n in ("row_shock", "col_shock", "cell_effect") if n in post]
     posterior = _public_posterior(post, names)
     shown = [n for n in posterior.data_vars if n not in ("row_mean", "col_mean")]
     stats = raw["sample_stats"].to_dataset()
@@ -508,10 +555,14 @@ def _draw_back(post: _xr().Dataset, plan: Plan, *, seed: int | None) -> _xr().Da
     drawn = draw_effects(spec, plan.layout, plan.design, params, rng)
     if spec.residual == "latent":
         drawn.update(draw_shocks(spec, plan.layout, plan.design, params, drawn, rng))
+    if spec.cell_effect == "random":
+        from twoway.marginal import draw_cell_effects
+
+        drawn.update(draw_cell_effects(spec, plan.layout, params, drawn, rng))
     rows, cols, reps = plan.labels
     out = post.copy().assign_coords(row=list(rows), col=list(cols), replicate=list(reps))
     dims = {"intercept": (), "row_effect": ("row",), "col_effect": ("col",),
-            "row_shock": ("replicate", "row"), "col_shock": ("replicate", "col")}
+            "row_shock": ("replicate", "row"), "col_shock": ("replicate", "col"), "cell_effect": ("row", "col")}
     for name, value in drawn.items():
         out[name] = (("chain", "draw") + dims[name], value.reshape((n_chain, n_draw) + value.shape[1:]))
     return out

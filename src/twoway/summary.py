@@ -34,25 +34,46 @@ class FitSummary:
         Plain-word warnings; empty when the diagnostics are good.
     header : list of str
         Model, likelihood path, priors in force.
+    contrasts : pandas.DataFrame or None
+        Contrasts against reference levels (see :mod:`twoway.contrasts`): one row per
+        ``"LABEL - REF"``, columns ``side, reference`` and the parameters' columns.
+    decomposition : pandas.DataFrame or None
+        Variance components, their shares of the total and the intraclass
+        correlations (see :mod:`twoway.decomposition`), the parameters' columns.
     """
 
     table: pd.DataFrame
     diagnostics: dict[str, Any]
     warnings: list[str] = field(default_factory=list)
     header: list[str] = field(default_factory=list)
+    contrasts: pd.DataFrame | None = None
+    decomposition: pd.DataFrame | None = None
+    decomposition_notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        params = {
-            name: {col: _plain(row[col]) for col in self.table.columns}
-            for name, row in self.table.iterrows()
-        }
-        return {"parameters": params, "diagnostics": {k: _plain(v) for k, v in self.diagnostics.items()},
-                "warnings": list(self.warnings)}
+        out = {"parameters": _rows(self.table),
+               "diagnostics": {k: _plain(v) for k, v in self.diagnostics.items()},
+               "warnings": list(self.warnings)}
+        if self.contrasts is not None:
+            out["contrasts"] = _rows(self.contrasts)
+        if self.decomposition is not None:
+            out["variance_decomposition"] = {"components": _rows(self.decomposition),
+                                             "notes": list(self.decomposition_notes)}
+        return out
 
     def format(self) -> str:
         lines = list(self.header)
         with pd.option_context("display.max_rows", None, "display.width", 120):
             lines += ["", self.table.to_string(float_format=lambda v: f"{v:.3f}")]
+            if self.contrasts is not None:
+                for (side, ref), part in self.contrasts.groupby(["side", "reference"], sort=False):
+                    what = "row" if side == "row" else "column"
+                    lines += ["", f"contrasts: each {what} mean minus the mean of {what} {ref!r}:",
+                              part.drop(columns=["side", "reference"]).to_string(float_format=lambda v: f"{v:.3f}")]
+            if self.decomposition is not None:
+                lines += ["", "variance decomposition (per draw, then summarised):",
+                          self.decomposition.to_string(float_format=lambda v: f"{v:.3f}")]
+                lines += [f"  {note}" for note in self.decomposition_notes]
         d = self.diagnostics
         lines += ["", "diagnostics:",
                   f"  divergences       {d['divergences']}",
@@ -67,6 +88,10 @@ class FitSummary:
         return "\n".join(lines)
 
 
+def _rows(table: pd.DataFrame) -> dict[str, dict[str, Any]]:
+    return {str(name): {col: _plain(row[col]) for col in table.columns} for name, row in table.iterrows()}
+
+
 def _plain(v: Any) -> Any:
     if isinstance(v, (np.integer,)):
         return int(v)
@@ -75,45 +100,45 @@ def _plain(v: Any) -> Any:
     return v
 
 
-def summarize(fit, *, var_names: list[str] | None = None, ci_prob: float = 0.94) -> FitSummary:
+def summarize(fit, *, var_names: "list[str] | str | None" = None, ci_prob: float = 0.94,
+              contrasts: "list[str | tuple[str, str]] | None" = None,
+              decomposition: bool = True) -> FitSummary:
     """Summarise ``fit``; warns (:class:`ConvergenceWarning`) when the diagnostics are poor.
 
     Parameters
     ----------
     fit : Fit
     var_names : list of str, optional
-        Parameters to include (default: all the model's, plus row_mean and col_mean).
+        Parameters to include, each a name or the prefix of names (``"row_"``: every
+        row parameter); default: all the model's, plus row_mean and col_mean.
     ci_prob : float
-        Probability of the highest-density interval.
+        Probability of the highest-density intervals (default 0.94), in (0, 1).
+    contrasts : list of str or (side, label), optional
+        Contrasts against reference levels, ``"col=Placebo"`` or ``("col", "Placebo")``:
+        each other level's mean minus the reference's (see :func:`twoway.contrasts.contrasts`).
+    decomposition : bool
+        Add the variance decomposition (see :func:`twoway.decomposition.variance_decomposition`).
     """
-    from twoway.diagnostics import summary_table
-
-    if not 0 < ci_prob < 1:
+    if isinstance(ci_prob, bool) or not isinstance(ci_prob, (int, float, np.floating)) or not 0 < ci_prob < 1:
         raise FitError(f"The interval probability must be between 0 and 1; got {ci_prob!r}.")
     post = fit.posterior
     # by default: every parameter with at most one dimension besides chain and draw (matrices such as
     # row_cov and per-replicate shocks are in the posterior; ask for them by name)
-    names = var_names or [n for n in fit.parameter_names + ["row_mean", "col_mean"]
-                          if n in post and post[n].ndim <= 3]
-    missing = [n for n in names if n not in post]
-    if missing:
-        raise FitError(f"The parameters must be among {', '.join(post.data_vars)}; got {', '.join(missing)}.")
-    raw = summary_table(post, names, ci_prob)
-    pct = 100 * ci_prob
-    lo_name = f"hdi_{_fmt_pct((100 - pct) / 2)}%"
-    hi_name = f"hdi_{_fmt_pct(100 - (100 - pct) / 2)}%"
-    lo_col = [c for c in raw.columns if c.endswith("_lb")][0]
-    hi_col = [c for c in raw.columns if c.endswith("_ub")][0]
-    table = pd.DataFrame({
-        "mean": raw["mean"].astype(float),
-        "sd": raw["sd"].astype(float),
-        lo_name: raw[lo_col].astype(float),
-        hi_name: raw[hi_col].astype(float),
-        "ess_bulk": raw["ess_bulk"].astype(float),
-        "ess_tail": raw["ess_tail"].astype(float),
-        "r_hat": raw["r_hat"].astype(float),
-    })
+    default = [n for n in fit.parameter_names + ["row_mean", "col_mean"] if n in post and post[n].ndim <= 3]
+    names = select_variables(post, var_names) if var_names else default
+    table = statistics_table(post, names, ci_prob)
     table.index.name = "parameter"
+    contrast_table = None
+    if contrasts:
+        from twoway.contrasts import contrast_tables
+
+        contrast_table = contrast_tables(fit, contrasts, ci_prob)
+    decomp, decomp_notes = None, []
+    if decomposition:
+        from twoway.decomposition import variance_decomposition
+
+        vd = variance_decomposition(fit, ci_prob=ci_prob)
+        decomp, decomp_notes = vd.summary, list(vd.notes)
     info = fit.info
     stats = fit.sample_stats
     divergences = int(stats["diverging"].sum()) if "diverging" in stats else 0
@@ -138,7 +163,74 @@ def summarize(fit, *, var_names: list[str] | None = None, ci_prob: float = 0.94)
                f"{info['chains']} chains x {info['draws']} draws after {info['tune']} tuning; seed {info['seed']}")
     header = [f"model: {spec.describe()}", how,
               "priors:"] + [f"  {k} ~ {p}" for k, p in fit.priors.items()]
-    return FitSummary(table=table, diagnostics=diagnostics, warnings=notes, header=header)
+    note = cell_effect_note(spec, fit.data.n_replicates)
+    if note:
+        header.append(f"note: {note}")
+    return FitSummary(table=table, diagnostics=diagnostics, warnings=notes, header=header,
+                      contrasts=contrast_table, decomposition=decomp, decomposition_notes=decomp_notes)
+
+
+def cell_effect_note(spec, n_replicates: int) -> str | None:
+    """A note when replicate tables are fitted without a random cell effect (None otherwise)."""
+    if n_replicates < 2 or getattr(spec, "cell_effect", "none") != "none":
+        return None
+    return (f"the table has {n_replicates} replicates and the model no cell effect: a deviation a cell keeps in "
+            "every replicate (the row x column interaction) is taken for independent noise, which makes "
+            "contrasts too narrow if it is there; the predictive check 'cell_mean_var' tests for it, and "
+            "cell_effect = \"random\" in a model file adds it (cell_sd).")
+
+
+def select_variables(post, var_names: "list[str] | str") -> list[str]:
+    """The posterior's variables named by ``var_names``: each a name, or the prefix of names.
+
+    Raises :class:`FitError` for an entry that names nothing.
+    """
+    if isinstance(var_names, str):
+        var_names = [var_names]
+    available = [str(v) for v in post.data_vars if not str(v).startswith("_")]
+    out: list[str] = []
+    for name in var_names:
+        found = [name] if name in available else [v for v in available if v.startswith(name)]
+        if not found:
+            raise FitError(f"The variables must be names or prefixes of names among {', '.join(available)}; "
+                           f"got {name!r}.")
+        out += [v for v in found if v not in out]
+    return out
+
+
+def statistics_table(post, names: list[str], ci_prob: float = 0.94) -> pd.DataFrame:
+    """Per-component statistics of ``post[names]``: ``mean, sd, hdi_L%, hdi_U%, ess_bulk, ess_tail, r_hat``.
+
+    Parameters
+    ----------
+    post : xarray.Dataset
+        Variables with dims ``chain``, ``draw`` and any others.
+    names : list of str
+    ci_prob : float
+        Probability of the highest-density interval; its columns are named by the
+        tails it leaves (``hdi_3%``, ``hdi_97%`` for 0.94).
+    """
+    from twoway.diagnostics import summary_table
+
+    raw = summary_table(post, names, ci_prob)
+    lo_name, hi_name = interval_names(ci_prob)
+    lo_col = [c for c in raw.columns if c.endswith("_lb")][0]
+    hi_col = [c for c in raw.columns if c.endswith("_ub")][0]
+    return pd.DataFrame({
+        "mean": raw["mean"].astype(float),
+        "sd": raw["sd"].astype(float),
+        lo_name: raw[lo_col].astype(float),
+        hi_name: raw[hi_col].astype(float),
+        "ess_bulk": raw["ess_bulk"].astype(float),
+        "ess_tail": raw["ess_tail"].astype(float),
+        "r_hat": raw["r_hat"].astype(float),
+    })
+
+
+def interval_names(ci_prob: float) -> tuple[str, str]:
+    """The names of an interval's bounds: ``("hdi_3%", "hdi_97%")`` for 0.94."""
+    pct = 100 * ci_prob
+    return f"hdi_{_fmt_pct((100 - pct) / 2)}%", f"hdi_{_fmt_pct(100 - (100 - pct) / 2)}%"
 
 
 def _fmt_pct(x: float) -> str:

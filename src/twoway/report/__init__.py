@@ -14,6 +14,9 @@ id                 content
 ``model``          model description, priors in force, sampler settings
 ``fitted``         fitted means (intercept + row effect + column effect) and
                    residuals (observed minus fitted, averaged over replicates)
+``predictions``    the observed table beside every cell's predicted mean (missing
+                   cells predicted from the observed ones, outlined)
+``variance``       variance decomposition: components, shares, intraclass correlations
 ``effects``        forest plots of row and column effects (mean, 94% interval)
 ``scales``         forest plots of row_sd, col_sd and the other scales
 ``covariance``     posterior mean of row/column covariance or correlation
@@ -50,11 +53,12 @@ from twoway.io.outputs import write_text_atomic
 __all__ = ["write_report", "render_report", "SECTION_IDS"]
 
 #: Section ids, in page order (per-fit ones repeat with a suffix for later fits).
-SECTION_IDS = ("overview", "data", "comparison", "model", "fitted", "effects", "scales", "covariance",
-               "traces", "diagnostics", "checks", "recovery")
+SECTION_IDS = ("overview", "data", "comparison", "model", "fitted", "predictions", "variance", "effects", "scales",
+               "covariance", "traces", "diagnostics", "checks", "recovery")
 _TITLES = {
     "overview": "Overview", "data": "The data", "comparison": "Model comparison", "model": "Model",
-    "fitted": "Fitted means and residuals", "effects": "Row and column effects", "scales": "Scales",
+    "fitted": "Fitted means and residuals", "predictions": "Predicted table",
+    "variance": "Variance decomposition", "effects": "Row and column effects", "scales": "Scales",
     "covariance": "Row and column covariance", "traces": "Traces and rank plots",
     "diagnostics": "Sampling diagnostics", "checks": "Posterior predictive checks",
     "recovery": "Recovery of the true values",
@@ -187,12 +191,12 @@ def _replicate_mean(values: np.ndarray) -> np.ndarray:
         return np.where(count > 0, total / np.maximum(count, 1), np.nan)
 
 
-def _summary(fit):
+def _summary(fit, ci_prob: float = INTERVAL, var_names: Sequence[str] | None = None):
     from twoway.errors import ConvergenceWarning
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
-        return fit.summary(ci_prob=INTERVAL)
+        return fit.summary(ci_prob=ci_prob, var_names=list(var_names) if var_names else None)
 
 
 # ---------------------------------------------------------------------------
@@ -273,6 +277,50 @@ def _fitted_section(sid: str, fit) -> str:
                    "hatched cells are missing. Blocks or gradients point at structure the model leaves out.")
             + _note(f"Root mean square residual: {rms:.3g}."))
     return _section(sid, _TITLES["fitted"], body)
+
+
+PREDICTION_DRAWS = 500
+
+
+def _predictions_section(sid: str, fit, ci_prob: float) -> str:
+    from twoway.report.figures import heatmap_png
+
+    data = fit.data
+    table = fit.predict(ci_prob=ci_prob, max_draws=PREDICTION_DRAWS, seed=0)
+    R, N, K = data.values.shape
+    predicted = table["mean"].to_numpy().reshape(R, N, K).mean(axis=0)
+    width = (table["upper"] - table["lower"]).to_numpy().reshape(R, N, K).mean(axis=0)
+    observed = _replicate_mean(data.values)
+    missing = ~data.mask.any(axis=0)
+    finite = np.concatenate([observed[np.isfinite(observed)], predicted.ravel()])
+    limits = (float(finite.min()), float(finite.max())) if finite.size else None
+    if limits and limits[0] == limits[1]:
+        limits = (limits[0] - 1, limits[1] + 1)
+    names = data.names
+    kw = dict(xlabel=names.get("col") or "col", ylabel=names.get("row") or "row")
+    png = heatmap_png([("observed", observed), ("predicted mean", predicted)], data.row_labels,
+                      data.col_labels, limits=limits, value_label="value", outline=missing, **kw)
+    n_missing = int((table["kind"] == "predicted").sum())
+    body = _img(png, "heatmaps of the observed and the predicted table",
+                "Left: the observed table (hatched: missing). Right: each cell's posterior mean given the "
+                "observed cells, on the same colour scale; dashed outlines mark cells with no observation, "
+                "predicted from the others (exactly, under correlated residuals too).")
+    body += _note(f"{n_missing} cell(s) predicted; mean width of the {100 * ci_prob:g}% intervals of the cell "
+                  f"means: {float(np.mean(width)):.3g}. Write every cell with "
+                  "'twoway predict FIT --out cells.csv'.")
+    return _section(sid, _TITLES["predictions"], body)
+
+
+def _variance_section(sid: str, fit, summary) -> str:
+    table = summary.decomposition
+    if table is None:
+        return _section(sid, _TITLES["variance"], _note("No variance decomposition for this fit."))
+    body = (_table(table, digits=3)
+            + "".join(_note(n) for n in summary.decomposition_notes)
+            + _note("Heteroscedastic models give each cell its own variance: the components and the total "
+                    "are averages over the observed cells."))
+    return _section(sid, _TITLES["variance"], body,
+                    lede="How much of a cell's variance each component carries, draw by draw.")
 
 
 def _forest_panel(post, name: str, title: str, truth, *, ref=None) -> dict | None:
@@ -548,11 +596,12 @@ def _same_table(a, b) -> bool:
 
 
 def render_report(fits, *, names: Sequence[str] | None = None, truth: Mapping[str, Any] | None = None,
-                  title: str | None = None) -> str:
+                  title: str | None = None, ci_prob: float = INTERVAL,
+                  var_names: Sequence[str] | None = None) -> str:
     """The report as one HTML string; see :func:`write_report`."""
     items, labels, truth = _check_inputs(fits, names, truth)
     several = len(items) > 1
-    summaries = [_summary(f) for f in items]
+    summaries = [_summary(f, ci_prob, var_names) for f in items]
     first_data = items[0].data
     blocks: list[str] = []
     nav: list[tuple[str, str]] = []
@@ -593,6 +642,8 @@ def render_report(fits, *, names: Sequence[str] | None = None, truth: Mapping[st
             add(f"data{suffix}", _data_section(f"data{suffix}", f.data, title_suffix=f": {name}"), f"data{tag}")
         add(f"model{suffix}", _model_section(f"model{suffix}", f, name), f"model{tag}")
         add(f"fitted{suffix}", _fitted_section(f"fitted{suffix}", f), f"fitted{tag}")
+        add(f"predictions{suffix}", _predictions_section(f"predictions{suffix}", f, ci_prob), f"predictions{tag}")
+        add(f"variance{suffix}", _variance_section(f"variance{suffix}", f, s), f"variance{tag}")
         add(f"effects{suffix}", _effects_section(f"effects{suffix}", f, truth), f"effects{tag}")
         add(f"scales{suffix}", _scales_section(f"scales{suffix}", f, truth), f"scales{tag}")
         add(f"covariance{suffix}", _covariance_section(f"covariance{suffix}", f), f"covariance{tag}")
@@ -616,7 +667,8 @@ def render_report(fits, *, names: Sequence[str] | None = None, truth: Mapping[st
 
 
 def write_report(fits, path: "str | os.PathLike[str]", *, names: Sequence[str] | None = None,
-                 truth: Mapping[str, Any] | None = None, title: str | None = None) -> Path:
+                 truth: Mapping[str, Any] | None = None, title: str | None = None,
+                 ci_prob: float = INTERVAL, var_names: Sequence[str] | None = None) -> Path:
     """Write one self-contained HTML report of one or more fits of a table.
 
     Parameters
@@ -634,6 +686,10 @@ def write_report(fits, path: "str | os.PathLike[str]", *, names: Sequence[str] |
         the recovery table and marks true values on the forest plots.
     title : str, optional
         Page title (default: "twoway report: " and the names).
+    ci_prob : float
+        Probability of the intervals in the tables (default 0.94).
+    var_names : sequence of str, optional
+        Variables (names or prefixes) in the diagnostics' parameter table (default: all).
 
     Returns
     -------
@@ -649,7 +705,7 @@ def write_report(fits, path: "str | os.PathLike[str]", *, names: Sequence[str] |
     path = Path(path)
     if not path.parent.exists():
         raise FitError(f"The folder {str(path.parent)!r} for the report does not exist.")
-    text = render_report(fits, names=names, truth=truth, title=title)
+    text = render_report(fits, names=names, truth=truth, title=title, ci_prob=ci_prob, var_names=var_names)
     try:
         write_text_atomic(path, text)
     except OSError as exc:

@@ -47,7 +47,7 @@ def _ticks(ax, row_labels: Sequence[str], col_labels: Sequence[str], rotate: boo
 def heatmap_png(panels: Sequence[tuple[str, np.ndarray]], row_labels: Sequence[str],
                 col_labels: Sequence[str], *, diverging: bool = False, limits: tuple[float, float] | None = None,
                 value_label: str = "value", xlabel: str = "col", ylabel: str = "row",
-                annotate_missing: bool = True) -> bytes:
+                annotate_missing: bool = True, outline: np.ndarray | None = None) -> bytes:
     """Matrices side by side as heatmaps, missing (NaN) cells hatched grey.
 
     Parameters
@@ -62,6 +62,8 @@ def heatmap_png(panels: Sequence[tuple[str, np.ndarray]], row_labels: Sequence[s
         Fixed colour limits (default: the range of the values, symmetric when diverging).
     value_label : str
         Colour bar label.
+    outline : array (N, K) of bool, optional
+        Cells to outline in every panel (predicted cells beside observed ones).
 
     Returns
     -------
@@ -96,6 +98,10 @@ def heatmap_png(panels: Sequence[tuple[str, np.ndarray]], row_labels: Sequence[s
             for i, j in zip(*np.nonzero(~np.isfinite(values))):
                 ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, hatch="///",
                                            edgecolor="#9a9a9a", lw=0))
+        if outline is not None:
+            for i, j in zip(*np.nonzero(np.asarray(outline, dtype=bool))):
+                ax.add_patch(plt.Rectangle((j - 0.45, i - 0.45), 0.9, 0.9, fill=False, edgecolor="#111111",
+                                           lw=1.2, linestyle="--"))
         _ticks(ax, row_labels, col_labels)
         ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)

@@ -1,0 +1,276 @@
+"""Predictions for every cell of the table: observed ones (fitted) and missing ones (predicted).
+
+A cell's value is split as ``y = f + eps``: ``f`` is the cell's **mean** (the
+intercept, the row and column effects and any correlated part of the residual:
+latent shocks, a Kronecker or full covariance's share) and ``eps`` the cell's
+independent noise (the independent residual's scales, the nugget ``sigma``,
+the known se). For each posterior draw ``f`` is Gaussian given the observed
+cells:
+
+* independent residual: ``f`` is the drawn effects' sum, exactly;
+* latent residual: the drawn effects plus the drawn shocks of the cell's replicate;
+* Kronecker or full residual: the drawn effects plus the correlated residual
+  ``g ~ N(0, T)`` conditioned on the observed cells of the replicate,
+  ``g | e_o ~ N(T_ao (T_oo + D_o)^-1 e_o, T_aa - T_ao (T_oo + D_o)^-1 T_oa)``
+  where ``e_o`` is the observed cells' residual after the drawn effects and
+  ``D_o`` their noise variance. Drawing the effects from their exact
+  conditional law first and ``g`` given them is an exact draw from the joint
+  conditional law; a missing cell is predicted from the observed ones.
+
+``new_observation=True`` predicts a new observation of the cell instead,
+``f + eps`` with ``eps`` drawn afresh: with the cell's known se where the
+table has one, without known error at missing cells (they have no se).
+
+New levels (a row or column with no data) take their random effect from its
+law, ``N(0, effect_sd^2)``, draw by draw (and, with heteroscedastic scales, a
+scale from the scales' log-normal population). Fixed effects have no law for a
+level without data, and a Kronecker or full residual none for a new level of
+its structure; both are refused.
+
+Per cell the summary is exact in the mean and sd (the mixture over draws of
+each draw's Gaussian: ``mean = E[mu]``, ``sd^2 = E[v] + Var[mu]``); the
+interval is the highest-density interval of draws from that mixture.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Sequence
+
+import numpy as np
+
+from twoway.errors import FitError
+
+__all__ = ["predict", "cell_moments", "PREDICTION_COLUMNS"]
+
+PREDICTION_COLUMNS = ("row", "col", "replicate", "observed", "mean", "sd", "lower", "upper", "kind")
+
+
+def predict(fit, *, new_observation: bool = False, ci_prob: float = 0.94,
+            new_rows: Sequence[str] = (), new_cols: Sequence[str] = (),
+            max_draws: int | None = None, seed: int | None = 0):
+    """One line per cell of the full grid: the cell's mean (or a new observation of it) given the data.
+
+    Parameters
+    ----------
+    fit : Fit
+    new_observation : bool
+        Predict a new observation of each cell (adding the independent noise and known
+        se) instead of the cell's mean.
+    ci_prob : float
+        Probability of the highest-density interval (``lower``, ``upper``).
+    new_rows, new_cols : sequence of str
+        Labels of levels with no data, predicted from their effects' law.
+    max_draws : int, optional
+        Use this many posterior draws, chosen at random (default: all of them).
+    seed : int, optional
+        Seed for the choice of draws and the interval's draws.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns ``row, col, [replicate,] observed, mean, sd, lower, upper, kind``; one line
+        per (replicate,) row and column, the table's order, new levels last; ``observed``
+        is NaN at missing cells; ``kind`` is ``fitted`` for observed cells and ``predicted``
+        for the others.
+    """
+    import pandas as pd
+
+    from twoway.diagnostics import hdi
+
+    if isinstance(ci_prob, bool) or not isinstance(ci_prob, (int, float, np.floating)) or not 0 < ci_prob < 1:
+        raise FitError(f"The interval probability must be between 0 and 1; got {ci_prob!r}.")
+    if max_draws is not None and (isinstance(max_draws, bool) or not isinstance(max_draws, (int, np.integer))
+                                  or max_draws < 1):
+        raise FitError(f"The 'max_draws' option must be a whole number >= 1; got {max_draws!r}.")
+    data = fit.data
+    new_rows, new_cols = _new_labels(new_rows, data.row_labels, "row"), _new_labels(new_cols, data.col_labels, "col")
+    mu, var = cell_moments(fit, new_observation=new_observation, new_rows=new_rows, new_cols=new_cols,
+                           max_draws=max_draws, seed=seed)                    # (S, R, N', K')
+    S = mu.shape[0]
+    mean = mu.mean(axis=0)
+    sd = np.sqrt(np.maximum(var.mean(axis=0) + mu.var(axis=0), 0.0))
+    rng = np.random.default_rng([0 if seed is None else int(seed), 0x9E3])
+    reps = max(1, -(-4000 // S))
+    sample = mu[None] + np.sqrt(np.maximum(var, 0.0))[None] * rng.standard_normal((reps,) + mu.shape)
+    interval = hdi(sample.reshape((1, reps * S) + mu.shape[1:]), ci_prob)    # (R, N', K', 2)
+    R, N, K = data.values.shape
+    rows = list(data.row_labels) + list(new_rows)
+    cols = list(data.col_labels) + list(new_cols)
+    observed = np.full(mean.shape, np.nan)
+    observed[:, :N, :K] = np.where(data.mask, data.values, np.nan)
+    r_idx, i_idx, j_idx = np.meshgrid(np.arange(R), np.arange(len(rows)), np.arange(len(cols)), indexing="ij")
+    frame = {"row": np.asarray(rows, dtype=object)[i_idx.ravel()],
+             "col": np.asarray(cols, dtype=object)[j_idx.ravel()]}
+    if R > 1:
+        frame["replicate"] = np.asarray(list(data.replicate_labels), dtype=object)[r_idx.ravel()]
+    frame.update({"observed": observed.ravel(), "mean": mean.ravel(), "sd": sd.ravel(),
+                  "lower": interval[..., 0].ravel(), "upper": interval[..., 1].ravel(),
+                  "kind": np.where(np.isnan(observed.ravel()), "predicted", "fitted")})
+    out = pd.DataFrame(frame)
+    if new_rows or new_cols:   # the table's own cells first, then the new levels'
+        old = (i_idx.ravel() < N) & (j_idx.ravel() < K)
+        out = pd.concat([out[old], out[~old]], ignore_index=True)
+    return out
+
+
+def _new_labels(labels, existing, side: str) -> tuple[str, ...]:
+    if isinstance(labels, str):
+        labels = [labels]
+    labels = tuple(str(x) for x in labels)
+    what = "row" if side == "row" else "column"
+    clash = [x for x in labels if x in existing]
+    if clash:
+        raise FitError(f"The new {what}s must not be {what}s of the table; got {', '.join(map(repr, clash))}.")
+    if len(set(labels)) != len(labels):
+        raise FitError(f"The new {what}s must be distinct; got {', '.join(labels)}.")
+    return labels
+
+
+def cell_moments(fit, *, new_observation: bool = False, new_rows: Sequence[str] = (), new_cols: Sequence[str] = (),
+                 max_draws: int | None = None, seed: int | None = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Per draw, the Gaussian law of each cell's mean (or new observation) given the observed cells.
+
+    Returns
+    -------
+    (mu, var) : arrays (S, R, N + len(new_rows), K + len(new_cols))
+        Conditional mean and variance per draw and cell.
+    """
+    from twoway.decomposition import flat_parameters, full_layout
+    from twoway.likelihood.backend import NUMPY
+    from twoway.marginal import noise_variance
+
+    spec, data = fit.model, fit.data
+    params, n_chain, n_draw = flat_parameters(fit)
+    S_all = n_chain * n_draw
+    lay, plan = full_layout(fit)
+    if plan is not None:
+        for name, value in plan.constants.items():
+            params.setdefault(name, np.full(S_all, value))
+    if max_draws is not None and max_draws < S_all:
+        pick = np.sort(np.random.default_rng(seed).choice(S_all, size=max_draws, replace=False))
+        params = {k: v[pick] for k, v in params.items()}
+    S = next(iter(params.values())).shape[0] if params else S_all
+    R, N, K = data.values.shape
+    nr, nc = len(new_rows), len(new_cols)
+    _check_new_levels(spec, nr, nc)
+
+    # the mean part: intercept + effects (new levels: 0 mean, their law's variance)
+    mu = np.zeros((S, R, N + nr, K + nc))
+    var = np.zeros_like(mu)
+    if "intercept" in params:
+        mu += params["intercept"].reshape(S, 1, 1, 1)
+    rng = np.random.default_rng([0 if seed is None else int(seed), 0x5EED])
+    for side, n, extra in (("row", N, nr), ("col", K, nc)):
+        kind = getattr(spec, f"{side}_effect")
+        if kind == "none":
+            continue
+        eff = params[f"{side}_effect"]
+        if side == "row":
+            mu[:, :, :N, :] += eff[:, None, :, None]
+        else:
+            mu[:, :, :, :K] += eff[:, None, None, :]
+        if extra:
+            tau2 = params[f"{side}_effect_sd"].reshape(S, 1, 1, 1) ** 2
+            if side == "row":
+                var[:, :, N:, :] += tau2
+            else:
+                var[:, :, :, K:] += tau2
+    if "cell_effect" in params:
+        mu[:, :, :N, :K] += params["cell_effect"].reshape(S, 1, N, K)
+    if "cell_sd" in params and (nr or nc):
+        new = np.zeros((N + nr, K + nc), bool)
+        new[N:, :] = True
+        new[:, K:] = True
+        var[:, :, new] += params["cell_sd"].reshape(S, 1, 1) ** 2
+
+    # the residual's scales on the extended grid (new levels' scales from their population)
+    grid_params = dict(params)
+    for side, n, extra in (("row", N, nr), ("col", K, nc)):
+        if extra and getattr(spec, f"{side}_scale") == "hetero":
+            loc = params[f"{side}_log_sd_loc"].reshape(S, 1)
+            scale = params[f"{side}_log_sd_scale"].reshape(S, 1)
+            drawn = np.exp(loc + scale * rng.standard_normal((S, extra)))
+            grid_params[f"{side}_sd"] = np.concatenate([params[f"{side}_sd"], drawn], axis=1)
+    se_grid = np.zeros((R, N + nr, K + nc))
+    se_grid[:, :N, :K] = np.where(data.mask, lay.se, 0.0)
+    grid = dataclasses.replace(lay, se=se_grid, mask=np.ones_like(se_grid))
+    noise = np.broadcast_to(noise_variance(NUMPY, spec, grid, grid_params), mu.shape)
+
+    # the correlated part of the residual
+    if spec.residual == "latent":
+        for side in ("row", "col"):
+            kind = getattr(spec, f"{side}_scale")
+            if kind == "none":
+                continue
+            shock = params[f"{side}_shock"]                                 # (S, R, N) or (S, R, K)
+            sd = grid_params[f"{side}_sd"]
+            sd2 = (sd.reshape(S, 1) if kind == "homo" else sd) ** 2
+            if side == "row":
+                mu[:, :, :N, :] += shock[:, :, :, None]
+                if nr:
+                    var[:, :, N:, :] += np.broadcast_to(sd2[:, -nr:] if kind == "hetero" else sd2,
+                                                        (S, nr))[:, None, :, None]
+            else:
+                mu[:, :, :, :K] += shock[:, :, None, :]
+                if nc:
+                    var[:, :, :, K:] += np.broadcast_to(sd2[:, -nc:] if kind == "hetero" else sd2,
+                                                        (S, nc))[:, None, None, :]
+    elif spec.residual in ("kronecker", "full"):
+        g_mu, g_var = _correlated_part(spec, lay, data, params, mu[:, :, :N, :K], noise[:, :, :N, :K])
+        mu[:, :, :N, :K] += g_mu
+        var[:, :, :N, :K] += g_var
+    if new_observation:
+        var = var + noise
+    return mu, var
+
+
+def _check_new_levels(spec, nr: int, nc: int) -> None:
+    for side, n in (("row", nr), ("col", nc)):
+        if not n:
+            continue
+        what = "row" if side == "row" else "column"
+        if getattr(spec, f"{side}_effect") == "fixed":
+            raise FitError(f"The {what} effects are fixed: a new {what} has no data and no law to predict its "
+                           f"effect from; fit {side}_effect = 'random' to predict new {what}s.")
+        if getattr(spec, f"{side}_effect_cov") is not None:
+            raise FitError(f"The {what} effects have a known relationship matrix, which has no entry for a new "
+                           f"{what}; refit with the new {what} in the matrix.")
+        if spec.residual in ("kronecker", "full"):
+            raise FitError(f"The {spec.residual} residual's structure has no law for a new {what}; "
+                           f"new {what}s can be predicted under the independent or latent residual.")
+
+
+def _correlated_part(spec, lay, data, params, mean, noise) -> tuple[np.ndarray, np.ndarray]:
+    """Conditional mean and variance (S, R, N, K) of the Kronecker / full residual's correlated part."""
+    import scipy.linalg as sla
+
+    from twoway.likelihood.backend import NUMPY
+    from twoway.marginal import kronecker_factors, table_covariance
+
+    S, R, N, K = mean.shape
+    values = np.nan_to_num(data.values)
+    mask = data.mask
+    factors = kronecker_factors(spec, lay, params) if spec.residual == "kronecker" else {}
+    g_mu = np.zeros((S, R, N * K))
+    g_var = np.zeros((S, R, N * K))
+    for s in range(S):
+        point = {k: v[s] for k, v in params.items()}
+        point.update({k: v[s] for k, v in factors.items()})
+        T = np.asarray(table_covariance(NUMPY, spec, lay, point))           # (NK, NK)
+        for r in range(R):
+            o = np.flatnonzero(mask[r].ravel())
+            if o.size == 0:
+                g_var[s, r] = np.diag(T)
+                continue
+            e = (values[r] - mean[s, r]).ravel()[o]
+            C = T[np.ix_(o, o)] + np.diag(noise[s, r].ravel()[o])
+            A = T[:, o]                                                      # (NK, n_o)
+            try:
+                cf = sla.cho_factor(C, lower=True, check_finite=False)
+                W = sla.cho_solve(cf, A.T, check_finite=False)              # (n_o, NK)
+            except np.linalg.LinAlgError:
+                W = np.linalg.pinv(C, hermitian=True) @ A.T
+            g_mu[s, r] = W.T @ e
+            g_var[s, r] = np.maximum(np.diag(T) - np.einsum("ao,oa->a", A, W), 0.0)
+    return g_mu.reshape(S, R, N, K), g_var.reshape(S, R, N, K)
