@@ -14,8 +14,8 @@ How twoway runs it (:func:`sbc`):
   make the prior depend on the simulated table. SBC therefore first fixes every
   prior at the value the defaults take for location 0 and spread 1 (the spec's
   own overrides kept), then simulates from that spec and fits that same spec.
-* **One compile.** The model is compiled once for the layout of the first
-  table and re-run on every other table (nutpie's ``with_data``).
+* **One compile.** Each process compiles the model once for the layout of the
+  first table it gets and re-runs it on every other table (nutpie's ``with_data``).
 * **Thinning.** The chains are concatenated (chain after chain) and every k-th
   draw is kept, k = S // L for S draws in all and L = ``min(n_thin, S)``
   (default 100), so that the L kept draws are roughly independent. (They are
@@ -39,17 +39,23 @@ How twoway runs it (:func:`sbc`):
   reads the finished replications and runs only the missing ones; a different
   configuration is refused. The number of replications is not part of the
   configuration: replication i depends only on the seed and on i, so a run can
-  be extended by asking for more.
+  be extended by asking for more. Each replication file carries a digest of
+  the configuration and is checked against the folder's.
+* **Many workers, one folder.** The replications run through
+  :func:`twoway.batch.run_jobs`: here, or on Dask workers (``workers``,
+  ``scheduler``), each process compiling the model once. The folder is locked
+  for the whole run, so a second run on it (same settings or not) fails at
+  once instead of mixing its replications in.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import sys
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -394,33 +400,6 @@ def _flatten(fit, truth: Mapping[str, Any], n_thin: int) -> tuple[list[str], np.
     return names, np.concatenate(values), flat[::step][:keep]
 
 
-def _fit_diagnostics(fit) -> dict[str, float]:
-    from twoway.diagnostics import ess_bulk, rhat
-
-    post = fit.posterior
-    post = post[[n for n in post.data_vars if n not in DERIVED]]
-    stats = fit.sample_stats
-    div = int(stats["diverging"].sum()) if "diverging" in stats else 0
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        try:
-            draws = [post[n].transpose("chain", "draw", ...).values for n in post.data_vars]
-            max_rhat = float(np.nanmax(np.concatenate([np.ravel(rhat(x)) for x in draws])))
-            min_ess = float(np.nanmin(np.concatenate([np.ravel(ess_bulk(x)) for x in draws])))
-        except Exception:  # diagnostics are informative only; never stop a run for them
-            max_rhat = min_ess = float("nan")
-    return {"divergences": div, "max_r_hat": max_rhat, "min_ess_bulk": min_ess}
-
-
-def _write_atomic(path: Path, payload: Mapping[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(payload, fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
 def _normal(obj: Any) -> Any:
     """A JSON round trip, so configurations compare the way they are stored."""
     return json.loads(json.dumps(obj, sort_keys=True))
@@ -435,57 +414,48 @@ def _read_json(path: Path, what: str, hint: str) -> dict[str, Any]:
 
 _RERUN = "delete it to run that replication again"
 _NEW_FOLDER = "use a new folder"
+#: Keys of config.json that do not change what a replication is.
+_NOT_CONFIG = ("n_sims", "twoway_version")
+
+#: What a process compiled for SBC, by configuration digest (one entry): a worker compiles once.
+_COMPILED: dict[str, Any] = {}
 
 
-def _prepare_out(out: Path, config: dict[str, Any]) -> None:
-    if out.exists() and not out.is_dir():
-        raise FitError(f"The SBC output {str(out)!r} must be a folder; it is a file.")
-    if not out.parent.exists():
-        raise FitError(f"The folder {str(out.parent)!r} for the SBC output does not exist.")
-    out.mkdir(exist_ok=True)
-    cfg_path = out / CONFIG_NAME
-    if cfg_path.exists():
-        stored = _read_json(cfg_path, "SBC configuration", _NEW_FOLDER)
-        stored = {k: v for k, v in stored.items() if k not in ("n_sims", "twoway_version")}
-        if stored != config:
-            diff = sorted(k for k in set(stored) | set(config) if stored.get(k) != config.get(k))
-            raise FitError(f"The folder {str(out)!r} holds an SBC run with another configuration "
-                           f"(differing in {', '.join(diff)}); use a new folder or the same settings.")
-    elif any(out.glob("sim_*.json")):
-        raise FitError(f"The folder {str(out)!r} holds replication files but no {CONFIG_NAME}; "
-                       "use an empty folder.")
-    for stale in out.glob(".sim_*.tmp"):  # left by a killed run
-        try:
-            stale.unlink()
-        except OSError:
-            pass
+def _replication(spec, config: Mapping[str, Any], key: str, index: int, cores: int | None) -> dict[str, Any]:
+    """Simulate, fit and rank replication ``index`` (runs on a worker; compiles once per process)."""
+    from twoway.batch import fit_diagnostics
+    from twoway.fit import compile_model
+    from twoway.simulate import simulate
+
+    rseed = _replication_seed(config["seed"], index)
+    sim = simulate(spec, config["n_rows"], config["n_cols"], config["n_replicates"], seed=rseed, se=config["se"])
+    compiled = _COMPILED.get(key)
+    if compiled is None:
+        compiled = compile_model(spec, sim.data, engine=config["engine"], progress=False)
+        _COMPILED.clear()
+        _COMPILED[key] = compiled
+    t0 = time.perf_counter()
+    fit = compiled.sample(sim.data, chains=config["chains"], draws=config["draws"], tune=config["tune"],
+                          seed=rseed, progress=False, cores=cores)
+    flat, truth, kept = _flatten(fit, sim.truth, config["n_thin"])
+    ranks = (kept < truth[None, :]).sum(axis=0)
+    return {
+        "index": index, "seed": rseed, "parameters": flat,
+        "truth": truth.tolist(), "ranks": ranks.astype(int).tolist(),
+        "draws": kept.tolist(), "n_draws": int(kept.shape[0]),
+        **fit_diagnostics(fit), "seconds": time.perf_counter() - t0,
+    }
 
 
-class _Progress:
-    """One stderr line, rewritten after each replication on a terminal."""
+def _read_replication(path: Path, index: int, digest: str) -> dict[str, Any]:
+    from twoway.batch import check_record
 
-    def __init__(self, total: int, enabled: bool) -> None:
-        self.total = total
-        self.enabled = enabled
-        self.tty = enabled and sys.stderr.isatty()
-        self.t0 = time.perf_counter()
-
-    def update(self, done: int, note: str = "") -> None:
-        if not self.enabled:
-            return
-        elapsed = time.perf_counter() - self.t0
-        width = 30
-        filled = int(width * done / max(1, self.total))
-        bar = "#" * filled + "." * (width - filled)
-        line = f"sbc [{bar}] {done}/{self.total} replications, {elapsed:.0f} s{note}"
-        if self.tty:
-            print("\r" + line, end="", file=sys.stderr, flush=True)
-        else:
-            print(line, file=sys.stderr, flush=True)
-
-    def close(self) -> None:
-        if self.tty:
-            print(file=sys.stderr, flush=True)
+    rec = _read_json(path, "replication file", _RERUN)
+    if not isinstance(rec, dict) or rec.get("index") != index or "ranks" not in rec or "draws" not in rec:
+        raise FitError(f"The replication file {str(path)!r} is not complete; "
+                       "delete it to run that replication again.")
+    check_record(rec, digest, path)
+    return rec
 
 
 def sbc(
@@ -506,6 +476,8 @@ def sbc(
     on_replication: Callable[[int], None] | None = None,
     engine: str | None = None,
     backend: str | None = None,
+    workers: int = 1,
+    scheduler: str | None = None,
 ) -> SBCResult:
     """Simulation-based calibration of ``model`` on (n_replicates, n_rows, n_cols) tables.
 
@@ -513,7 +485,7 @@ def sbc(
     (its priors fixed as described in the module docstring), fit the model,
     keep L = ``min(n_thin, chains * draws)`` thinned draws (every k-th draw
     of the concatenated chains, k = chains * draws // L) and rank each true
-    value among them.
+    value among them. The replications run through :func:`twoway.batch.run_jobs`.
 
     Parameters
     ----------
@@ -529,12 +501,15 @@ def sbc(
         Sampler settings for every fit.
     seed : int
         Replication i is simulated and sampled with seeds derived from
-        (``seed``, i), so results do not depend on the order they are run in.
+        (``seed``, i), so results depend neither on the order they are run in
+        nor on the number of workers.
     out : path, optional
         Folder for ``config.json`` and one ``sim_NNNNN.json`` per finished
-        replication; a run with the same folder and configuration resumes.
+        replication; a run with the same folder and configuration resumes. The
+        folder is locked for the whole run: a second run on it fails at once.
     progress : bool, optional
-        A progress line on stderr (default: when stderr is a terminal).
+        Counts of done, failed and running replications on stderr (default:
+        when stderr is a terminal).
     se : float, optional
         A known standard error given to every cell.
     n_thin : int
@@ -543,7 +518,12 @@ def sbc(
         Called with i after replication i has been fitted (not for reused ones).
     engine : {"jax", "nutpie", "pymc"}, optional
         The engine of every fit (default ``jax``; ``backend`` is another name for it).
-        The model is compiled once and every simulated table is run through it.
+        Each process compiles the model once and runs every simulated table it gets through it.
+    workers : int
+        1: the replications run here, one after another; N > 1: on a local
+        Dask cluster of N worker processes (one thread each).
+    scheduler : str, optional
+        Address of a running Dask scheduler instead.
 
     Returns
     -------
@@ -552,10 +532,14 @@ def sbc(
     Raises
     ------
     FitError
-        For bad options, or an ``out`` folder holding another configuration.
+        For bad options, an ``out`` folder holding another configuration, or a
+        replication that failed (the others are kept in ``out``).
+    TwowayError
+        When another run holds the ``out`` folder.
     """
-    from twoway.fit import _engine_name, check_sampling_options, compile_model
-    from twoway.simulate import simulate
+    from twoway.batch import BatchProgress, _check_count as _check_workers, config_digest, run_jobs
+    from twoway.fit import _engine_name, check_sampling_options
+    from twoway.io.outputs import folder_lock, remove_stale_temporaries, write_json_atomic
 
     engine = _engine_name(engine, backend)
 
@@ -565,6 +549,7 @@ def sbc(
     n_replicates = _check_count("n_replicates", n_replicates, 1)
     n_thin = _check_count("n_thin", n_thin, 1)
     seed = _check_count("seed", seed, 0)
+    workers = _check_workers("workers", workers, 1)
     check_sampling_options(chains, draws, tune, seed, engine)
     if se is not None and not (isinstance(se, (int, float)) and not isinstance(se, bool)
                                and math.isfinite(se) and se > 0):
@@ -575,56 +560,51 @@ def sbc(
         "chains": int(chains), "draws": int(draws), "tune": int(tune), "seed": seed,
         "se": None if se is None else float(se), "n_thin": n_thin, "engine": engine,
     })
+    digest = config_digest(config)
     out_path = None if out is None else Path(out)
     if out_path is not None:
-        _prepare_out(out_path, config)
-        _write_atomic(out_path / CONFIG_NAME, {**config, "n_sims": n_sims, "twoway_version": __version__})
+        if out_path.exists() and not out_path.is_dir():
+            raise FitError(f"The SBC output {str(out_path)!r} must be a folder; it is a file.")
+        if not out_path.parent.exists():
+            raise FitError(f"The folder {str(out_path.parent)!r} for the SBC output does not exist.")
+        out_path.mkdir(exist_ok=True)
+    lock = folder_lock(out_path, what="SBC folder") if out_path is not None else contextlib.nullcontext()
+    with lock:
+        records: dict[int, dict[str, Any]] = {}
+        if out_path is not None:
+            from twoway.batch import prepare_folder
 
-    records: dict[int, dict[str, Any]] = {}
-    if out_path is not None:
-        for i in range(n_sims):
-            path = out_path / SIM_PATTERN.format(i)
-            if path.exists():
-                rec = _read_json(path, "replication file", _RERUN)
-                if rec.get("index") != i or "ranks" not in rec or "draws" not in rec:
-                    raise FitError(f"The replication file {str(path)!r} is not complete; "
-                                   "delete it to run that replication again.")
-                records[i] = rec
-    reused = tuple(sorted(records))
-    todo = [i for i in range(n_sims) if i not in records]
+            prepare_folder(out_path, config, what="SBC", results_glob="sim_*.json", ignore=_NOT_CONFIG)
+            remove_stale_temporaries(out_path)  # left by a killed run
+            write_json_atomic(out_path / CONFIG_NAME, {**config, "n_sims": n_sims, "twoway_version": __version__})
+            for i in range(n_sims):
+                path = out_path / SIM_PATTERN.format(i)
+                if path.exists():
+                    records[i] = _read_replication(path, i, digest)
+        reused = tuple(sorted(records))
+        todo = [i for i in range(n_sims) if i not in records]
 
-    if progress is None:
-        progress = sys.stderr.isatty()
-    bar = _Progress(n_sims, bool(progress))
-    bar.update(len(records), f" ({len(records)} reused)" if records else "")
-    compiled = None
-    try:
-        for i in todo:
-            rseed = _replication_seed(seed, i)
-            sim = simulate(spec, n_rows, n_cols, n_replicates, seed=rseed, se=se)
-            if compiled is None:
-                compiled = compile_model(spec, sim.data, engine=engine, progress=False)
-            t0 = time.perf_counter()
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                fit = compiled.sample(sim.data, chains=chains, draws=draws, tune=tune,
-                                      seed=rseed, progress=False)
-            flat, truth, kept = _flatten(fit, sim.truth, n_thin)
-            ranks = (kept < truth[None, :]).sum(axis=0)
-            rec = {
-                "index": i, "seed": rseed, "parameters": flat,
-                "truth": truth.tolist(), "ranks": ranks.astype(int).tolist(),
-                "draws": kept.tolist(), "n_draws": int(kept.shape[0]),
-                **_fit_diagnostics(fit), "seconds": time.perf_counter() - t0,
-            }
+        if progress is None:
+            progress = sys.stderr.isatty()
+        bar = BatchProgress(len(todo), "sbc replications", enabled=bool(progress), reused=len(reused))
+        cores = None if workers == 1 and scheduler is None else 1
+        jobs = [(f"sim_{i:05d}", (spec, config, digest, i, cores)) for i in todo]
+        failures = []
+        for outcome in run_jobs(_replication, jobs, workers=workers, scheduler=scheduler, progress=bar):
+            if not outcome.ok:
+                failures.append(f"{outcome.name}: {outcome.error}")
+                continue
+            rec = {**outcome.value, "config_digest": digest}
+            i = int(rec["index"])
             if out_path is not None:
-                _write_atomic(out_path / SIM_PATTERN.format(i), rec)
+                write_json_atomic(out_path / SIM_PATTERN.format(i), rec)
             records[i] = rec
             if on_replication is not None:
                 on_replication(i)
-            bar.update(len(records))
-    finally:
-        bar.close()
+        if failures:
+            kept = f"; the {len(records)} finished ones are kept in {str(out_path)!r}" if out_path is not None else ""
+            raise FitError(f"{len(failures)} of {n_sims} SBC replications failed ({failures[0]}"
+                           f"{' and others' if len(failures) > 1 else ''}){kept}.")
     return _assemble(records, config, reused)
 
 
@@ -661,12 +641,16 @@ def load_sbc(out: "str | os.PathLike[str]") -> SBCResult:
     cfg_path = out / CONFIG_NAME
     if not cfg_path.is_file():
         raise FitError(f"The folder {str(out)!r} holds no SBC run (no {CONFIG_NAME}).")
+    from twoway.batch import check_record, config_digest
+
     config = _read_json(cfg_path, "SBC configuration", _NEW_FOLDER)
+    config = {k: v for k, v in config.items() if k not in _NOT_CONFIG}
+    digest = config_digest(config)
     records = {}
     for path in sorted(out.glob("sim_*.json")):
         rec = _read_json(path, "replication file", _RERUN)
+        check_record(rec, digest, path)
         records[int(rec["index"])] = rec
     if not records:
         raise FitError(f"The folder {str(out)!r} holds no finished replication.")
-    return _assemble(records, {k: v for k, v in config.items() if k not in ("n_sims", "twoway_version")},
-                     tuple(sorted(records)))
+    return _assemble(records, config, tuple(sorted(records)))
