@@ -259,8 +259,14 @@ class CompiledModel:
 
     def sample(self, data: TwoWayData | None = None, *, chains: int = 4, draws: int = 1000,
                tune: int = 1000, seed: int | None = None, progress: bool | None = None,
-               cores: int | None = None) -> "Fit":
-        """Sample the model on ``data`` (default: the table it was compiled for); see :func:`fit`."""
+               cores: int | None = None, on_progress=None) -> "Fit":
+        """Sample the model on ``data`` (default: the table it was compiled for); see :func:`fit`.
+
+        ``on_progress``, if given, is called as each phase starts, ``on_progress(event, **details)``:
+        ``"compile"``; ``"sample"`` (``compile_seconds``, ``cache``: ``hit``, ``miss``, ``off`` or
+        ``in memory``); ``"chain"`` (``done``, ``chains``, ``draws``: a chain finished, jax engine);
+        ``"draw_back"`` (the integrated effects are drawn). The command line prints its lines from it.
+        """
         data = self.template if data is None else data
         check_sampling_options(chains, draws, tune, seed, self.engine)
         plan = self.plan_for(data)
@@ -273,7 +279,8 @@ class CompiledModel:
         compile_seconds = float(self.compile_seconds)
         extra: dict[str, Any] = {}
         raw = eng.sample(self.compiled, plan, chains=chains, draws=draws, tune=tune, seed=seed,
-                         progress=progress, cores=cores, report=_phase_reporter(progress, chains, draws, extra))
+                         progress=progress, cores=cores,
+                         report=_phase_reporter(progress, chains, draws, extra, on_progress))
         compile_seconds += eng.compile_seconds_in_sample(self.compiled)
         engine_info = dict(raw.attrs.pop("engine_info", {}))  # the laplace engine's method and diagnostics
         t_sampling = time.perf_counter() - t0 - (compile_seconds - float(self.compile_seconds))
@@ -291,6 +298,11 @@ class CompiledModel:
             **extra,
             **engine_info,
         }
+        if plan.integrated:
+            if on_progress is not None:
+                on_progress("draw_back")
+            elif progress:
+                print("twoway: drawing the integrated effects back ...", file=sys.stderr, flush=True)
         return _make_fit(raw, plan, info)
 
 
@@ -347,11 +359,28 @@ def _replace_folder(path: Path, write) -> None:
         shutil.rmtree(aside, ignore_errors=True)
 
 
-def _phase_reporter(progress: bool, chains: int, draws: int, extra: dict):
-    """Phase lines for engines that compile while sampling (jax): compiling (compile cache hit, miss or off), sampling."""
+def _phase_reporter(progress: bool, chains: int, draws: int, extra: dict, on_progress=None):
+    """Phase lines for engines that compile while sampling (jax): compiling (compile cache hit, miss or off),
+    sampling, chains done; or, with ``on_progress``, those events passed on to it (see :meth:`CompiledModel.sample`)."""
     state: dict[str, Any] = {}
 
     def report(phase, prog, status):
+        if phase == "chain":
+            done, total = status
+            if on_progress is not None:
+                on_progress("chain", done=done, chains=total, draws=draws)
+            elif progress:
+                print(f"twoway: sampling: {done * draws}/{total * draws} draws ({done} of {total} chains done)",
+                      file=sys.stderr, flush=True)
+            return
+        if on_progress is not None:
+            if phase == "compile":
+                on_progress("compile")
+            else:
+                extra["compile_cache"] = status
+                on_progress("sample", compile_seconds=float(prog.compile_seconds) if status != "in memory" else 0.0,
+                            cache=status)
+            return
         if phase == "compile":
             state["compiling"] = True
             if progress:

@@ -25,7 +25,7 @@ from twoway.priors import Prior, resolve_priors
 __all__ = ["Plan", "resolve", "public_names", "integration_constants", "residual_parts",
            "known_relationships", "LIKELIHOODS", "MAX_STORED_COV"]
 
-LIKELIHOODS = ("auto", "dense")
+LIKELIHOODS = ("auto", "dense", "sparse", "nuts")
 MAX_STORED_COV = 30  # row_cov / col_cov are stored per draw only up to this many levels
 
 
@@ -120,6 +120,8 @@ def public_names(spec: ModelSpec) -> list[str]:
             out.append(f"{side}_sd")
     if spec.sigma:
         out.append("sigma")
+    if spec.cell_effect == "random":
+        out.append("cell_sd")
     for side, kind in (("row", spec.row_scale), ("col", spec.col_scale)):
         if kind == "hetero":
             out += [f"{side}_log_sd_loc", f"{side}_log_sd_scale"]
@@ -230,8 +232,12 @@ def resolve(spec: ModelSpec, data: TwoWayData, *, likelihood: str = "auto",
     spec : ModelSpec
     data : TwoWayData
         The table, (R, N, K); only observed cells enter the likelihood.
-    likelihood : {"auto", "dense"}
-        ``auto`` picks the fastest exact path; ``dense`` the dense reference.
+    likelihood : {"auto", "dense", "sparse", "nuts"}
+        ``auto`` picks the fastest exact path (``sparse`` for crossed random
+        effects on a large sparse table); ``dense`` the dense reference;
+        ``sparse`` forces the sparse path; ``nuts`` the fastest path a NUTS
+        engine can trace (never ``sparse``). A path whose memory need exceeds
+        the memory available is refused (:class:`ModelError`).
     priors : dict of str to Prior, optional
         Every prior in force, as recorded by an earlier plan (a saved fit's):
         used as they are instead of defaults scaled to ``data``.
@@ -282,7 +288,7 @@ def resolve(spec: ModelSpec, data: TwoWayData, *, likelihood: str = "auto",
                     var_names=public_names(spec))
 
     from twoway.likelihood.paths import choose_path
-    from twoway.marginal import effects_design, layout
+    from twoway.marginal import layout
 
     m0, constants = integration_constants(spec, model_priors)
     parts = residual_parts(spec, data.row_labels, data.col_labels, inputs=inputs)
@@ -316,12 +322,45 @@ def resolve(spec: ModelSpec, data: TwoWayData, *, likelihood: str = "auto",
                              f"got {', '.join(unknown)}.")
     lay = layout(data, m0, parts)
     known = known_relationships(spec, data, inputs=inputs)
-    design = effects_design(spec, data, known=known)
+    design = _design(spec, data, known, likelihood)
     path = choose_path(spec, lay, design, likelihood=likelihood)
     names = [n for n in public_names(spec) if n not in ("intercept", "row_effect", "col_effect")] + extra
     return Plan(spec=spec, data=data, priors=priors, model_priors=model_priors, path=path, var_names=names,
                 m0=m0, constants=constants, parts=parts, layout=lay, design=design,
                 inputs=plan_inputs(spec, parts, known))
+
+
+def _design(spec: ModelSpec, data: TwoWayData, known: dict, likelihood: str):
+    """The integrated effects' design: sparse (large sparse crossed tables, or asked) or dense.
+
+    A dense design whose paths would need more memory than is available is
+    refused here, before it is built, rather than after a long silent run.
+    """
+    from twoway.likelihood import sparse as sp
+    from twoway.marginal import effects_design
+
+    fits_sparse = sp.sparse_applies(spec)
+    if likelihood == "sparse":
+        if not fits_sparse:
+            raise ModelError("The sparse likelihood path fits random row and/or column effects with an independent "
+                             "residual without row or column scales (one sigma and/or known se); "
+                             f"got the model {spec.name!r}.")
+        return sp.SparseDesign(spec, data, known)
+    if likelihood == "auto" and fits_sparse and sp.prefers_sparse(spec, data):
+        return sp.SparseDesign(spec, data, known)
+    need = sp.dense_path_bytes(spec, data)
+    if likelihood == "dense" or spec.residual == "full":
+        need += 3 * 8 * data.n_observed ** 2  # the whole covariance of the observed cells, and its factor
+    available = sp.available_memory()
+    if need > available:
+        if likelihood == "auto" and fits_sparse:
+            return sp.SparseDesign(spec, data, known)
+        which = "dense" if likelihood == "dense" else "integrated (NUTS)"
+        hint = (" The sparse path (likelihood=\"sparse\", the laplace engine) needs memory in proportion to the "
+                "observed cells." if fits_sparse else "")
+        raise ModelError(f"The {which} likelihood path for this {data.n_rows} x {data.n_cols} table would need about "
+                         f"{need / 2**30:.1f} GiB of memory; {available / 2**30:.1f} GiB is available.{hint}")
+    return effects_design(spec, data, known=known)
 
 
 def anova_vector(stats) -> np.ndarray:

@@ -81,6 +81,10 @@ class FitSummary:
                   f"  min bulk ESS      {d['min_ess_bulk']:.0f}",
                   f"  sampling seconds  {d['sampling_seconds']:.2f}",
                   f"  total seconds     {d['total_seconds']:.2f}"]
+        if "importance_ess" in d:  # the laplace engine: importance sampling's own diagnostics
+            lines += [f"  importance ESS    {d['importance_ess']:.0f} of {d['proposals']} proposals",
+                      f"  Pareto k          {d['pareto_k']:.2f}",
+                      f"  factorisations    {d['factorisations']}"]
         if self.warnings:
             lines += ["", "warnings:"] + [f"  - {w}" for w in self.warnings]
         else:
@@ -151,11 +155,21 @@ def summarize(fit, *, var_names: "list[str] | str | None" = None, ci_prob: float
         "sampling_seconds": float(info["sampling_seconds"]),
         "total_seconds": float(info["total_seconds"]),
     }
+    if info.get("method") == "laplace-importance":  # resampled draws: the importance ESS is the one that counts
+        diagnostics.update(importance_ess=float(info["importance_ess"]), pareto_k=float(info["pareto_k"]),
+                           factorisations=int(info["factorisations"]), proposals=int(info["proposals"]))
+        diagnostics["min_ess_bulk"] = min(diagnostics["min_ess_bulk"], diagnostics["importance_ess"])
     notes = _diagnostic_warnings(table, diagnostics, n_chains, int(post.sizes["draw"]))
+    if diagnostics.get("pareto_k", 0.0) > 0.7:
+        notes.append(f"The importance weights are unreliable (Pareto k = {diagnostics['pareto_k']:.2f} > 0.7).")
     for note in notes:
         warnings.warn(note, ConvergenceWarning, stacklevel=3)
     spec = fit.model
-    if info.get("method") == "exact":
+    if info.get("method") == "laplace-importance":
+        how = (f"likelihood: {info['likelihood_path']} (exact); engine: laplace (nested Laplace, importance sampling "
+               f"with exact weights, {info['proposals']} proposals resampled to {info['chains']} x {info['draws']}); "
+               f"seed {info['seed']}")
+    elif info.get("method") == "exact":
         how = (f"posterior: exact Gaussian, nothing left to sample (no sampler); "
                f"{info['chains']} x {info['draws']} independent draws; seed {info['seed']}")
     else:

@@ -13,6 +13,10 @@ Every engine has the same small interface (:class:`Engine`):
     Whether a compiled model can take a table whose priors differ (they are
     arguments of the program, not constants in it).
 
+``laplace`` is not NUTS: nested Laplace + importance sampling over the few
+variance parameters of the ``sparse`` path (large sparse crossed tables); a
+fit chooses it when the plan's path is ``sparse`` and no engine was named.
+
 Results (:class:`twoway.fit.Fit` and everything downstream) never know which
 engine ran; the engine's name is recorded in ``fit.info["engine"]``.
 """
@@ -25,7 +29,7 @@ from twoway.errors import FitError
 
 __all__ = ["Engine", "ENGINES", "DEFAULT_ENGINE", "get_engine"]
 
-ENGINES = ("jax", "nutpie", "pymc")
+ENGINES = ("jax", "nutpie", "pymc", "laplace")
 DEFAULT_ENGINE = "jax"
 
 
@@ -55,4 +59,8 @@ def get_engine(name: str) -> Engine:
         from twoway.engines.pymc import PymcEngine
 
         return PymcEngine()
+    if name == "laplace":
+        from twoway.engines.laplace import LaplaceEngine
+
+        return LaplaceEngine()
     raise FitError(f"The engine must be one of {', '.join(ENGINES)}; got {name!r}.")

@@ -11,6 +11,8 @@ the row and column indicators, the dense covariance) live in
 =====================  ====================================================
 path                   applies when
 =====================  ====================================================
+``sparse``             crossed random effects on a large sparse table (the
+                       plan chose it: :mod:`twoway.likelihood.sparse`)
 ``diagonal``           independent residual, nothing integrated
 ``anova``              complete table, one residual variance, exchangeable effects
 ``woodbury-schur``     independent residual, iid random effects on one side
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from twoway.errors import ModelError
 from twoway.likelihood.anova import anova_logp
 from twoway.likelihood.dense import dense_logp
 from twoway.likelihood.woodbury import effects_posterior, gaussian_logp_from, woodbury_logp
@@ -72,6 +75,35 @@ class LikelihoodPath:
         return u
 
 
+class Sparse(LikelihoodPath):
+    """Crossed random effects through a sparse Cholesky factor of their precision (NumPy/SciPy only).
+
+    The plan chooses it (by size and sparsity, before any dense design is built)
+    and then gives it a :class:`~twoway.likelihood.sparse.SparseDesign`.
+    """
+
+    name = "sparse"
+
+    def applies(self, spec, lay, design):
+        from twoway.likelihood.sparse import SparseDesign
+
+        return isinstance(design, SparseDesign)
+
+    def log_density(self, ops, spec, lay, design, params):
+        from twoway.likelihood.backend import NUMPY
+        from twoway.likelihood.sparse import sparse_logp
+
+        if ops is not NUMPY:
+            raise ModelError("The sparse path is evaluated with NumPy/SciPy (CHOLMOD) only; a NUTS engine cannot "
+                             "trace it. Use the laplace engine, or resolve with likelihood=\"nuts\".")
+        return sparse_logp(spec, lay, design, params)
+
+    def draw_coordinates(self, spec, lay, design, params, rng, chunk):
+        from twoway.likelihood.sparse import sparse_draw
+
+        return sparse_draw(spec, lay, design, params, rng)
+
+
 class Diagonal(LikelihoodPath):
     name = "diagonal"
 
@@ -107,6 +139,8 @@ class Anova(LikelihoodPath):
                 kw[f"{side}_var"] = sd * sd
                 if getattr(spec, f"{side}_effect") == "random":
                     kw[f"{side}_mean_var"] = sd * sd
+        if spec.cell_effect == "random":
+            kw["cell_var"] = params["cell_sd"] * params["cell_sd"]
         return anova_logp(ops, lay.anova, var[..., 0, 0, 0], **kw)
 
 
@@ -225,7 +259,7 @@ class Dense(LikelihoodPath):
 
 #: Every path, fastest first: the first that applies is the one used.
 PATHS: dict[str, LikelihoodPath] = {p.name: p for p in (
-    Diagonal(), Anova(), WoodburySchur(), Woodbury(), WoodburyLatent(),
+    Sparse(), Diagonal(), Anova(), WoodburySchur(), Woodbury(), WoodburyLatent(),
     KroneckerAR1(), KroneckerEigen(), KroneckerCholesky(), DenseTable(), Dense())}
 
 
@@ -240,8 +274,6 @@ def choose_path(spec, lay, design, *, likelihood: str = "auto") -> str:
     for path in PATHS.values():
         if path.applies(spec, lay, design):
             return path.name
-    from twoway.errors import ModelError
-
     raise ModelError(f"No likelihood path for the {spec.residual!r} residual.")  # pragma: no cover
 
 
@@ -272,5 +304,6 @@ def draw_effects(spec, lay, design, params, rng: np.random.Generator, chunk: int
         if name == "intercept":
             out["intercept"] = lay.m0 + coords[:, 0]
         else:
-            out[name] = coords @ design.bases[name.split("_")[0]].T
+            # the sparse path's effects are random with an identity basis: no dense basis to apply
+            out[name] = coords if path.name == "sparse" else coords @ design.bases[name.split("_")[0]].T
     return out
