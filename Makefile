@@ -9,7 +9,8 @@ STAMP  := $(VENV)/.installed-stamp
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml scripts/find-python.sh
+$(STAMP): pyproject.toml scripts/find-python.sh scripts/ensure-suitesparse.sh
+	scripts/ensure-suitesparse.sh
 	@if [ ! -x $(PY) ]; then \
 	    base=$$(scripts/find-python.sh) || exit 1; \
 	    echo "creating $(VENV) with $$base"; \
