@@ -130,6 +130,19 @@ CASES = [
                                                       col_scale="homo", sigma=False,
                                                       row_effect_cov=f"known:{d / 'rows_known.csv'}"),
          (4, 3, 2), 0.1, 0.2, "woodbury"),
+    # a random cell effect shared by the replicates of a cell, on each path a crossed/additive model takes
+    Case("cell-no-effects", lambda d: ModelSpec(intercept=False, row_effect="none", col_effect="none",
+                                                row_scale="homo", col_scale="none", sigma=False,
+                                                cell_effect="random"), (4, 3, 3), 0.1, 0.3, "diagonal"),
+    Case("cell-crossed-complete", lambda d: dataclasses.replace(preset("crossed"), cell_effect="random"),
+         (4, 3, 3), 0.0, None, "anova"),
+    Case("cell-crossed-missing-se", lambda d: dataclasses.replace(preset("crossed"), cell_effect="random"),
+         (4, 3, 3), 0.2, 0.3, "woodbury-schur"),
+    Case("cell-additive-missing", lambda d: dataclasses.replace(preset("additive"), cell_effect="random"),
+         (4, 3, 2), 0.2, 0.3, "woodbury-schur"),
+    Case("cell-fixed-fixed-hetero-se", lambda d: ModelSpec(row_effect="fixed", col_effect="fixed",
+                                                           row_scale="hetero", col_scale="none",
+                                                           cell_effect="random"), (4, 3, 2), 0.1, 0.4, "woodbury"),
     Case("latent", lambda d: preset("latent"), (4, 3, 2), 0.0, None, "woodbury-latent"),
     Case("latent-homo-fixed-missing-se", lambda d: ModelSpec(residual="latent", row_scale="homo", col_scale="hetero",
                                                              row_effect="fixed"), (4, 3, 2), 0.2, 0.3,
@@ -243,6 +256,8 @@ def _free_values(plan) -> dict:
             vals[f"{side}_sd"] = 0.7
     if spec.sigma:
         vals["sigma"] = 0.6
+    if spec.cell_effect == "random":
+        vals["cell_sd"] = 0.5
     if spec.residual == "full":
         vals.update({name: {"rho": 0.5, "scale": 1.1}[name] for name in plan.parts["full"].parameters})
     if spec.residual == "kronecker":

@@ -92,7 +92,7 @@ def test_statistics_of_a_stack_equal_those_of_each_table():
     stack[:, np.isnan(Y)] = np.nan
     flat = flatten_statistics(table_statistics(stack))
     names = statistic_names(["a", "b", "c"], ["w", "x", "y", "z"])
-    assert flat.shape == (4, len(names)) and len(names) == 2 + 2 * 3 + 2 * 4 + 2
+    assert flat.shape == (4, len(names)) and len(names) == 2 + 2 * 3 + 2 * 4 + 1 + 2
     assert names[:3] == ["mean", "sd", "row_mean[a]"] and names[-2:] == ["row_corr", "col_corr"]
     assert names.index("col_var[y]") == 2 + 6 + 4 + 2
     for s in range(4):

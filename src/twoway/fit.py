@@ -508,7 +508,8 @@ def fit(
 
 
 def check_sampling_options(chains, draws, tune, seed, engine: str = DEFAULT_ENGINE) -> None:
-    """Raise :class:`FitError` for sampling options that cannot work."""
+    """Raise :class:`FitError` for sampling options that cannot work (``engine`` None: chosen by the table)."""
+    engine = DEFAULT_ENGINE if engine is None else engine
     if engine not in ENGINES:
         raise FitError(f"The engine must be one of {', '.join(ENGINES)}; got {engine!r}.")
     low_tune = get_engine(engine).min_tune

@@ -36,6 +36,8 @@ from twoway.likelihood.anova import AnovaStats, anova_stats
 from twoway.likelihood.diagonal import cell_sd
 from twoway.likelihood.woodbury import (
     Projections,
+    cell_effect_projections,
+    collapse_cells,
     diagonal_projections,
     eliminate_side,
     eliminated_side_logp,
@@ -46,7 +48,7 @@ from twoway.model import ModelSpec
 
 __all__ = ["Layout", "EffectsDesign", "layout", "effects_design", "base_projections", "noise_variance",
            "eliminated_block", "schur_logp", "schur_draw", "dense_covariance", "draw_shocks", "kronecker_factors",
-           "point_parameters"]
+           "point_parameters", "cell_variance", "draw_cell_effects"]
 
 
 @dataclass(frozen=True)
@@ -288,6 +290,8 @@ def base_projections(ops, spec: ModelSpec, lay: Layout, params) -> Projections:
     w = lay.mask / var
     logdet = ops.sum(ops.sum(ops.sum(lay.mask * ops.log(var), axis=-1), axis=-1), axis=-1)
     if spec.residual == "independent":
+        if spec.cell_effect == "random":
+            return cell_effect_projections(ops, lay.r, w, logdet, cell_variance(params))
         return diagonal_projections(ops, lay.r, w, logdet)
     if spec.residual == "latent":
         shock_var, index = _shock_variances(ops, spec, lay, params)
@@ -409,9 +413,15 @@ def eliminated_block(spec: ModelSpec, lay: Layout, design: EffectsDesign):
 
 
 def uniform_noise(spec: ModelSpec, lay: Layout) -> bool:
-    """Whether every observed cell of an independent residual has the same variance (a scalar)."""
+    """Whether every observed cell of an independent residual has the same variance (a scalar), no cell effect."""
     return (spec.residual == "independent" and spec.row_scale != "hetero" and spec.col_scale != "hetero"
-            and lay.se_constant is not None)
+            and lay.se_constant is not None and spec.cell_effect == "none")
+
+
+def cell_variance(params):
+    """The random cell effects' variance, ``cell_sd^2`` (batched over leading dims)."""
+    sd = params["cell_sd"]
+    return sd * sd
 
 
 def _eliminated(ops, spec: ModelSpec, lay: Layout, design: EffectsDesign, params):
@@ -440,9 +450,13 @@ def _eliminated(ops, spec: ModelSpec, lay: Layout, design: EffectsDesign, params
         w = lay.mask / var
         wr = w * lay.r
         scale = 1.0
-        w_sum, wr_sum = ops.sum(w, axis=-3), ops.sum(wr, axis=-3)
-        quad0 = ops.sum(ops.sum(ops.sum(wr * lay.r, axis=-1), axis=-1), axis=-1)
         logdet_base = ops.sum(ops.sum(ops.sum(lay.mask * ops.log(var), axis=-1), axis=-1), axis=-1)
+        if spec.cell_effect == "random":
+            w_sum, wr_sum, quad0, extra = collapse_cells(ops, lay.r, w, cell_variance(params))
+            logdet_base = logdet_base + extra
+        else:
+            w_sum, wr_sum = ops.sum(w, axis=-3), ops.sum(wr, axis=-3)
+            quad0 = ops.sum(ops.sum(ops.sum(wr * lay.r, axis=-1), axis=-1), axis=-1)
     parts = eliminate_side(ops, w_sum=w_sum, wr_sum=wr_sum, scale=scale, n_rows=lay.shape[1], side=side,
                            side_var=sd * sd, E_rest=design.E[:, keep], g_inv_rest=g_inv_rest)
     return parts, quad0, logdet_base, logdet_g
@@ -498,6 +512,9 @@ def dense_covariance(ops, spec: ModelSpec, lay: Layout, design: EffectsDesign, p
         cov = cov + big[flat_all][:, flat_all]
     elif spec.residual != "independent":
         raise ModelError(f"No dense covariance for the {spec.residual!r} residual.")  # pragma: no cover
+    if spec.cell_effect == "random":
+        same_cell = ((ii[:, None] == ii[None, :]) & (jj[:, None] == jj[None, :])).astype(float)
+        cov = cov + cell_variance(params) * ops.asarray(same_cell)
     if design.m:
         Z = ops.asarray(X @ design.E)
         cov = cov + Z @ design.covariance(ops, params) @ Z.T
@@ -550,3 +567,36 @@ def draw_shocks(spec: ModelSpec, lay: Layout, design: EffectsDesign, params, eff
             out[f"{side}_shock"] = draws[..., pos:pos + n]
             pos += n
     return out
+
+
+def draw_cell_effects(spec: ModelSpec, lay: Layout, params, effects: dict,
+                      rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Exact draws of the random cell effects, given the parameters and the drawn effects.
+
+    Given everything else, the cells are independent:
+    ``c[i,j] | ... ~ N(v m / (1 + v W), v / (1 + v W))`` with ``v = cell_sd^2``,
+    ``W`` the cell's precisions summed over replicates and ``m`` its
+    precision-weighted residuals after the effects (a cell with no observation
+    draws from its prior). Drawing the effects from their marginal conditional
+    first and the cells given them is an exact draw from the joint conditional.
+
+    Returns
+    -------
+    dict with ``cell_effect`` (S, N, K).
+    """
+    from twoway.likelihood.backend import NUMPY
+
+    S = next(iter(params.values())).shape[0]
+    mean = np.zeros((S, 1, 1, 1))
+    if "intercept" in effects:
+        mean = mean + (effects["intercept"] - lay.m0)[:, None, None, None]
+    if "row_effect" in effects:
+        mean = mean + effects["row_effect"][:, None, :, None]
+    if "col_effect" in effects:
+        mean = mean + effects["col_effect"][:, None, None, :]
+    resid = (lay.r[None] - mean) * lay.mask                               # (S, R, N, K)
+    w = lay.mask / noise_variance(NUMPY, spec, lay, params)                 # (S, R, N, K)
+    W, m = w.sum(axis=-3), (w * resid).sum(axis=-3)                       # (S, N, K)
+    v = cell_variance(params)[:, None, None]
+    g = 1.0 + v * W
+    return {"cell_effect": v * m / g + np.sqrt(v / g) * rng.standard_normal(W.shape)}

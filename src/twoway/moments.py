@@ -138,6 +138,7 @@ def _integrated_moments(fit, draws, *, conditional: bool) -> Iterator[DrawMoment
                 mean = mean + params["col_effect"][jj]
         else:
             mean = np.full(ii.size, m0)
-        diagonal = spec.residual == "independent" and conditional
+        # a random cell effect (integrated out) ties the replicates of a cell together even given the effects
+        diagonal = spec.residual == "independent" and conditional and getattr(spec, "cell_effect", "none") == "none"
         yield DrawMoments(chain=c, draw=d, mean=mean, var=np.diag(cov).copy(),
                           cov=None if diagonal else cov)

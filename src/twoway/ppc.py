@@ -10,7 +10,12 @@ table with the same statistics of the replicated tables:
 * the correlation between rows (the mean off-diagonal entry of the N x N
   correlation matrix of rows, columns and replicates being the observations)
   and between columns;
-* the overall mean and standard deviation.
+* the overall mean and standard deviation;
+* ``cell_mean_var``: the variance of the cell means' interaction (each cell's
+  mean over replicates, less its row's and column's mean, plus the grand
+  mean). With replicate tables, a model without a random cell effect
+  (``cell_sd``) replicates it too small when the data's cells keep a
+  deviation across replicates: its p-value is then near 0 or 1.
 
 Each comes with its observed value, the mean of the replicated values, and the
 posterior predictive p-value ``P(T(y_rep) >= T(y))`` (ties count half).
@@ -35,6 +40,7 @@ __all__ = [
     "col_stats",
     "pairwise_corr",
     "mean_offdiag_corr",
+    "cell_interaction_var",
     "table_statistics",
     "statistic_names",
     "flatten_statistics",
@@ -180,6 +186,30 @@ def mean_offdiag_corr(y, axis: str) -> np.ndarray:
     return np.where(count > 0, mean, np.nan)
 
 
+def cell_interaction_var(y) -> np.ndarray:
+    """Variance of the interaction of the cell means of a table.
+
+    Each cell's mean over replicates, less the mean of its row and of its
+    column (means of the cell means) plus their grand mean; the variance
+    (ddof=1) over the cells that have a mean.
+
+    Parameters
+    ----------
+    y : array (..., R, N, K)
+        NaN at missing cells.
+
+    Returns
+    -------
+    array (...,)
+    """
+    cell, _ = masked_mean_var(y, axis=-3)                       # (..., N, K)
+    row, _ = masked_mean_var(cell, axis=-1)                     # (..., N)
+    col, _ = masked_mean_var(cell, axis=-2)                     # (..., K)
+    grand, _ = masked_mean_var(cell, axis=(-2, -1))             # (...,)
+    inter = cell - row[..., :, None] - col[..., None, :] + grand[..., None, None]
+    return masked_mean_var(inter, axis=(-2, -1))[1]
+
+
 def table_statistics(y) -> dict[str, np.ndarray]:
     """Every checked statistic of a table or a stack of tables.
 
@@ -192,7 +222,8 @@ def table_statistics(y) -> dict[str, np.ndarray]:
     -------
     dict of str to array
         ``mean``, ``sd`` (...,); ``row_mean``, ``row_var`` (..., N);
-        ``col_mean``, ``col_var`` (..., K); ``row_corr``, ``col_corr`` (...,).
+        ``col_mean``, ``col_var`` (..., K); ``cell_mean_var``, ``row_corr``,
+        ``col_corr`` (...,).
     """
     y = np.asarray(y, dtype=float)
     if y.ndim < 3:
@@ -207,12 +238,13 @@ def table_statistics(y) -> dict[str, np.ndarray]:
         "row_var": row_var,
         "col_mean": col_mean,
         "col_var": col_var,
+        "cell_mean_var": cell_interaction_var(y),
         "row_corr": mean_offdiag_corr(y, "row"),
         "col_corr": mean_offdiag_corr(y, "col"),
     }
 
 
-_ORDER = ("mean", "sd", "row_mean", "row_var", "col_mean", "col_var", "row_corr", "col_corr")
+_ORDER = ("mean", "sd", "row_mean", "row_var", "col_mean", "col_var", "cell_mean_var", "row_corr", "col_corr")
 
 
 def statistic_names(row_labels: Sequence[str], col_labels: Sequence[str]) -> list[str]:
@@ -343,8 +375,8 @@ def predictive_checks(fit, *, draws: int | None = 500, seed: int | None = 0,
     -------
     pandas.DataFrame
         One line per statistic (index ``mean``, ``sd``, ``row_mean[T1]``, ...,
-        ``row_var[...]``, ``col_mean[...]``, ``col_var[...]``, ``row_corr``,
-        ``col_corr``); columns ``observed``, ``rep_mean``, ``rep_sd`` (mean and
+        ``row_var[...]``, ``col_mean[...]``, ``col_var[...]``, ``cell_mean_var``,
+        ``row_corr``, ``col_corr``); columns ``observed``, ``rep_mean``, ``rep_sd`` (mean and
         sd of the replicated statistic) and ``p_value``
         (``P(T(y_rep) >= T(y))``, ties half).
     """

@@ -158,6 +158,7 @@ def default_priors(location: float, spread: float) -> dict[str, Prior]:
     row_log_sd_loc         normal(mu=log(s/2), sigma=1)
     row_log_sd_scale       halfnormal(sigma=0.5)
     sigma                  halfnormal(sigma=s/2)
+    cell_sd                halfnormal(sigma=s/2)
     =====================  ==========================================
 
     and the same for columns. Heterogeneous scales are hierarchical on the log
@@ -175,6 +176,7 @@ def default_priors(location: float, spread: float) -> dict[str, Prior]:
         out[f"{side}_log_sd_loc"] = Prior.make("normal", mu=math.log(s / 2.0), sigma=1.0)
         out[f"{side}_log_sd_scale"] = Prior.make("halfnormal", sigma=0.5)
     out["sigma"] = Prior.make("halfnormal", sigma=s / 2.0)
+    out["cell_sd"] = Prior.make("halfnormal", sigma=s / 2.0)
     return out
 
 
@@ -211,7 +213,7 @@ def resolve_priors(
 
 
 POSITIVE_PARAMETERS = ("row_effect_sd", "col_effect_sd", "row_sd", "col_sd", "row_log_sd_scale",
-                       "col_log_sd_scale", "sigma")
+                       "col_log_sd_scale", "sigma", "cell_sd")
 
 
 def check_support(name: str, prior: Prior) -> None:

@@ -100,6 +100,8 @@ def draw_parameters(spec: ModelSpec, n_rows: int, n_cols: int, *, rng: np.random
             out[f"{side}_sd"] = np.exp(loc + scale * rng.normal(size=n))
     if spec.sigma:
         out["sigma"] = float(priors["sigma"].sample(rng))
+    if spec.cell_effect == "random":
+        out["cell_sd"] = float(priors["cell_sd"].sample(rng))
     return out
 
 
@@ -300,6 +302,9 @@ def simulate(
         mu = mu + np.asarray(truth["row_effect"])[:, None]
     if "col_effect" in truth:
         mu = mu + np.asarray(truth["col_effect"])[None, :]
+    if spec.cell_effect == "random":  # one deviation per cell, shared by its replicates
+        truth["cell_effect"] = truth["cell_sd"] * rng.standard_normal(shape[1:])
+        mu = mu + truth["cell_effect"]
     values = mu + draw_residual(spec, truth, shape, 0.0 if se_arr is None else se_arr, rng)
     miss = _missing_mask(rng, shape, missing)
     values[miss] = np.nan

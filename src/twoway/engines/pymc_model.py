@@ -204,6 +204,8 @@ def _integrated_model(plan: Plan):
             if kind == "random":
                 params[f"{side}_effect_sd"] = pymc_variable(priors[f"{side}_effect_sd"], f"{side}_effect_sd")
         params.update(_scale_parameters(spec, priors))
+        if spec.cell_effect == "random":
+            params["cell_sd"] = pymc_variable(priors["cell_sd"], "cell_sd")
         if spec.residual == "full":
             for name in plan.parts["full"].parameters:
                 params[name] = pymc_variable(priors[name], name)

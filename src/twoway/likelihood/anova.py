@@ -2,8 +2,9 @@
 
 On a complete (R, N, K) table with one residual variance v for every cell,
 row effects and column effects that are exchangeable (random with identity
-relationship, or fixed summing to zero) and a normal intercept, the covariance
-``s0^2 J + a (J_R x I_N x J_K) + c (J_R x J_N x I_K) + v I`` has five
+relationship, or fixed summing to zero), an optional random cell effect (variance e) and a normal
+intercept, the covariance
+``s0^2 J + a (J_R x I_N x J_K) + c (J_R x J_N x I_K) + e (J_R x I_N x I_K) + v I`` has five
 eigen-spaces: the grand mean, row contrasts, column contrasts, interaction
 and within-cell (replicate) contrasts. The squared length of the data in each
 of them is computed once, before sampling; an evaluation then costs O(1)
@@ -58,7 +59,7 @@ def anova_stats(r: np.ndarray) -> AnovaStats:
 
 
 def anova_logp(ops, st: AnovaStats, v, *, row_var=0.0, col_var=0.0, row_mean_var=0.0,
-               col_mean_var=0.0, grand_var=0.0):
+               col_mean_var=0.0, grand_var=0.0, cell_var=0.0):
     """Log-density on the balanced path.
 
     Parameters
@@ -74,14 +75,19 @@ def anova_logp(ops, st: AnovaStats, v, *, row_var=0.0, col_var=0.0, row_mean_var
         random effects, 0 for fixed effects (they sum to zero).
     grand_var : scalar
         Prior variance of the intercept.
+    cell_var : scalar
+        Variance of a random cell effect shared by the replicates of a cell:
+        ``R cell_var`` is added to every eigenvalue but the within-cell one.
     """
     R, N, K = st.R, st.N, st.K
-    lam_grand = v + R * K * row_mean_var + R * N * col_mean_var + R * N * K * grand_var
-    lam_row = v + R * K * row_var
-    lam_col = v + R * N * col_var
-    dims_v = (N - 1) * (K - 1) + (R - 1) * N * K
+    lam_cell = v + R * cell_var
+    lam_grand = lam_cell + R * K * row_mean_var + R * N * col_mean_var + R * N * K * grand_var
+    lam_row = lam_cell + R * K * row_var
+    lam_col = lam_cell + R * N * col_var
+    dims_inter = (N - 1) * (K - 1)
+    dims_within = (R - 1) * N * K
     logdet = (ops.log(lam_grand) + (N - 1) * ops.log(lam_row) + (K - 1) * ops.log(lam_col)
-              + dims_v * ops.log(v))
+              + dims_inter * ops.log(lam_cell) + dims_within * ops.log(v))
     quad = (st.ss_grand / lam_grand + st.ss_row / lam_row + st.ss_col / lam_col
-            + (st.ss_inter + st.ss_within) / v)
+            + st.ss_inter / lam_cell + st.ss_within / v)
     return gaussian_logp_from(st.n_obs, logdet, quad)

@@ -26,7 +26,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Projections", "sandwich", "diagonal_projections", "shock_projections", "woodbury_logp",
+__all__ = ["Projections", "sandwich", "diagonal_projections", "shock_projections", "collapse_cells",
+           "cell_effect_projections", "woodbury_logp",
            "gaussian_logp_from", "effects_posterior", "effects_conditional", "EliminatedSide",
            "eliminate_side", "eliminated_side_logp", "eliminated_side_posterior"]
 
@@ -98,6 +99,53 @@ def diagonal_projections(ops, r, w, logdet) -> Projections:
     b = ops.concatenate([ops.sum(wr_sum, axis=-1), ops.sum(wr_sum, axis=-2)], axis=-1)
     quad = ops.sum(ops.sum(ops.sum(wr * r, axis=-1), axis=-1), axis=-1)
     return Projections(logdet=logdet, quad=quad, P=P, b=b, n_obs=-1)
+
+
+def collapse_cells(ops, r, w, cell_var):
+    """A diagonal residual plus a cell effect shared by every replicate of a cell, collapsed onto one table.
+
+    Each cell (i, j) adds ``c[i,j] ~ N(0, cell_var)`` to all its replicates, so
+    its replicates' covariance is ``D + cell_var 1 1'`` (Sherman-Morrison).
+    With ``W = sum_r w``, ``m = sum_r w r`` and ``f = 1 / (1 + cell_var W)``,
+    the indicators see one table of precisions ``W f`` and weighted residuals
+    ``m f``; the rest is in the quadratic form and the log-determinant.
+
+    Parameters
+    ----------
+    r, w : arrays (..., R, N, K)
+        Residuals (0 at missing cells) and precisions (0 at missing cells).
+    cell_var : scalar (...,)
+        Variance of the cell effects.
+
+    Returns
+    -------
+    w_sum : array (..., N, K)
+        Collapsed cell precisions ``W f``.
+    wr_sum : array (..., N, K)
+        Collapsed weighted residuals ``m f``.
+    quad : scalar (...,)
+        ``r' B^-1 r = sum w r^2 - cell_var sum m^2 f``.
+    logdet_extra : scalar (...,)
+        ``sum log(1 + cell_var W)``, added to the diagonal part's log-determinant.
+    """
+    cv = cell_var[..., None, None] if getattr(cell_var, "ndim", 0) else cell_var
+    wr = w * r
+    W = ops.sum(w, axis=-3)
+    m = ops.sum(wr, axis=-3)
+    g = 1.0 + cv * W
+    f = 1.0 / g
+    total = ops.sum(ops.sum(ops.sum(wr * r, axis=-1), axis=-1), axis=-1)
+    quad = total - ops.sum(ops.sum(cv * m * m * f, axis=-1), axis=-1)
+    logdet_extra = ops.sum(ops.sum(ops.log(g), axis=-1), axis=-1)
+    return W * f, m * f, quad, logdet_extra
+
+
+def cell_effect_projections(ops, r, w, logdet, cell_var) -> Projections:
+    """Projections of an independent residual plus a random cell effect (see :func:`collapse_cells`)."""
+    w_sum, wr_sum, quad, logdet_extra = collapse_cells(ops, r, w, cell_var)
+    P = _assemble(ops, ops.sum(w_sum, axis=-1), ops.sum(w_sum, axis=-2), w_sum)
+    b = ops.concatenate([ops.sum(wr_sum, axis=-1), ops.sum(wr_sum, axis=-2)], axis=-1)
+    return Projections(logdet=logdet + logdet_extra, quad=quad, P=P, b=b, n_obs=-1)
 
 
 def shock_projections(ops, r, w, logdet, shock_var, shock_index, n_rep: int, n_total: int) -> Projections:

@@ -238,6 +238,8 @@ def _integrated(b: _Builder, plan: Plan) -> None:
         if kind == "random":
             params[f"{side}_effect_sd"] = b.prior(f"{side}_effect_sd")
     params.update(_scales(b, spec))
+    if spec.cell_effect == "random":
+        params["cell_sd"] = b.prior("cell_sd")
     if spec.residual == "full":
         for name in plan.parts["full"].parameters:
             params[name] = b.prior(name)
@@ -307,7 +309,7 @@ def _sampled(b: _Builder, plan: Plan) -> None:
 
 def _structure(b: _Builder, st, unit: bool):
     """A Kronecker factor (n, n) and its public parameters, as in the PyMC build."""
-    from twoway.likelihood.structured import ar1_matrix, cs_matrix, fa_matrix
+    from twoway.likelihood.structured import ar1_matrix, cs_matrix, fa_identify, fa_matrix
 
     jnp, side, n, nm, kind = b.jnp, st.side, st.n, st._name, st.kind
     params: dict[str, Any] = {}
@@ -338,20 +340,21 @@ def _structure(b: _Builder, st, unit: bool):
         sd2 = scalar_sd2()
         cov = ar1_matrix(rho, sd2, n) if kind == "ar1" else cs_matrix(rho, sd2, n)
     elif kind == "fa":
-        (rows, cols), diag = st._fa_index()
-        sigma = b.args["priors"][nm("loadings")]["sigma"]
-        free = b.normal(f"_{nm('loadings')}_lower", (rows.size,), sigma)
-        lead = b.half_normal(f"_{nm('loadings')}_diag", (st.k,), sigma)
-        lam = jnp.zeros((n, st.k)).at[rows, cols].set(free).at[diag, diag].set(lead)
+        # hierarchical scales; raw loadings without constraint (their law and lam lam' are unchanged by
+        # rotations), reported in the identified form; see twoway.structures
+        hide = "_" if unit else ""
+        tau_l = b.prior(f"{hide}{nm('loadings_scale')}", prior_name=nm("loadings_scale"))
+        tau_p = b.prior(f"{hide}{nm('psi_scale')}", prior_name=nm("psi_scale"))
+        lam = tau_l * b.std_normal(f"_{nm('loadings')}_z", (n, st.k))
+        psi = tau_p * b.half_normal(f"_{nm('psi')}_z", (n,), 1.0)
         if unit:
-            psi_raw = b.prior(f"_{nm('psi')}_raw", (n,), prior_name=nm("psi"))
-            m = ((lam * lam).sum() + psi_raw.sum()) / n
-            lam, psi = lam / jnp.sqrt(m), psi_raw / m
+            m = ((lam * lam).sum() + psi.sum()) / n
+            lam, psi = lam / jnp.sqrt(m), psi / m
         else:
-            psi = b.prior(nm("psi"), (n,), (side,))
+            params.update({nm("loadings_scale"): tau_l, nm("psi_scale"): tau_p})
         b.deterministic(nm("psi"), psi, (side,))
-        b.deterministic(nm("loadings"), lam, (side, f"{side}_factor"))
-        params = {nm("loadings"): lam, nm("psi"): psi}
+        loadings = b.deterministic(nm("loadings"), fa_identify(lam), (side, f"{side}_factor"))
+        params.update({nm("loadings"): loadings, nm("psi"): psi})
         cov = fa_matrix(lam, psi)
     else:  # unstructured
         L = b.lkj_cholesky(f"_{nm('corr')}_chol", n, st.eta)
