@@ -699,7 +699,8 @@ def test_summary_json_shape(fitted, capsys):
     status, out, err = run_cli(capsys, "summary", fitted["path"], "--json")
     assert status == 0, err
     doc = json.loads(out)
-    assert {"parameters", "diagnostics"} <= set(doc) <= {"parameters", "diagnostics", "warnings"}
+    assert {"parameters", "diagnostics"} <= set(doc) <= {"parameters", "diagnostics", "warnings",
+                                                         "variance_decomposition"}
     params = doc["parameters"]
     assert set(params) == expected_parameter_keys()
     for name, stats in params.items():
@@ -893,6 +894,7 @@ FITTING_COMMANDS = {
     "fit": ["fit", "t.csv", "--out", "f.nc"],
     "demo": ["demo"],
     "sbc": ["sbc", "--rows", "3", "--cols", "3", "--sims", "2", "--out", "o"],
+    "fit-many": ["fit-many", "tables", "--out", "o"],
 }
 
 
@@ -973,11 +975,15 @@ def test_fit_with_the_jax_engine_reports_phases_and_reuses_the_cache(tmp_path):
                               cwd=tmp_path, capture_output=True, text=True, timeout=600, env=env)
         assert proc.returncode == 0, proc.stderr
         errs.append(proc.stderr)
-    for err, cache_note in zip(errs, ["cache miss", "cache hit"]):
+    for k, (err, cache_note) in enumerate(zip(errs, ["cache miss", "cache hit"])):
         lines = [line for line in err.splitlines() if line.startswith("twoway: ")]  # not the dof warning
         assert lines[0] == "twoway: fitting the additive model (jax): 1 chain x 50 draws after 50 tuning ...", err
-        assert re.fullmatch(rf"twoway: compiling done in [\d.]+ s \({cache_note}\)", lines[1]), err
-        assert re.fullmatch(r"twoway: sampling done in [\d.]+ s", lines[2]) and len(lines) == 3, err
+        assert lines[1] == "twoway: compiling the model ...", err
+        assert re.fullmatch(rf"twoway: compiling done in [\d.]+ s \({cache_note}\)", lines[2]), err
+        assert lines[3:5] == ["twoway: sampling ...", "twoway: sampling: 50/50 draws (1 of 1 chain done)"], err
+        assert re.fullmatch(r"twoway: sampling done in [\d.]+ s", lines[5]), err
+        assert lines[6:] == ["twoway: drawing the integrated effects back ...",
+                             f"twoway: writing the fit to {tmp_path / f'f{k}.nc'} ..."], err
         assert "\r" not in err  # not a terminal: lines, no redrawn bar
     assert any(name.endswith("-cache") for name in os.listdir(cache))
     assert os.listdir(cache / "programs")  # the stored chain program the second run loaded

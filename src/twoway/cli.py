@@ -48,9 +48,11 @@ def _model(args):
 
 def _engine_args(p: argparse.ArgumentParser) -> None:
     """``--engine`` (``--backend``, its old name, is kept as a hidden alias) and ``--progress``."""
-    p.add_argument("--engine", choices=ENGINES, default=DEFAULT_ENGINE,
+    p.add_argument("--engine", choices=ENGINES, default=None,
                    help="what compiles and samples the model: jax (compiled programs are cached on disk, "
-                        "see 'twoway cache'), nutpie, or PyMC's own sampler (default: %(default)s)")
+                        "see 'twoway cache'), nutpie, PyMC's own sampler, or laplace (nested Laplace + importance "
+                        f"sampling, for large sparse crossed tables) (default: {DEFAULT_ENGINE}; laplace when the "
+                        "table takes the sparse likelihood path)")
     # Same destination; SUPPRESS keeps it out of --help and leaves the default to --engine.
     p.add_argument("--backend", dest="engine", choices=ENGINES, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
@@ -313,18 +315,19 @@ def cmd_fit(args) -> int:
               "the priors will decide what the data cannot.", file=sys.stderr)
     progress = _progress(args)
     chains = f"{args.chains} chain{'s' if args.chains != 1 else ''}"
-    progress.phase("fitting", f"the {spec.name} model ({args.engine}): {chains} x {args.draws} draws "
+    progress.phase("fitting", f"the {spec.name} model ({args.engine or 'engine by table'}): {chains} x {args.draws} draws "
                               f"after {args.tune} tuning")
     # The phase lines are the CLI's (the same for every engine, in a log too); the library shows only
     # the sampler's own progress bar, on a terminal (the jax engine's progress is phase lines: not twice).
-    bars = _sampler_progress(args) and args.engine != "jax"
+    bars = _sampler_progress(args) and args.engine not in (None, "jax", "laplace")
+    from twoway.progress import FitLines
+
+    lines = FitLines(progress)
     compiled = compile_model(spec, data, engine=args.engine, progress=False)
-    result = compiled.sample(chains=args.chains, draws=args.draws, tune=args.tune, seed=args.seed, progress=bars)
-    info = result.info
-    cache = {"hit": "cache hit", "miss": "cache miss", "in memory": "in memory",
-             "off": "no compile cache"}.get(info.get("compile_cache"), "")
-    progress.done("compiling", info["compile_seconds"], cache)
-    progress.done("sampling", info["sampling_seconds"])
+    result = compiled.sample(chains=args.chains, draws=args.draws, tune=args.tune, seed=args.seed, progress=bars,
+                             on_progress=lines)
+    lines.sampled(result.info)
+    lines.writing(args.out)
     result.save(args.out)
     if not args.quiet:
         print(result.summary().format())

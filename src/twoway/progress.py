@@ -19,7 +19,7 @@ import time
 from contextlib import contextmanager
 from typing import IO, Iterator
 
-__all__ = ["Progress", "Step"]
+__all__ = ["Progress", "Step", "FitLines"]
 
 
 class Step:
@@ -209,3 +209,69 @@ def _seconds(seconds: float) -> str:
         return f"{seconds:.0f} s"
     minutes, rest = divmod(int(round(seconds)), 60)
     return f"{minutes} min {rest:02d} s"
+
+
+class FitLines:
+    """The command line's phase lines of one fit, from :meth:`twoway.fit.CompiledModel.sample`'s events.
+
+    Lines, each as its phase starts or ends (a log shows where a long fit is)::
+
+        twoway: compiling the model ...
+        twoway: compiling done in 11 s (cache miss)
+        twoway: sampling ...
+        twoway: sampling: 2000/4000 draws (2 of 4 chains done)
+        twoway: sampling done in 3.4 s
+        twoway: drawing the integrated effects back ...
+        twoway: writing the fit to fit.nc ...
+
+    Parameters
+    ----------
+    progress : Progress
+        Where the lines go (nothing when it is disabled).
+    """
+
+    CACHE_NOTES = {"hit": "cache hit", "miss": "cache miss", "in memory": "in memory", "off": "no compile cache"}
+
+    def __init__(self, progress: Progress) -> None:
+        self.progress = progress
+        self._sampling_since: float | None = None
+        self._compiled_said = False
+        self._sampling_said = False
+
+    def __call__(self, event: str, **details) -> None:
+        """Take one event of :meth:`~twoway.fit.CompiledModel.sample` (its ``on_progress``)."""
+        p = self.progress
+        if event == "compile":
+            p.phase("compiling the model")
+        elif event == "sample":
+            p.done("compiling", details.get("compile_seconds", 0.0),
+                   self.CACHE_NOTES.get(details.get("cache"), ""))
+            self._compiled_said = True
+            p.phase("sampling")
+            self._sampling_since = time.perf_counter()
+        elif event == "chain":
+            done, chains, draws = details["done"], details["chains"], details["draws"]
+            p.message(f"sampling: {done * draws}/{chains * draws} draws ({done} of {chains} "
+                      f"chain{'s' if chains != 1 else ''} done)")
+        elif event == "draw_back" and self._sampling_since is not None:  # an engine that told its phases
+            self._end_sampling()
+            p.phase("drawing the integrated effects back")
+
+    def _end_sampling(self, seconds: float | None = None) -> None:
+        if self._sampling_said:
+            return
+        if seconds is None:
+            seconds = 0.0 if self._sampling_since is None else time.perf_counter() - self._sampling_since
+        self.progress.done("sampling", seconds)
+        self._sampling_said = True
+
+    def sampled(self, info: dict) -> None:
+        """After sampling: the lines an engine without events did not give (from the fit's ``info``)."""
+        if not self._compiled_said:
+            self.progress.done("compiling", info.get("compile_seconds", 0.0),
+                               self.CACHE_NOTES.get(info.get("compile_cache"), ""))
+            self._compiled_said = True
+        self._end_sampling(None if self._sampling_since is not None else info.get("sampling_seconds", 0.0))
+
+    def writing(self, path) -> None:
+        self.progress.phase(f"writing the fit to {path}")
