@@ -17,7 +17,7 @@ import xarray as xr
 import twoway
 from twoway import FitError, Prior
 from twoway.fit import compile_model
-from twoway.likelihood.diagonal import cell_sd
+from twoway.likelihood.diagonal import residual_sd
 from twoway.loo import (
     add_log_likelihood,
     default_conditional,
@@ -194,7 +194,7 @@ def test_conditional_cells_are_the_model_likelihood(result):
     c, d = 1, int(ll.coords["draw"].values[7])
     p = {k: post[k].values[c, d] for k in ("intercept", "row_effect", "col_effect", "row_sd", "col_sd")}
     mu = p["intercept"] + p["row_effect"][ii] + p["col_effect"][jj]
-    sd = cell_sd(data.se_or_zero()[rr, ii, jj], p["row_sd"][ii], p["col_sd"][jj], None, combine="variance")
+    sd = residual_sd(data.se_or_zero()[rr, ii, jj], p["row_sd"][ii], p["col_sd"][jj], None, combine="variance")
     want = -0.5 * np.log(2 * np.pi * sd**2) - 0.5 * ((y - mu) / sd) ** 2
     np.testing.assert_allclose(ll.sel(draw=d).values[c], want, rtol=1e-10)
     # rows given the effects: the sum of their cells

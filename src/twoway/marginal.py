@@ -33,7 +33,7 @@ import numpy as np
 from twoway.data import TwoWayData
 from twoway.errors import ModelError
 from twoway.likelihood.anova import AnovaStats, anova_stats
-from twoway.likelihood.diagonal import cell_sd
+from twoway.likelihood.diagonal import residual_sd
 from twoway.likelihood.woodbury import (
     Projections,
     cell_effect_projections,
@@ -272,7 +272,7 @@ def noise_variance(ops, spec: ModelSpec, lay: Layout, params):
     if sigma is not None and hasattr(sigma, "ndim") and sigma.ndim:
         sigma = sigma[..., None, None, None]
     if spec.residual == "independent":
-        sd = cell_sd(se, _scale_grid(spec, params, "row"), _scale_grid(spec, params, "col"), sigma,
+        sd = residual_sd(se, _scale_grid(spec, params, "row"), _scale_grid(spec, params, "col"), sigma,
                      combine=spec.combine)
         var = sd * sd
     else:

@@ -19,7 +19,7 @@ from typing import Iterator
 
 import numpy as np
 
-from twoway.likelihood.diagonal import cell_sd
+from twoway.likelihood.diagonal import residual_sd
 
 __all__ = ["DrawMoments", "iter_moments", "draw_indices"]
 
@@ -103,7 +103,7 @@ def iter_moments(fit, draws: list[tuple[int, int]] | None = None, *,
         rs = None if row_sd is None else (row_sd[c, d][ii] if row_sd.ndim == 3 else row_sd[c, d])
         cs = None if col_sd is None else (col_sd[c, d][jj] if col_sd.ndim == 3 else col_sd[c, d])
         sg = None if sigma is None else sigma[c, d]
-        var = np.broadcast_to(cell_sd(se, rs, cs, sg, combine=spec.combine) ** 2, ii.shape).astype(float)
+        var = np.broadcast_to(residual_sd(se, rs, cs, sg, combine=spec.combine) ** 2, ii.shape).astype(float)
         cov = None
         if random_terms:
             cov = np.diag(var)

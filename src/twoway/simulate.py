@@ -16,7 +16,7 @@ from twoway.plan import public_names
 from twoway.data import TwoWayData
 from twoway.derived import row_col_means
 from twoway.errors import ModelError
-from twoway.likelihood.diagonal import cell_sd
+from twoway.likelihood.diagonal import residual_sd
 from twoway.model import ModelSpec, load_model
 from twoway.priors import resolve_priors
 
@@ -191,7 +191,7 @@ def draw_residual(spec: ModelSpec, truth: dict[str, Any], shape: tuple[int, int,
     if spec.residual == "independent":
         row_sd = _on_grid(truth.get("row_sd"), shape[1:], axis=0)
         col_sd = _on_grid(truth.get("col_sd"), shape[1:], axis=1)
-        sd = cell_sd(se, row_sd, col_sd, truth.get("sigma"), combine=spec.combine)
+        sd = residual_sd(se, row_sd, col_sd, truth.get("sigma"), combine=spec.combine)
         return np.broadcast_to(sd, shape) * rng.standard_normal(shape)
     noise_sd = np.sqrt(np.asarray(se, dtype=float) ** 2 + truth.get("sigma", 0.0) ** 2)
     if spec.residual == "latent":

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from twoway.data import TwoWayData
-from twoway.likelihood.diagonal import cell_sd
+from twoway.likelihood.diagonal import residual_sd
 from twoway.plan import MAX_STORED_COV, Plan, anova_vector
 from twoway.priors import Prior
 from twoway.engines.pymc_priors import pymc_distribution, pymc_variable
@@ -153,7 +153,7 @@ def build_pymc_model(plan: Plan) -> BuiltModel:
             else:
                 scales[side] = None
         sigma = pymc_variable(priors["sigma"], "sigma") if spec.sigma else None
-        sd = cell_sd(se, scales["row"], scales["col"], sigma, combine=spec.combine)
+        sd = residual_sd(se, scales["row"], scales["col"], sigma, combine=spec.combine)
         if plan.path == "diagonal":
             pm.Normal("y", mu=mu, sigma=sd, observed=y_data, dims="cell")
         else:

@@ -4,6 +4,6 @@ The independent residual needs only the elementwise path in
 :mod:`twoway.likelihood.diagonal`.
 """
 
-from twoway.likelihood.diagonal import cell_sd, diagonal_logp
+from twoway.likelihood.diagonal import diagonal_logp, residual_sd
 
-__all__ = ["cell_sd", "diagonal_logp"]
+__all__ = ["residual_sd", "diagonal_logp"]

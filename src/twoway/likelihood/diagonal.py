@@ -10,13 +10,13 @@ import math
 
 import numpy as np
 
-__all__ = ["cell_sd", "diagonal_logp"]
+__all__ = ["residual_sd", "diagonal_logp"]
 
 _LOG_2PI = math.log(2.0 * math.pi)
 
 
-def cell_sd(se, row_sd, col_sd, sigma, *, combine: str):
-    """Residual standard deviation of each cell.
+def residual_sd(se, row_sd, col_sd, sigma, *, combine: str):
+    """Residual standard deviation of each cell (the independent part; ``cell_sd`` is the random cell effect's sd).
 
     Parameters
     ----------
@@ -62,3 +62,6 @@ def diagonal_logp(y, mu, sd):
     """
     z = (y - mu) / sd
     return -0.5 * z * z - np.log(sd) - 0.5 * _LOG_2PI
+
+
+cell_sd = residual_sd  # the older name of residual_sd; ``cell_sd`` now names the random cell effect's sd

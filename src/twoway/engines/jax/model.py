@@ -264,7 +264,7 @@ def _sampled(b: _Builder, plan: Plan) -> None:
     """Effects sampled (non-centred), independent residual: the diagonal path."""
     from jax.scipy import stats
 
-    from twoway.likelihood.diagonal import cell_sd
+    from twoway.likelihood.diagonal import residual_sd
 
     spec, data, jnp = plan.spec, plan.data, b.jnp
     rr, ii, jj = data.observed_index()
@@ -303,7 +303,7 @@ def _sampled(b: _Builder, plan: Plan) -> None:
         row = row[ii]
     if col is not None and spec.col_scale == "hetero":
         col = col[jj]
-    sd = cell_sd(se, row, col, sc.get("sigma"), combine=spec.combine)
+    sd = residual_sd(se, row, col, sc.get("sigma"), combine=spec.combine)
     b.potential(jnp.sum(stats.norm.logpdf(b.args["y"], mu, sd)))
 
 
