@@ -163,6 +163,10 @@ def test_var_takes_names_and_prefixes(crossed):
     assert list(s.table.index) == [f"col_mean[col{j}]" for j in range(1, 6)]
     with pytest.raises(FitError, match="names or prefixes .* got 'zzz'"):
         crossed.summary(var_names=["zzz"])
+    # the diagnostics judge every parameter, whichever are shown
+    shown, every = crossed.summary(var_names=["sigma"]), crossed.summary()
+    assert shown.diagnostics == every.diagnostics and shown.warnings == every.warnings
+    assert every.diagnostics["min_ess_bulk"] < shown.table.loc["sigma", "ess_bulk"]
 
 
 # -- variance decomposition -------------------------------------------------------------------
@@ -415,3 +419,30 @@ def test_cli_report_takes_ci_prob_and_var(fit_file, tmp_path):
     assert 'id="predictions"' in html and 'id="variance"' in html
     assert "hdi_10%" in html and "share[row_effect]" in html
     assert "row_effect_sd" in html and "col_effect_sd</td>" not in html
+
+
+def test_network_meta_analysis_example_end_to_end(tmp_path):
+    """The README's example with the common-effect model: exact posterior, no sampler, contrasts and predictions."""
+    from importlib.resources import files
+
+    path = files("twoway") / "examples" / "nma_example.csv"
+    data = TwoWayData.from_csv(str(path), row="study", col="treatment", value="effect", se="se")
+    fit = twoway.fit("common-effect", data, chains=2, draws=500, seed=3, progress=False)
+    assert fit.info["method"] == "exact"
+    c = fit.contrasts(col="Placebo")
+    eff = fit.posterior["col_effect"]
+    for drug in ("DrugA", "DrugB", "DrugC"):
+        np.testing.assert_allclose(c.draws.sel(contrast=f"{drug} - Placebo").values,
+                                   eff.sel(col=drug).values - eff.sel(col="Placebo").values, atol=1e-12)
+    # every drug lowers the outcome against placebo in this table, clearly
+    assert (c.summary["hdi_97%"] < 0).all()
+    vd = fit.variance_decomposition()
+    assert "residual" not in vd.variances.coords["component"].values   # the known se is the only residual
+    cells = fit.predict()
+    assert (cells["kind"] == "predicted").sum() == data.n_cells - data.n_observed
+    # a study's predicted arm: its study effect plus the treatment's, draw by draw
+    post = fit.posterior
+    s1b = cells[(cells["row"] == "S1") & (cells["col"] == "DrugB")]
+    expected = (post["intercept"] + post["row_effect"].sel(row="S1") + post["col_effect"].sel(col="DrugB")).values
+    assert float(s1b["mean"].iloc[0]) == pytest.approx(expected.mean(), rel=1e-10)
+    assert s1b["observed"].isna().all()

@@ -171,7 +171,10 @@ def variance_decomposition(fit, *, ci_prob: float = 0.94) -> VarianceDecompositi
             comps[f"{side}_effect"] = v
     if "cell_sd" in params:
         comps["cell"] = params["cell_sd"].reshape(S) ** 2
-    comps["residual"] = residual_cell_variance(spec, lay, params, S).mean(axis=-1)
+    no_unknown_residual = (spec.residual == "independent" and spec.row_scale == "none"
+                           and spec.col_scale == "none" and not spec.sigma)
+    if not no_unknown_residual:   # a common-effect model: the known se is the only residual variance
+        comps["residual"] = residual_cell_variance(spec, lay, params, S).mean(axis=-1)
     se2 = lay.se[rr, ii, jj] ** 2
     if np.any(se2 > 0):
         comps["known_se"] = np.full(S, float(se2.mean()))

@@ -129,8 +129,9 @@ def summarize(fit, *, var_names: "list[str] | str | None" = None, ci_prob: float
     # by default: every parameter with at most one dimension besides chain and draw (matrices such as
     # row_cov and per-replicate shocks are in the posterior; ask for them by name)
     default = [n for n in fit.parameter_names + ["row_mean", "col_mean"] if n in post and post[n].ndim <= 3]
-    names = select_variables(post, var_names) if var_names else default
-    table = statistics_table(post, names, ci_prob)
+    # the diagnostics and warnings always judge every default parameter, whatever is shown
+    checked = statistics_table(post, default, ci_prob)
+    table = statistics_table(post, select_variables(post, var_names), ci_prob) if var_names else checked
     table.index.name = "parameter"
     contrast_table = None
     if contrasts:
@@ -147,11 +148,11 @@ def summarize(fit, *, var_names: "list[str] | str | None" = None, ci_prob: float
     stats = fit.sample_stats
     divergences = int(stats["diverging"].sum()) if "diverging" in stats else 0
     n_chains = int(post.sizes["chain"])
-    r_hat = table["r_hat"].to_numpy()
+    r_hat = checked["r_hat"].to_numpy()
     diagnostics = {
         "divergences": divergences,
         "max_r_hat": float(np.nanmax(r_hat)) if n_chains > 1 and np.isfinite(r_hat).any() else float("nan"),
-        "min_ess_bulk": float(np.nanmin(table["ess_bulk"].to_numpy())),
+        "min_ess_bulk": float(np.nanmin(checked["ess_bulk"].to_numpy())),
         "sampling_seconds": float(info["sampling_seconds"]),
         "total_seconds": float(info["total_seconds"]),
     }
@@ -159,7 +160,7 @@ def summarize(fit, *, var_names: "list[str] | str | None" = None, ci_prob: float
         diagnostics.update(importance_ess=float(info["importance_ess"]), pareto_k=float(info["pareto_k"]),
                            factorisations=int(info["factorisations"]), proposals=int(info["proposals"]))
         diagnostics["min_ess_bulk"] = min(diagnostics["min_ess_bulk"], diagnostics["importance_ess"])
-    notes = _diagnostic_warnings(table, diagnostics, n_chains, int(post.sizes["draw"]))
+    notes = _diagnostic_warnings(checked, diagnostics, n_chains, int(post.sizes["draw"]))
     if diagnostics.get("pareto_k", 0.0) > 0.7:
         notes.append(f"The importance weights are unreliable (Pareto k = {diagnostics['pareto_k']:.2f} > 0.7).")
     for note in notes:
