@@ -446,3 +446,34 @@ def test_network_meta_analysis_example_end_to_end(tmp_path):
     expected = (post["intercept"] + post["row_effect"].sel(row="S1") + post["col_effect"].sel(col="DrugB")).values
     assert float(s1b["mean"].iloc[0]) == pytest.approx(expected.mean(), rel=1e-10)
     assert s1b["observed"].isna().all()
+
+
+@pytest.mark.skipif("cell_effect" not in twoway.ModelSpec.__dataclass_fields__, reason="no random cell effect yet")
+def test_random_cell_effect_enters_the_decomposition_and_the_cell_means():
+    fit = simulated_fit("crossed", reps=3, cell_effect="random")
+    post = fit.posterior
+    vd = fit.variance_decomposition()
+    np.testing.assert_allclose(draws_of(vd.variances.sel(component="cell")), draws_of(post["cell_sd"]) ** 2,
+                               rtol=1e-12)
+    shared = sum(draws_of(vd.variances.sel(component=c)) for c in ("row_effect", "col_effect", "cell"))
+    total = draws_of(vd.variances).sum(axis=-1)
+    np.testing.assert_allclose(draws_of(vd.icc.sel(icc="cell")), shared / total, rtol=1e-12)
+    R, N, K = fit.data.values.shape
+    mean = (draws_of(post["intercept"])[:, None, None] + draws_of(post["row_effect"])[:, :, None]
+            + draws_of(post["col_effect"])[:, None, :] + draws_of(post["cell_effect"]))
+    cells = fit.predict()
+    np.testing.assert_allclose(cells["mean"].to_numpy().reshape(R, N, K),
+                               np.broadcast_to(mean.mean(axis=0), (R, N, K)), rtol=1e-10)
+
+
+@pytest.mark.parametrize("name", sorted(twoway.PRESETS))
+def test_every_preset_has_contrasts_a_decomposition_and_predictions(name):
+    fit = simulated_fit(name, rows=3, cols=4, reps=2, draws=50, se=0.2)
+    s = fit.summary(contrasts=["row=row1", "col=col4"])
+    assert len(s.contrasts) == 2 + 3
+    vd = fit.variance_decomposition()
+    np.testing.assert_allclose(vd.shares.sum("component").values, 1.0, rtol=1e-12)
+    assert (vd.variances.values >= 0).all()
+    cells = fit.predict(new_observation=True, max_draws=20)
+    assert len(cells) == 2 * 3 * 4 and np.isfinite(cells[["mean", "sd", "lower", "upper"]].to_numpy()).all()
+    assert (cells["lower"] <= cells["upper"]).all() and (cells["sd"] > 0).all()
