@@ -250,8 +250,9 @@ def test_independent_model_predicts_the_drawn_means_and_adds_the_noise(crossed):
 @pytest.mark.parametrize("options", [
     dict(preset="kronecker", row_structure="ar1", col_structure="cs", sigma=True),
     dict(preset="kronecker", row_structure="diag", col_structure="ar1", sigma=True, row_effect="fixed"),
+    dict(preset="full"),
 ])
-def test_missing_cells_follow_the_dense_conditional_law(options):
+def test_missing_cells_follow_the_dense_conditional_law(options, tmp_path):
     """New observations of missing cells against y_m | y_o from the dense marginal covariance, draw by draw.
 
     The oracle integrates the effects out; predict draws them and conditions the residual on them, so the two
@@ -263,7 +264,17 @@ def test_missing_cells_follow_the_dense_conditional_law(options):
 
     options = dict(options)
     preset = options.pop("preset")
-    fit = simulated_fit(preset, rows=4, cols=6, missing=0.3, se=None, draws=500, seed=7, **options)
+    if preset == "full":   # a known (N K) x (N K) covariance from a CSV file, plus a nugget
+        rng = np.random.default_rng(11)
+        a = rng.normal(size=(24, 24))
+        np.savetxt(tmp_path / "cov.csv", a @ a.T / 24 + 0.1 * np.eye(24), delimiter=",")
+        spec = twoway.ModelSpec(residual="full", covariance=str(tmp_path / "cov.csv"), row_scale="none",
+                                col_scale="none", sigma=True)
+        sim = twoway.simulate(spec, 4, 6, 1, seed=7, missing=0.3)
+        truth = dict(sim.truth, sigma=0.3)
+        fit = fit_from_truth(spec, sim.data, truth, draws=500, seed=7)
+    else:
+        fit = simulated_fit(preset, rows=4, cols=6, missing=0.3, se=None, draws=500, seed=7, **options)
     data = fit.data
     N, K = data.n_rows, data.n_cols
     complete = TwoWayData.from_array(np.zeros((1, N, K)), row_labels=data.row_labels, col_labels=data.col_labels)
