@@ -138,10 +138,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="each row (row=LABEL) or column (col=LABEL) mean minus the reference level's, "
                         "named 'OTHER - LABEL'; repeatable")
 
-    p = sub.add_parser("dof", help="degrees of freedom a model uses on a table")
-    p.add_argument("--rows", type=int, required=True)
-    p.add_argument("--cols", type=int, required=True)
-    p.add_argument("--replicates", type=int, default=1)
+    p = sub.add_parser("dof", help="degrees of freedom a model uses on a table: a data file, or its shape",
+                       description="Degrees of freedom a model uses on a table. Give the data file (its observed "
+                                   "cells are counted) or the shape (--rows, --cols, --replicates: every cell observed).")
+    p.add_argument("data", nargs="?", default=None, help="a long-form table file (CSV, .csv.gz, Parquet)")
+    p.add_argument("--row", default="row", help="column holding the row label (default: %(default)s)")
+    p.add_argument("--col", default="col", help="column holding the column label (default: %(default)s)")
+    p.add_argument("--value", default="value", help="column holding the value (default: %(default)s)")
+    p.add_argument("--replicate", default=None,
+                   help="column holding the replicate label (default: a column named 'replicate', if any)")
+    p.add_argument("--rows", type=int, default=None)
+    p.add_argument("--cols", type=int, default=None)
+    p.add_argument("--replicates", type=int, default=None, help="replicate tables (default: 1)")
     _model_arg(p)
     p.add_argument("--json", action="store_true")
 
@@ -376,7 +384,22 @@ def cmd_predict(args) -> int:
 def cmd_dof(args) -> int:
     from twoway.model import degrees_of_freedom, load_model
 
-    dof = degrees_of_freedom(_model(args), args.rows, args.cols, args.replicates)
+    shape = [v for v in (args.rows, args.cols, args.replicates) if v is not None]
+    if args.data is not None:
+        if shape:
+            raise TwowayError("Give 'twoway dof' a data file or the table's shape (--rows, --cols), not both.")
+        from twoway.data import TwoWayData, csv_header
+
+        replicate = args.replicate
+        if replicate is None and "replicate" in csv_header(args.data):
+            replicate = "replicate"
+        data = TwoWayData.from_csv(args.data, row=args.row, col=args.col, value=args.value, replicate=replicate)
+        dof = degrees_of_freedom(_model(args), data.n_rows, data.n_cols, data.n_replicates,
+                                 n_observed=data.n_observed)
+    else:
+        if args.rows is None or args.cols is None:
+            raise TwowayError("Give 'twoway dof' a data file, or the table's shape with --rows and --cols.")
+        dof = degrees_of_freedom(_model(args), args.rows, args.cols, args.replicates or 1)
     if args.json:
         print(json.dumps(dof.to_dict(), indent=2))
     else:
@@ -432,6 +455,11 @@ def cmd_report(args) -> int:
             raise DataError(f"The truth file {args.truth!r} is not readable JSON ({type(exc).__name__}).") from None
     _check_ci_prob(args.ci_prob)
     fits = [Fit.load(path) for path in args.fits]
+    if truth is not None:
+        from twoway.check import check_truth
+
+        for fit in fits:
+            truth = check_truth(truth, fit, source=f"the truth file {args.truth!r}")
     path = write_report(fits, args.out, names=names, truth=truth, ci_prob=args.ci_prob, var_names=args.var)
     print(f"wrote the report to {path}")
     return 0

@@ -666,9 +666,10 @@ class TwoWayData:
         values : array_like or pandas.DataFrame, shape (N, K) or (R, N, K)
             NaN (or None in a nested list) marks a missing cell. A DataFrame
             gives its index as row labels and its columns as column labels.
-        se : array_like or pandas.DataFrame, optional
-            Known standard errors, the same shape as ``values``. A DataFrame
-            se with a DataFrame values is aligned on their labels. NaN at an
+        se : float, array_like or pandas.DataFrame, optional
+            Known standard errors, the same shape as ``values``, or one number
+            for every cell. A DataFrame se with a DataFrame values is aligned
+            on their labels. NaN at an
             observed cell: no known error for that cell.
         row_labels, col_labels, replicate_labels : sequence, optional
             Labels (converted to str); they override a DataFrame's labels.
@@ -690,6 +691,8 @@ class TwoWayData:
                 se = tables.align_frame(se, values)
         arr = tables.numeric_array(values, "values")
         se_arr = None if se is None else tables.numeric_array(se, "standard errors (se)")
+        if se_arr is not None and se_arr.ndim == 0:  # one known se for every cell (NaN where no value)
+            se_arr = np.where(np.isnan(arr), np.nan, np.broadcast_to(se_arr, arr.shape))
         if arr.ndim not in (2, 3):
             raise DataError(
                 f"The values must be a 2-D (row, col) or 3-D (replicate, row, col) array; "

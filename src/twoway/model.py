@@ -216,7 +216,25 @@ class ModelSpec:
         comb = "variances add" if self.combine == "variance" else "standard deviations add"
         if self.cell_effect == "random":
             eff += ", cell effects random"
-        return f"{self.name}: {eff}; {self.residual} residual with {sc}, sigma {'on' if self.sigma else 'off'} ({comb}, known se included)"
+        return f"{self.label}: {eff}; {self.residual} residual with {sc}, sigma {'on' if self.sigma else 'off'} ({comb}, known se included)"
+
+    def changes_from_preset(self) -> list[str]:
+        """What differs from the preset the model is named after (empty for another name).
+
+        Options as ``option value`` (``row_scale homo``), then priors as ``NAME prior``.
+        """
+        if self.name not in PRESETS:
+            return []
+        base = ModelSpec(**{**PRESETS[self.name], "name": self.name})
+        out = [f"{key} {getattr(self, key)}" for key in self.__dataclass_fields__
+               if key not in ("name", "priors") and getattr(self, key) != getattr(base, key)]
+        return out + [f"{key} prior" for key, _ in self.priors]
+
+    @property
+    def label(self) -> str:
+        """The model's name as shown, a changed preset named as such: ``crossed (modified: sigma prior)``."""
+        changes = self.changes_from_preset()
+        return f"{self.name} (modified: {', '.join(changes)})" if changes else self.name
 
     # -- serialisation ------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -286,8 +304,21 @@ PRESETS.update({
 
 def preset(name: str, **options: Any) -> ModelSpec:
     """The model named ``name`` (see :data:`PRESETS`), with options changed."""
-    if name not in PRESETS:
+    if not isinstance(name, str) or name not in PRESETS:
         raise ModelError(f"The model must be one of {', '.join(PRESETS)} or a .toml model file; got {name!r}.")
+    known = list(ModelSpec.__dataclass_fields__)
+    unknown = [k for k in options if k not in known]
+    if unknown:
+        import difflib
+
+        close = difflib.get_close_matches(unknown[0], known, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ModelError(f"The options of preset({name!r}) must be among {', '.join(known)}; "
+                         f"got {', '.join(repr(k) for k in unknown)}{hint}.")
+    priors = options.get("priors")
+    if isinstance(priors, Mapping):  # {name: Prior or {"dist": ...}}, as in a model file
+        options["priors"] = tuple((k, v if isinstance(v, Prior) else Prior.from_mapping(k, v))
+                                  for k, v in priors.items())
     return ModelSpec(**{**PRESETS[name], **options, "name": options.get("name", name)})
 
 

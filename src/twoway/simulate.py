@@ -66,6 +66,14 @@ class Simulation:
         write_json_atomic(path, {"model": self.model.to_dict(), "truth": self.truth_dict()}, indent=2)
 
 
+def _whole(n: Any, what: str, low: int) -> int:
+    """``n`` as an int when it is a whole number >= ``low`` (``4.0`` is 4); ModelError otherwise."""
+    ok = not isinstance(n, bool) and isinstance(n, (int, float, np.integer, np.floating)) and float(n).is_integer()
+    if not ok or n < low:
+        raise ModelError(f"The number of {what} must be a whole number >= {low}; got {n!r}.")
+    return int(n)
+
+
 def draw_parameters(spec: ModelSpec, n_rows: int, n_cols: int, *, rng: np.random.Generator,
                     location: float = 0.0, spread: float = 1.0) -> dict[str, Any]:
     """Draw every parameter of ``spec`` from its prior.
@@ -278,6 +286,10 @@ def simulate(
     Simulation
     """
     spec = load_model(model)
+    n_rows, n_cols, n_replicates = (_whole(n, what, low) for n, what, low in (
+        (n_rows, "rows", 2), (n_cols, "columns", 2), (n_replicates, "replicates", 1)))
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0):
+        raise ModelError(f"The seed must be a non-negative whole number; got {seed!r}.")
     rng = np.random.default_rng(seed)
     shape = (int(n_replicates), int(n_rows), int(n_cols))
     if min(shape) < 1 or n_rows < 2 or n_cols < 2:
