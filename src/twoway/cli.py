@@ -46,15 +46,27 @@ def _model(args):
     return dataclasses.replace(spec, **changes) if changes else spec
 
 
+NUTS_ENGINES = tuple(e for e in ENGINES if e != "laplace")
+
+
+class _DefaultEngine(str):
+    """The default engine's name, marked as not named by the user: the table may choose the laplace engine."""
+
+
+def _named_engine(args):
+    """The engine the user named, or None for the default (then the table decides)."""
+    return None if isinstance(args.engine, _DefaultEngine) else args.engine
+
+
 def _engine_args(p: argparse.ArgumentParser) -> None:
     """``--engine`` (``--backend``, its old name, is kept as a hidden alias) and ``--progress``."""
-    p.add_argument("--engine", choices=ENGINES, default=None,
+    p.add_argument("--engine", choices=NUTS_ENGINES, default=_DefaultEngine(DEFAULT_ENGINE),
                    help="what compiles and samples the model: jax (compiled programs are cached on disk, "
-                        "see 'twoway cache'), nutpie, PyMC's own sampler, or laplace (nested Laplace + importance "
-                        f"sampling, for large sparse crossed tables) (default: {DEFAULT_ENGINE}; laplace when the "
-                        "table takes the sparse likelihood path)")
+                        "see 'twoway cache'), nutpie, or PyMC's own sampler (default: %(default)s; a large sparse "
+                        "crossed table, on the sparse likelihood path, is fitted by the laplace engine unless "
+                        "an engine is named)")
     # Same destination; SUPPRESS keeps it out of --help and leaves the default to --engine.
-    p.add_argument("--backend", dest="engine", choices=ENGINES, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    p.add_argument("--backend", dest="engine", choices=NUTS_ENGINES, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="report progress on stderr: a line per phase, and progress bars (default: the lines; "
                         "the bars only when stderr is a terminal)")
@@ -323,15 +335,22 @@ def cmd_fit(args) -> int:
               "the priors will decide what the data cannot.", file=sys.stderr)
     progress = _progress(args)
     chains = f"{args.chains} chain{'s' if args.chains != 1 else ''}"
-    progress.phase("fitting", f"the {spec.name} model ({args.engine or 'engine by table'}): {chains} x {args.draws} draws "
+    engine = _named_engine(args)
+    label = args.engine
+    if engine is None:
+        from twoway.likelihood.sparse import prefers_sparse, sparse_applies
+
+        if sparse_applies(spec) and prefers_sparse(spec, data):
+            label = "laplace"
+    progress.phase("fitting", f"the {spec.label} model ({label}): {chains} x {args.draws} draws "
                               f"after {args.tune} tuning")
     # The phase lines are the CLI's (the same for every engine, in a log too); the library shows only
     # the sampler's own progress bar, on a terminal (the jax engine's progress is phase lines: not twice).
-    bars = _sampler_progress(args) and args.engine not in (None, "jax", "laplace")
+    bars = _sampler_progress(args) and label not in ("jax", "laplace")
     from twoway.progress import FitLines
 
     lines = FitLines(progress)
-    compiled = compile_model(spec, data, engine=args.engine, progress=False)
+    compiled = compile_model(spec, data, engine=engine, progress=False)
     result = compiled.sample(chains=args.chains, draws=args.draws, tune=args.tune, seed=args.seed, progress=bars,
                              on_progress=lines)
     lines.sampled(result.info)

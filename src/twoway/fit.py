@@ -278,9 +278,21 @@ class CompiledModel:
         t0 = time.perf_counter()
         compile_seconds = float(self.compile_seconds)
         extra: dict[str, Any] = {}
-        raw = eng.sample(self.compiled, plan, chains=chains, draws=draws, tune=tune, seed=seed,
-                         progress=progress, cores=cores,
-                         report=_phase_reporter(progress, chains, draws, extra, on_progress))
+        from twoway.engines.startup import check_start, start_failure
+
+        if eng.name != "exact":
+            check_start(plan, seed=seed)  # no finite starting point: one clear error before any sampler runs
+        try:
+            raw = eng.sample(self.compiled, plan, chains=chains, draws=draws, tune=tune, seed=seed,
+                             progress=progress, cores=cores,
+                             report=_phase_reporter(progress, chains, draws, extra, on_progress))
+        except FitError:
+            raise
+        except Exception as exc:  # a sampler's own start-up failure (PyMC's SamplingError, nutpie's RuntimeError)
+            failure = start_failure(plan, exc, engine=self.engine, seed=seed)
+            if failure is None:
+                raise
+            raise failure from None
         compile_seconds += eng.compile_seconds_in_sample(self.compiled)
         engine_info = dict(raw.attrs.pop("engine_info", {}))  # the laplace engine's method and diagnostics
         t_sampling = time.perf_counter() - t0 - (compile_seconds - float(self.compile_seconds))
@@ -426,6 +438,10 @@ def compile_model(model: "ModelSpec | str", data: TwoWayData, *, engine: str | N
     from twoway.engines.exact import engine_for
 
     eng = engine_for(plan, engine)
+    if eng.name != "exact":
+        from twoway.engines.startup import check_start
+
+        check_start(plan)  # before compiling: a model that cannot start fails at once, for every engine
     if progress and engine != "jax" and eng.name != "exact":
         print("twoway: compiling the model ...", file=sys.stderr, flush=True)
     compiled = eng.compile(plan, progress=progress)
