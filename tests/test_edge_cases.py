@@ -242,3 +242,60 @@ def test_predictive_check_finds_a_missing_cell_effect(cell_fits):
     p_with = predictive_checks(with_cell, draws=400, seed=3)["p_value"]["cell_mean_var"]
     assert p_without < 0.001 or p_without > 0.999
     assert 0.01 < p_with < 0.99
+
+
+# -- 4. sampler start-up failures: one line, exit 2, for every engine ----------------------------------------
+@pytest.fixture(scope="module")
+def small_table(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("startup")
+    sim = twoway.simulate("crossed", 4, 3, 2, seed=1)
+    d = sim.data
+    lines = ["row,col,replicate,value"]
+    for r, i, j in zip(*d.observed_index()):
+        lines.append(f"{d.row_labels[i]},{d.col_labels[j]},{d.replicate_labels[r]},{float(d.values[r, i, j])!r}")
+    path = folder / "t.csv"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _model_file(folder, priors: str, extra: str = "") -> str:
+    path = folder / f"m{abs(hash(priors + extra))}.toml"
+    path.write_text(f'preset = "crossed"\n{extra}\n[priors]\n{priors}\n')
+    return str(path)
+
+
+@pytest.mark.parametrize("engine,prior,name,extra", [
+    ("jax", 'sigma = { dist = "halfnormal", sigma = 1e-200 }', "sigma", ""),
+    ("jax", 'sigma = { dist = "halfnormal", sigma = 1e-200 }', "sigma", 'effects = "sample"'),
+    ("nutpie", 'intercept = { dist = "normal", mu = 1e300, sigma = 1.0 }', "intercept", ""),
+    ("nutpie", 'sigma = { dist = "halfnormal", sigma = 1e-200 }', "sigma", 'effects = "sample"'),
+    ("pymc", 'row_effect_sd = { dist = "halfnormal", sigma = 1e-200 }', "row_effect_sd", ""),
+])
+def test_no_finite_start_is_one_line_exit_2(small_table, tmp_path, capsys, engine, prior, name, extra):
+    """-inf or NaN at every start (an extreme prior): exit 2, one line naming the prior (found before any
+    compile, or, pymc here, from the sampler's own start-up error)."""
+    model = _model_file(tmp_path, prior, extra)
+    status = main(["fit", str(small_table), "--model", model, "--engine", engine, "--draws", "50", "--tune", "50",
+                   "--out", str(tmp_path / "f.nc"), "--quiet"])
+    err = capsys.readouterr().err
+    assert status == 2
+    lines = [line for line in err.splitlines() if line.startswith("twoway: error:")]
+    assert len(lines) == 1 and "start" in lines[0] and f"prior for {name!r}" in lines[0]
+    assert "Traceback" not in err and "backtrace" not in err
+    assert not (tmp_path / "f.nc").exists()
+
+
+def test_engine_start_up_errors_become_fit_errors():
+    from pymc.exceptions import SamplingError
+
+    from twoway.engines.startup import start_failure
+
+    plan = resolve(preset("crossed"), twoway.simulate("crossed", 4, 3, 2, seed=1).data)
+    rust = RuntimeError("All initialization points failed\n\nCaused by:\n    Logp function returned error\n\n"
+                        "Stack backtrace:\n   0: <unknown>")
+    err = start_failure(plan, rust, engine="nutpie")
+    assert isinstance(err, twoway.FitError) and "\n" not in str(err) and "All initialization points failed" in str(err)
+    assert "could not start" in str(start_failure(plan, SamplingError("Initial evaluation of model at starting "
+                                                                      "point failed!\nStarting values: ..."),
+                                                  engine="pymc"))
+    assert start_failure(plan, ValueError("something else"), engine="pymc") is None

@@ -118,7 +118,8 @@ def layout(data: TwoWayData, m0: float, parts: dict | None = None) -> Layout:
     complete = bool(data.is_complete)
     se_obs = se[data.mask]
     se_constant = float(se_obs[0]) if se_obs.size and np.all(se_obs == se_obs[0]) else None
-    stats = anova_stats(r) if complete and se_constant is not None else None
+    with np.errstate(over="ignore", invalid="ignore"):  # data far from an extreme prior mean: the start-up check says so
+        stats = anova_stats(r) if complete and se_constant is not None else None
     return Layout(r=r, mask=mask, se=se, m0=float(m0), obs=obs, n_obs=int(obs[0].size),
                   complete=complete, se_constant=se_constant, anova=stats, shape=tuple(int(x) for x in r.shape),
                   parts=dict(parts or {}))

@@ -35,4 +35,20 @@ class NutpieEngine:
         kwargs = dict(chains=chains, draws=draws, tune=tune, seed=seed, progress_bar=progress)
         if cores is not None:
             kwargs["cores"] = cores
-        return nutpie.sample(model, **kwargs)
+        try:
+            return nutpie.sample(model, **kwargs)
+        except RuntimeError as exc:
+            # nutpie's Rust error carries a backtrace, and its traceback keeps the sampler's threads alive
+            # until the interpreter exits (where tearing them down can crash the process): keep the first
+            # line, drop the rest now
+            first = (str(exc).strip().splitlines() or ["nutpie failed"])[0]
+            exc.__traceback__ = None
+            del exc
+            import gc
+
+            gc.collect()
+        raise NutpieError(first)
+
+
+class NutpieError(RuntimeError):
+    """nutpie failed; the message is the first line of its own error."""
