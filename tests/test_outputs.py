@@ -4,11 +4,13 @@ fit files, a model file's relative paths), and the small things users trip on.""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
 import textwrap
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -427,3 +429,111 @@ def test_fit_lines_say_each_phase_as_it_starts():
     lines("compile")
     lines.writing("f.nc")
     assert stream.getvalue() == ""
+
+
+# ---------------------------------------------------------------------------
+# the small things
+# ---------------------------------------------------------------------------
+
+
+def test_shortened_labels_are_never_ambiguous():
+    from twoway.labels import ELLIPSIS, shorten_labels
+
+    rng = np.random.default_rng(11)
+    stems = ["Very long treatment name ", "Treatment group, high dose ", "x" * 40]
+    labels = sorted({stem + "".join(rng.choice(list("ABab01 -"), size=int(rng.integers(0, 4))))
+                     + rng.choice(["", " (control)", " of the second experiment"]) for stem in stems
+                     for _ in range(40)} | {"short", "Very long t…nt name A"})
+    for width in (8, 12, 24):
+        shown = shorten_labels(labels, width)
+        assert len(set(shown)) == len(labels)  # distinct labels stay distinct
+        for lab, text in zip(labels, shown):
+            if len(lab) <= width:
+                assert text == lab
+            elif text != lab:  # the start and the end of the label, its middle cut (or whole, to differ)
+                head, _, tail = text.partition(ELLIPSIS)
+                assert lab.startswith(head) and lab.endswith(tail) and len(text) < len(lab)
+        alone = shorten_labels([lab for lab in labels if len(lab) > width][:1], width)
+        assert len(alone[0]) == width  # no other label in the way: cut to the width
+    assert shorten_labels(["Very long treatment name A", "Very long treatment name B"]) == [
+        "Very long tr…ment name A", "Very long tr…ment name B"]
+
+
+def test_summary_shows_a_modified_preset_and_shortened_labels():
+    rows = [f"Very long treatment name {c}" for c in "ABCD"]
+    data = twoway.simulate("crossed", 4, 5, seed=1, row_labels=rows).data
+    spec = twoway.preset("crossed").with_priors(sigma=twoway.Prior.make("halfnormal", sigma=2.0))
+    assert spec.label == "crossed (modified: sigma prior)"
+    assert twoway.preset("crossed", row_scale="homo").label == "crossed (modified: row_scale homo)"
+    assert twoway.preset("crossed").label == "crossed"
+    fit = twoway.fit(spec, data, chains=2, draws=100, tune=100, seed=1, progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", twoway.ConvergenceWarning)  # 100 draws: rough, and said so
+        text = fit.summary().format()
+    assert "model: crossed (modified: sigma prior):" in text
+    table = [line for line in text.splitlines() if line.startswith(("row_effect[", "row_mean["))]
+    assert len(table) == 8 and table[0].startswith("row_effect[Very long tr…ment name A] ")
+    assert not any("Very long treatment name" in line for line in table)
+    assert "row_effect[Very long treatment name A]" in fit.summary().to_dict()["parameters"]  # JSON: whole
+
+
+def test_dof_takes_the_data_file(capsys, tmp_path):
+    path = tmp_path / "d.csv"
+    sim = twoway.simulate("crossed", 4, 5, 2, seed=1, missing=0.25)
+    sim.data.to_csv(path)
+    status, out, err = run_cli(capsys, "dof", path, "--model", "crossed", "--json")
+    assert status == 0, err
+    import json
+
+    got = json.loads(out)
+    assert got["total_cells"] == 40 and got["observed_cells"] == sim.data.n_observed < 40
+    status, _, err = run_cli(capsys, "dof", path, "--rows", 3, "--cols", 3)
+    one_error(status, err, "not both")
+    status, _, err = run_cli(capsys, "dof", "--rows", 3)
+    one_error(status, err, "a data file, or the table's shape")
+
+
+def test_obvious_things_or_clear_errors():
+    with pytest.raises(ModelError, match=r"options of preset\('crossed'\) must be among .*; got 'foo'\."):
+        twoway.preset("crossed", foo=1)
+    with pytest.raises(ModelError, match=r"got 'sigmaa' \(did you mean 'sigma'\?\)"):
+        twoway.preset("crossed", sigmaa=1.0)
+    spec = twoway.preset("crossed", priors={"sigma": {"dist": "halfnormal", "sigma": 1.0}})
+    assert dict(spec.priors)["sigma"].kwargs == {"sigma": 1.0}
+    with pytest.raises(ModelError, match=r"number of rows must be a whole number >= 2; got 2\.5"):
+        twoway.simulate("crossed", 2.5, 5)
+    with pytest.raises(ModelError, match=r"number of replicates must be a whole number >= 1; got 0"):
+        twoway.simulate("crossed", 3, 5, 0)
+    assert twoway.simulate("crossed", 3.0, 4).data.values.shape == (1, 3, 4)
+    values = np.array([[1.0, np.nan, 2.0], [3.0, 4.0, 5.0]])
+    data = twoway.TwoWayData.from_array(values, se=0.5)
+    np.testing.assert_array_equal(data.se, [[[0.5, np.nan, 0.5], [0.5, 0.5, 0.5]]])
+    with pytest.raises(DataError, match="same shape as the values"):
+        twoway.TwoWayData.from_array(values, se=[0.5, 0.5])
+
+
+def test_report_truth_must_fit_the_fit(capsys, tmp_path, small_fit):
+    import json
+
+    from twoway.check import check_truth
+
+    fit = Fit.load(small_fit)
+    cases = [
+        ([1, 2], "holds a list"),
+        ({"a": 1}, "must name parameters of the fit"),
+        ({"parameters": {}, "diagnostics": {}}, "must name parameters of the fit"),
+        ({"truth": {"sigma": "abc"}}, "the true 'sigma' in t.json is 'abc'"),
+        ({"row_effect": {"row1": 0.1}}, "lacks 'row2', 'row3', 'row4'"),
+        ({"row_effect": {f"row{i}": 0.0 for i in range(1, 6)}}, "has 'row5', not in the fit's table"),
+        ({"col_effect": [0.0, 1.0]}, "must have 5 values"),
+    ]
+    for truth, needle in cases:
+        with pytest.raises(DataError, match=re.escape(needle)):
+            check_truth(truth, fit, source="t.json")
+    good = {"truth": {"sigma": 0.5, "row_effect": {f"row{i}": 0.0 for i in range(1, 5)}, "other": "x"}}
+    assert check_truth(good, fit)["sigma"] == 0.5
+    path = tmp_path / "t.json"
+    path.write_text(json.dumps({"truth": {"row_effect": {"row1": 0.1}}}))
+    status, _, err = run_cli(capsys, "report", small_fit, "--truth", path, "--out", tmp_path / "r.html")
+    one_error(status, err, "the truth file", "lacks 'row2'")
+    assert not (tmp_path / "r.html").exists()

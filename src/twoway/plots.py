@@ -29,8 +29,11 @@ def table_heatmap(data, path, *, replicate: int = 0, title: str | None = None):
         ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, hatch="xx", edgecolor="#888888", lw=0))
     step_r = max(1, n // 30)
     step_c = max(1, k // 30)
-    ax.set_yticks(range(0, n, step_r), [data.row_labels[i] for i in range(0, n, step_r)])
-    ax.set_xticks(range(0, k, step_c), [data.col_labels[j] for j in range(0, k, step_c)], rotation=90)
+    from twoway.labels import shorten_labels
+
+    rows, cols = shorten_labels(data.row_labels), shorten_labels(data.col_labels)
+    ax.set_yticks(range(0, n, step_r), [rows[i] for i in range(0, n, step_r)])
+    ax.set_xticks(range(0, k, step_c), [cols[j] for j in range(0, k, step_c)], rotation=90)
     ax.set_xlabel(data.names.get("col") or "col")
     ax.set_ylabel(data.names.get("row") or "row")
     rep = f" (replicate {data.replicate_labels[replicate]})" if data.n_replicates > 1 else ""

@@ -62,9 +62,13 @@ class FitSummary:
         return out
 
     def format(self) -> str:
+        from twoway.labels import shorten_index
+
         lines = list(self.header)
+        table = self.table.copy()
+        table.index = pd.Index(shorten_index(table.index), name=table.index.name)  # long labels cut in the middle
         with pd.option_context("display.max_rows", None, "display.width", 120):
-            lines += ["", self.table.to_string(float_format=lambda v: f"{v:.3f}")]
+            lines += ["", table.to_string(float_format=lambda v: f"{v:.3f}")]
             if self.contrasts is not None:
                 for (side, ref), part in self.contrasts.groupby(["side", "reference"], sort=False):
                     what = "row" if side == "row" else "column"

@@ -11,6 +11,8 @@ from typing import Sequence
 
 import numpy as np
 
+from twoway.labels import shorten_index, shorten_labels
+
 __all__ = ["png_bytes", "heatmap_png", "forest_png", "trace_rank_png", "checks_png", "DPI"]
 
 DPI = 90
@@ -39,6 +41,7 @@ def _ticks(ax, row_labels: Sequence[str], col_labels: Sequence[str], rotate: boo
     n, k = len(row_labels), len(col_labels)
     step_r = max(1, n // 30)
     step_c = max(1, k // 30)
+    row_labels, col_labels = shorten_labels(row_labels), shorten_labels(col_labels)
     ax.set_yticks(range(0, n, step_r), [str(row_labels[i]) for i in range(0, n, step_r)], fontsize=8)
     ax.set_xticks(range(0, k, step_c), [str(col_labels[j]) for j in range(0, k, step_c)],
                   rotation=90 if rotate else 0, fontsize=8)
@@ -132,7 +135,7 @@ def forest_png(panels: Sequence[dict], *, xlabel: str = "") -> bytes:
     fig, axes = plt.subplots(1, len(panels), figsize=(min(4.6 * len(panels), 16.0), height), squeeze=False,
                              layout="constrained")
     for ax, p in zip(axes[0], panels):
-        labels = [str(x) for x in p["labels"]]
+        labels = shorten_index([str(x) for x in p["labels"]])  # long labels cut in the middle
         y = np.arange(len(labels))[::-1]
         mean, low, high = (np.asarray(p[k], dtype=float) for k in ("mean", "low", "high"))
         ax.hlines(y, low, high, color="#3465a4", lw=2.2, label="94% interval")
@@ -221,7 +224,7 @@ def checks_png(panels: Sequence[dict]) -> bytes:
     fig, axes = plt.subplots(1, len(panels), figsize=(min(3.8 * len(panels), 16.0), min(1.3 + 0.26 * n_max, 12.0)),
                              squeeze=False, layout="constrained")
     for ax, p in zip(axes[0], panels):
-        labels = [str(x) for x in p["labels"]]
+        labels = shorten_index([str(x) for x in p["labels"]])  # long labels cut in the middle
         y = np.arange(len(labels))[::-1]
         m, s, obs = (np.asarray(p[k], dtype=float) for k in ("rep_mean", "rep_sd", "observed"))
         flag = np.asarray(p["flag"], dtype=bool)
