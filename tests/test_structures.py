@@ -73,7 +73,7 @@ EXPECTED_NAMES = {
     "diag": (["row_sd"], ["row_sd"]),
     "ar1": (["row_rho", "row_sd"], ["row_rho"]),
     "cs": (["row_rho", "row_sd"], ["row_rho"]),
-    "fa:2": (["row_loadings", "row_psi"], ["row_loadings", "row_psi"]),
+    "fa:2": (["row_loadings", "row_psi", "row_loadings_scale", "row_psi_scale"], ["row_loadings", "row_psi"]),
     "unstructured": (["row_corr", "row_sd"], ["row_corr", "row_sd"]),
     "known": (["row_sd"], []),
 }
@@ -147,7 +147,7 @@ def test_unit_scale_diag_matrix_rescales_and_fa_is_identifiable():
     fa = parse_structure("fa:2", side="row", labels=LABELS)
     lam = fa.draw(np.random.default_rng(0), fa.default_priors(1.0, unit_scale=False), unit_scale=False)["row_loadings"]
     assert lam[0, 1] == 0.0 and lam[0, 0] > 0 and lam[1, 1] > 0
-    assert fa.n_parameters(unit_scale=False) == 5 * 2 - 1 + 5
+    assert fa.n_parameters(unit_scale=False) == 5 * 2 - 1 + 5 + 2
     assert parse_structure("unstructured", side="row", labels=LABELS).n_parameters(unit_scale=True) == 10 + 5 - 1
 
 
@@ -392,9 +392,9 @@ def test_priors_are_checked_against_each_parameter_support():
     with pytest.raises(ModelError, match="must include 'row_rho'"):
         st.draw(rng, {}, unit_scale=True)
     fa = parse_structure("fa:1", side="row", labels=LABELS)
-    with pytest.raises(ModelError, match="'row_loadings' must be normal with mu = 0"):
+    with pytest.raises(ModelError, match="'row_loadings_scale' must have positive support"):
         fa.draw(rng, {**fa.default_priors(1.0, unit_scale=False),
-                      "row_loadings": Prior.make("normal", mu=1, sigma=1)}, unit_scale=False)
+                      "row_loadings_scale": Prior.make("normal", mu=1, sigma=1)}, unit_scale=False)
     with pytest.raises(ModelError, match="spread must be finite and positive"):
         st.default_priors(0.0, unit_scale=False)
 

@@ -13,7 +13,8 @@ structure           matrix                                       parameters (``s
 ``diag``            ``diag(sd_i^2)``                             ``{side}_sd`` (n,)
 ``ar1``             ``s^2 rho^|i-j|``                            ``{side}_rho`` in (-1, 1), ``{side}_sd``
 ``cs``              ``s^2 ((1 - rho) I + rho J)``                ``{side}_rho`` in (-1/(n-1), 1), ``{side}_sd``
-``fa:k``            ``Lambda Lambda' + diag(psi)``               ``{side}_loadings`` (n, k), ``{side}_psi`` (n,)
+``fa:k``            ``Lambda Lambda' + diag(psi)``               ``{side}_loadings`` (n, k), ``{side}_psi`` (n,),
+                                                                 ``{side}_loadings_scale``, ``{side}_psi_scale``
 ``unstructured``    ``diag(sd) R diag(sd)``, ``R ~ LKJ(eta)``    ``{side}_corr`` (n, n), ``{side}_sd`` (n,)
 ``known:FILE``      ``s^2 M``, ``M`` read from a CSV file        ``{side}_sd`` (scalar)
 ==================  ===========================================  ==========================================
@@ -31,9 +32,29 @@ scale. Under unit scale:
 * ``fa:k``: ``(Lambda Lambda' + diag(psi)) / m`` with ``m`` its mean diagonal;
   the reported ``{side}_loadings`` and ``{side}_psi`` are the normalised
   ``Lambda / sqrt(m)`` and ``psi / m``; their priors apply before
-  normalisation (the overall size of the raw values is left to the prior);
+  normalisation (the overall size of the raw values is left to the prior),
+  and the two scales are sampling devices (``_{side}_loadings_scale``,
+  ``_{side}_psi_scale``), not reported;
 * ``unstructured``: the sds as in ``diag`` (``mean sd^2 = 1``);
 * ``known:FILE``: ``M / mean(diag M)``, no parameters.
+
+**Factor-analytic structures** (``fa:k``) are hierarchical and identified:
+
+* every raw loading is ``normal(0, {side}_loadings_scale)`` and every
+  ``{side}_psi[i]`` is ``halfnormal({side}_psi_scale)``, the two scales with
+  their own priors: the data set the size of the loadings and of the specific
+  variances (fixed wide priors on n loadings and n variances pull the
+  posterior towards large ones when n is large);
+* the raw loadings are sampled without constraint (their law and the matrix
+  are unchanged by any rotation ``Lambda -> Lambda Q``) and reported in the
+  **identified form** ``fa_identify(Lambda)``: lower triangular in the first k
+  rows with a positive diagonal (see
+  :func:`twoway.likelihood.structured.fa_identify`). Sampling the identified
+  loadings directly (a half-normal diagonal) leaves the chains in
+  opposite-sign modes when a leading loading is near zero; the rotation is
+  applied after sampling, so it costs nothing and every draw satisfies the
+  constraint. The identified diagonal is then distributed as
+  ``scale * chi_(k - i)`` (i = 0 .. k - 1), not half-normal.
 
 Names that users see: the parameters above, with dims ``side`` for per-level
 vectors, ``(side, f"{side}_factor")`` for the loadings (coordinates ``f1`` ..
@@ -60,7 +81,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from twoway.likelihood.structured import ar1_matrix, cs_matrix, fa_matrix
+from twoway.likelihood.structured import ar1_matrix, cs_matrix, fa_identify, fa_matrix
 from twoway.errors import ModelError
 from twoway.io.matrices import read_labelled_matrix
 from twoway.priors import Prior
@@ -273,7 +294,8 @@ class Structure:
         if kind in ("ar1", "cs"):
             return [nm("rho")] if unit_scale else [nm("rho"), nm("sd")]
         if kind == "fa":
-            return [nm("loadings"), nm("psi")]
+            scales = [] if unit_scale else [nm("loadings_scale"), nm("psi_scale")]
+            return [nm("loadings"), nm("psi")] + scales
         return [nm("corr"), nm("sd")]
 
     def prior_names(self, *, unit_scale: bool) -> list[str]:
@@ -286,6 +308,8 @@ class Structure:
         kind, nm = self.kind, self._name
         if kind in ("diag", "unstructured"):
             return [nm("log_sd_centred")] if unit_scale else [nm("sd")]
+        if kind == "fa":
+            return [nm("loadings_scale"), nm("psi_scale")]
         return self.parameter_names(unit_scale=unit_scale)
 
     def parameter_dims(self, *, unit_scale: bool) -> dict[str, tuple[str, ...]]:
@@ -296,6 +320,8 @@ class Structure:
             "rho": (),
             "loadings": (side, f"{side}_factor"),
             "psi": (side,),
+            "loadings_scale": (),
+            "psi_scale": (),
             "corr": (side, f"{side}_other"),
         }
         return {name: dims[name[len(side) + 1:]] for name in self.parameter_names(unit_scale=unit_scale)}
@@ -310,7 +336,7 @@ class Structure:
         return out
 
     def n_parameters(self, *, unit_scale: bool) -> int:
-        """Free parameters: iid 1, diag n, ar1 and cs 2, fa:k n k - k (k - 1) / 2 + n,
+        """Free parameters: iid 1, diag n, ar1 and cs 2, fa:k n k - k (k - 1) / 2 + n + 2 (the two scales),
         unstructured n (n - 1) / 2 + n, known 1; one fewer under unit scale."""
         n, k = self.n, self.k
         count = {
@@ -318,7 +344,7 @@ class Structure:
             "diag": n,
             "ar1": 2,
             "cs": 2,
-            "fa": n * (k or 0) - (k or 0) * ((k or 0) - 1) // 2 + n,
+            "fa": n * (k or 0) - (k or 0) * ((k or 0) - 1) // 2 + n + 2,
             "unstructured": n * (n - 1) // 2 + n,
             "known": 1,
         }[self.kind]
@@ -339,9 +365,10 @@ class Structure:
         ==========================  =============================================
         ``{side}_sd``               halfnormal(sigma=s) (each level if a vector)
         ``{side}_rho``              uniform over its range (``rho_range``)
-        ``{side}_loadings``         normal(0, s / sqrt(k)); the k leading
-                                    diagonal loadings are its half-normal
-        ``{side}_psi``              halfnormal(sigma=s^2) (a variance)
+        ``{side}_loadings_scale``   halfnormal(sigma=s / sqrt(k)) (the sd of
+                                    every raw loading)
+        ``{side}_psi_scale``        halfnormal(sigma=s^2) (the scale of the
+                                    half-normal law of every ``psi``)
         ``{side}_log_sd_centred``   normal(0, 0.5) (unit scale, zero-sum)
         ==========================  =============================================
 
@@ -370,9 +397,9 @@ class Structure:
             elif what == "rho":
                 lo, hi = self.rho_range()
                 out[name] = Prior.make("uniform", lower=lo, upper=hi)
-            elif what == "loadings":
-                out[name] = Prior.make("normal", mu=0.0, sigma=s / math.sqrt(self.k))
-            elif what == "psi":
+            elif what == "loadings_scale":
+                out[name] = Prior.make("halfnormal", sigma=s / math.sqrt(self.k))
+            elif what == "psi_scale":
                 out[name] = Prior.make("halfnormal", sigma=s * s)
             elif what == "log_sd_centred":
                 out[name] = Prior.make("normal", mu=0.0, sigma=0.5)
@@ -381,9 +408,9 @@ class Structure:
     def check_priors(self, priors: Mapping[str, Prior], *, unit_scale: bool) -> dict[str, Prior]:
         """The priors this structure needs from ``priors``, checked against each parameter's support.
 
-        ``{side}_sd`` and ``{side}_psi`` need a positive support (``Prior.positive``);
-        ``{side}_rho`` a uniform inside :meth:`rho_range` or a beta;
-        ``{side}_loadings`` and ``{side}_log_sd_centred`` a normal with mu = 0.
+        ``{side}_sd``, ``{side}_loadings_scale`` and ``{side}_psi_scale`` need a
+        positive support (``Prior.positive``); ``{side}_rho`` a uniform inside
+        :meth:`rho_range` or a beta; ``{side}_log_sd_centred`` a normal with mu = 0.
 
         Parameters
         ----------
@@ -408,7 +435,7 @@ class Structure:
             if not isinstance(prior, Prior):
                 raise ModelError(f"The prior for {name!r} must be a Prior; got {prior!r}.")
             what = name[len(self.side) + 1:]
-            if what in ("sd", "psi") and not prior.positive:
+            if what in ("sd", "loadings_scale", "psi_scale") and not prior.positive:
                 raise ModelError(
                     f"The prior for {name!r} must have positive support (halfnormal, halfstudentt, "
                     f"exponential, lognormal, beta, or uniform with lower >= 0); got {prior}."
@@ -425,21 +452,12 @@ class Structure:
                         f"The prior for {name!r} must keep it within ({lo:.4g}, {hi:.4g}): a uniform "
                         f"inside that range or a beta; got {prior}."
                     )
-            if what in ("loadings", "log_sd_centred") and not (prior.dist == "normal" and prior.kwargs["mu"] == 0.0):
-                why = ("the k leading loadings are taken positive" if what == "loadings"
-                       else "the centred log sds sum to zero")
-                raise ModelError(f"The prior for {name!r} must be normal with mu = 0 ({why}); got {prior}.")
+            if what == "log_sd_centred" and not (prior.dist == "normal" and prior.kwargs["mu"] == 0.0):
+                raise ModelError(f"The prior for {name!r} must be normal with mu = 0 (the centred log sds sum "
+                                 f"to zero); got {prior}.")
             out[name] = prior
         return out
 
-    # -- fa layout -----------------------------------------------------------------
-    def _fa_index(self) -> tuple[tuple[np.ndarray, np.ndarray], np.ndarray]:
-        """Indices of the free loadings (below the diagonal of the first k rows, all of the others) and of the diagonal."""
-        n, k = self.n, self.k
-        rows, cols = np.tril_indices(n, k=-1, m=k)
-        return (rows, cols), np.arange(k)
-
-    # -- PyMC ----------------------------------------------------------------------
     # -- NumPy ---------------------------------------------------------------------
     def _known_unit(self) -> np.ndarray:
         return self.known / np.mean(np.diag(self.known))
@@ -479,16 +497,16 @@ class Structure:
         elif kind == "diag":
             out[nm("sd")] = unit_sd() if unit_scale else pri[nm("sd")].sample(rng, n)
         elif kind == "fa":
-            (rows, cols), diag = self._fa_index()
-            sigma = pri[nm("loadings")].kwargs["sigma"]
-            lam = np.zeros((n, self.k))
-            lam[rows, cols] = rng.normal(0.0, sigma, rows.size)
-            lam[diag, diag] = np.abs(rng.normal(0.0, sigma, self.k))
-            psi = pri[nm("psi")].sample(rng, n)
+            scales = {nm("loadings_scale"): float(pri[nm("loadings_scale")].sample(rng)),
+                      nm("psi_scale"): float(pri[nm("psi_scale")].sample(rng))}
+            lam = scales[nm("loadings_scale")] * rng.standard_normal((n, self.k))
+            psi = scales[nm("psi_scale")] * np.abs(rng.standard_normal(n))
             if unit_scale:
                 m = (np.sum(lam * lam) + np.sum(psi)) / n
                 lam, psi = lam / np.sqrt(m), psi / m
-            out[nm("loadings")], out[nm("psi")] = lam, psi
+            out[nm("loadings")], out[nm("psi")] = fa_identify(lam), psi
+            if not unit_scale:
+                out.update(scales)
         elif kind == "unstructured":
             chol = _lkj_corr_cholesky(rng, n, self.eta)
             out[nm("corr")] = chol @ chol.T
@@ -513,7 +531,8 @@ class Structure:
         numpy.ndarray, shape (n, n)
         """
         kind, n, nm = self.kind, self.n, self._name
-        missing = [k for k in self.parameter_names(unit_scale=unit_scale) if k not in params]
+        missing = [k for k in self.parameter_names(unit_scale=unit_scale)
+                   if k not in params and not k.endswith("_scale")]  # fa's scales: not needed for the matrix
         if missing:
             raise ModelError(f"The parameters of the '{self.side}_structure' {self.text} must include {', '.join(missing)}.")
 

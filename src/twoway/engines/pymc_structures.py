@@ -15,7 +15,7 @@ import numpy as np
 
 from twoway.errors import ModelError
 from twoway.likelihood.structured import (ar1_logdet, ar1_matrix, ar1_quad, cs_logdet, cs_matrix, cs_quad,
-                                          fa_logdet, fa_matrix, fa_quad)
+                                          fa_identify, fa_logdet, fa_matrix, fa_quad)
 from twoway.priors import Prior
 
 __all__ = ["BuiltStructure", "build_structure"]
@@ -168,24 +168,22 @@ def build_structure(structure, priors: Mapping[str, Prior], *, unit_scale: bool)
         cov = ar1_matrix(rho, sd2, n) if kind == "ar1" else cs_matrix(rho, sd2, n)
         parts.update(rho=rho, sd2=sd2)
     elif kind == "fa":
-        (rows, cols), diag = structure._fa_index()
-        sigma = pri[nm("loadings")].kwargs["sigma"]
-        free = pm.Normal(f"_{nm('loadings')}_lower", 0.0, sigma, shape=rows.size)
-        lead = pm.HalfNormal(f"_{nm('loadings')}_diag", sigma, shape=structure.k)
-        lam = pt.zeros((n, structure.k))
-        lam = pt.set_subtensor(lam[rows, cols], free)
-        lam = pt.set_subtensor(lam[diag, diag], lead)
+        # as in the JAX engine: hierarchical scales, raw loadings without constraint, public ones identified
+        hide = "_" if unit_scale else ""
+        tau_l = pymc_variable(pri[nm("loadings_scale")], f"{hide}{nm('loadings_scale')}")
+        tau_p = pymc_variable(pri[nm("psi_scale")], f"{hide}{nm('psi_scale')}")
+        lam = tau_l * pm.Normal(f"_{nm('loadings')}_z", 0.0, 1.0, shape=(n, structure.k))
+        psi = tau_p * pm.HalfNormal(f"_{nm('psi')}_z", 1.0, shape=n)
         if unit_scale:
-            psi_raw = pymc_variable(pri[nm("psi")], f"_{nm('psi')}_raw", dims=side)
-            m = ((lam * lam).sum() + psi_raw.sum()) / n
-            lam, psi_raw = lam / pt.sqrt(m), psi_raw / m
-            psi = pm.Deterministic(nm("psi"), psi_raw, dims=side)
-        else:
-            psi = pymc_variable(pri[nm("psi")], nm("psi"), dims=side)
-        loadings = pm.Deterministic(nm("loadings"), lam, dims=(side, f"{side}_factor"))
-        params = {nm("loadings"): loadings, nm("psi"): psi}
-        parts.update(loadings=loadings, psi=psi)
-        cov = fa_matrix(loadings, psi)
+            m = ((lam * lam).sum() + psi.sum()) / n
+            lam, psi = lam / pt.sqrt(m), psi / m
+        psi = pm.Deterministic(nm("psi"), psi, dims=side)
+        loadings = pm.Deterministic(nm("loadings"), fa_identify(lam), dims=(side, f"{side}_factor"))
+        params.update({nm("loadings"): loadings, nm("psi"): psi})
+        if not unit_scale:
+            params.update({nm("loadings_scale"): tau_l, nm("psi_scale"): tau_p})
+        parts.update(loadings=lam, psi=psi)  # lam lam' = loadings loadings': the likelihood skips the rotation
+        cov = fa_matrix(lam, psi)
     else:  # unstructured
         chol_corr = pm.LKJCorr(f"_{nm('corr')}_chol", n=n, eta=structure.eta)
         corr = pm.Deterministic(nm("corr"), chol_corr @ chol_corr.T, dims=(side, f"{side}_other"))

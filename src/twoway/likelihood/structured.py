@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 __all__ = ["ar1_matrix", "ar1_logdet", "ar1_precision", "ar1_quad", "cs_matrix", "cs_logdet", "cs_precision",
-           "cs_quad", "fa_matrix", "fa_logdet", "fa_precision", "fa_quad"]
+           "cs_quad", "fa_matrix", "fa_logdet", "fa_precision", "fa_quad", "fa_identify"]
 
 
 # ---------------------------------------------------------------------------
@@ -237,6 +237,51 @@ def fa_matrix(loadings: Any, psi: Any) -> Any:
     ops = _ops(loadings, psi)
     loadings, psi = ops.asarray(loadings), ops.asarray(psi)
     return loadings @ loadings.T + ops.diag(psi)
+
+
+def fa_identify(loadings: Any) -> Any:
+    """The identified form of a loading matrix: ``Lambda Q`` lower triangular with a positive diagonal.
+
+    ``Lambda Lambda'`` is unchanged by ``Lambda -> Lambda Q`` for any orthogonal
+    ``Q`` (k x k). The identified form takes the ``Q`` that makes the top k x k
+    block lower triangular with a positive diagonal: ``Q``'s columns are the
+    Gram-Schmidt orthonormalisation of the first k rows of ``Lambda`` (an LQ
+    decomposition of the top block). Row ``i < k`` of ``Lambda`` lies in the span
+    of the first ``i + 1`` columns of ``Q``, so the entries above the diagonal
+    are zero, and the diagonal entries are the Gram-Schmidt norms (positive).
+    For k = 1 it is the sign flip that makes the first loading positive.
+
+    Parameters
+    ----------
+    loadings : array or tensor, shape (..., n, k), n >= k
+        Any loading matrices (a batch of draws, for example), whose top k x k
+        block is non-singular (true with probability one under a continuous law).
+
+    Returns
+    -------
+    array or tensor, shape (..., n, k)
+        The identified loadings; ``fa_matrix`` of them equals ``fa_matrix`` of ``loadings``.
+    """
+    ops = _ops(loadings)
+    lam = ops.asarray(loadings)
+    n, k = _static_shape(lam)[-2:]
+    basis: list = []
+    for i in range(k):
+        v = lam[..., i, :]
+        for q in basis:
+            v = v - (v * q).sum(axis=-1)[..., None] * q
+        basis.append(v / ops.sqrt((v * v).sum(axis=-1))[..., None])
+    q = ops.stack(basis, axis=-1)          # (..., k, k), columns orthonormal
+    lower = np.tril(np.ones((n, k)))       # zeros above the diagonal of the top block, exactly
+    return (lam[..., :, :, None] * q[..., None, :, :]).sum(axis=-2) * lower
+
+
+def _static_shape(x: Any) -> tuple:
+    """The shape of an array, or the static shape of a tensor (PyTensor keeps it in ``x.type.shape``)."""
+    shape = getattr(getattr(x, "type", None), "shape", None)
+    if shape is None or any(d is None for d in shape[-2:]):
+        shape = x.shape
+    return tuple(int(d) for d in shape)
 
 
 def _fa_core(ops, loadings: Any, psi: Any) -> tuple[Any, Any]:

@@ -350,11 +350,11 @@ def _structure(b: _Builder, st, unit: bool):
         if unit:
             m = ((lam * lam).sum() + psi.sum()) / n
             lam, psi = lam / jnp.sqrt(m), psi / m
-        else:
-            params.update({nm("loadings_scale"): tau_l, nm("psi_scale"): tau_p})
         b.deterministic(nm("psi"), psi, (side,))
         loadings = b.deterministic(nm("loadings"), fa_identify(lam), (side, f"{side}_factor"))
         params.update({nm("loadings"): loadings, nm("psi"): psi})
+        if not unit:
+            params.update({nm("loadings_scale"): tau_l, nm("psi_scale"): tau_p})
         cov = fa_matrix(lam, psi)
     else:  # unstructured
         L = b.lkj_cholesky(f"_{nm('corr')}_chol", n, st.eta)
