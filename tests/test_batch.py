@@ -3,8 +3,16 @@
 Cost: one real two-worker local Dask cluster (processes, one thread each)
 shared by the module; tiny tables (4 x 3) and short chains (2 x 60 draws);
 one ``twoway fit-many`` subprocess killed with SIGKILL part way; two ``twoway
-sbc`` subprocesses on one folder. Every fit of one layout reuses one compiled
+sbc`` subprocesses on one folder.
+
+Every fit here, fit-many and SBC alike, uses one model: ``additive`` with the
+priors SBC fixes for 4 x 3 tables (:data:`SPEC`, and the same spec as a TOML
+file for the command line), so that every process compiles or loads one chain
 program (in memory per process, on disk in the test session's compile cache).
+That keeps the module fast, and it keeps clear of a JAX-engine problem seen
+while writing it: a process that loads a *second* stored chain program from
+the compile cache folder fails when running it (``JaxRuntimeError: NOT_FOUND:
+Function ... not found``).
 """
 
 from __future__ import annotations
@@ -27,9 +35,11 @@ from twoway.cli import main
 from twoway.errors import FitError, TwowayError
 from twoway.fit import Fit
 from twoway.io.outputs import folder_lock
-from twoway.sbc import sbc
+from twoway.sbc import sbc, sbc_spec
 
 SETTINGS = dict(chains=2, draws=60, tune=60)
+#: The one model of this module: what SBC fits on 4 x 3 tables of ``additive``.
+SPEC = sbc_spec("additive", 4, 3)
 SEED = 20261129
 N_GOOD = 4
 
@@ -48,6 +58,19 @@ def _write_tables(folder: Path, n: int, *, bad: bool = True) -> Path:
 
 
 @pytest.fixture(scope="module")
+def model_file(tmp_path_factory) -> str:
+    """:data:`SPEC` as a TOML model file, for the command line."""
+    lines = ['preset = "additive"', "", "[priors]"]
+    for name, prior in SPEC.to_dict()["priors"].items():
+        fields = ", ".join(f"{k} = {json.dumps(v)}" for k, v in prior.items())
+        lines.append(f"{name} = {{ {fields} }}")
+    path = tmp_path_factory.mktemp("model") / "additive_fixed.toml"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    assert twoway.load_model(path).to_dict() == SPEC.to_dict()
+    return str(path)
+
+
+@pytest.fixture(scope="module")
 def tables(tmp_path_factory) -> Path:
     return _write_tables(tmp_path_factory.mktemp("tables") / "in", N_GOOD)
 
@@ -56,7 +79,7 @@ def tables(tmp_path_factory) -> Path:
 def serial_run(tables, tmp_path_factory):
     out = tmp_path_factory.mktemp("serial") / "fits"
     fitted: list[str] = []
-    result = fit_many(tables, "additive", out, seed=SEED, progress=False, on_result=fitted.append, **SETTINGS)
+    result = fit_many(tables, SPEC, out, seed=SEED, progress=False, on_result=fitted.append, **SETTINGS)
     return out, result, fitted
 
 
@@ -160,7 +183,7 @@ def test_fit_many_rerun_reuses_finished_tables(serial_run, tables, monkeypatch):
     out, result, _ = serial_run
     before = {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in out.glob("*.nc")}
     fitted: list[str] = []
-    again = fit_many(tables, "additive", out, seed=SEED, progress=False, on_result=fitted.append, **SETTINGS)
+    again = fit_many(tables, SPEC, out, seed=SEED, progress=False, on_result=fitted.append, **SETTINGS)
     assert fitted == ["broken"]  # a failed table is tried again; the fitted ones are kept
     assert sorted(again.reused) == [f"trait_{i}" for i in range(N_GOOD)]
     assert {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in out.glob("*.nc")} == before
@@ -170,9 +193,9 @@ def test_fit_many_rerun_reuses_finished_tables(serial_run, tables, monkeypatch):
 def test_fit_many_refuses_other_settings_changed_tables_and_foreign_records(serial_run, tables, tmp_path):
     out, _, _ = serial_run
     with pytest.raises(FitError, match="another configuration .*draws"):
-        fit_many(tables, "additive", out, seed=SEED, progress=False, chains=2, draws=61, tune=60)
+        fit_many(tables, SPEC, out, seed=SEED, progress=False, chains=2, draws=61, tune=60)
     with pytest.raises(FitError, match="another configuration .*seed"):
-        fit_many(tables, "additive", out, seed=SEED + 1, progress=False, **SETTINGS)
+        fit_many(tables, SPEC, out, seed=SEED + 1, progress=False, **SETTINGS)
     # a copy of the folder whose table and record were changed
     import shutil
 
@@ -181,23 +204,23 @@ def test_fit_many_refuses_other_settings_changed_tables_and_foreign_records(seri
     shutil.copytree(out, copy_out)
     (copy_in / "trait 0.csv").write_text((copy_in / "trait 0.csv").read_text().replace(",", ", ", 3))
     with pytest.raises(FitError, match="trait 0.csv' changed since its fit"):
-        fit_many(copy_in, "additive", copy_out, seed=SEED, progress=False, **SETTINGS)
+        fit_many(copy_in, SPEC, copy_out, seed=SEED, progress=False, **SETTINGS)
     shutil.copy(tables / "trait 0.csv", copy_in / "trait 0.csv")
     record = copy_out / "jobs" / "trait_1.json"
     rec = json.loads(record.read_text())
     record.write_text(json.dumps({**rec, "config_digest": "0" * 16}))
     with pytest.raises(FitError, match="trait_1.json' was made with another configuration"):
-        fit_many(copy_in, "additive", copy_out, seed=SEED, progress=False, **SETTINGS)
+        fit_many(copy_in, SPEC, copy_out, seed=SEED, progress=False, **SETTINGS)
 
 
 def test_fit_many_folder_is_locked(serial_run, tables):
     out, _, _ = serial_run
     with folder_lock(out):
         with pytest.raises(TwowayError, match="in use by another twoway run"):
-            fit_many(tables, "additive", out, seed=SEED, progress=False, **SETTINGS)
+            fit_many(tables, SPEC, out, seed=SEED, progress=False, **SETTINGS)
 
 
-def test_cli_fit_many_by_column_and_errors(tmp_path, capsys):
+def test_cli_fit_many_by_column_and_errors(tmp_path, capsys, model_file):
     frames = []
     for i, site in enumerate(["site A/1", "site B"]):
         df = twoway.simulate("additive", 4, 3, seed=200 + i).data.to_long()
@@ -206,7 +229,7 @@ def test_cli_fit_many_by_column_and_errors(tmp_path, capsys):
     pd.concat(frames).to_csv(long, index=False)
     out = tmp_path / "by"
     status = main(["fit-many", str(long), "--by", "site", "--out", str(out), "--seed", "3", "--no-progress",
-                   *_settings_argv()])
+                   "--model", model_file, *_settings_argv()])
     text, err = capsys.readouterr()
     assert status == 0, err
     assert "fitted 2 of 2 tables" in text
@@ -238,7 +261,7 @@ def _posterior_arrays(path: Path) -> dict[str, np.ndarray]:
 def test_dask_fit_many_gives_the_serial_numbers(serial_run, tables, cluster, tmp_path):
     out_serial, serial, _ = serial_run
     out = tmp_path / "dask"
-    result = fit_many(tables, "additive", out, seed=SEED, progress=False, scheduler=cluster, **SETTINGS)
+    result = fit_many(tables, SPEC, out, seed=SEED, progress=False, scheduler=cluster, **SETTINGS)
     assert result.failed == ["broken"]
     for name in serial.fit_files:
         a, b = _posterior_arrays(out_serial / f"{name}.nc"), _posterior_arrays(out / f"{name}.nc")
@@ -269,13 +292,13 @@ def test_dask_sbc_gives_the_serial_numbers(cluster, tmp_path):
 # ---------------------------------------------------------------------------
 
 
-def test_killed_fit_many_resumes_without_redoing_finished_tables(tmp_path):
+def test_killed_fit_many_resumes_without_redoing_finished_tables(tmp_path, model_file):
     n_tables = 10
     tables = _write_tables(tmp_path / "in", n_tables, bad=False)
     out = tmp_path / "fits"
     jobs = out / "jobs"
     argv = [sys.executable, "-m", "twoway", "fit-many", str(tables), "--out", str(out), "--seed", str(SEED),
-            "--no-progress", *_settings_argv()]
+            "--no-progress", "--model", model_file, *_settings_argv()]
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             env={**os.environ, "PYTHONWARNINGS": "ignore"})
     try:
@@ -299,7 +322,7 @@ def test_killed_fit_many_resumes_without_redoing_finished_tables(tmp_path):
     kept = [out / f"{n}.nc" for n in done] + [jobs / f"{n}.json" for n in done]
     before = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in kept}
     fitted: list[str] = []
-    result = fit_many(tables, "additive", out, seed=SEED, progress=False, on_result=fitted.append, **SETTINGS)
+    result = fit_many(tables, SPEC, out, seed=SEED, progress=False, on_result=fitted.append, **SETTINGS)
     names = [f"trait_{i}" for i in range(n_tables)]
     assert sorted(fitted + done) == names  # each table fitted exactly once over the two runs
     assert sorted(result.reused) == done
@@ -348,11 +371,11 @@ def test_second_sbc_run_on_a_folder_fails_at_once(tmp_path):
 
 
 @pytest.mark.slow
-def test_cli_workers_start_a_local_cluster(tables, serial_run, tmp_path, capsys):
+def test_cli_workers_start_a_local_cluster(tables, serial_run, tmp_path, capsys, model_file):
     out_serial, serial, _ = serial_run
     out = tmp_path / "w2"
     status = main(["fit-many", str(tables), "--out", str(out), "--seed", str(SEED), "--workers", "2",
-                   *_settings_argv()])
+                   "--model", model_file, *_settings_argv()])
     _, err = capsys.readouterr()
     assert status == 1 and "broken failed" in err and "5/5: 4 done, 1 failed, 0 running" in err
     for name in serial.fit_files:

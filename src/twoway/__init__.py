@@ -17,6 +17,7 @@ from twoway.model import ModelSpec, PRESETS, preset, load_model, degrees_of_free
 from twoway.simulate import Simulation, simulate  # noqa: E402
 from twoway.fit import Fit, fit  # noqa: E402
 from twoway.plan import Plan, resolve  # noqa: E402
+from twoway.batch import fit_many  # noqa: E402  (imports Dask only when it runs on workers)
 
 __all__ = [
     "__version__",
@@ -33,6 +34,7 @@ __all__ = [
     "fit",
     "Plan",
     "resolve",
+    "fit_many",
     "TwowayError",
     "DataError",
     "ModelError",

@@ -59,7 +59,7 @@ SUMMARY_NAME = "summary.csv"
 RECORDS = "jobs"
 FIT_SUFFIX = ".nc"
 #: Table files a folder given to :func:`fit_many` is searched for.
-TABLE_PATTERNS = ("*.csv", "*.csv.gz")
+TABLE_PATTERNS = ("*.csv", "*.csv.gz", "*.tsv", "*.parquet")
 _MAX_NAME = 100
 
 
@@ -543,7 +543,7 @@ def _is_glob(text: str) -> bool:
 
 def _table_stem(path: Path) -> str:
     name = path.name
-    for ending in (".csv.gz", ".csv", ".gz", ".parquet"):
+    for ending in (".csv.gz", ".csv", ".tsv", ".gz", ".parquet"):
         if name.lower().endswith(ending):
             return name[: -len(ending)]
     return path.stem
@@ -561,7 +561,7 @@ def _file_digest(path: Path) -> str:
 
 
 def table_files(tables: "str | os.PathLike[str] | Sequence[str | os.PathLike[str]]") -> list[Path]:
-    """The table files named by ``tables``: a folder (its CSV files), a glob pattern, files, or a list of these.
+    """The table files named by ``tables``: a folder (its table files), a glob pattern, files, or a list of these.
 
     Returns
     -------
@@ -619,11 +619,14 @@ def _split_by(path: Path, by: str) -> list[tuple[str, Any]]:
     keys = df[by].astype(str).str.strip()
     empty = np.flatnonzero((keys == "").to_numpy())
     if empty.size:
+        where = f"line {int(lines[empty[0]])}" if lines is not None else f"data row {int(empty[0]) + 1}"
         raise DataError(f"The {by!r} column must have a label on every line; "
-                        f"got an empty one on line {int(lines[empty[0]])} of {str(path)!r}.")
+                        f"got an empty one on {where} of {str(path)!r}.")
     groups = []
     for key in dict.fromkeys(keys.tolist()):
-        groups.append((key, df[(keys == key).to_numpy()].reset_index(drop=True)))
+        part = df[(keys == key).to_numpy()].reset_index(drop=True)
+        part.attrs = dict(df.attrs)  # how the file was read (its decimal mark)
+        groups.append((key, part))
     return groups
 
 
@@ -738,7 +741,7 @@ def fit_many(
     Parameters
     ----------
     tables : path, glob pattern, folder, or a sequence of these
-        Long-form CSV tables (a folder: its ``*.csv`` and ``*.csv.gz`` files),
+        Long-form tables (a folder: its ``*.csv``, ``*.csv.gz``, ``*.tsv`` and ``*.parquet`` files),
         or with ``by``, long tables split into one table per value of that column.
     model : ModelSpec or str
         A spec, a preset name or a TOML model file.
@@ -757,7 +760,7 @@ def fit_many(
     seed : int
         The run's seed; table ``NAME`` is sampled with :func:`job_seed` (seed, NAME).
     engine : str, optional
-        ``jax`` (default), ``nutpie`` or ``pymc``.
+        One of :data:`twoway.fit.ENGINES`; default: what :func:`twoway.fit.compile_model` chooses.
     workers : int
         1: one table after another here; N > 1: a local Dask cluster of N
         worker processes (one thread each).
@@ -782,7 +785,8 @@ def fit_many(
     from twoway.io.outputs import folder_lock, remove_stale_temporaries, write_json_atomic, write_text_atomic
     from twoway.model import load_model
 
-    engine = _engine_name(engine, None)
+    if engine is not None:  # None: the library's default for each table
+        engine = _engine_name(engine, None)
     seed = _check_count("seed", seed, 0)
     _check_count("workers", workers, 1)
     check_sampling_options(chains, draws, tune, seed, engine)

@@ -169,6 +169,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("fits", nargs="+", metavar="FIT", help="two or more fit files of the same table")
     p.add_argument("--by", choices=["cell", "row", "col"], default="cell",
                    help="leave out one cell, or a whole row or column, at a time (default: %(default)s)")
+    p.add_argument("--refit", action="store_true",
+                   help="refit each model without each cell whose Pareto k is above 0.7 (at most 10 per fit)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
     p = sub.add_parser("report", help="write one self-contained HTML report of one or more fits")
@@ -435,14 +437,16 @@ def cmd_compare(args) -> int:
         raise FitError(f"A comparison needs at least 2 fit files; got {len(args.fits)}.")
     fits = [Fit.load(path) for path in args.fits]
     names = unique_names([Path(path).stem for path in args.fits])
-    table = compare(dict(zip(names, fits)), by=args.by)
+    table = compare(dict(zip(names, fits)), by=args.by, refit=args.refit)
     sentence = preferred(table)
     if args.json:
         models = [{"name": str(name), "rank": int(row["rank"]), "elpd": float(row["elpd"]),
                    "se": float(row["se"]), "elpd_diff": float(row["elpd_diff"]), "dse": float(row["dse"]),
                    "weight": float(row["weight"]), "p_loo": float(row["p_loo"]),
                    "pareto_k_bad": int(row["pareto_k_bad"])} for name, row in table.iterrows()]
-        print(json.dumps({"by": args.by, "models": models, "preferred": sentence}, indent=2))
+        print(json.dumps({"by": args.by, "models": models, "preferred": sentence,
+                          "warnings": table.attrs.get("warnings", []),
+                          "loo_method": table.attrs.get("loo_method", {})}, indent=2))
     else:
         print(f"leave-one-{args.by}-out comparison (PSIS-LOO; elpd_diff is each fit's elpd minus the best one's; "
               "pareto_k_bad counts units with Pareto k > 0.7):")
@@ -526,7 +530,7 @@ def cmd_fit_many(args) -> int:
     progress = args.progress is not False
     result = fit_many(args.tables, spec, args.out, by=args.by, row=args.row, col=args.col, value=args.value,
                       se=se, replicate=replicate, chains=args.chains, draws=args.draws, tune=args.tune,
-                      seed=args.seed, engine=args.engine, workers=args.workers, scheduler=args.scheduler,
+                      seed=args.seed, engine=_named_engine(args), workers=args.workers, scheduler=args.scheduler,
                       progress=progress)
     summary = result.summary
     n_ok = int((summary["status"] == "ok").sum())
