@@ -272,9 +272,24 @@ def test_dask_fit_many_gives_the_serial_numbers(serial_run, tables, cluster, tmp
     pd.testing.assert_frame_equal(result.summary[cols], serial.summary[cols])
 
 
-def test_dask_sbc_gives_the_serial_numbers(cluster, tmp_path):
+def test_dask_sbc_gives_the_serial_numbers(cluster, tmp_path, monkeypatch):
+    import importlib
+
+    import twoway.sbc as sbc_module
+
+    fit_module = importlib.import_module("twoway.fit")
+    compiles = []
+    real = fit_module.compile_model
+
+    def counting(*args, **kwargs):
+        compiles.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(fit_module, "compile_model", counting)
+    monkeypatch.setattr(sbc_module, "_COMPILED", {})
     opts = dict(seed=SEED, progress=False, n_thin=20, **SETTINGS)
     serial = sbc("additive", 4, 3, 4, out=tmp_path / "serial", **opts)
+    assert len(compiles) == 1  # one compile for the 4 replications of this process
     fitted: list[int] = []
     dask = sbc("additive", 4, 3, 4, out=tmp_path / "dask", scheduler=cluster, on_replication=fitted.append, **opts)
     assert sorted(fitted) == [0, 1, 2, 3]

@@ -560,8 +560,15 @@ def _file_digest(path: Path) -> str:
     return h.hexdigest()[:16]
 
 
-def table_files(tables: "str | os.PathLike[str] | Sequence[str | os.PathLike[str]]") -> list[Path]:
+def table_files(tables: "str | os.PathLike[str] | Sequence[str | os.PathLike[str]]", *,
+                exclude: "str | os.PathLike[str] | None" = None) -> list[Path]:
     """The table files named by ``tables``: a folder (its table files), a glob pattern, files, or a list of these.
+
+    Parameters
+    ----------
+    tables : path, glob pattern, folder, or a sequence of these
+    exclude : path, optional
+        A folder whose files are never tables (the output folder: its summary.csv).
 
     Returns
     -------
@@ -577,6 +584,7 @@ def table_files(tables: "str | os.PathLike[str] | Sequence[str | os.PathLike[str
     if not items:
         raise DataError("The tables must name at least one file, folder or pattern; got none.")
     found: list[Path] = []
+    skip = None if exclude is None else Path(exclude).resolve()
     for item in items:
         text = os.fspath(item)
         path = Path(text)
@@ -595,8 +603,10 @@ def table_files(tables: "str | os.PathLike[str] | Sequence[str | os.PathLike[str
         else:
             raise DataError(f"The table {text!r} does not exist.")
         for p in hits:
-            if p not in found:
+            if p not in found and not (skip is not None and skip in p.resolve().parents):
                 found.append(p)
+    if not found:
+        raise DataError(f"The tables must name at least one file outside the output folder {str(exclude)!r}.")
     return found
 
 
@@ -630,9 +640,9 @@ def _split_by(path: Path, by: str) -> list[tuple[str, Any]]:
     return groups
 
 
-def collect_tables(tables, *, by: str | None = None) -> list[_Table]:
+def collect_tables(tables, *, by: str | None = None, exclude=None) -> list[_Table]:
     """The tables of a fit-many run, with their names (file-safe, distinct) and content digests."""
-    files = table_files(tables)
+    files = table_files(tables, exclude=exclude)
     if by is None:
         names = safe_names([_table_stem(p) for p in files])
         return [_Table(n, str(p), _file_digest(p), ("file", str(p))) for n, p in zip(names, files)]
@@ -801,7 +811,7 @@ def fit_many(
         raise FitError(f"The fit-many output {str(out)!r} must be a folder; it is a file.")
     if not out.parent.exists():
         raise FitError(f"The folder {str(out.parent)!r} for the fit-many output does not exist.")
-    found = collect_tables(tables, by=by)
+    found = collect_tables(tables, by=by, exclude=out)
     out.mkdir(exist_ok=True)
     records_dir = out / RECORDS
     with folder_lock(out, what="fit-many folder"):
