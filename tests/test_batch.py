@@ -32,7 +32,7 @@ import pytest
 import twoway
 from twoway.batch import (BatchProgress, Outcome, fit_many, job_seed, run_jobs, safe_names)
 from twoway.cli import main
-from twoway.errors import FitError, TwowayError
+from twoway.errors import DataError, FitError, TwowayError
 from twoway.fit import Fit
 from twoway.io.outputs import folder_lock
 from twoway.sbc import sbc, sbc_spec
@@ -196,6 +196,10 @@ def test_fit_many_refuses_other_settings_changed_tables_and_foreign_records(seri
         fit_many(tables, SPEC, out, seed=SEED, progress=False, chains=2, draws=61, tune=60)
     with pytest.raises(FitError, match="another configuration .*seed"):
         fit_many(tables, SPEC, out, seed=SEED + 1, progress=False, **SETTINGS)
+    before = sorted(p.name for p in tables.iterdir())
+    with pytest.raises(DataError, match="outside the output folder"):  # its own summary.csv is no table
+        fit_many(tables, SPEC, tables, seed=SEED, progress=False, **SETTINGS)
+    assert sorted(p.name for p in tables.iterdir()) == before
     # a copy of the folder whose table and record were changed
     import shutil
 
