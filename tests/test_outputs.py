@@ -500,9 +500,11 @@ def test_obvious_things_or_clear_errors():
         twoway.preset("crossed", sigmaa=1.0)
     spec = twoway.preset("crossed", priors={"sigma": {"dist": "halfnormal", "sigma": 1.0}})
     assert dict(spec.priors)["sigma"].kwargs == {"sigma": 1.0}
-    with pytest.raises(ModelError, match=r"number of rows must be a whole number >= 2; got 2\.5"):
+    with pytest.raises(ModelError, match=r"number of rows must be a whole number; got 2\.5"):
         twoway.simulate("crossed", 2.5, 5)
-    with pytest.raises(ModelError, match=r"number of replicates must be a whole number >= 1; got 0"):
+    with pytest.raises(ModelError, match=r"number of replicates must be a whole number; got '2'"):
+        twoway.simulate("crossed", 3, 5, "2")
+    with pytest.raises(ModelError, match=r"at least 2 rows, 2 columns and 1 replicate; got 3 x 5 x 0"):
         twoway.simulate("crossed", 3, 5, 0)
     assert twoway.simulate("crossed", 3.0, 4).data.values.shape == (1, 3, 4)
     values = np.array([[1.0, np.nan, 2.0], [3.0, 4.0, 5.0]])

@@ -232,6 +232,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--se", default=None,
                    help="column holding known standard errors (default: a column named 'se', if any)")
     p.add_argument("--no-se", action="store_true", help="ignore a column named 'se'")
+    p.add_argument("--zero-se", choices=("error", "none"), default="error",
+                   help="an se of 0: an error (default), or no known error for that cell, like an empty se")
     p.add_argument("--replicate", default=None,
                    help="column holding the replicate label (default: a column named 'replicate', if any)")
     _model_arg(p)
@@ -420,7 +422,7 @@ def cmd_dof(args) -> int:
     else:
         if args.rows is None or args.cols is None:
             raise TwowayError("Give 'twoway dof' a data file, or the table's shape with --rows and --cols.")
-        dof = degrees_of_freedom(_model(args), args.rows, args.cols, args.replicates or 1)
+        dof = degrees_of_freedom(_model(args), args.rows, args.cols, 1 if args.replicates is None else args.replicates)
     if args.json:
         print(json.dumps(dof.to_dict(), indent=2))
     else:
@@ -529,7 +531,8 @@ def cmd_fit_many(args) -> int:
             print("twoway: using the column 'replicate' as the replicate label", file=sys.stderr)
     progress = args.progress is not False
     result = fit_many(args.tables, spec, args.out, by=args.by, row=args.row, col=args.col, value=args.value,
-                      se=se, replicate=replicate, chains=args.chains, draws=args.draws, tune=args.tune,
+                      se=se, replicate=replicate, zero_se=args.zero_se, chains=args.chains, draws=args.draws,
+                      tune=args.tune,
                       seed=args.seed, engine=_named_engine(args), workers=args.workers, scheduler=args.scheduler,
                       progress=progress)
     summary = result.summary

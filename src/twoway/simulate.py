@@ -7,6 +7,7 @@ parameters, draw a table, fit it, and see what comes back.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
@@ -66,11 +67,12 @@ class Simulation:
         write_json_atomic(path, {"model": self.model.to_dict(), "truth": self.truth_dict()}, indent=2)
 
 
-def _whole(n: Any, what: str, low: int) -> int:
-    """``n`` as an int when it is a whole number >= ``low`` (``4.0`` is 4); ModelError otherwise."""
-    ok = not isinstance(n, bool) and isinstance(n, (int, float, np.integer, np.floating)) and float(n).is_integer()
-    if not ok or n < low:
-        raise ModelError(f"The number of {what} must be a whole number >= {low}; got {n!r}.")
+def _whole(n: Any, what: str) -> int:
+    """``n`` as an int when it is a whole number (``4.0`` is 4); ModelError otherwise."""
+    ok = (not isinstance(n, bool) and isinstance(n, (int, float, np.integer, np.floating))
+          and math.isfinite(n) and float(n).is_integer())
+    if not ok:
+        raise ModelError(f"The number of {what} must be a whole number; got {n!r}.")
     return int(n)
 
 
@@ -286,8 +288,8 @@ def simulate(
     Simulation
     """
     spec = load_model(model)
-    n_rows, n_cols, n_replicates = (_whole(n, what, low) for n, what, low in (
-        (n_rows, "rows", 2), (n_cols, "columns", 2), (n_replicates, "replicates", 1)))
+    n_rows, n_cols, n_replicates = (_whole(n, what) for n, what in (
+        (n_rows, "rows"), (n_cols, "columns"), (n_replicates, "replicates")))
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0):
         raise ModelError(f"The seed must be a non-negative whole number; got {seed!r}.")
     rng = np.random.default_rng(seed)
