@@ -736,6 +736,7 @@ def fit_many(
     value: str = "value",
     se: str | None = None,
     replicate: str | None = None,
+    zero_se: str = "error",
     chains: int = 4,
     draws: int = 1000,
     tune: int = 1000,
@@ -765,6 +766,8 @@ def fit_many(
         Column splitting each table into groups, fitted separately.
     row, col, value, se, replicate : str
         Columns, as for :meth:`twoway.TwoWayData.from_csv`.
+    zero_se : {"error", "none"}
+        What an se of 0 means, as for :meth:`twoway.TwoWayData.from_csv`.
     chains, draws, tune : int
         Sampler settings of every fit.
     seed : int
@@ -802,7 +805,7 @@ def fit_many(
     check_sampling_options(chains, draws, tune, seed, engine)
     spec = load_model(model)
     out = Path(out)
-    columns = {"row": row, "col": col, "value": value, "se": se, "replicate": replicate}
+    columns = {"row": row, "col": col, "value": value, "se": se, "replicate": replicate, "zero_se": zero_se}
     sampling = {"chains": int(chains), "draws": int(draws), "tune": int(tune), "engine": engine}
     config = _normal({"kind": "fit-many", "model": spec.to_dict(), "columns": columns, "by": by,
                       "seed": seed, **sampling})
