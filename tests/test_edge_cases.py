@@ -299,3 +299,79 @@ def test_engine_start_up_errors_become_fit_errors():
                                                                       "point failed!\nStarting values: ..."),
                                                   engine="pymc"))
     assert start_failure(plan, ValueError("something else"), engine="pymc") is None
+
+
+# -- 5. compare warns when leave-one-out is unreliable ------------------------------------------------------
+def test_exact_loo_of_a_fit_with_nothing_sampled():
+    """No importance sampling: each cell's elpd is the Gaussian conditional density of the marginal law."""
+    from twoway.likelihood.backend import NUMPY
+    from twoway.loo import loo
+    from twoway.marginal import dense_covariance
+
+    data = _nma_table()
+    fit = twoway.fit(preset("common-effect"), data, chains=2, draws=100, seed=1)
+    e = loo(fit)
+    plan = fit.plan
+    cov = dense_covariance(NUMPY, plan.spec, plan.layout, plan.design, dict(plan.constants))
+    r = plan.layout.r[plan.layout.obs]
+    Q = np.linalg.inv(cov)
+    mean_i = r - (Q @ r) / np.diag(Q)
+    expected = -0.5 * (np.log(2 * np.pi / np.diag(Q)) + (r - mean_i) ** 2 * np.diag(Q))
+    np.testing.assert_allclose(np.asarray(e.elpd_i), expected, rtol=1e-10)
+    assert e.p == 0.0 and np.all(np.asarray(e.pareto_k) == 0.0)
+
+
+def test_compare_of_exact_fits_does_not_warn():
+    import warnings
+
+    from twoway.compare import compare
+
+    data = _nma_table()
+    wide = preset("common-effect").with_priors(col_effect=P.make("normal", mu=0.0, sigma=10.0))
+    fits = {"default": twoway.fit(preset("common-effect"), data, chains=2, draws=100, seed=1),
+            "wide": twoway.fit(wide, data, chains=2, draws=100, seed=1)}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", twoway.errors.TwowayWarning)
+        table = compare(fits)
+    assert table.attrs["warnings"] == [] and set(table.attrs["loo_method"]) == {"default", "wide"}
+    assert (table["pareto_k_bad"] == 0).all()
+
+
+def test_loo_warnings_say_how_many_cells():
+    import pandas as pd
+
+    from twoway.compare import loo_warnings
+
+    table = pd.DataFrame({"pareto_k_bad": [0, 3, 0], "p_loo": [2.0, 4.0, 30.5]}, index=["a", "b", "c"])
+    table.attrs["by"] = "cell"
+    notes = loo_warnings(table, 24)
+    assert len(notes) == 2
+    assert "'b'" in notes[0] and "3 of 24 cells have Pareto k above 0.7" in notes[0]
+    assert "'c'" in notes[1] and "p_loo (30.5) exceeds the number of cells (24)" in notes[1]
+    table.attrs["by"] = "row"
+    assert "3 of 5 rows" in loo_warnings(table, 5)[0]
+
+
+@pytest.fixture(scope="module")
+def outlier_fits():
+    """A 3 x 3 table with one cell 30 sd off, fitted by two models (JAX engine)."""
+    rng = np.random.default_rng(5)
+    y = rng.normal(size=(3, 3))
+    y[0, 0] += 30.0
+    data = TwoWayData.from_array(y)
+    return {m: twoway.fit(m, data, chains=2, draws=500, tune=500, seed=2) for m in ("crossed", "additive")}
+
+
+@pytest.mark.slow
+def test_compare_warns_about_high_pareto_k_and_refits(outlier_fits):
+    """The outlier's Pareto k is above 0.7 for both models (seeded); a refit without it removes the warning."""
+    from twoway.compare import compare
+
+    with pytest.warns(twoway.errors.TwowayWarning, match=r"1 of 9 cells have Pareto k above 0.7"):
+        table = compare(outlier_fits)
+    assert (table["pareto_k_bad"] >= 1).all()
+    refitted = compare({"crossed": outlier_fits["crossed"], "additive": outlier_fits["additive"]}, refit=True)
+    assert (refitted["pareto_k_bad"] == 0).all() and refitted.attrs["warnings"] == []
+    assert all("refitted" in how for how in refitted.attrs["loo_method"].values())
+    # without the outlier, neither model predicts it well: its exact elpd is far below the others'
+    assert np.isfinite(refitted["elpd"]).all()

@@ -14,10 +14,11 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from twoway.errors import FitError
-from twoway.loo import _check_by, loo
+from twoway.errors import FitError, TwowayWarning
+from twoway.loo import _check_by, default_conditional, loo, refit_loo
 
-__all__ = ["COLUMNS", "compare", "preferred", "table_difference", "check_same_table", "unique_names"]
+__all__ = ["COLUMNS", "compare", "preferred", "table_difference", "check_same_table", "unique_names",
+           "loo_warnings"]
 
 #: Columns of the comparison table, in order (the index holds the model names).
 COLUMNS = ("rank", "elpd", "se", "elpd_diff", "dse", "weight", "p_loo", "pareto_k_bad")
@@ -124,8 +125,73 @@ def _named_fits(fits) -> dict[str, object]:
     return named
 
 
+def _reliable_loo(fit, *, by: str, conditional: bool | None, k_threshold: float | None, refit: bool,
+                  max_refits: int):
+    """PSIS-LOO of one fit, made as reliable as it can be here, and what was done (a few words, or None).
+
+    A fit with nothing sampled gets the exact Gaussian leave-one-out (no
+    importance sampling). When cells have a high Pareto k under the default
+    pointwise likelihood of sampled effects, the exact Gaussian conditional
+    density with the random effects integrated out is tried instead (it
+    varies less between draws); with ``refit``, the cells still flagged are
+    refitted (at most ``max_refits``).
+    """
+    e = loo(fit, by=by, conditional=conditional, pointwise=True)
+    how = None
+    threshold = e.good_k if k_threshold is None else k_threshold
+    if fit.info.get("method") == "exact":
+        return e, "exact Gaussian leave-one-out (nothing sampled)"
+    if _n_bad(e, threshold) and conditional is None and default_conditional(fit, by):
+        integrated = loo(fit, by=by, conditional=False, pointwise=True)
+        if _n_bad(integrated, threshold) < _n_bad(e, threshold):
+            e, how = integrated, "the exact Gaussian leave-one-out densities with the random effects integrated out"
+    if refit and by == "cell" and _n_bad(e, threshold):
+        refitted, n = refit_loo(fit, e, k_threshold=threshold, max_refits=max_refits,
+                                conditional=conditional if how is None else False)
+        if n:
+            e, how = refitted, f"{n} cell{'s' if n != 1 else ''} refitted without themselves"
+    return e, how
+
+
+def _n_bad(e, threshold: float) -> int:
+    return int(np.count_nonzero(np.asarray(e.pareto_k) > threshold))
+
+
+def loo_warnings(table: pd.DataFrame, n_units: int, *, k_threshold: float | None = 0.7) -> list[str]:
+    """Plain-word warnings about the leave-one-out estimates of a comparison table.
+
+    Parameters
+    ----------
+    table : pandas.DataFrame
+        The output of :func:`compare` (``pareto_k_bad``, ``p_loo``; ``attrs["by"]``).
+    n_units : int
+        The number of units left out (observed cells, rows or columns).
+
+    Returns
+    -------
+    list of str
+        One per fit with cells whose Pareto k is above the threshold, and one
+        per fit whose p_loo exceeds the number of units.
+    """
+    by = table.attrs.get("by", "cell")
+    unit = {"cell": "cell", "row": "row", "col": "column"}[by]
+    thr = "ArviZ's good_k" if k_threshold is None else f"{k_threshold:g}"
+    out = []
+    for name, line in table.iterrows():
+        bad = int(line["pareto_k_bad"])
+        if bad:
+            hint = "" if by != "cell" else " (compare(..., refit=True) or 'twoway compare --refit' refits without them)"
+            out.append(f"Leave-one-out is unreliable for {name!r}: {bad} of {n_units} {unit}s have Pareto k above {thr}, "
+                       f"so their predictive densities are rough and the elpd may be off{hint}.")
+        if float(line["p_loo"]) > n_units:
+            out.append(f"Leave-one-out is unreliable for {name!r}: its effective number of parameters p_loo "
+                       f"({float(line['p_loo']):.1f}) exceeds the number of {unit}s ({n_units}); the model is too "
+                       f"flexible (or badly misspecified) for PSIS-LOO to be trusted.")
+    return out
+
+
 def compare(fits, *, by: str = "cell", conditional: bool | None = None,
-            k_threshold: float | None = 0.7) -> pd.DataFrame:
+            k_threshold: float | None = 0.7, refit: bool = False, max_refits: int = 10) -> pd.DataFrame:
     """Rank fits of one table by their PSIS-LOO expected log predictive density.
 
     Parameters
@@ -141,6 +207,21 @@ def compare(fits, *, by: str = "cell", conditional: bool | None = None,
     k_threshold : float, optional
         Pareto k above which a unit's estimate is counted as unreliable
         (default 0.7; None: ArviZ's sample-size dependent ``good_k``).
+    refit : bool
+        Refit each fit without each cell still flagged (at most ``max_refits``
+        per fit; ``by="cell"`` only) and use the exact leave-one-out density
+        of that cell. A fit with nothing sampled always gets the exact
+        Gaussian leave-one-out; fits with sampled effects get the exact
+        Gaussian densities with the random effects integrated out when that
+        flags fewer cells.
+    max_refits : int
+
+    Warns
+    -----
+    TwowayWarning
+        When a fit has units with Pareto k above the threshold, or a p_loo
+        above the number of units (see :func:`loo_warnings`); the same
+        sentences are in ``attrs["warnings"]``.
 
     Returns
     -------
@@ -149,7 +230,8 @@ def compare(fits, *, by: str = "cell", conditional: bool | None = None,
         best), ``elpd``, ``se``, ``elpd_diff`` (this fit's elpd minus the best
         one's, <= 0), ``dse`` (its standard error), ``weight`` (stacking),
         ``p_loo`` (effective number of parameters) and ``pareto_k_bad``
-        (units with Pareto k above the threshold). ``attrs["by"]`` records ``by``.
+        (units with Pareto k above the threshold). ``attrs["by"]`` records ``by``,
+        ``attrs["loo_method"]`` what was done beyond PSIS-LOO for each fit.
 
     Raises
     ------
@@ -161,11 +243,14 @@ def compare(fits, *, by: str = "cell", conditional: bool | None = None,
     _check_by(by)
     named = _named_fits(fits)
     check_same_table(named)
-    elpds = {}
+    elpds, methods = {}, {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # Pareto k warnings: counted in the table instead
         for name, f in named.items():
-            elpds[name] = loo(f, by=by, conditional=conditional, pointwise=True)
+            elpds[name], how = _reliable_loo(f, by=by, conditional=conditional, k_threshold=k_threshold,
+                                             refit=refit, max_refits=max_refits)
+            if how:
+                methods[name] = how
         raw = arviz_stats.compare(elpds, round_to="none")
     bad = {}
     for name, e in elpds.items():
@@ -184,6 +269,13 @@ def compare(fits, *, by: str = "cell", conditional: bool | None = None,
     table.index.name = "model"
     table = table.sort_values("rank")
     table.attrs["by"] = by
+    table.attrs["loo_method"] = methods
+    first = next(iter(named.values())).data
+    n_units = first.n_observed if by == "cell" else first.n_rows if by == "row" else first.n_cols
+    notes = loo_warnings(table, n_units, k_threshold=k_threshold)
+    table.attrs["warnings"] = notes
+    for note in notes:
+        warnings.warn(note, TwowayWarning, stacklevel=2)
     return table
 
 

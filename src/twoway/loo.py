@@ -45,6 +45,8 @@ __all__ = [
     "pointwise_log_likelihood",
     "add_log_likelihood",
     "loo",
+    "exact_loo",
+    "refit_loo",
 ]
 
 #: What is left out at a time: one cell, one row (all its cells), one column.
@@ -369,5 +371,119 @@ def loo(fit, *, by: str = "cell", conditional: bool | None = None, pointwise: bo
     """
     import arviz_stats
 
+    if fit.info.get("method") == "exact":
+        return exact_loo(fit, by=by, pointwise=pointwise)
     with_ll = add_log_likelihood(fit, by=by, conditional=conditional)
     return arviz_stats.loo(with_ll.tree, pointwise=pointwise, var_name="y")
+
+
+def _elpd_data(elpd_i: xr.DataArray, p_i: xr.DataArray, pareto_k: xr.DataArray, n_samples: int,
+               good_k: float, pointwise: bool):
+    """An ArviZ LOO result from per-unit elpd, p_loo and Pareto k."""
+    from arviz_stats.utils import ELPDDataLOO
+
+    values = np.asarray(elpd_i, dtype=float)
+    n = values.size
+    return ELPDDataLOO(elpd=float(values.sum()), se=float(np.sqrt(n * np.var(values, ddof=1))) if n > 1 else 0.0,
+                       p=float(np.asarray(p_i).sum()), n_samples=int(n_samples), n_data_points=int(n),
+                       scale="log", warning=bool(np.any(np.asarray(pareto_k) > good_k)), good_k=float(good_k),
+                       elpd_i=elpd_i if pointwise else None, pareto_k=pareto_k if pointwise else None,
+                       p_loo_i=p_i if pointwise else None)
+
+
+def exact_loo(fit, *, by: str = "cell", pointwise: bool = True):
+    """Exact leave-one-out of a fit with nothing sampled (every unknown Gaussian and integrated out).
+
+    With no sampled parameter, ``p(y_u | y_-u)`` is one Gaussian density of the
+    marginal law (effects integrated out with their priors): no importance
+    sampling, no Pareto k (reported as 0), no Monte Carlo error.
+
+    Returns
+    -------
+    arviz_stats.utils.ELPDDataLOO
+    """
+    ll = pointwise_log_likelihood(fit, by=by, conditional=False, draws=1)
+    elpd_i = ll.isel(chain=0, draw=0, drop=True).rename("elpd_i")
+    zero = xr.zeros_like(elpd_i)
+    n_samples = fit.posterior.sizes["chain"] * fit.posterior.sizes["draw"]
+    return _elpd_data(elpd_i, zero, zero.rename("pareto_k"), n_samples, 0.7, pointwise)
+
+
+def _without_cell(data, r: int, i: int, j: int):
+    """The table with the observed cell (r, i, j) made missing, or None when its row or column would be empty."""
+    from twoway.data import TwoWayData
+
+    mask = data.mask.copy()
+    mask[r, i, j] = False
+    if not mask[:, i, :].any() or not mask[:, :, j].any() or not mask[r].any():
+        return None
+    values = np.where(mask, data.values, np.nan)
+    se = None if data.se is None else np.where(mask, data.se_or_zero(), np.nan)
+    return TwoWayData(values=values, se=se, row_labels=data.row_labels, col_labels=data.col_labels,
+                      replicate_labels=data.replicate_labels, names=data.names)
+
+
+def refit_loo(fit, elpd, *, k_threshold: float = 0.7, max_refits: int = 10,
+              conditional: bool | None = None):
+    """Exact leave-one-out by refitting the model without each cell whose Pareto k exceeds ``k_threshold``.
+
+    For each such cell the model is fitted again (same engine, priors, chains,
+    draws, tuning and seed) on the table without it, and its elpd becomes
+    ``log mean_s p(y_i | y_-i, theta_s)`` over the refit's draws (the exact
+    Gaussian conditional density of the cell given the rest at each draw).
+    Cells whose row or column has no other observation cannot be left out
+    and keep their PSIS estimate.
+
+    Parameters
+    ----------
+    fit : Fit
+    elpd : ELPDDataLOO
+        The fit's PSIS-LOO by cell, pointwise.
+    k_threshold : float
+    max_refits : int
+        Refit only when at most this many cells are flagged (refits cost a fit each).
+    conditional : bool, optional
+        As in :func:`pointwise_log_likelihood`.
+
+    Returns
+    -------
+    (ELPDDataLOO, int)
+        The updated estimate and the number of cells refitted (0: nothing changed).
+    """
+    import copy
+
+    from scipy.special import logsumexp
+
+    from twoway.fit import Fit, fit as fit_model
+
+    k = np.asarray(elpd.pareto_k, dtype=float)
+    bad = np.flatnonzero(k > k_threshold)
+    if bad.size == 0 or bad.size > max_refits:
+        return elpd, 0
+    data, info = fit.data, fit.info
+    rr, ii, jj = data.observed_index()
+    spec = fit.model.with_priors(**fit.priors)   # the priors the fit had, not defaults rescaled to the smaller table
+    elpd_i = elpd.elpd_i.copy()
+    pareto_k = elpd.pareto_k.copy()
+    p_i = elpd.p_loo_i.copy() if elpd.p_loo_i is not None else xr.zeros_like(elpd_i)
+    done = 0
+    ll_full = None
+    for u in bad:
+        smaller = _without_cell(data, int(rr[u]), int(ii[u]), int(jj[u]))
+        if smaller is None:
+            continue
+        refit = fit_model(spec, smaller, chains=info["chains"], draws=info["draws"], tune=info["tune"],
+                          seed=info.get("seed"), engine=info.get("engine"), progress=False)
+        tree = refit.tree.copy()
+        tree["observed_data"] = xr.DataTree(data.to_dataset())   # the refit's draws, the whole table's cells
+        ll = pointwise_log_likelihood(Fit(tree), by="cell", conditional=conditional).values[..., u].ravel()
+        value = float(logsumexp(ll) - math.log(ll.size))
+        if ll_full is None:
+            ll_full = pointwise_log_likelihood(fit, by="cell", conditional=conditional).values
+        lpd = float(logsumexp(ll_full[..., u].ravel()) - math.log(ll_full[..., u].size))
+        elpd_i[u], pareto_k[u], p_i[u] = value, 0.0, lpd - value
+        done += 1
+    if done == 0:
+        return elpd, 0
+    out = _elpd_data(elpd_i, p_i, pareto_k, elpd.n_samples, elpd.good_k, True)
+    return copy.copy(out), done
