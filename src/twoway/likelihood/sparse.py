@@ -60,7 +60,7 @@ def sparse_applies(spec) -> bool:
     """Whether the sparse path can fit ``spec``: crossed random effects, one homogeneous residual."""
     return (spec.effects == "integrate" and spec.residual == "independent"
             and spec.row_scale == "none" and spec.col_scale == "none"
-            and not getattr(spec, "cell_sd", False)
+            and getattr(spec, "cell_effect", "none") == "none"
             and spec.row_effect in ("random", "none") and spec.col_effect in ("random", "none")
             and "random" in (spec.row_effect, spec.col_effect))
 
