@@ -27,12 +27,15 @@ if TYPE_CHECKING:  # pragma: no cover
     import xarray
 
 __all__ = ["rhat", "ess_bulk", "ess_tail", "hdi", "ndtri", "summary_table", "component_labels",
-           "TAIL_PROB", "MIN_DRAWS"]
+           "chain_separation", "separated_chains", "TAIL_PROB", "MIN_DRAWS", "MODE_SDS"]
 
 TAIL_PROB = (0.05, 0.95)
 """Quantiles whose indicator ESS is the tail ESS (the paper's 5% and 95%)."""
 MIN_DRAWS = 4
 """Fewest draws per chain for which R-hat and ESS are computed (ArviZ's limit); fewer give nan."""
+
+MODE_SDS = 3.0
+"""Chain means further apart than this many within-chain sds mark chains in different modes."""
 
 _BLOCK = 1 << 21  # components are processed in blocks of about this many draws (bounds FFT memory)
 _RESOLUTION = float(np.finfo(float).resolution)
@@ -487,3 +490,77 @@ def summary_table(posterior: xarray.Dataset, names: Sequence[str] | None = None,
     columns = ["mean", "sd", f"hdi{perc}_lb", f"hdi{perc}_ub", "ess_bulk", "ess_tail", "r_hat"]
     values = np.concatenate(blocks, axis=0) if blocks else np.empty((0, len(columns)))
     return pd.DataFrame(values, index=pd.Index(labels), columns=columns)
+
+
+# ---------------------------------------------------------------------------------------------
+# chains in different modes
+
+
+def chain_separation(x: Any) -> tuple[Any, Any]:
+    """How far apart the chains' means are, in within-chain sds, and whether they differ in sign.
+
+    For each component: the largest distance between two chains' means divided by
+    the root mean square of the chains' sds, and whether one chain's mean is
+    above zero while another's is below it, each by more than its own sd. Chains
+    that sample one posterior have means within a few Monte Carlo errors of each
+    other (a small fraction of an sd); chains sitting in different modes (for
+    example opposite-sign modes of factor loadings) are several sds apart.
+
+    Parameters
+    ----------
+    x : array_like, shape (chains, draws, *shape)
+
+    Returns
+    -------
+    separation : float or numpy.ndarray, shape ``shape``
+        nan for one chain or fewer than two draws; inf for chains that are each
+        constant at different values.
+    opposite : bool or numpy.ndarray, shape ``shape``
+    """
+    x, shape = _as_3d(x)                                      # (components, chains, draws)
+    k, c, n = x.shape
+    if c < 2 or n < 2:
+        sep, opposite = np.full(k, np.nan), np.zeros(k, bool)
+    else:
+        means = x.mean(axis=2)                                # (components, chains)
+        sds = x.std(axis=2, ddof=1)
+        spread = means.max(axis=1) - means.min(axis=1)
+        within = np.sqrt(np.mean(sds * sds, axis=1))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            sep = np.where(spread == 0, 0.0, spread / within)
+        opposite = np.any(means > sds, axis=1) & np.any(means < -sds, axis=1)
+    if shape == ():
+        return float(sep[0]), bool(opposite[0])
+    return sep.reshape(shape), opposite.reshape(shape)
+
+
+def separated_chains(posterior: xarray.Dataset, names: Sequence[str] | None = None,
+                     sds: float = MODE_SDS) -> list[tuple[str, float, bool]]:
+    """The components whose chains sit in different modes: chain means more than ``sds`` within-chain sds apart.
+
+    Parameters
+    ----------
+    posterior : xarray.Dataset
+        Variables with dimensions ``chain``, ``draw`` and any others.
+    names : sequence of str, optional
+        Variables to check (default: all whose names do not start with ``_``).
+    sds : float
+        The separation that counts (default :data:`MODE_SDS`).
+
+    Returns
+    -------
+    list of (label, separation, opposite)
+        ``label`` as :func:`component_labels`; ``opposite`` when the chain means
+        are on opposite sides of zero. Largest separation first.
+    """
+    names = [n for n in posterior.data_vars if not str(n).startswith("_")] if names is None else list(names)
+    out = []
+    for name in names:
+        da = posterior[name].transpose("chain", "draw", ...)
+        sep, opp = chain_separation(da.values)
+        sep, opp = np.ravel(sep), np.ravel(opp)
+        hits = np.flatnonzero(sep > sds)
+        if hits.size:
+            labels = component_labels(str(name), da)
+            out += [(labels[i], float(sep[i]), bool(opp[i])) for i in hits]
+    return sorted(out, key=lambda t: -t[1])

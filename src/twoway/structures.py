@@ -32,9 +32,9 @@ scale. Under unit scale:
 * ``fa:k``: ``(Lambda Lambda' + diag(psi)) / m`` with ``m`` its mean diagonal;
   the reported ``{side}_loadings`` and ``{side}_psi`` are the normalised
   ``Lambda / sqrt(m)`` and ``psi / m``; their priors apply before
-  normalisation (the overall size of the raw values is left to the prior),
-  and the two scales are sampling devices (``_{side}_loadings_scale``,
-  ``_{side}_psi_scale``), not reported;
+  normalisation; the raw ``psi`` are ``halfnormal(1)`` (the overall size is
+  removed by the normalisation, so only the ratio of the two scales counts)
+  and ``_{side}_loadings_scale`` is a sampling device, not reported;
 * ``unstructured``: the sds as in ``diag`` (``mean sd^2 = 1``);
 * ``known:FILE``: ``M / mean(diag M)``, no parameters.
 
@@ -309,7 +309,7 @@ class Structure:
         if kind in ("diag", "unstructured"):
             return [nm("log_sd_centred")] if unit_scale else [nm("sd")]
         if kind == "fa":
-            return [nm("loadings_scale"), nm("psi_scale")]
+            return [nm("loadings_scale")] if unit_scale else [nm("loadings_scale"), nm("psi_scale")]
         return self.parameter_names(unit_scale=unit_scale)
 
     def parameter_dims(self, *, unit_scale: bool) -> dict[str, tuple[str, ...]]:
@@ -498,7 +498,7 @@ class Structure:
             out[nm("sd")] = unit_sd() if unit_scale else pri[nm("sd")].sample(rng, n)
         elif kind == "fa":
             scales = {nm("loadings_scale"): float(pri[nm("loadings_scale")].sample(rng)),
-                      nm("psi_scale"): float(pri[nm("psi_scale")].sample(rng))}
+                      nm("psi_scale"): 1.0 if unit_scale else float(pri[nm("psi_scale")].sample(rng))}
             lam = scales[nm("loadings_scale")] * rng.standard_normal((n, self.k))
             psi = scales[nm("psi_scale")] * np.abs(rng.standard_normal(n))
             if unit_scale:

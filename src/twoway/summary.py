@@ -165,6 +165,8 @@ def summarize(fit, *, var_names: "list[str] | str | None" = None, ci_prob: float
                            factorisations=int(info["factorisations"]), proposals=int(info["proposals"]))
         diagnostics["min_ess_bulk"] = min(diagnostics["min_ess_bulk"], diagnostics["importance_ess"])
     notes = _diagnostic_warnings(checked, diagnostics, n_chains, int(post.sizes["draw"]))
+    if info.get("method") not in ("laplace-importance", "exact"):  # independent draws have no chains to compare
+        notes += _mode_warnings(post)
     if diagnostics.get("pareto_k", 0.0) > 0.7:
         notes.append(f"The importance weights are unreliable (Pareto k = {diagnostics['pareto_k']:.2f} > 0.7).")
     for note in notes:
@@ -272,6 +274,23 @@ def _diagnostic_warnings(table: pd.DataFrame, d: dict[str, Any], n_chains: int, 
         out.append(f"The bulk effective sample size is below {ESS_LIMIT} for {len(bad)} parameter(s) "
                    f"({_few(bad)}; min {d['min_ess_bulk']:.0f}): intervals are rough; draw more.")
     return out
+
+
+def _mode_warnings(post) -> list[str]:
+    """A warning naming the parameters whose chains sit in different modes (see :func:`twoway.diagnostics.separated_chains`)."""
+    from twoway.diagnostics import MODE_SDS, separated_chains
+
+    names = [n for n in post.data_vars if not str(n).startswith("_") and {"chain", "draw"} <= set(post[n].dims)]
+    found = separated_chains(post, names)
+    if not found:
+        return []
+    opposite = [label for label, _, opp in found if opp]
+    what = (f"{len(opposite)} of them with chain means on opposite sides of zero ({_few(opposite)})"
+            if opposite else "none of them by sign")
+    return [f"The chains sit in different modes for {len(found)} parameter(s) ({_few([f[0] for f in found])}; "
+            f"chain means up to {found[0][1]:.1f} within-chain sds apart, more than {MODE_SDS:g}), {what}: "
+            "the chains did not mix, so the draws do not describe one posterior; run longer, or change the "
+            "model or its priors (a sign-symmetric parameter needs an identifying constraint)."]
 
 
 def _few(names: list[str], k: int = 4) -> str:

@@ -171,7 +171,7 @@ def build_structure(structure, priors: Mapping[str, Prior], *, unit_scale: bool)
         # as in the JAX engine: hierarchical scales, raw loadings without constraint, public ones identified
         hide = "_" if unit_scale else ""
         tau_l = pymc_variable(pri[nm("loadings_scale")], f"{hide}{nm('loadings_scale')}")
-        tau_p = pymc_variable(pri[nm("psi_scale")], f"{hide}{nm('psi_scale')}")
+        tau_p = 1.0 if unit_scale else pymc_variable(pri[nm("psi_scale")], nm("psi_scale"))
         lam = tau_l * pm.Normal(f"_{nm('loadings')}_z", 0.0, 1.0, shape=(n, structure.k))
         psi = tau_p * pm.HalfNormal(f"_{nm('psi')}_z", 1.0, shape=n)
         if unit_scale:

@@ -344,7 +344,7 @@ def _structure(b: _Builder, st, unit: bool):
         # rotations), reported in the identified form; see twoway.structures
         hide = "_" if unit else ""
         tau_l = b.prior(f"{hide}{nm('loadings_scale')}", prior_name=nm("loadings_scale"))
-        tau_p = b.prior(f"{hide}{nm('psi_scale')}", prior_name=nm("psi_scale"))
+        tau_p = 1.0 if unit else b.prior(nm("psi_scale"))
         lam = tau_l * b.std_normal(f"_{nm('loadings')}_z", (n, st.k))
         psi = tau_p * b.half_normal(f"_{nm('psi')}_z", (n,), 1.0)
         if unit:
