@@ -196,6 +196,15 @@ def test_fit_many_refuses_other_settings_changed_tables_and_foreign_records(seri
         fit_many(tables, SPEC, out, seed=SEED, progress=False, chains=2, draws=61, tune=60)
     with pytest.raises(FitError, match="another configuration .*seed"):
         fit_many(tables, SPEC, out, seed=SEED + 1, progress=False, **SETTINGS)
+    # a configuration with no result beside it (a run stopped before its first result) binds nothing
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    (fresh / "config.json").write_text(json.dumps({"kind": "fit-many", "draws": 1}))
+    only_broken = [tables / "broken.csv"]
+    done = fit_many(only_broken, SPEC, fresh, seed=SEED, progress=False, **SETTINGS)
+    assert done.failed == ["broken"] and json.loads((fresh / "config.json").read_text())["draws"] == 60
+    with pytest.raises(FitError, match="another configuration .*draws"):  # now it holds a result
+        fit_many(only_broken, SPEC, fresh, seed=SEED, progress=False, chains=2, draws=61, tune=60)
     before = sorted(p.name for p in tables.iterdir())
     with pytest.raises(DataError, match="outside the output folder"):  # its own summary.csv is no table
         fit_many(tables, SPEC, tables, seed=SEED, progress=False, **SETTINGS)

@@ -165,8 +165,10 @@ def prepare_folder(out: Path, config: Mapping[str, Any], *, what: str, results_g
     Raises
     ------
     FitError
-        When ``out`` is a file, its parent does not exist, it holds another
-        configuration, or results without one.
+        When ``out`` is a file, its parent does not exist, it holds results
+        of another configuration, or results without one. A configuration
+        file with no result beside it (a run stopped before its first result)
+        binds nothing.
     """
     if out.exists() and not out.is_dir():
         raise FitError(f"The {what} output {str(out)!r} must be a folder; it is a file.")
@@ -174,7 +176,8 @@ def prepare_folder(out: Path, config: Mapping[str, Any], *, what: str, results_g
         raise FitError(f"The folder {str(out.parent)!r} for the {what} output does not exist.")
     out.mkdir(exist_ok=True)
     cfg_path = out / CONFIG_NAME
-    if cfg_path.exists():
+    has_results = any(out.glob(results_glob))
+    if cfg_path.exists() and has_results:  # a configuration with no result yet binds nothing
         stored = _read_json(cfg_path, f"{what} configuration", "use a new folder")
         skip = set(ignore) | {"twoway_version"}
         stored = {k: v for k, v in stored.items() if k not in skip}
@@ -182,7 +185,7 @@ def prepare_folder(out: Path, config: Mapping[str, Any], *, what: str, results_g
             diff = sorted(k for k in set(stored) | set(config) if stored.get(k) != config.get(k))
             raise FitError(f"The folder {str(out)!r} holds a {what} run with another configuration "
                            f"(differing in {', '.join(diff)}); use a new folder or the same settings.")
-    elif any(out.glob(results_glob)):
+    elif has_results and not cfg_path.exists():
         raise FitError(f"The folder {str(out)!r} holds result files but no {CONFIG_NAME}; use an empty folder.")
 
 
