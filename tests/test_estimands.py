@@ -488,3 +488,30 @@ def test_every_preset_has_contrasts_a_decomposition_and_predictions(name):
     cells = fit.predict(new_observation=True, max_draws=20)
     assert len(cells) == 2 * 3 * 4 and np.isfinite(cells[["mean", "sd", "lower", "upper"]].to_numpy()).all()
     assert (cells["lower"] <= cells["upper"]).all() and (cells["sd"] > 0).all()
+
+
+@pytest.mark.parametrize("sigma", [True, False])
+def test_kronecker_eigen_conditional_equals_the_dense_one_on_a_complete_table(sigma):
+    """The eigen path of a complete table's correlated residual against the Cholesky path, draw by draw."""
+    from twoway.decomposition import flat_parameters, full_layout
+    from twoway.predict import _correlated_part
+
+    fit = simulated_fit("kronecker", rows=4, cols=5, reps=2, missing=0.0, se=0.1 if sigma else None, draws=10,
+                        row_structure="ar1", col_structure="cs", sigma=sigma)
+    params, _, _ = flat_parameters(fit)
+    lay, plan = full_layout(fit)
+    for name, value in plan.constants.items():
+        params.setdefault(name, np.full(20, value))
+    post = fit.posterior
+    mean = (draws_of(post["intercept"])[:, None, None, None] + draws_of(post["row_effect"])[:, None, :, None]
+            + draws_of(post["col_effect"])[:, None, None, :]) * np.ones((1, 2, 1, 1))
+    noise = (0.1 ** 2 if sigma else 0.0) + (draws_of(post["sigma"]) ** 2 if sigma else np.zeros(20))
+    noise = noise[:, None, None, None] * np.ones(mean.shape)
+    fast = _correlated_part(fit.model, lay, fit.data, params, mean, noise)
+    dense = _correlated_part(fit.model, lay, fit.data, params, mean, noise, structured=False)
+    np.testing.assert_allclose(fast[0], dense[0], rtol=1e-7, atol=1e-9)
+    np.testing.assert_allclose(fast[1], dense[1], rtol=1e-7, atol=1e-9)
+    if not sigma:   # no noise: the residual is known exactly at every cell
+        resid = np.nan_to_num(fit.data.values)[None] - mean
+        np.testing.assert_allclose(fast[0], resid, atol=1e-9)
+        np.testing.assert_allclose(fast[1], 0.0, atol=1e-9)
