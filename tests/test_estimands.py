@@ -408,6 +408,16 @@ def test_cli_predict_writes_every_cell(fit_file, crossed, tmp_path):
     assert not list(tmp_path.glob(".*"))  # no temporary left behind
 
 
+def test_cli_predict_new_levels_and_their_errors(fit_file, tmp_path):
+    out = tmp_path / "new.csv"
+    code, _, err = run_cli(["predict", fit_file, "--out", out, "--new-row", "R9", "--new-col", "C9"])
+    assert code == 0, err
+    table = pd.read_csv(out)
+    assert len(table) == 2 * 5 * 6 and set(table.loc[table["row"] == "R9", "kind"]) == {"predicted"}
+    code, _, err = run_cli(["predict", fit_file, "--out", out, "--new-row", "row1"])
+    assert code == 2 and "must not be rows of the table" in err
+
+
 @pytest.mark.parametrize("out, match", [
     (None, r"must end in one of .\.csv.|is an input|must not be"),
     ("cells.txt", "'.csv'"),
@@ -515,3 +525,23 @@ def test_kronecker_eigen_conditional_equals_the_dense_one_on_a_complete_table(si
         resid = np.nan_to_num(fit.data.values)[None] - mean
         np.testing.assert_allclose(fast[0], resid, atol=1e-9)
         np.testing.assert_allclose(fast[1], 0.0, atol=1e-9)
+
+
+@pytest.mark.parametrize("prob", [0.5, 0.8])
+def test_prediction_intervals_hold_ci_prob_of_the_predictive_mixture(crossed, prob):
+    """lower/upper hold ``prob`` of the mixture over draws of each cell's Gaussian, within 5 Monte Carlo sd.
+
+    The interval is the HDI of 4000 draws from the mixture: its mass has a binomial sd of
+    sqrt(p (1 - p) / 4000) (< 0.008); 5 sd per cell keeps the false-alarm rate below 1e-5 over the 40 cells.
+    """
+    from scipy.stats import norm
+
+    from twoway.predict import cell_moments
+
+    cells = crossed.predict(new_observation=True, ci_prob=prob)
+    mu, var = cell_moments(crossed, new_observation=True)
+    sd = np.sqrt(var)
+    lo = cells["lower"].to_numpy().reshape(mu.shape[1:])
+    hi = cells["upper"].to_numpy().reshape(mu.shape[1:])
+    mass = (norm.cdf((hi - mu) / sd) - norm.cdf((lo - mu) / sd)).mean(axis=0)
+    assert np.all(np.abs(mass - prob) < 5 * np.sqrt(prob * (1 - prob) / 4000))

@@ -192,6 +192,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="predict a new observation of each cell (its noise and known se added), not its mean")
     p.add_argument("--ci-prob", type=float, default=0.94,
                    help="probability of the intervals, in (0, 1) (default: %(default)s)")
+    p.add_argument("--new-row", action="append", default=None, metavar="LABEL",
+                   help="also predict a row with no data, from the row effects' law; repeatable")
+    p.add_argument("--new-col", action="append", default=None, metavar="LABEL",
+                   help="also predict a column with no data, from the column effects' law; repeatable")
     p.add_argument("--max-draws", type=int, default=None,
                    help="use this many posterior draws, chosen at random (default: all)")
     p.add_argument("--seed", type=int, default=0, help="seed for the choice of draws (default: %(default)s)")
@@ -395,7 +399,7 @@ def cmd_predict(args) -> int:
     out = check_output(args.out, endings=(".csv",), inputs=[args.fit], what="predictions file")
     fit = Fit.load(args.fit)
     table = fit.predict(new_observation=args.new_observation, ci_prob=args.ci_prob, max_draws=args.max_draws,
-                        seed=args.seed)
+                        seed=args.seed, new_rows=args.new_row or (), new_cols=args.new_col or ())
     with atomic_output(out) as tmp:
         table.to_csv(tmp, index=False, na_rep="")
     n_missing = int((table["kind"] == "predicted").sum())
