@@ -97,43 +97,75 @@ def _effect_variance(spec, side: str, params, plan, S: int) -> np.ndarray | None
     if kind == "none":
         return None
     if kind == "random":
-        scale = 1.0
-        if plan is not None and plan.design is not None:
-            for k, (name, _, start, stop) in enumerate(plan.design.blocks):
-                if name == f"{side}_effect":
-                    scale = float(np.mean(np.diag(plan.design.base_cov[k])[start:stop]))
-        return params[f"{side}_effect_sd"].reshape(S) ** 2 * scale
+        return params[f"{side}_effect_sd"].reshape(S) ** 2 * _relationship_scale(plan, side)
     return np.var(params[f"{side}_effect"].reshape(S, -1), axis=-1)
 
 
-def residual_cell_variance(spec, lay, params, S: int) -> np.ndarray:
-    """The unknown residual variance of every observed cell, (S, n_obs), known se taken out."""
+def _relationship_scale(plan, side: str) -> float:
+    """The mean diagonal of a known relationship matrix of ``side``'s random effects (1 without one)."""
+    design = None if plan is None else plan.design
+    if design is None:
+        return 1.0
+    known = getattr(design, "known", None)
+    if isinstance(known, dict):                       # a sparse design keeps the matrices themselves
+        return float(np.mean(np.diag(known[side]))) if side in known else 1.0
+    for k, (name, _, start, stop) in enumerate(design.blocks):
+        if name == f"{side}_effect":
+            return float(np.mean(np.diag(design.base_cov[k])[start:stop]))
+    return 1.0
+
+
+#: Draws per chunk times observed cells: the most cell values held at once.
+CHUNK_VALUES = 4_000_000
+
+
+def residual_variance(spec, lay, params, S: int) -> np.ndarray:
+    """The unknown residual variance averaged over the observed cells, per draw, (S,); known se taken out.
+
+    Computed at the observed cells only, a chunk of draws at a time (memory
+    ``CHUNK_VALUES`` values, whatever the table's size).
+    """
     from twoway.likelihood.backend import NUMPY
-    from twoway.marginal import kronecker_factors, noise_variance, table_covariance
+    from twoway.marginal import kronecker_factors, table_covariance
 
     rr, ii, jj = lay.obs
-    batch = {k: v for k, v in params.items()}
-    noise = noise_variance(NUMPY, spec, lay, batch)
-    noise = np.broadcast_to(noise, (S,) + tuple(lay.shape))[:, rr, ii, jj]
-    out = noise - lay.se[rr, ii, jj] ** 2
-    if spec.residual == "latent":
+    se = lay.se[rr, ii, jj]
+    n = max(ii.size, 1)
+    step = max(1, CHUNK_VALUES // n)
+    out = np.zeros(S)
+    for lo in range(0, S, step):
+        sl = slice(lo, min(S, lo + step))
+        m = sl.stop - sl.start
+        scale = {}
         for side, index in (("row", ii), ("col", jj)):
-            kind = getattr(spec, f"{side}_scale")
+            # row/column scales are the independent residual's or the latent shocks' (a Kronecker
+            # structure's own row_sd is in its factor)
+            kind = getattr(spec, f"{side}_scale") if spec.residual in ("independent", "latent") else "none"
             if kind == "hetero":
-                out = out + params[f"{side}_sd"][:, index] ** 2
+                scale[side] = params[f"{side}_sd"][sl][:, index]
             elif kind == "homo":
-                out = out + params[f"{side}_sd"].reshape(S, 1) ** 2
-    elif spec.residual == "kronecker":
-        factors = kronecker_factors(spec, lay, batch)
+                scale[side] = params[f"{side}_sd"][sl].reshape(m, 1)
+            else:
+                scale[side] = 0.0
+        sigma = params["sigma"][sl].reshape(m, 1) if spec.sigma else 0.0
+        if spec.residual == "independent" and spec.combine == "sd":
+            cell = (se + scale["row"] + scale["col"] + sigma) ** 2 - se ** 2
+        else:   # variances add: the scales (independent), the shocks (latent), the nugget
+            cell = scale["row"] ** 2 + scale["col"] ** 2 + sigma ** 2 + np.zeros((m, 1))
+        cell = np.broadcast_to(cell, (m, ii.size))
+        out[sl] = cell.mean(axis=-1) if ii.size else 0.0
+    if spec.residual == "kronecker":
+        factors = kronecker_factors(spec, lay, params)
         u = np.diagonal(factors["_row_cov"], axis1=-2, axis2=-1)
         v = np.diagonal(factors["_col_cov"], axis1=-2, axis2=-1)
-        out = out + u[:, ii] * v[:, jj]
+        counts = np.zeros((lay.shape[1], lay.shape[2]))
+        np.add.at(counts, (ii, jj), 1.0)
+        out = out + np.einsum("si,ij,sj->s", u, counts, v) / n
     elif spec.residual == "full":
         K = lay.shape[2]
         flat = ii * K + jj
-        diag = np.stack([np.diagonal(table_covariance(NUMPY, spec, lay, {k: v[s] for k, v in batch.items()}))
-                         for s in range(S)])
-        out = out + diag[:, flat]
+        out = out + np.array([np.diagonal(table_covariance(NUMPY, spec, lay, {k: v[s] for k, v in params.items()}))
+                              [flat].mean() for s in range(S)])
     return out
 
 
@@ -174,7 +206,7 @@ def variance_decomposition(fit, *, ci_prob: float = 0.94) -> VarianceDecompositi
     no_unknown_residual = (spec.residual == "independent" and spec.row_scale == "none"
                            and spec.col_scale == "none" and not spec.sigma)
     if not no_unknown_residual:   # a common-effect model: the known se is the only residual variance
-        comps["residual"] = residual_cell_variance(spec, lay, params, S).mean(axis=-1)
+        comps["residual"] = residual_variance(spec, lay, params, S)
     se2 = lay.se[rr, ii, jj] ** 2
     if np.any(se2 > 0):
         comps["known_se"] = np.full(S, float(se2.mean()))
