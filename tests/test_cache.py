@@ -230,3 +230,33 @@ def test_enable_refuses_a_folder_it_cannot_create(tmp_path):
 
     with pytest.raises(TwowayError, match="The cache folder must be a folder twoway can create"):
         enable_jax_cache(blocker / "cache")
+
+
+TWO_MODELS_ONE_PROGRAM = """
+import sys, warnings
+warnings.simplefilter("ignore")
+import twoway
+from twoway.sbc import sbc_spec
+sim = twoway.simulate("additive", 4, 3, seed=1)
+for which in sys.argv[1:]:
+    spec = "additive" if which == "plain" else sbc_spec("additive", 4, 3)
+    f = twoway.fit(spec, sim.data, chains=2, draws=50, tune=50, seed=1, progress=False)
+    print(which, f.info["compile_cache"], float(f.posterior["intercept"].mean()))
+"""
+
+
+def test_a_program_served_by_jax_cache_is_not_stored_broken(folder):
+    """Two specs with one compiled program (priors are arguments): the second comes from JAX's
+    cache in the first process; a later process that loads it first must still run it."""
+    def run(*which):
+        proc = subprocess.run([sys.executable, "-c", TWO_MODELS_ONE_PROGRAM, *which], capture_output=True,
+                              text=True, timeout=300, env={**os.environ, ENV_VAR: str(folder)})
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        return [line.split() for line in proc.stdout.strip().splitlines()]
+
+    first = run("plain", "fixed")
+    assert [r[1] for r in first] == ["miss", "hit"]
+    later = run("fixed", "plain")
+    assert [r[1] for r in later] == ["hit", "hit"]
+    # the same seed and table give the same draws whichever way the program came
+    assert {r[0]: r[2] for r in later} == {r[0]: r[2] for r in first}
