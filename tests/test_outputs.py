@@ -406,17 +406,21 @@ def test_fit_lines_say_each_phase_as_it_starts():
     lines = FitLines(Progress(stream=stream, isatty=False))
     lines("compile")
     lines("sample", compile_seconds=2.5, cache="miss")
-    for done in (1, 2):
-        lines("chain", done=done, chains=2, draws=500)
+    for done in (250, 500, 750, 1000, 2000):  # segments of iterations over all chains
+        lines("iterations", done=done, total=2000)
     lines("draw_back")
     lines.sampled({"compile_seconds": 2.5, "sampling_seconds": 1.0})
     lines.writing("f.nc")
     said = stream.getvalue().splitlines()
-    assert said[:5] == ["twoway: compiling the model ...", "twoway: compiling done in 2.5 s (cache miss)",
-                        "twoway: sampling ...", "twoway: sampling: 500/1000 draws (1 of 2 chains done)",
-                        "twoway: sampling: 1000/1000 draws (2 of 2 chains done)"]
-    assert said[5].startswith("twoway: sampling done in ")
-    assert said[6:] == ["twoway: drawing the integrated effects back ...", "twoway: writing the fit to f.nc ..."]
+    assert said[:7] == ["twoway: compiling the model ...", "twoway: compiling done in 2.5 s (cache miss)",
+                        "twoway: sampling ...",  # a line each time another tenth of the work is done
+                        "twoway: sampling: 12% (250/2000 iterations, warm-up included)",
+                        "twoway: sampling: 25% (500/2000 iterations, warm-up included)",
+                        "twoway: sampling: 37% (750/2000 iterations, warm-up included)",
+                        "twoway: sampling: 50% (1000/2000 iterations, warm-up included)"]
+    assert said[7] == "twoway: sampling: 100% (2000/2000 iterations, warm-up included)"
+    assert said[8].startswith("twoway: sampling done in ")
+    assert said[9:] == ["twoway: drawing the integrated effects back ...", "twoway: writing the fit to f.nc ..."]
     # an engine that tells nothing: the lines come from the fit's info, once
     stream = io.StringIO()
     lines = FitLines(Progress(stream=stream, isatty=False))
@@ -539,3 +543,23 @@ def test_report_truth_must_fit_the_fit(capsys, tmp_path, small_fit):
     status, _, err = run_cli(capsys, "report", small_fit, "--truth", path, "--out", tmp_path / "r.html")
     one_error(status, err, "the truth file", "lacks 'row2'")
     assert not (tmp_path / "r.html").exists()
+
+
+@pytest.mark.slow
+def test_jax_draws_do_not_depend_on_the_segment_length(monkeypatch):
+    """A chain run in segments (for progress lines) gives the draws of one run: same keys, same states."""
+    from twoway.engines.jax import sampler
+    from twoway.engines.jax.model import describe, model_args
+
+    data = twoway.simulate("crossed", 4, 5, seed=1).data
+    plan = twoway.resolve(twoway.preset("crossed"), data)
+    outs, told = [], []
+    for segments in (8, 2):
+        monkeypatch.setattr(sampler, "SEGMENTS", segments)
+        prog = sampler.ChainProgram(describe(plan), 256, quick_compile=True)
+        outs.append(prog.run(model_args(plan), 3, 2, 100, 100, cores=1,
+                             on_progress=lambda done, total: told.append((segments, done, total))))
+    for name in outs[0]["values"]:
+        np.testing.assert_array_equal(outs[0]["values"][name], outs[1]["values"][name])
+    assert [d for s, d, t in told if s == 8] == [64, 128, 192, 200, 264, 328, 392, 400]
+    assert [d for s, d, t in told if s == 2] == [128, 200, 328, 400] and {t for _, _, t in told} == {400}

@@ -264,7 +264,8 @@ class CompiledModel:
 
         ``on_progress``, if given, is called as each phase starts, ``on_progress(event, **details)``:
         ``"compile"``; ``"sample"`` (``compile_seconds``, ``cache``: ``hit``, ``miss``, ``off`` or
-        ``in memory``); ``"chain"`` (``done``, ``chains``, ``draws``: a chain finished, jax engine);
+        ``in memory``); ``"iterations"`` (``done``, ``total``: iterations, warm-up included, over all
+        chains; the jax engine tells them as each chain's segment of iterations ends);
         ``"draw_back"`` (the integrated effects are drawn). The command line prints its lines from it.
         """
         data = self.template if data is None else data
@@ -377,12 +378,13 @@ def _phase_reporter(progress: bool, chains: int, draws: int, extra: dict, on_pro
     state: dict[str, Any] = {}
 
     def report(phase, prog, status):
-        if phase == "chain":
+        if phase == "iterations":
             done, total = status
             if on_progress is not None:
-                on_progress("chain", done=done, chains=total, draws=draws)
-            elif progress:
-                print(f"twoway: sampling: {done * draws}/{total * draws} draws ({done} of {total} chains done)",
+                on_progress("iterations", done=done, total=total)
+            elif progress and int(10 * done / total) > state.get("tenths", 0):
+                state["tenths"] = int(10 * done / total)
+                print(f"twoway: sampling: {100 * done // total}% ({done}/{total} iterations, warm-up included)",
                       file=sys.stderr, flush=True)
             return
         if on_progress is not None:

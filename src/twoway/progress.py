@@ -219,7 +219,7 @@ class FitLines:
         twoway: compiling the model ...
         twoway: compiling done in 11 s (cache miss)
         twoway: sampling ...
-        twoway: sampling: 2000/4000 draws (2 of 4 chains done)
+        twoway: sampling: 50% (4000/8000 iterations, warm-up included)
         twoway: sampling done in 3.4 s
         twoway: drawing the integrated effects back ...
         twoway: writing the fit to fit.nc ...
@@ -237,6 +237,7 @@ class FitLines:
         self._sampling_since: float | None = None
         self._compiled_said = False
         self._sampling_said = False
+        self._tenths = 0
 
     def __call__(self, event: str, **details) -> None:
         """Take one event of :meth:`~twoway.fit.CompiledModel.sample` (its ``on_progress``)."""
@@ -249,10 +250,13 @@ class FitLines:
             self._compiled_said = True
             p.phase("sampling")
             self._sampling_since = time.perf_counter()
-        elif event == "chain":
-            done, chains, draws = details["done"], details["chains"], details["draws"]
-            p.message(f"sampling: {done * draws}/{chains * draws} draws ({done} of {chains} "
-                      f"chain{'s' if chains != 1 else ''} done)")
+        elif event == "iterations":
+            done, total = details["done"], details["total"]
+            if p.isatty:
+                p.bar(done, total, "sampling:")
+            elif int(10 * done / total) > self._tenths:  # a log: a line per tenth of the work
+                self._tenths = int(10 * done / total)
+                p.message(f"sampling: {100 * done // total}% ({done}/{total} iterations, warm-up included)")
         elif event == "draw_back" and self._sampling_since is not None:  # an engine that told its phases
             self._end_sampling()
             p.phase("drawing the integrated effects back")

@@ -132,8 +132,8 @@ class JaxEngine:
             status = "hit" if not (cache_entries() - before) else "miss"
         if report is not None:
             report("sample", prog, status)
-        on_chain = None if report is None else (lambda done: report("chain", prog, (done, chains)))
-        out = prog.run(args, seed, chains, int(tune), int(draws), cores=cores, on_chain=on_chain)
+        told = None if report is None else (lambda done, total: report("iterations", prog, (done, total)))
+        out = prog.run(args, seed, chains, int(tune), int(draws), cores=cores, on_progress=told)
         if not out["init_ok"].all():
             raise FitError("The sampler found no starting point with a finite log-density in 20 tries per chain; "
                            "check the priors (an extreme prior can put all its mass where the data are impossible).")
