@@ -181,7 +181,7 @@ def test_cli_json(fit_files, capsys):
     status, out, err = run_cli(capsys, "compare", fit_files["norows"], fit_files["true"], "--json", "--by", "col")
     assert status == 0, err
     doc = json.loads(out)
-    assert set(doc) == {"by", "models", "preferred"} and doc["by"] == "col"
+    assert set(doc) == {"by", "models", "preferred", "warnings", "loo_method"} and doc["by"] == "col"
     assert [m["name"] for m in doc["models"]] == ["true", "norows"]
     keys = {"name", "rank", "elpd", "se", "elpd_diff", "dse", "weight", "p_loo", "pareto_k_bad"}
     assert all(set(m) == keys for m in doc["models"])
