@@ -545,3 +545,16 @@ def test_prediction_intervals_hold_ci_prob_of_the_predictive_mixture(crossed, pr
     hi = cells["upper"].to_numpy().reshape(mu.shape[1:])
     mass = (norm.cdf((hi - mu) / sd) - norm.cdf((lo - mu) / sd)).mean(axis=0)
     assert np.all(np.abs(mass - prob) < 5 * np.sqrt(prob * (1 - prob) / 4000))
+
+
+def test_predictions_a_block_of_rows_at_a_time_equal_the_whole(monkeypatch):
+    import twoway.predict as tp
+
+    fit = simulated_fit("latent", reps=2, missing=0.2, se=0.1, draws=50)
+    whole = fit.predict(new_observation=True, new_rows=["n1", "n2"], new_cols=["m"])
+    monkeypatch.setattr(tp, "BLOCK_VALUES", 1)   # one row per block
+    blocks = fit.predict(new_observation=True, new_rows=["n1", "n2"], new_cols=["m"])
+    pd.testing.assert_frame_equal(whole[["row", "col", "replicate", "observed", "kind"]],
+                                  blocks[["row", "col", "replicate", "observed", "kind"]])
+    np.testing.assert_allclose(blocks["mean"], whole["mean"], rtol=1e-12)
+    np.testing.assert_allclose(blocks["sd"], whole["sd"], rtol=1e-12)

@@ -85,15 +85,24 @@ def predict(fit, *, new_observation: bool = False, ci_prob: float = 0.94,
         raise FitError(f"The 'max_draws' option must be a whole number >= 1; got {max_draws!r}.")
     data = fit.data
     new_rows, new_cols = _new_labels(new_rows, data.row_labels, "row"), _new_labels(new_cols, data.col_labels, "col")
-    mu, var = cell_moments(fit, new_observation=new_observation, new_rows=new_rows, new_cols=new_cols,
-                           max_draws=max_draws, seed=seed)                    # (S, R, N', K')
-    S = mu.shape[0]
-    mean = mu.mean(axis=0)
-    sd = np.sqrt(np.maximum(var.mean(axis=0) + mu.var(axis=0), 0.0))
+    prep = _prepare(fit, new_rows=new_rows, new_cols=new_cols, max_draws=max_draws, seed=seed)
+    S, R, n_rows, n_cols = prep["S"], prep["R"], prep["n_rows"], prep["n_cols"]
     rng = np.random.default_rng([0 if seed is None else int(seed), 0x9E3])
     reps = max(1, -(-4000 // S))
-    sample = mu[None] + np.sqrt(np.maximum(var, 0.0))[None] * rng.standard_normal((reps,) + mu.shape)
-    interval = hdi(sample.reshape((1, reps * S) + mu.shape[1:]), ci_prob)    # (R, N', K', 2)
+    # rows a block at a time, so that memory stays bounded on large tables (one block when the
+    # residual correlates the whole table)
+    whole = fit.model.residual in ("kronecker", "full")
+    step = n_rows if whole else max(1, BLOCK_VALUES // (reps * S * R * n_cols))
+    mean = np.empty((R, n_rows, n_cols))
+    sd = np.empty_like(mean)
+    interval = np.empty((R, n_rows, n_cols, 2))
+    for lo in range(0, n_rows, step):
+        rows = np.arange(lo, min(n_rows, lo + step))
+        mu, var = _block_moments(prep, rows, new_observation=new_observation)       # (S, R, nb, K')
+        mean[:, rows] = mu.mean(axis=0)
+        sd[:, rows] = np.sqrt(np.maximum(var.mean(axis=0) + mu.var(axis=0), 0.0))
+        sample = mu[None] + np.sqrt(np.maximum(var, 0.0))[None] * rng.standard_normal((reps,) + mu.shape)
+        interval[:, rows] = hdi(sample.reshape((1, reps * S) + mu.shape[1:]), ci_prob)
     R, N, K = data.values.shape
     rows = list(data.row_labels) + list(new_rows)
     cols = list(data.col_labels) + list(new_cols)
@@ -127,6 +136,10 @@ def _new_labels(labels, existing, side: str) -> tuple[str, ...]:
     return labels
 
 
+#: Values (draws x interval repeats x cells) held at once while predicting a block of rows.
+BLOCK_VALUES = 20_000_000
+
+
 def cell_moments(fit, *, new_observation: bool = False, new_rows: Sequence[str] = (), new_cols: Sequence[str] = (),
                  max_draws: int | None = None, seed: int | None = 0) -> tuple[np.ndarray, np.ndarray]:
     """Per draw, the Gaussian law of each cell's mean (or new observation) given the observed cells.
@@ -136,9 +149,15 @@ def cell_moments(fit, *, new_observation: bool = False, new_rows: Sequence[str] 
     (mu, var) : arrays (S, R, N + len(new_rows), K + len(new_cols))
         Conditional mean and variance per draw and cell.
     """
+    new_rows = _new_labels(new_rows, fit.data.row_labels, "row")
+    new_cols = _new_labels(new_cols, fit.data.col_labels, "col")
+    prep = _prepare(fit, new_rows=new_rows, new_cols=new_cols, max_draws=max_draws, seed=seed)
+    return _block_moments(prep, np.arange(prep["n_rows"]), new_observation=new_observation)
+
+
+def _prepare(fit, *, new_rows, new_cols, max_draws, seed) -> dict:
+    """What every block of rows needs: the draws, the layout, new levels' scales (drawn once)."""
     from twoway.decomposition import flat_parameters, full_layout
-    from twoway.likelihood.backend import NUMPY
-    from twoway.marginal import noise_variance
 
     spec, data = fit.model, fit.data
     params, n_chain, n_draw = flat_parameters(fit)
@@ -150,52 +169,72 @@ def cell_moments(fit, *, new_observation: bool = False, new_rows: Sequence[str] 
     if max_draws is not None and max_draws < S_all:
         pick = np.sort(np.random.default_rng(seed).choice(S_all, size=max_draws, replace=False))
         params = {k: v[pick] for k, v in params.items()}
-    S = next(iter(params.values())).shape[0] if params else S_all
+    S = min(S_all, max_draws) if max_draws is not None else S_all
     R, N, K = data.values.shape
     nr, nc = len(new_rows), len(new_cols)
     _check_new_levels(spec, nr, nc)
-
-    # the mean part: intercept + effects (new levels: 0 mean, their law's variance)
-    mu = np.zeros((S, R, N + nr, K + nc))
-    var = np.zeros_like(mu)
-    if "intercept" in params:
-        mu += params["intercept"].reshape(S, 1, 1, 1)
     rng = np.random.default_rng([0 if seed is None else int(seed), 0x5EED])
-    for side, n, extra in (("row", N, nr), ("col", K, nc)):
-        kind = getattr(spec, f"{side}_effect")
-        if kind == "none":
-            continue
-        eff = params[f"{side}_effect"]
-        if side == "row":
-            mu[:, :, :N, :] += eff[:, None, :, None]
-        else:
-            mu[:, :, :, :K] += eff[:, None, None, :]
-        if extra:
-            tau2 = params[f"{side}_effect_sd"].reshape(S, 1, 1, 1) ** 2
-            if side == "row":
-                var[:, :, N:, :] += tau2
-            else:
-                var[:, :, :, K:] += tau2
-    if "cell_effect" in params:
-        mu[:, :, :N, :K] += params["cell_effect"].reshape(S, 1, N, K)
-    if "cell_sd" in params and (nr or nc):
-        new = np.zeros((N + nr, K + nc), bool)
-        new[N:, :] = True
-        new[:, K:] = True
-        var[:, :, new] += params["cell_sd"].reshape(S, 1, 1) ** 2
-
-    # the residual's scales on the extended grid (new levels' scales from their population)
     grid_params = dict(params)
-    for side, n, extra in (("row", N, nr), ("col", K, nc)):
+    for side, extra in (("row", nr), ("col", nc)):
         if extra and getattr(spec, f"{side}_scale") == "hetero":
             loc = params[f"{side}_log_sd_loc"].reshape(S, 1)
             scale = params[f"{side}_log_sd_scale"].reshape(S, 1)
             drawn = np.exp(loc + scale * rng.standard_normal((S, extra)))
             grid_params[f"{side}_sd"] = np.concatenate([params[f"{side}_sd"], drawn], axis=1)
-    se_grid = np.zeros((R, N + nr, K + nc))
-    se_grid[:, :N, :K] = np.where(data.mask, lay.se, 0.0)
+    return dict(spec=spec, data=data, lay=lay, params=params, grid_params=grid_params, S=S, R=R, N=N, K=K,
+                nr=nr, nc=nc, n_rows=N + nr, n_cols=K + nc)
+
+
+def _extend(x: np.ndarray, axis: int, n_new: int) -> np.ndarray:
+    """``x`` with ``n_new`` zeros appended along ``axis`` (new levels)."""
+    if not n_new:
+        return x
+    shape = list(x.shape)
+    shape[axis] = n_new
+    return np.concatenate([x, np.zeros(shape)], axis=axis)
+
+
+def _block_moments(prep: dict, rows: np.ndarray, *, new_observation: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(mu, var), (S, R, len(rows), K'), for the rows ``rows`` of the extended grid (new rows after N)."""
+    from twoway.likelihood.backend import NUMPY
+    from twoway.marginal import noise_variance
+
+    spec, data, lay, params, grid_params = prep["spec"], prep["data"], prep["lay"], prep["params"], prep["grid_params"]
+    S, R, N, K, nr, nc = prep["S"], prep["R"], prep["N"], prep["K"], prep["nr"], prep["nc"]
+    nb, n_cols = rows.size, K + nc
+    is_new_row = rows >= N
+    new_col = np.arange(n_cols) >= K
+
+    # the mean part: intercept + effects (new levels: 0 mean, their law's variance)
+    mu = np.zeros((S, R, nb, n_cols))
+    var = np.zeros_like(mu)
+    if "intercept" in params:
+        mu += params["intercept"].reshape(S, 1, 1, 1)
+    if spec.row_effect != "none":
+        mu += _extend(params["row_effect"], 1, nr)[:, rows][:, None, :, None]
+        if is_new_row.any():
+            var[:, :, is_new_row, :] += params["row_effect_sd"].reshape(S, 1, 1, 1) ** 2
+    if spec.col_effect != "none":
+        mu += _extend(params["col_effect"], 1, nc)[:, None, None, :]
+        if nc:
+            var[:, :, :, new_col] += params["col_effect_sd"].reshape(S, 1, 1, 1) ** 2
+    old_rows = rows[~is_new_row]
+    if "cell_effect" in params:
+        cell = np.zeros((S, nb, n_cols))
+        cell[:, ~is_new_row, :K] = params["cell_effect"].reshape(S, N, K)[:, old_rows]
+        mu += cell[:, None]
+    if "cell_sd" in params and (nr or nc):
+        new = is_new_row[:, None] | new_col[None, :]
+        var[:, :, new] += params["cell_sd"].reshape(S, 1, 1) ** 2
+
+    # the residual's noise on the block (known se at observed cells only)
+    block_params = dict(grid_params)
+    if getattr(spec, "row_scale") == "hetero":
+        block_params["row_sd"] = grid_params["row_sd"][:, rows]
+    se_grid = np.zeros((R, nb, n_cols))
+    se_grid[:, ~is_new_row, :K] = np.where(data.mask[:, old_rows], lay.se[:, old_rows], 0.0)
     grid = dataclasses.replace(lay, se=se_grid, mask=np.ones_like(se_grid))
-    noise = np.broadcast_to(noise_variance(NUMPY, spec, grid, grid_params), mu.shape)
+    noise = np.broadcast_to(noise_variance(NUMPY, spec, grid, block_params), mu.shape)
 
     # the correlated part of the residual
     if spec.residual == "latent":
@@ -203,23 +242,19 @@ def cell_moments(fit, *, new_observation: bool = False, new_rows: Sequence[str] 
             kind = getattr(spec, f"{side}_scale")
             if kind == "none":
                 continue
-            shock = params[f"{side}_shock"]                                 # (S, R, N) or (S, R, K)
             sd = grid_params[f"{side}_sd"]
-            sd2 = (sd.reshape(S, 1) if kind == "homo" else sd) ** 2
+            sd2 = np.broadcast_to((sd.reshape(S, 1) if kind == "homo" else sd) ** 2, (S, N + nr if side == "row"
+                                                                                      else n_cols))
             if side == "row":
-                mu[:, :, :N, :] += shock[:, :, :, None]
-                if nr:
-                    var[:, :, N:, :] += np.broadcast_to(sd2[:, -nr:] if kind == "hetero" else sd2,
-                                                        (S, nr))[:, None, :, None]
+                mu += _extend(params["row_shock"], 2, nr)[:, :, rows][..., None]
+                var[:, :, is_new_row, :] += sd2[:, rows][:, is_new_row][:, None, :, None]
             else:
-                mu[:, :, :, :K] += shock[:, :, None, :]
-                if nc:
-                    var[:, :, :, K:] += np.broadcast_to(sd2[:, -nc:] if kind == "hetero" else sd2,
-                                                        (S, nc))[:, None, None, :]
-    elif spec.residual in ("kronecker", "full"):
-        g_mu, g_var = _correlated_part(spec, lay, data, params, mu[:, :, :N, :K], noise[:, :, :N, :K])
-        mu[:, :, :N, :K] += g_mu
-        var[:, :, :N, :K] += g_var
+                mu += _extend(params["col_shock"], 2, nc)[:, :, None, :]
+                var[:, :, :, new_col] += sd2[:, new_col][:, None, None, :]
+    elif spec.residual in ("kronecker", "full"):   # whole tables only (no new levels): rows is every row
+        g_mu, g_var = _correlated_part(spec, lay, data, params, mu, noise)
+        mu = mu + g_mu
+        var = var + g_var
     if new_observation:
         var = var + noise
     return mu, var
