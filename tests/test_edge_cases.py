@@ -379,3 +379,64 @@ def test_compare_warns_about_high_pareto_k_and_refits(outlier_fits):
     assert not any("Pareto k" in note for note in refitted.attrs["warnings"])
     assert all("refitted" in how for how in refitted.attrs["loo_method"].values())
     assert refitted.loc["crossed", "p_loo"] > 9 and np.isfinite(refitted["elpd"]).all()
+
+
+@pytest.mark.parametrize("spec, missing, se, path", [
+    (CELL, 0.2, None, "woodbury-schur"),
+    (dataclasses.replace(preset("additive"), cell_effect="random"), 0.1, 0.3, "woodbury-schur"),
+    (ModelSpec(row_effect="fixed", col_effect="fixed", row_scale="homo", col_scale="none",
+               cell_effect="random"), 0.1, 0.2, "woodbury"),
+    (CELL, 0.0, None, "anova"),
+])
+def test_effects_and_cell_effects_drawn_back_follow_the_dense_joint_conditional(spec, missing, se, path):
+    """Effects (from their marginal conditional) then cell effects (given them): jointly the dense conditional.
+
+    20000 draws whitened by the dense joint law of (effects' coordinates, cell effects) given y: every mean
+    within crit / sqrt(S) of 0 and every covariance entry within crit of its sampling sd of the identity's,
+    crit for a 0.001 false-alarm rate over all entries (Bonferroni).
+    """
+    from scipy.stats import norm
+
+    from twoway.likelihood.paths import choose_path, path_named
+    from twoway.marginal import draw_cell_effects, indicator_matrix, noise_variance
+
+    data = twoway.simulate(CELL, 4, 3, 3, params={"cell_sd": 0.7}, seed=8, missing=missing, se=se).data
+    plan = resolve(spec, data)
+    lay, design = plan.layout, plan.design
+    rng = np.random.default_rng(4)
+    params = {k: np.asarray(v) for k, v in plan.constants.items()}
+    for name in plan.var_names:
+        if name.endswith("log_sd_loc") or name.endswith("log_sd_scale"):
+            continue
+        hetero = name in ("row_sd", "col_sd") and getattr(spec, f"{name[:3]}_scale") == "hetero"
+        n = data.n_rows if name.startswith("row") else data.n_cols
+        params[name] = rng.uniform(0.4, 1.2, size=n) if hetero else np.asarray(rng.uniform(0.4, 1.2))
+    # the dense joint conditional of (u, c): prior blockdiag(G, v I), noise D
+    rr, ii, jj = lay.obs
+    N, K = data.n_rows, data.n_cols
+    Zu = indicator_matrix(lay) @ design.E
+    Zc = np.zeros((ii.size, N * K))
+    Zc[np.arange(ii.size), ii * K + jj] = 1.0
+    Z = np.concatenate([Zu, Zc], axis=1)
+    d = noise_variance(NUMPY, spec, lay, params)[rr, ii, jj]
+    prior_prec = np.zeros((Z.shape[1],) * 2)
+    prior_prec[:design.m, :design.m] = np.linalg.inv(design.covariance(NUMPY, params))
+    prior_prec[design.m:, design.m:] = np.eye(N * K) / params["cell_sd"] ** 2
+    prec = prior_prec + Z.T @ (Z / d[:, None])
+    cov = np.linalg.inv(prec)
+    mean = cov @ Z.T @ (lay.r[lay.obs] / d)
+    S = 20000
+    batch = {k: np.repeat(np.asarray(v)[None], S, axis=0) for k, v in params.items()}
+    assert choose_path(spec, lay, design) == path
+    u = path_named(path).draw_coordinates(spec, lay, design, batch, rng, 4096)
+    effects = {}
+    for name, _, start, stop in design.blocks:
+        coords = u[:, start:stop]
+        effects[name] = lay.m0 + coords[:, 0] if name == "intercept" else coords @ design.bases[name[:3]].T
+    c = draw_cell_effects(spec, lay, batch, effects, rng)["cell_effect"].reshape(S, N * K)
+    z = np.linalg.solve(np.linalg.cholesky(cov), (np.concatenate([u, c], axis=1) - mean).T).T
+    m = z.shape[1]
+    crit = norm.isf(0.001 / (2 * (m + m * (m + 1) // 2)))
+    assert np.max(np.abs(z.mean(axis=0))) * np.sqrt(S) < crit
+    se_entry = np.where(np.eye(m, dtype=bool), np.sqrt(2.0 / S), np.sqrt(1.0 / S))
+    assert np.max(np.abs(np.cov(z, rowvar=False) - np.eye(m)) / se_entry) < crit
