@@ -473,12 +473,13 @@ def test_summary_shows_a_modified_preset_and_shortened_labels():
     fit = twoway.fit(spec, data, chains=2, draws=100, tune=100, seed=1, progress=False)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", twoway.ConvergenceWarning)  # 100 draws: rough, and said so
-        text = fit.summary().format()
+        summary = fit.summary()
+    text = summary.format()
     assert "model: crossed (modified: sigma prior):" in text
     table = [line for line in text.splitlines() if line.startswith(("row_effect[", "row_mean["))]
     assert len(table) == 8 and table[0].startswith("row_effect[Very long tr…ment name A] ")
     assert not any("Very long treatment name" in line for line in table)
-    assert "row_effect[Very long treatment name A]" in fit.summary().to_dict()["parameters"]  # JSON: whole
+    assert "row_effect[Very long treatment name A]" in summary.to_dict()["parameters"]  # JSON: whole
 
 
 def test_dof_takes_the_data_file(capsys, tmp_path):
@@ -563,3 +564,14 @@ def test_jax_draws_do_not_depend_on_the_segment_length(monkeypatch):
         np.testing.assert_array_equal(outs[0]["values"][name], outs[1]["values"][name])
     assert [d for s, d, t in told if s == 8] == [64, 128, 192, 200, 264, 328, 392, 400]
     assert [d for s, d, t in told if s == 2] == [128, 200, 328, 400] and {t for _, _, t in told} == {400}
+
+
+def test_demo_checks_its_folder_before_fitting(capsys, tmp_path, monkeypatch):
+    fit_module = sys.modules["twoway.fit"]
+    monkeypatch.setattr(fit_module, "fit", lambda *a, **k: 1 / 0)  # no fitting may start
+    afile = tmp_path / "a-file"
+    afile.write_text("x")
+    status, _, err = run_cli(capsys, "demo", "--out", afile)
+    one_error(status, err, "is a file")
+    status, _, err = run_cli(capsys, "demo", "--out", "/proc/twoway-demo")
+    one_error(status, err, "cannot be made")
