@@ -344,7 +344,7 @@ def load_model(source: "str | Path | ModelSpec") -> ModelSpec:
     if path.suffix.lower() != ".toml":
         raise ModelError(f"The model must be one of {', '.join(PRESETS)} or a .toml model file; got {text!r}.")
     if not path.is_file():
-        raise ModelError(f"The model file {text!r} does not exist.")
+        raise ModelError(f"The model file {text!r} does not exist; looked for {os.path.abspath(path)!r}.")
     try:
         table = tomllib.loads(path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -45,7 +46,7 @@ def read_bytes(path: Path, subject: str) -> bytes:
     try:
         return path.read_bytes()
     except FileNotFoundError:
-        raise DataError(f"The {subject} does not exist.") from None
+        raise DataError(f"The {subject} does not exist; looked for {quote(os.path.abspath(path))}.") from None
     except IsADirectoryError:
         raise DataError(f"The {subject} is a directory, not a CSV file.") from None
     except OSError as exc:
