@@ -440,3 +440,17 @@ def test_effects_and_cell_effects_drawn_back_follow_the_dense_joint_conditional(
     assert np.max(np.abs(z.mean(axis=0))) * np.sqrt(S) < crit
     se_entry = np.where(np.eye(m, dtype=bool), np.sqrt(2.0 / S), np.sqrt(1.0 / S))
     assert np.max(np.abs(np.cov(z, rowvar=False) - np.eye(m)) / se_entry) < crit
+
+
+@pytest.mark.slow  # a PyTensor compile; the PyTensor log-density itself is in test_ops_twins.py
+def test_pymc_model_with_a_cell_effect_equals_its_dense_twin():
+    """The PyMC build (nutpie and pymc engines) samples cell_sd; its log-density and gradient equal the dense one's."""
+    from twins import assert_equals_dense_twin
+
+    from twoway.engines.pymc_model import build_pymc_model
+
+    data = twoway.simulate(CELL, 4, 3, 3, seed=6, missing=0.15).data
+    fast = build_pymc_model(resolve(CELL, data))
+    dense = build_pymc_model(resolve(CELL, data, likelihood="dense"))
+    assert fast.likelihood_path == "woodbury-schur" and "cell_sd" in fast.model.named_vars
+    assert_equals_dense_twin(fast.model, dense.model, points=3, seed=1, jitter=0.5)
