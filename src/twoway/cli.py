@@ -457,6 +457,8 @@ def cmd_compare(args) -> int:
         print(f"leave-one-{args.by}-out comparison (PSIS-LOO; elpd_diff is each fit's elpd minus the best one's; "
               "pareto_k_bad counts units with Pareto k > 0.7):")
         print(table.to_string(float_format=lambda v: f"{v:.2f}"))
+        for name, how in table.attrs.get("loo_method", {}).items():
+            print(f"  {name}: {how}")
         print()
         print(sentence)
     return 0
