@@ -112,10 +112,18 @@ def cases(folder: Path) -> list[Case]:
 def run_case(case: Case, n_sims: int, *, seed: int = 0, work: Path | None = None, chains: int = 2,
              draws: int = 500, tune: int = 500, progress: bool = False):
     """SBC of one case (:func:`twoway.sbc.sbc`); the result's p-values are per scalar parameter."""
-    from twoway.sbc import sbc, sbc_spec
+    from twoway.errors import FitError
+    from twoway.sbc import load_sbc, sbc, sbc_spec
 
     n, k, r = case.shape
     folder = None if work is None else work / _slug(case)
+    if folder is not None and (folder / "config.json").is_file():
+        try:  # a finished case is read back without compiling anything
+            done = load_sbc(folder)
+        except FitError:
+            done = None
+        if done is not None and done.n_sims >= n_sims:
+            return done
     return sbc(sbc_spec(case.spec, n, k), n, k, n_sims, n_replicates=r, chains=chains, draws=draws, tune=tune,
                seed=seed, out=folder, progress=progress)
 

@@ -37,7 +37,7 @@ def fa2_fit():
         "row_loadings": ROW_LOADINGS, "row_psi": ROW_PSI, "col_loadings": col_loadings, "col_psi": col_psi})
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a correct Kronecker fit on the default engine: no library warnings
-        fit = twoway.fit(spec, sim.data, chains=2, draws=500, tune=500, seed=3, progress=False)
+        fit = twoway.fit(spec, sim.data, chains=2, draws=400, tune=400, seed=3, progress=False)
     return sim, fit
 
 
