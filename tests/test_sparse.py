@@ -222,3 +222,17 @@ def test_laplace_agrees_with_nuts_on_a_medium_table():
         mcse = sd * math.sqrt(1.0 / float(table.loc[name, "ess_bulk"]) + 1.0 / ess_is)
         assert abs(a - b) < 4.0 * mcse, (name, a, b, mcse)  # 4 Monte Carlo se: ~1e-4 false alarms per check
         assert abs(float(nuts.posterior[name].std()) / float(lap.posterior[name].std()) - 1.0) < 0.15
+
+
+def test_a_compiled_laplace_model_samples_another_table_of_its_layout():
+    from twoway.fit import compile_model
+
+    first = simulate("crossed", 30, 12, 1, TRUTH, seed=2, missing=0.5)
+    compiled = compile_model("crossed", first.data, engine="laplace", progress=False)
+    values = first.data.values + 1.0  # the same layout, other numbers
+    from twoway.data import TwoWayData
+
+    other = TwoWayData.from_array(values[0], row_labels=first.data.row_labels, col_labels=first.data.col_labels)
+    f = compiled.sample(other, chains=1, draws=200, seed=1)
+    assert f.info["likelihood_path"] == "sparse" and f.info["method"] == "laplace-importance"
+    assert abs(float(f.posterior["intercept"].mean()) - float(np.nanmean(values)) ) < 1.0

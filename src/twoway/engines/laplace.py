@@ -138,6 +138,10 @@ class LaplaceEngine:
         from threadpoolctl import threadpool_limits
 
         t0 = time.perf_counter()
+        if plan.path != "sparse":  # another table of the compiled layout, planned without forcing the path
+            from twoway.plan import resolve
+
+            plan = resolve(plan.spec, plan.data, likelihood="sparse", priors=plan.priors)
         system = plan.design.system(plan.spec, plan.layout)
         names = [vp for _, vp, _, _ in system.blocks if vp not in plan.constants]
         if plan.spec.sigma:
@@ -186,7 +190,7 @@ class LaplaceEngine:
             warnings.warn(f"The importance weights of the laplace engine are unreliable (Pareto k = {khat:.2f} > 0.7); "
                           "the posterior of the variance parameters is far from the Laplace proposal.",
                           TwowayWarning, stacklevel=3)
-        info = {"method": "laplace-importance", "importance_ess": ess, "importance_ess_raw": ess_raw,
+        info = {"method": "laplace-importance", "likelihood_path": plan.path, "importance_ess": ess, "importance_ess_raw": ess_raw,
                 "pareto_k": float(khat), "factorisations": int(ev.count), "proposals": M,
                 "laplace_mode": {n: float(math.exp(v)) for n, v in zip(names, mode)},
                 "laplace_seconds": float(t_mode), "threads": workers}
