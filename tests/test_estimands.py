@@ -559,3 +559,17 @@ def test_predictions_a_block_of_rows_at_a_time_equal_the_whole(monkeypatch):
                                   blocks[["row", "col", "replicate", "observed", "kind"]])
     np.testing.assert_allclose(blocks["mean"], whole["mean"], rtol=1e-12)
     np.testing.assert_allclose(blocks["sd"], whole["sd"], rtol=1e-12)
+
+
+def test_new_row_under_the_latent_residual_adds_its_shock_variance():
+    fit = simulated_fit("latent", reps=2, row_scale="homo", col_scale="homo", draws=100)
+    post = fit.posterior
+    cells = fit.predict(new_observation=True, new_rows=["new"])
+    for r, rep in enumerate(fit.data.replicate_labels):
+        got = cells[(cells["row"] == "new") & (cells["col"] == "col3") & (cells["replicate"] == rep)]
+        mean = (draws_of(post["intercept"]) + draws_of(post["col_effect"].sel(col="col3"))
+                + draws_of(post["col_shock"].sel(col="col3"))[:, r])
+        expected = mean.var() + (draws_of(post["row_effect_sd"]) ** 2 + draws_of(post["row_sd"]) ** 2
+                                 + draws_of(post["sigma"]) ** 2).mean()
+        np.testing.assert_allclose(got["mean"].to_numpy(), mean.mean(), rtol=1e-10)
+        np.testing.assert_allclose(got["sd"].to_numpy() ** 2, expected, rtol=1e-10)
