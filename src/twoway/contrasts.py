@@ -14,7 +14,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
-
 from twoway.errors import FitError
 
 __all__ = ["Contrasts", "contrasts", "parse_contrast", "SIDES"]
