@@ -164,7 +164,11 @@ def summarize(fit, *, var_names: "list[str] | str | None" = None, ci_prob: float
         diagnostics.update(importance_ess=float(info["importance_ess"]), pareto_k=float(info["pareto_k"]),
                            factorisations=int(info["factorisations"]), proposals=int(info["proposals"]))
         diagnostics["min_ess_bulk"] = min(diagnostics["min_ess_bulk"], diagnostics["importance_ess"])
-    notes = _diagnostic_warnings(checked, diagnostics, n_chains, int(post.sizes["draw"]))
+    if info.get("method") == "laplace-importance":  # resampled into chains: R-hat compares nothing real
+        notes = _diagnostic_warnings(checked, {**diagnostics, "max_r_hat": float("nan")}, max(n_chains, 2),
+                                     int(post.sizes["draw"]))
+    else:
+        notes = _diagnostic_warnings(checked, diagnostics, n_chains, int(post.sizes["draw"]))
     if info.get("method") not in ("laplace-importance", "exact"):  # independent draws have no chains to compare
         notes += _mode_warnings(post)
     if diagnostics.get("pareto_k", 0.0) > 0.7:

@@ -14,7 +14,8 @@ leaves a handful of variance parameters theta (``row_effect_sd``,
    log posterior minus the proposal's log-density; each proposal's effects
    are drawn with its own factor (exact draws from ``z | y, theta``);
 4. smooths the weights (Pareto-smoothed importance sampling: the k-hat
-   diagnostic) and resamples (theta, effects) pairs into ``chains x draws``.
+   diagnostic) and resamples (theta, effects) pairs into ``chains x draws``
+   (systematic resampling, shuffled).
 
 Each evaluation is one numerical CHOLMOD refactorisation; the evaluations are
 independent (a pool of :data:`EVALUATION_THREADS` threads; see there). The
@@ -176,7 +177,7 @@ class LaplaceEngine:
         raw_w = np.exp(log_w - log_w[ok].max())
         raw_w /= raw_w.sum()
         ess_raw = float(1.0 / np.sum(raw_w * raw_w))
-        idx = rng.choice(M, size=n_out, p=w)
+        idx = _systematic(rng, w, n_out)
         effects = np.stack([results[k][1] for k in range(M) if ok[k]]) if ok.all() else None
         if effects is None:
             keep = np.flatnonzero(ok)
@@ -254,6 +255,8 @@ def _mode_and_curvature(ev, pool, u0, say):
     for _ in range(50):
         C, _ok = _positive(H)
         step = -np.linalg.solve(C, g)
+        if float(np.sqrt(step @ C @ step)) < 0.01:  # the Newton step is under 0.01 posterior sd: at the mode
+            break
         step *= min(1.0, 1.0 / max(np.max(np.abs(step)), 1e-300))
         t = 1.0
         while True:
@@ -264,10 +267,7 @@ def _mode_and_curvature(ev, pool, u0, say):
             t *= 0.5
         if not (np.isfinite(fc) and fc <= f):
             break
-        moved = t * step
         u, f, g, H = cand, fc, gc, Hc
-        if float(np.sqrt(moved @ C @ moved)) < 0.01:
-            break
     H, ok = _positive(H)
     if not ok:
         say("the curvature at the mode is not positive definite; using its absolute eigenvalues")
@@ -281,6 +281,14 @@ def _t_proposals(rng, mode, scale, M):
     dist = multivariate_t(loc=mode, shape=scale, df=PROPOSAL_DOF)
     us = np.atleast_2d(dist.rvs(size=M, random_state=rng)).reshape(M, mode.size)
     return us, np.atleast_1d(dist.logpdf(us))
+
+
+def _systematic(rng, w, n):
+    """n indices drawn by systematic resampling with weights ``w`` (fewer repeats than multinomial), shuffled."""
+    edges = np.cumsum(w)
+    idx = np.minimum(np.searchsorted(edges, (rng.random() + np.arange(n)) / n), w.size - 1)
+    rng.shuffle(idx)
+    return idx
 
 
 def _psis(log_w):
