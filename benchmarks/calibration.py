@@ -110,7 +110,7 @@ def cases(folder: Path) -> list[Case]:
 
 
 def run_case(case: Case, n_sims: int, *, seed: int = 0, work: Path | None = None, chains: int = 2,
-             draws: int = 500, tune: int = 500, progress: bool = False):
+             draws: int = 300, tune: int = 300, progress: bool = False):
     """SBC of one case (:func:`twoway.sbc.sbc`); the result's p-values are per scalar parameter."""
     from twoway.errors import FitError
     from twoway.sbc import load_sbc, sbc, sbc_spec
