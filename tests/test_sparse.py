@@ -165,6 +165,9 @@ def test_chooser_picks_sparse_on_a_large_sparse_table_without_a_dense_design():
     assert plan.design._dense is None  # no (m, m) matrix was built
     small = simulate("crossed", 12, 9, 1, TRUTH, seed=1, missing=0.3).data
     assert resolve(preset("crossed"), small).path == "woodbury-schur"
+    # many rows but few columns: woodbury-schur eliminates the rows and keeps a small dense block
+    tall = _large_sparse(n=3000, k=40, n_obs=20000)
+    assert resolve(preset("crossed"), tall).path == "woodbury-schur"
     # the model decides too: heterogeneous scales are not for the sparse path
     assert not sp.sparse_applies(preset("crossed-hetero"))
 
@@ -182,7 +185,7 @@ def test_too_big_dense_path_is_refused_with_the_memory_it_needs(monkeypatch):
 
 
 def test_naming_a_nuts_engine_forces_a_traceable_path_when_it_fits():
-    data = _large_sparse(n=1000, k=60, n_obs=12000)
+    data = _large_sparse(n=700, k=320, n_obs=20000)
     from twoway.fit import compile_model
 
     assert resolve(preset("crossed"), data).path == "sparse"

@@ -37,8 +37,9 @@ __all__ = ["SparseDesign", "SparseSystem", "sparse_applies", "prefers_sparse", "
 
 _LOG_2PI = math.log(2.0 * math.pi)
 
-#: The chooser prefers the sparse path from this many effect levels (rows + columns) ...
-SPARSE_MIN_LEVELS = 1000
+#: The chooser prefers the sparse path when the dense block a NUTS path keeps (the random side it cannot
+#: eliminate: the smaller iid side, or a side with a known matrix) has at least this many levels ...
+SPARSE_MIN_LEVELS = 300
 #: ... on tables with at most this fraction of cells observed.
 SPARSE_MAX_FRACTION = 0.25
 
@@ -66,10 +67,21 @@ def sparse_applies(spec) -> bool:
 
 
 def prefers_sparse(spec, data) -> bool:
-    """Whether the chooser takes the sparse path: many levels and a low fraction of cells observed."""
-    levels = (data.n_rows if spec.row_effect == "random" else 0) + (data.n_cols if spec.col_effect == "random" else 0)
+    """Whether the chooser takes the sparse path: a large dense block for NUTS and few cells observed.
+
+    ``woodbury-schur`` eliminates one iid random side and keeps the other side's
+    effects as a dense block; the sparse path is preferred when that block has
+    at least :data:`SPARSE_MIN_LEVELS` levels and at most
+    :data:`SPARSE_MAX_FRACTION` of the cells are observed.
+    """
+    sides = {side: n for side, n in (("row", data.n_rows), ("col", data.n_cols))
+             if getattr(spec, f"{side}_effect") == "random"}
+    if len(sides) < 2:
+        return False  # one random side is eliminated whole: nothing dense is left
+    known = [side for side in sides if getattr(spec, f"{side}_effect_cov", None) is not None]
+    dense = sum(sides[s] for s in known) if len(known) == 2 else (sides[known[0]] if known else min(sides.values()))
     fraction = data.n_observed / float(data.values.size)
-    return levels >= SPARSE_MIN_LEVELS and fraction <= SPARSE_MAX_FRACTION
+    return dense >= SPARSE_MIN_LEVELS and fraction <= SPARSE_MAX_FRACTION
 
 
 def available_memory() -> int:
