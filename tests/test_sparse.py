@@ -239,3 +239,16 @@ def test_a_compiled_laplace_model_samples_another_table_of_its_layout():
     f = compiled.sample(other, chains=1, draws=200, seed=1)
     assert f.info["likelihood_path"] == "sparse" and f.info["method"] == "laplace-importance"
     assert abs(float(f.posterior["intercept"].mean()) - float(np.nanmean(values)) ) < 1.0
+
+
+def test_proposals_in_processes_give_the_same_draws(monkeypatch):
+    from twoway.engines import laplace
+
+    data = simulate("crossed", 30, 12, 1, TRUTH, seed=6, missing=0.5).data
+    one = fit("crossed", data, engine="laplace", chains=1, draws=200, seed=5, cores=1)
+    monkeypatch.setattr(laplace, "PROCESS_MIN_SYSTEM", 0)
+    two = fit("crossed", data, engine="laplace", chains=1, draws=200, seed=5, cores=2)
+    assert one.info["processes"] == 1 and two.info["processes"] == 2
+    assert two.info["factorisations"] == one.info["factorisations"]
+    for name in ("sigma", "row_effect", "col_effect", "intercept"):
+        np.testing.assert_array_equal(one.posterior[name].values, two.posterior[name].values)

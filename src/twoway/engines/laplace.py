@@ -50,6 +50,7 @@ _FD_STEP = 2e-3  # central differences on the log scale
 #: release the GIL, so two threads were slower than one; BLAS threads help only for a large dense supernode.
 EVALUATION_THREADS = 1
 _SMALL_SYSTEM = 3000  # below this many effects, one BLAS thread (threads cost more than they give)
+PROCESS_MIN_SYSTEM = 2000  # from this many effects, proposals are split over processes (see _processes)
 
 
 def log_prior(prior, x: float) -> float:
@@ -78,10 +79,10 @@ def log_prior(prior, x: float) -> float:
 class _Evaluator:
     """The exact log posterior of theta on the log scale, one CHOLMOD factor per thread."""
 
-    def __init__(self, system, plan, names: list[str]):
-        self.system, self.plan, self.names = system, plan, names
-        self.priors = [plan.priors[n] for n in names]
-        self.constants = {k: v for k, v in plan.constants.items() if k in system.var_params}
+    def __init__(self, system, priors: dict, constants: dict, names: list[str]):
+        self.system, self.names = system, names
+        self.priors = [priors[n] for n in names]
+        self.constants = {k: v for k, v in constants.items() if k in system.var_params}
         self._local = threading.local()
         self._lock = threading.Lock()
         self.count = 0
@@ -147,7 +148,7 @@ class LaplaceEngine:
         names = [vp for _, vp, _, _ in system.blocks if vp not in plan.constants]
         if plan.spec.sigma:
             names.append("sigma")
-        ev = _Evaluator(system, plan, names)
+        ev = _Evaluator(system, plan.priors, plan.constants, names)
         workers = max(1, min(EVALUATION_THREADS, int(cores or os.cpu_count() or 1)))
         blas = 1 if (workers > 1 or system.m < _SMALL_SYSTEM) else None
         n_out = int(chains) * int(draws)
@@ -163,7 +164,12 @@ class LaplaceEngine:
             scale = np.linalg.inv(H)
             us, log_q = _t_proposals(rng, mode, scale, M)
             base = int(rng.integers(2**62))
-            results = list(pool.map(lambda k: ev(us[k], np.random.default_rng([base, k])), range(M)))
+            processes = _processes(cores, system, M)
+            if processes > 1:
+                results, count = _in_processes(processes, system, plan, names, us, base)
+                ev.count += count
+            else:
+                results = list(pool.map(lambda k: ev(us[k], np.random.default_rng([base, k])), range(M)))
         lp = np.array([r[0] for r in results])
         ok = np.isfinite(lp)
         if not ok.any():
@@ -191,12 +197,55 @@ class LaplaceEngine:
             warnings.warn(f"The importance weights of the laplace engine are unreliable (Pareto k = {khat:.2f} > 0.7); "
                           "the posterior of the variance parameters is far from the Laplace proposal.",
                           TwowayWarning, stacklevel=3)
-        info = {"method": "laplace-importance", "likelihood_path": plan.path, "importance_ess": ess, "importance_ess_raw": ess_raw,
+        info = {"method": "laplace-importance", "likelihood_path": plan.path, "processes": processes, "importance_ess": ess, "importance_ess_raw": ess_raw,
                 "pareto_k": float(khat), "factorisations": int(ev.count), "proposals": M,
                 "laplace_mode": {n: float(math.exp(v)) for n, v in zip(names, mode)},
                 "laplace_seconds": float(t_mode), "threads": workers}
         say(f"importance ESS {ess:.0f} of {M}, Pareto k {khat:.2f}, {ev.count} factorisations")
         return _raw_tree(plan, system, names, us[idx], chosen, lp[idx], log_w[idx], idx, chains, draws, info)
+
+
+def _processes(cores, system, M: int) -> int:
+    """Worker processes for the proposals: one per core (at most ``cores``) on large systems, else 1.
+
+    Measured on 2 cores (2,972 x 1,128 levels): one refactorisation takes 0.030 s with one BLAS
+    thread and 0.032-0.044 s with two, and two threads evaluate no faster than one (the interpreter
+    lock is held), so the proposals are split over processes, each with one BLAS thread.
+    """
+    n = int(cores or os.cpu_count() or 1)
+    if system.m < PROCESS_MIN_SYSTEM or M < 8 * n:
+        return 1
+    return max(1, min(n, os.cpu_count() or 1))
+
+
+def _chunk(args):
+    """Evaluate proposals ``ks`` in a worker process: ``([(log posterior, effects draw)], factorisations)``."""
+    from threadpoolctl import threadpool_limits
+
+    system, priors, constants, names, us, base, ks = args
+    ev = _Evaluator(system, priors, constants, names)
+    with threadpool_limits(1):
+        out = [ev(us[k], np.random.default_rng([base, int(k)])) for k in ks]
+    return out, ev.count
+
+
+def _in_processes(n: int, system, plan, names, us, base: int):
+    """All proposals evaluated by ``n`` processes (this one included); the same numbers as in one process."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    from threadpoolctl import threadpool_limits
+
+    M = us.shape[0]
+    parts = np.array_split(np.arange(M), n)
+    priors = {k: plan.priors[k] for k in names}
+    jobs = [(system, priors, dict(plan.constants), names, us, base, ks) for ks in parts]
+    with ProcessPoolExecutor(n - 1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = [pool.submit(_chunk, job) for job in jobs[1:]]
+        with threadpool_limits(1):
+            done = [_chunk(jobs[0])] + [f.result() for f in futures]
+    results = [r for part, _ in done for r in part]
+    return results, sum(c for _, c in done)
 
 
 def _start(plan, names) -> np.ndarray:
