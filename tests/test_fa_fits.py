@@ -114,3 +114,15 @@ def test_chain_separation_numbers():
     sep, opposite = chain_separation(y)
     assert sep > 5 and opposite
     assert np.isnan(chain_separation(rng.normal(size=(1, 100)))[0])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("engine", ["nutpie", "pymc"])
+def test_kronecker_fit_on_other_engines_gives_no_library_warnings(engine):
+    spec = dataclasses.replace(preset("kronecker"), row_structure="fa:1", col_structure="ar1")
+    sim = twoway.simulate(spec, 5, 4, 3, seed=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fit = twoway.fit(spec, sim.data, chains=2, draws=200, tune=300, seed=1, engine=engine, progress=False)
+    lam = fit.posterior["row_loadings"].values
+    assert np.all(lam[..., 0, 0] > 0)
