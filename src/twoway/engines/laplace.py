@@ -18,7 +18,9 @@ leaves a handful of variance parameters theta (``row_effect_sd``,
    (systematic resampling, shuffled).
 
 Each evaluation is one numerical CHOLMOD refactorisation; the evaluations are
-independent (a pool of :data:`EVALUATION_THREADS` threads; see there). The
+independent: the mode's in this process, the proposals of a large system split
+over processes (:func:`_processes` says why not threads), each proposal with
+its own seeded stream, so the draws do not depend on how many. The
 method, the importance ESS, Pareto k and the number of factorisations are
 returned in the raw tree's attributes and end up in ``fit.info``.
 
