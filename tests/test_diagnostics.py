@@ -199,7 +199,8 @@ def test_summary_path_imports_neither_arviz_nor_scipy():
             sample_stats=xr.Dataset({"diverging": (("chain", "draw"), np.zeros((2, 50), bool))}),
             info={"sampling_seconds": 1.0, "total_seconds": 2.0, "likelihood_path": "direct", "engine": "jax",
                   "chains": 2, "draws": 50, "tune": 50, "seed": 1},
-            model=types.SimpleNamespace(describe=lambda: "fake"), priors={})
+            model=types.SimpleNamespace(describe=lambda: "fake"), priors={},
+            data=types.SimpleNamespace(n_replicates=1))
         import warnings
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
