@@ -178,7 +178,9 @@ RESOLVE_PARAMS = [pytest.param(c, id=c.id) for c in CASES]
 
 
 def test_the_cases_cover_every_path():
-    assert {c.path for c in CASES} == set(PATHS) - {"dense"}
+    """Every path that any ops can evaluate has a case here; the NumPy-only ones have their twins elsewhere."""
+    assert {c.path for c in CASES} == {name for name, p in PATHS.items() if p.every_ops} - {"dense"}
+    assert {name for name, p in PATHS.items() if not p.every_ops} == {"sparse"}  # tests/test_sparse.py
 
 
 # -- parameters: a flat vector theta, and the params dict built from it in any library ---------------------

@@ -45,6 +45,8 @@ class LikelihoodPath:
     """
 
     name = ""
+    #: evaluated against every ops (NumPy, PyTensor, JAX), so NUTS engines can trace it
+    every_ops = True
 
     def applies(self, spec, lay, design) -> bool:  # pragma: no cover - every path defines it
         raise NotImplementedError
@@ -83,6 +85,7 @@ class Sparse(LikelihoodPath):
     """
 
     name = "sparse"
+    every_ops = False   # its dense twin is in tests/test_sparse.py
 
     def applies(self, spec, lay, design):
         from twoway.likelihood.sparse import SparseDesign
