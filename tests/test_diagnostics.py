@@ -216,3 +216,20 @@ def test_summary_path_imports_neither_arviz_nor_scipy():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.strip() == "ok"
+
+
+def test_long_parameters_print_shortened_with_a_line_saying_how_to_see_them():
+    import pandas as pd
+
+    from twoway.summary import PRINT_HEAD, FitSummary
+
+    names = ["intercept"] + [f"row_effect[r{i}]" for i in range(100)] + [f"col_effect[c{j}]" for j in range(5)]
+    table = pd.DataFrame({"mean": np.arange(len(names), dtype=float)}, index=pd.Index(names, name="parameter"))
+    d = {"divergences": 0, "max_r_hat": 1.0, "min_ess_bulk": 500.0, "sampling_seconds": 1.0, "total_seconds": 1.0}
+    text = FitSummary(table=table, diagnostics=d).format(long=40)
+    assert f"row_effect[r{PRINT_HEAD - 1}]" in text and f"row_effect[r{PRINT_HEAD}]" not in text
+    assert f"row_effect: {100 - PRINT_HEAD:,} more entries not printed" in text
+    assert "col_effect[c4]" in text and "intercept" in text            # short parameters whole
+    assert "r99" in FitSummary(table=table, diagnostics=d).format(long=0)  # 0 prints every row
+    assert "r99" in FitSummary(table=table, diagnostics=d, chosen=True).format()  # chosen variables whole
+    assert len(FitSummary(table=table, diagnostics=d).to_dict()["parameters"]) == len(names)  # JSON keeps all

@@ -49,6 +49,8 @@ class FitSummary:
     contrasts: pd.DataFrame | None = None
     decomposition: pd.DataFrame | None = None
     decomposition_notes: list[str] = field(default_factory=list)
+    #: the variables were chosen (``var_names``): print every row of the table
+    chosen: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         out = {"parameters": _rows(self.table),
@@ -61,14 +63,25 @@ class FitSummary:
                                              "notes": list(self.decomposition_notes)}
         return out
 
-    def format(self) -> str:
+    def format(self, *, long: int | None = None) -> str:
+        """The summary as text.
+
+        Parameters
+        ----------
+        long : int, optional
+            A parameter with more entries than this (default :data:`PRINT_LONG`) shows its
+            first :data:`PRINT_HEAD` and a line saying how many more there are and how to see
+            them; ``0`` prints every row. Variables chosen with ``var_names`` print whole.
+        """
         from twoway.labels import shorten_index
 
         lines = list(self.header)
-        table = self.table.copy()
+        table, more = _shorten_long(self.table, 0 if self.chosen else PRINT_LONG if long is None else long)
         table.index = pd.Index(shorten_index(table.index), name=table.index.name)  # long labels cut in the middle
         with pd.option_context("display.max_rows", None, "display.width", 120):
             lines += ["", table.to_string(float_format=lambda v: f"{v:.3f}")]
+            lines += [f"  ... {name}: {n:,} more entries not printed (see them with --var {name} or --json)"
+                      for name, n in more]
             if self.contrasts is not None:
                 for (side, ref), part in self.contrasts.groupby(["side", "reference"], sort=False):
                     what = "row" if side == "row" else "column"
@@ -94,6 +107,26 @@ class FitSummary:
         else:
             lines += ["", "No sampling problems: R-hat <= 1.01, bulk ESS >= 400, no divergences."]
         return "\n".join(lines)
+
+
+PRINT_LONG = 40   # a parameter with more entries than this is printed shortened
+PRINT_HEAD = 10   # ... to its first entries
+
+
+def _shorten_long(table: pd.DataFrame, long: int) -> tuple[pd.DataFrame, list[tuple[str, int]]]:
+    """The printed rows: each parameter with more than ``long`` entries cut to its first ones; what was cut."""
+    if not long or len(table) <= long:
+        return table.copy(), []
+    base = pd.Series([str(i).split("[", 1)[0] for i in table.index], index=table.index)
+    sizes = base.value_counts()
+    keep = np.ones(len(table), bool)
+    more = []
+    for name, n in sizes.items():
+        if n > long:
+            where = np.flatnonzero(base.to_numpy() == name)
+            keep[where[PRINT_HEAD:]] = False
+            more.append((name, int(n - PRINT_HEAD)))
+    return table[keep].copy(), more
 
 
 def _rows(table: pd.DataFrame) -> dict[str, dict[str, Any]]:
@@ -192,7 +225,8 @@ def summarize(fit, *, var_names: "list[str] | str | None" = None, ci_prob: float
     if note:
         header.append(f"note: {note}")
     return FitSummary(table=table, diagnostics=diagnostics, warnings=notes, header=header,
-                      contrasts=contrast_table, decomposition=decomp, decomposition_notes=decomp_notes)
+                      contrasts=contrast_table, decomposition=decomp, decomposition_notes=decomp_notes,
+                      chosen=bool(var_names))
 
 
 def cell_effect_note(spec, n_replicates: int) -> str | None:
