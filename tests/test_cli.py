@@ -931,7 +931,7 @@ def test_help_shows_engine_and_progress_not_backend(command, capsys):
         main([command, "--help"])
     assert info.value.code == 0
     out = capsys.readouterr().out
-    assert "--engine {jax,nutpie,pymc}" in out and "--progress, --no-progress" in out
+    assert "--engine {jax,nutpie,pymc,laplace}" in out and "--progress, --no-progress" in out
     assert "--backend" not in out
 
 

@@ -60,11 +60,12 @@ def _named_engine(args):
 
 def _engine_args(p: argparse.ArgumentParser) -> None:
     """``--engine`` (``--backend``, its old name, is kept as a hidden alias) and ``--progress``."""
-    p.add_argument("--engine", choices=NUTS_ENGINES, default=_DefaultEngine(DEFAULT_ENGINE),
+    p.add_argument("--engine", choices=(*NUTS_ENGINES, "laplace"), default=_DefaultEngine(DEFAULT_ENGINE),
                    help="what compiles and samples the model: jax (compiled programs are cached on disk, "
-                        "see 'twoway cache'), nutpie, or PyMC's own sampler (default: %(default)s; a large sparse "
-                        "crossed table, on the sparse likelihood path, is fitted by the laplace engine unless "
-                        "an engine is named)")
+                        "see 'twoway cache'), nutpie, or PyMC's own sampler; or laplace (crossed models with "
+                        "iid or known-matrix effects and an independent residual: nested Laplace with "
+                        "importance sampling through a sparse Cholesky factor, no compile). Default: "
+                        "%(default)s; a large sparse crossed table is fitted by laplace unless an engine is named")
     # Same destination; SUPPRESS keeps it out of --help and leaves the default to --engine.
     p.add_argument("--backend", dest="engine", choices=NUTS_ENGINES, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
