@@ -29,6 +29,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from processes import kill_after_results
+
 import twoway
 from twoway.batch import (BatchProgress, Outcome, fit_many, job_seed, run_jobs, safe_names)
 from twoway.cli import main
@@ -327,24 +329,8 @@ def test_killed_fit_many_resumes_without_redoing_finished_tables(tmp_path, model
     jobs = out / "jobs"
     argv = [sys.executable, "-m", "twoway", "fit-many", str(tables), "--out", str(out), "--seed", str(SEED),
             "--no-progress", "--model", model_file, *_settings_argv()]
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            env={**os.environ, "PYTHONWARNINGS": "ignore"})
-    try:
-        deadline = time.monotonic() + 180
-        while len(list(jobs.glob("*.json"))) < 2:
-            if proc.poll() is not None:
-                pytest.fail(f"fit-many ended before it was killed: {proc.stderr.read().decode()[-2000:]}")
-            if time.monotonic() > deadline:
-                pytest.fail("fit-many wrote fewer than 2 results in 180 s")
-            time.sleep(0.01)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        proc.stderr.close()
-    assert proc.returncode == -signal.SIGKILL
+    returncode = kill_after_results(argv, jobs, "*.json", timeout=180, poll=0.01)
+    assert returncode == -signal.SIGKILL
     done = sorted(p.stem for p in jobs.glob("*.json"))
     assert 2 <= len(done) < n_tables, "fit-many finished before it could be killed"
     kept = [out / f"{n}.nc" for n in done] + [jobs / f"{n}.json" for n in done]

@@ -18,17 +18,16 @@ from __future__ import annotations
 
 import importlib
 import json
-import os
 import signal
-import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+
+from processes import kill_after_results
 
 import twoway
 from twoway.cli import main
@@ -67,29 +66,13 @@ def additive_run(tmp_path_factory) -> KilledRun:
     out = tmp_path_factory.mktemp("sbc") / "additive"
     argv = [sys.executable, "-m", "twoway.cli", "sbc", "--rows", "4", "--cols", "5", "--sims", str(N_SIMS),
             "--seed", str(SEED), "--out", str(out)] + [f"--{k}={v}" for k, v in SETTINGS.items()]
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
-    try:
-        deadline = time.monotonic() + 240
-        while len(list(out.glob("sim_*.json"))) < 2:
-            if proc.poll() is not None:
-                pytest.fail(f"the SBC run ended before it was killed: {proc.stderr.read().decode()[-2000:]}")
-            if time.monotonic() > deadline:
-                pytest.fail("the SBC run wrote fewer than 2 replications in 240 s")
-            time.sleep(0.02)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        proc.stderr.close()
+    returncode = kill_after_results(argv, out, "sim_*.json", timeout=240, poll=0.02)
     files = sorted(out.glob("sim_*.json"))
     before = {f.name: (f.read_bytes(), f.stat().st_mtime_ns) for f in files}
     fitted: list[int] = []
     result = sbc("additive", 4, 5, N_SIMS, seed=SEED, out=out, progress=False, on_replication=fitted.append,
                  **SETTINGS)
-    return KilledRun(out=out, result=result, n_done=len(files), returncode=proc.returncode, before=before,
+    return KilledRun(out=out, result=result, n_done=len(files), returncode=returncode, before=before,
                      fitted=fitted)
 
 

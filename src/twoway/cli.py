@@ -58,6 +58,20 @@ def _named_engine(args):
     return None if isinstance(args.engine, _DefaultEngine) else args.engine
 
 
+def _table_args(p: argparse.ArgumentParser) -> None:
+    """The columns of a long table (row, col, value, se, replicate) and what an se of 0 means."""
+    p.add_argument("--row", default="row", help="column holding the row label (default: %(default)s)")
+    p.add_argument("--col", default="col", help="column holding the column label (default: %(default)s)")
+    p.add_argument("--value", default="value", help="column holding the value (default: %(default)s)")
+    p.add_argument("--se", default=None,
+                   help="column holding known standard errors (default: a column named 'se', if any)")
+    p.add_argument("--no-se", action="store_true", help="ignore a column named 'se'")
+    p.add_argument("--zero-se", choices=("error", "none"), default="error",
+                   help="an se of 0: an error (default), or no known error for that cell, like an empty se")
+    p.add_argument("--replicate", default=None,
+                   help="column holding the replicate label (default: a column named 'replicate', if any)")
+
+
 def _engine_args(p: argparse.ArgumentParser) -> None:
     """``--engine`` (``--backend``, its old name, is kept as a hidden alias) and ``--progress``."""
     p.add_argument("--engine", choices=(*NUTS_ENGINES, "laplace"), default=_DefaultEngine(DEFAULT_ENGINE),
@@ -128,16 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("fit", help="fit a model to a long-form CSV table")
     p.add_argument("data", help="CSV file, one line per cell")
-    p.add_argument("--row", default="row", help="column holding the row label (default: %(default)s)")
-    p.add_argument("--col", default="col", help="column holding the column label (default: %(default)s)")
-    p.add_argument("--value", default="value", help="column holding the value (default: %(default)s)")
-    p.add_argument("--se", default=None,
-                   help="column holding known standard errors (default: a column named 'se', if any)")
-    p.add_argument("--no-se", action="store_true", help="ignore a column named 'se'")
-    p.add_argument("--zero-se", choices=("error", "none"), default="error",
-                   help="an se of 0: an error (default), or no known error for that cell, like an empty se")
-    p.add_argument("--replicate", default=None,
-                   help="column holding the replicate label (default: a column named 'replicate', if any)")
+    _table_args(p)
     _model_arg(p)
     _sampling_args(p)
     p.add_argument("--out", required=True, help="file for the fit (.nc, or .zarr)")
@@ -231,16 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("tables", nargs="+", metavar="TABLES",
                    help="a folder of CSV tables, a glob pattern (quoted), CSV files, or one long table with --by")
     p.add_argument("--by", default=None, metavar="COL", help="split each table into one table per value of COL")
-    p.add_argument("--row", default="row", help="column holding the row label (default: %(default)s)")
-    p.add_argument("--col", default="col", help="column holding the column label (default: %(default)s)")
-    p.add_argument("--value", default="value", help="column holding the value (default: %(default)s)")
-    p.add_argument("--se", default=None,
-                   help="column holding known standard errors (default: a column named 'se', if any)")
-    p.add_argument("--no-se", action="store_true", help="ignore a column named 'se'")
-    p.add_argument("--zero-se", choices=("error", "none"), default="error",
-                   help="an se of 0: an error (default), or no known error for that cell, like an empty se")
-    p.add_argument("--replicate", default=None,
-                   help="column holding the replicate label (default: a column named 'replicate', if any)")
+    _table_args(p)
     _model_arg(p)
     _sampling_args(p)
     p.set_defaults(seed=0)

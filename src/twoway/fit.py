@@ -281,7 +281,7 @@ class CompiledModel:
         extra: dict[str, Any] = {}
         from twoway.engines.startup import check_start, start_failure
 
-        if eng.name != "exact":
+        if eng.name != "exact" and plan is not self.plan:  # compile_model checked the compiled plan already
             check_start(plan, seed=seed)  # no finite starting point: one clear error before any sampler runs
         try:
             raw = eng.sample(self.compiled, plan, chains=chains, draws=draws, tune=tune, seed=seed,

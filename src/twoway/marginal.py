@@ -542,14 +542,7 @@ def draw_shocks(spec: ModelSpec, lay: Layout, design: EffectsDesign, params, eff
 
     R, N, K = lay.shape
     S = next(iter(params.values())).shape[0]
-    mean = np.full((S, 1, 1, 1), 0.0)
-    if "intercept" in effects:
-        mean = mean + (effects["intercept"] - lay.m0)[:, None, None, None]
-    if "row_effect" in effects:
-        mean = mean + effects["row_effect"][:, None, :, None]
-    if "col_effect" in effects:
-        mean = mean + effects["col_effect"][:, None, None, :]
-    resid = (lay.r[None] - mean) * lay.mask                               # (S, R, N, K)
+    resid = _residual_after_effects(lay, effects, S)                     # (S, R, N, K)
     var = noise_variance(NUMPY, spec, lay, params)                        # (S, R, N, K)
     w = lay.mask / var
     shock_var, index = _shock_variances(NUMPY, spec, lay, params)         # (S, m)
@@ -570,6 +563,18 @@ def draw_shocks(spec: ModelSpec, lay: Layout, design: EffectsDesign, params, eff
     return out
 
 
+def _residual_after_effects(lay: Layout, effects: dict, S: int) -> np.ndarray:
+    """The centred table minus the drawn intercept, row and column effects, zero at missing cells (S, R, N, K)."""
+    mean = np.zeros((S, 1, 1, 1))
+    if "intercept" in effects:
+        mean = mean + (effects["intercept"] - lay.m0)[:, None, None, None]
+    if "row_effect" in effects:
+        mean = mean + effects["row_effect"][:, None, :, None]
+    if "col_effect" in effects:
+        mean = mean + effects["col_effect"][:, None, None, :]
+    return (lay.r[None] - mean) * lay.mask
+
+
 def draw_cell_effects(spec: ModelSpec, lay: Layout, params, effects: dict,
                       rng: np.random.Generator) -> dict[str, np.ndarray]:
     """Exact draws of the random cell effects, given the parameters and the drawn effects.
@@ -588,14 +593,7 @@ def draw_cell_effects(spec: ModelSpec, lay: Layout, params, effects: dict,
     from twoway.likelihood.backend import NUMPY
 
     S = next(iter(params.values())).shape[0]
-    mean = np.zeros((S, 1, 1, 1))
-    if "intercept" in effects:
-        mean = mean + (effects["intercept"] - lay.m0)[:, None, None, None]
-    if "row_effect" in effects:
-        mean = mean + effects["row_effect"][:, None, :, None]
-    if "col_effect" in effects:
-        mean = mean + effects["col_effect"][:, None, None, :]
-    resid = (lay.r[None] - mean) * lay.mask                               # (S, R, N, K)
+    resid = _residual_after_effects(lay, effects, S)                     # (S, R, N, K)
     w = lay.mask / noise_variance(NUMPY, spec, lay, params)                 # (S, R, N, K)
     W, m = w.sum(axis=-3), (w * resid).sum(axis=-3)                       # (S, N, K)
     v = cell_variance(params)[:, None, None]
