@@ -25,7 +25,7 @@ twoway / baseline of ESS per second.
    :func:`seed_latent_model`) sampled as the seed does, ``pm.sample(500,
    tune=1000, chains=6)`` (nutpie in PyMC 6) and with PyMC's own NUTS, against
    twoway's ``latent`` preset on the seed's 8 x 12 table with 3 replicates
-   (``twoway.demo.seed_parameters()``: the seed's means, shock sds and noise sd
+   (``twoway.app.demo.seed_parameters()``: the seed's means, shock sds and noise sd
    1e-4). Quantities: the row and column shock sds and the noise sd.
 
 Settings (the same on both sides, except the latent case, where the seed's
@@ -34,7 +34,7 @@ draws after 1000 tuning; kronecker, 4 x 200 after 200; latent, twoway 4 x 1000 a
 one-parameter model is compiled untimed so that numba's start-up cost falls
 on neither side.
 Every model, baselines included, is compiled with the PyTensor modes of
-:mod:`twoway.compile_modes` (a rewrite that miscompiles sums over broadcast
+:mod:`twoway.engines.pymc.compile_modes` (a rewrite that miscompiles sums over broadcast
 scalars left out); the latent case also prints how far nutpie's compiled
 log-density of the seed's model is off without that. ``--chains``,
 ``--draws`` and ``--tune`` override them for every run.
@@ -126,12 +126,12 @@ def run_baseline(build, settings: dict, seed: int, quantities, *, sampler: str) 
     """``sampler``: 'nutpie' (compile_pymc_model + nutpie.sample), or 'pm.sample' / 'pymc' (pm.sample's
     default NUTS, or nuts_sampler='pymc')."""
     import pymc as pm
-    from twoway.compile_modes import pymc_compile_kwargs, sampling_modes
+    from twoway.engines.pymc.compile_modes import pymc_compile_kwargs, sampling_modes
 
     t0 = time.perf_counter()
     model = build()
     note = ""
-    # the baselines get the same PyTensor modes as twoway (see twoway.compile_modes): a correct log-density
+    # the baselines get the same PyTensor modes as twoway (see twoway.engines.pymc.compile_modes): a correct log-density
     with warnings.catch_warnings(), sampling_modes():
         warnings.simplefilter("ignore")
         if sampler == "nutpie":
@@ -392,13 +392,13 @@ def latent_quantities_twoway(post) -> dict:
 
 def bench_latent(args) -> list[dict]:
     import twoway
-    import twoway.demo
-    from twoway.plan import public_names
+    import twoway.app.demo
+    from twoway.spec.names import public_names
 
     seed_settings = override({"chains": 6, "draws": 500, "tune": 1000}, args)
     tw_settings = override({"chains": 4, "draws": 1000, "tune": 1000}, args)
     spec = twoway.preset("latent")
-    params = {k: v for k, v in twoway.demo.seed_parameters().items() if k in public_names(spec)}
+    params = {k: v for k, v in twoway.app.demo.seed_parameters().items() if k in public_names(spec)}
     if args.latent_sigma is not None:
         params["sigma"] = args.latent_sigma
     sim = twoway.simulate("latent", 8, 12, 3, params=params, seed=args.seed)
@@ -427,7 +427,7 @@ def bench_latent(args) -> list[dict]:
     print(f"   truth: row shock sd {np.round(params['row_sd'], 3).tolist()}, col shock sd "
           f"{np.round(params['col_sd'], 3).tolist()}, noise sd {params['sigma']:g}")
     offset = miscompiled_offset(seed_latent_model(y))
-    print(f"   without twoway.compile_modes, nutpie's compiled log-density of the seed's model differs from its graph "
+    print(f"   without twoway.engines.pymc.compile_modes, nutpie's compiled log-density of the seed's model differs from its graph "
           f"by {offset:.6g} at the initial point (the baselines here are compiled with the exclusion)")
     return rows
 

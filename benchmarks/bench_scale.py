@@ -170,8 +170,8 @@ def child_pymc(args) -> None:
     import pandas as pd
 
     from bench_speed import crossed_pymc_model
-    from twoway.compile_modes import sampling_modes
-    from twoway.data import TwoWayData
+    from twoway.engines.pymc.compile_modes import sampling_modes
+    from twoway.table.data import TwoWayData
 
     frame = pd.read_csv(args.child_pymc)
     data = TwoWayData.from_long(frame, row="row", col="col", value="value")

@@ -102,7 +102,7 @@ def main() -> None:
                         help="also run the seed model with PyMC's own NUTS (nuts_sampler='pymc')")
     args = parser.parse_args()
 
-    from twoway.demo import seed_table
+    from twoway.app.demo import seed_table
 
     sim = seed_table("additive-sd", seed=args.seed)
     y = sim.data.values[0]

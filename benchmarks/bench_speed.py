@@ -25,7 +25,7 @@ Cases (``--only NAME``, may be repeated; all by default, in this order):
     PyMC (non-centred plate and sample effects) compiled and sampled with
     nutpie. Target 30x for the cold call.
 ``seed``
-    The seed's 8 x 12 table (``twoway.demo.seed_table("additive-sd")``: the
+    The seed's 8 x 12 table (``twoway.app.demo.seed_table("additive-sd")``: the
     seed's means and variances) fitted with twoway's ``additive-sd`` against
     the seed's own model as written (``bench_seed.seed_model``) sampled with
     ``pm.sample()``'s default sampler and the seed's settings (6 chains x 500
@@ -38,7 +38,7 @@ Cases (``--only NAME``, may be repeated; all by default, in this order):
     identified diagonal ``U[0,0] V[j,j]``. Target 3x.
 ``sbc``
     Simulation-based calibration of ``crossed`` on 24 x 6 tables, 200
-    replications of 2 chains x 500 draws (``twoway.sbc.sbc``): wall seconds.
+    replications of 2 chains x 500 draws (``twoway.runs.sbc.sbc``): wall seconds.
     No peer.
 ``demo``
     ``twoway demo --out DIR`` as a subprocess, twice with one fresh compile
@@ -379,7 +379,7 @@ def run_nutpie(build: Callable, quantities: Callable, settings: dict, seed: int,
     """
     import nutpie
     from bench_covariance import min_ess
-    from twoway.compile_modes import sampling_modes
+    from twoway.engines.pymc.compile_modes import sampling_modes
 
     t0 = time.perf_counter()
     with warnings.catch_warnings(), sampling_modes():
@@ -554,14 +554,14 @@ def case_crossed(args, work: Path) -> list[Row]:
         peer = run_nutpie(lambda: crossed_pymc_model(data), crossed_quantities, settings, args.seed,
                           "PyMC non-centred, nutpie")
         offset = miscompiled_offset(crossed_pymc_model(data))
-        peer.note += f"; without twoway.compile_modes its compiled log-density is off by {offset:.4g}"
+        peer.note += f"; without twoway.engines.pymc.compile_modes its compiled log-density is off by {offset:.4g}"
         cold.peer = warm.peer = peer
     return [cold, warm]
 
 
 def case_seed(args, work: Path) -> list[Row]:
     """2: twoway ``additive-sd`` against the seed's model as written under ``pm.sample()``'s defaults."""
-    from twoway.demo import seed_table
+    from twoway.app.demo import seed_table
 
     tw_settings = sampling(args, 4, 1000, 1000)
     seed_settings = sampling(args, 6, 500, 1000, quick={"chains": 6, "draws": 200, "tune": 300})
@@ -641,7 +641,7 @@ def case_sbc(args, work: Path) -> list[Row]:
     row = Row("SBC crossed 24x6", args.engine, wall_target=60.0)
     if args.side == "peers":
         return [row]
-    from twoway.sbc import sbc
+    from twoway.runs.sbc import sbc
 
     n_sims = 10 if args.quick else args.sbc_sims
     draws = 100 if args.quick else 500
@@ -653,7 +653,7 @@ def case_sbc(args, work: Path) -> list[Row]:
                      **engine_option(sbc, args.engine))
     wall = time.perf_counter() - t0
     diag = result.diagnostics
-    row.twoway = Run(f"twoway.sbc, {n_sims} tables", wall, None, int(diag["divergences"].sum()),
+    row.twoway = Run(f"twoway.runs.sbc, {n_sims} tables", wall, None, int(diag["divergences"].sum()),
                      settings_text(settings),
                      f"{wall / n_sims:.2f} s per table; uniformity test {'passes' if result.passes() else 'FAILS'}; "
                      f"median min ESS {float(diag['min_ess_bulk'].median()):.0f}")

@@ -3,7 +3,7 @@
 One row per case: each Kronecker structure (iid, diag, ar1, cs, fa:1, fa:2,
 unstructured, known) on each side with ``iid`` on the other side, and the
 ``latent``, ``crossed``, ``additive`` and ``full`` models. Each case runs
-:func:`twoway.sbc.sbc` (priors fixed by ``sbc_spec``, one compile on the JAX
+:func:`twoway.runs.sbc.sbc` (priors fixed by ``sbc_spec``, one compile on the JAX
 engine, every simulated table run through it) and gives one p-value per
 scalar parameter (chi-square test of rank uniformity).
 
@@ -82,7 +82,7 @@ def _known_file(folder: Path, side: str, n: int) -> Path:
 def cases(folder: Path) -> list[Case]:
     """Every case of the table; files they need (known matrices, the full covariance) are written to ``folder``."""
     import twoway
-    from twoway.model import preset
+    from twoway.spec.model import preset
 
     folder.mkdir(parents=True, exist_ok=True)
     out = []
@@ -111,9 +111,9 @@ def cases(folder: Path) -> list[Case]:
 
 def run_case(case: Case, n_sims: int, *, seed: int = 0, work: Path | None = None, chains: int = 2,
              draws: int = 300, tune: int = 300, progress: bool = False):
-    """SBC of one case (:func:`twoway.sbc.sbc`); the result's p-values are per scalar parameter."""
+    """SBC of one case (:func:`twoway.runs.sbc.sbc`); the result's p-values are per scalar parameter."""
     from twoway.errors import FitError
-    from twoway.sbc import load_sbc, sbc, sbc_spec
+    from twoway.runs.sbc import load_sbc, sbc, sbc_spec
 
     n, k, r = case.shape
     folder = None if work is None else work / _slug(case)
@@ -181,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--draws", type=int, default=300, help="kept draws per chain (default 300)")
     parser.add_argument("--tune", type=int, default=300, help="tuning draws per chain (default 300)")
     args = parser.parse_args(argv)
-    from twoway.io.outputs import check_output, write_text_atomic
+    from twoway.table.io.outputs import check_output, write_text_atomic
 
     if args.out is not None:
         check_output(args.out, endings=(".md",), what="calibration table")

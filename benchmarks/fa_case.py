@@ -10,7 +10,7 @@ covariance matrices' distinct entries. The case in README.md's "Calibration" sec
 """
 import json, subprocess, sys, numpy as np
 from twoway.fit import Fit
-from twoway.diagnostics import rhat, ess_bulk
+from twoway.results.diagnostics import rhat, ess_bulk
 csv, truth_path, rs, cs, out = sys.argv[1:6]
 subprocess.run([".venv/bin/twoway", "fit", csv, "--model", "kronecker", "--row-structure", rs, "--col-structure", cs,
                 "--seed", "1", "--out", out, "--quiet"], check=True)

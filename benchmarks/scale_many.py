@@ -62,7 +62,7 @@ def run_many_case(quick: bool) -> dict:
     import numpy as np
 
     import twoway
-    from twoway.batch import fit_many
+    from twoway.runs.batch import fit_many
 
     settings = _settings(quick)
     with tempfile.TemporaryDirectory(prefix="twoway-scale-many-") as tmp:
@@ -122,7 +122,7 @@ def _on_a_running_cluster(tables: Path, warm: Path, work: Path, settings: dict) 
 
     from distributed import LocalCluster
 
-    from twoway.batch import fit_many
+    from twoway.runs.batch import fit_many
 
     t0 = time.perf_counter()
     env = {"TWOWAY_CACHE_DIR": os.environ["TWOWAY_CACHE_DIR"], "PYTHONWARNINGS": "ignore"}

@@ -32,12 +32,12 @@ import pytest
 from processes import kill_after_results
 
 import twoway
-from twoway.batch import (BatchProgress, Outcome, fit_many, job_seed, run_jobs, safe_names)
-from twoway.cli import main
+from twoway.runs.batch import (BatchProgress, Outcome, fit_many, job_seed, run_jobs, safe_names)
+from twoway.app.cli import main
 from twoway.errors import DataError, FitError, TwowayError
 from twoway.fit import Fit
-from twoway.io.outputs import folder_lock
-from twoway.sbc import sbc, sbc_spec
+from twoway.table.io.outputs import folder_lock
+from twoway.runs.sbc import sbc, sbc_spec
 
 SETTINGS = dict(chains=2, draws=60, tune=60)
 #: The one model of this module: what SBC fits on 4 x 3 tables of ``additive``.
@@ -92,7 +92,7 @@ def cluster():
 
     from distributed import LocalCluster
 
-    from twoway.cache import ENV_VAR
+    from twoway.engines.jax.cache import ENV_VAR
 
     env = {ENV_VAR: os.environ[ENV_VAR], "PYTHONWARNINGS": "ignore"}
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
@@ -143,7 +143,7 @@ def test_serial_jobs_record_failures_and_go_on(capsys):
 
 
 def test_serial_run_does_not_import_dask():
-    code = ("import sys, twoway.batch as b\n"
+    code = ("import sys, twoway.runs.batch as b\n"
             "list(b.run_jobs(abs, [('a', (-1,))]))\n"
             "print('distributed' in sys.modules, 'dask' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -290,7 +290,7 @@ def test_dask_fit_many_gives_the_serial_numbers(serial_run, tables, cluster, tmp
 def test_dask_sbc_gives_the_serial_numbers(cluster, tmp_path, monkeypatch):
     import importlib
 
-    import twoway.sbc as sbc_module
+    import twoway.runs.sbc as sbc_module
 
     fit_module = importlib.import_module("twoway.fit")
     compiles = []
@@ -301,6 +301,7 @@ def test_dask_sbc_gives_the_serial_numbers(cluster, tmp_path, monkeypatch):
         return real(*args, **kwargs)
 
     monkeypatch.setattr(fit_module, "compile_model", counting)
+    monkeypatch.setattr(sbc_module, "compile_model", counting)  # sbc holds its own name of it
     monkeypatch.setattr(sbc_module, "_COMPILED", {})
     opts = dict(seed=SEED, progress=False, n_thin=20, **SETTINGS)
     serial = sbc("additive", 4, 3, 4, out=tmp_path / "serial", **opts)

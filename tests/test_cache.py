@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 
 import twoway
-from twoway.cache import ENV_VAR, cache_dir, cache_entries, cache_info, clear_cache
-from twoway.cli import main
+from twoway.engines.jax.cache import ENV_VAR, cache_dir, cache_entries, cache_info, clear_cache
+from twoway.app.cli import main
 from twoway.errors import TwowayError
 
 SRC = Path(twoway.__file__).resolve().parent  # the twoway package folder
@@ -170,7 +170,7 @@ def test_file_functions_do_not_import_jax(folder):
     proc = run_python(f"""
         import sys, types
         pkg = types.ModuleType("twoway"); pkg.__path__ = [{str(SRC)!r}]; sys.modules["twoway"] = pkg
-        from twoway.cache import cache_dir, cache_entries, cache_info, clear_cache
+        from twoway.engines.jax.cache import cache_dir, cache_entries, cache_info, clear_cache
         assert "jax" not in sys.modules, "import"
         cache_dir(); cache_entries(); info = cache_info(); removed = clear_cache()
         assert "jax" not in sys.modules, "use"
@@ -182,7 +182,7 @@ def test_file_functions_do_not_import_jax(folder):
 ENABLE_AND_COMPILE = """
     import sys
     import jax, jax.numpy as jnp
-    from twoway.cache import CacheWatch, cache_info, enable_jax_cache
+    from twoway.engines.jax.cache import CacheWatch, cache_info, enable_jax_cache
     path = enable_jax_cache()
     assert enable_jax_cache() == path  # idempotent
     assert jax.config.jax_compilation_cache_dir == str(path)
@@ -211,7 +211,7 @@ def test_enable_switches_to_another_folder(tmp_path):
     a, b = tmp_path / "a", tmp_path / "b"
     proc = run_python(f"""
         import jax, jax.numpy as jnp
-        from twoway.cache import cache_entries, enable_jax_cache
+        from twoway.engines.jax.cache import cache_entries, enable_jax_cache
         enable_jax_cache({str(a)!r})
         jax.jit(lambda x: x * 2.0 + 1.0)(jnp.ones(3)).block_until_ready()
         n_a = len(cache_entries({str(a)!r}))
@@ -226,7 +226,7 @@ def test_enable_switches_to_another_folder(tmp_path):
 def test_enable_refuses_a_folder_it_cannot_create(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("")
-    from twoway.cache import enable_jax_cache
+    from twoway.engines.jax.cache import enable_jax_cache
 
     with pytest.raises(TwowayError, match="The cache folder must be a folder twoway can create"):
         enable_jax_cache(blocker / "cache")
@@ -236,7 +236,7 @@ TWO_MODELS_ONE_PROGRAM = """
 import sys, warnings
 warnings.simplefilter("ignore")
 import twoway
-from twoway.sbc import sbc_spec
+from twoway.runs.sbc import sbc_spec
 sim = twoway.simulate("additive", 4, 3, seed=1)
 for which in sys.argv[1:]:
     spec = "additive" if which == "plain" else sbc_spec("additive", 4, 3)

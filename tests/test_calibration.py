@@ -13,7 +13,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from twoway.model import preset
+from twoway.spec.model import preset
 
 ALPHA = 0.01
 

@@ -20,7 +20,7 @@ def kron_fit():
 
 
 def test_moments_of_a_kronecker_fit_are_its_covariance(kron_fit):
-    from twoway.moments import iter_moments
+    from twoway.results.moments import iter_moments
 
     m = next(iter_moments(kron_fit, [(0, 3)], conditional=True))
     post = kron_fit.posterior
@@ -34,8 +34,8 @@ def test_moments_of_a_kronecker_fit_are_its_covariance(kron_fit):
 
 
 def test_checks_and_loo_run_on_correlated_fits(kron_fit):
-    from twoway.loo import loo
-    from twoway.ppc import predictive_checks
+    from twoway.results.loo import loo
+    from twoway.results.ppc import predictive_checks
 
     table = predictive_checks(kron_fit, draws=100)
     assert table["p_value"].between(0, 1).all() and "row_corr" in table.index
@@ -48,7 +48,7 @@ def test_checks_and_loo_run_on_correlated_fits(kron_fit):
 
 
 def test_report_shows_kronecker_covariances(kron_fit, tmp_path):
-    from twoway.report import write_report
+    from twoway.app.report import write_report
 
     path = write_report(kron_fit, tmp_path / "r.html")
     html = path.read_text()

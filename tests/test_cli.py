@@ -24,8 +24,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from twoway.cli import main, parse_args
-from twoway.data import TwoWayData
+from twoway.app.cli import main, parse_args
+from twoway.table.data import TwoWayData
 from twoway.errors import DataError
 from twoway.fit import Fit
 
@@ -59,14 +59,14 @@ def assert_one_error(status: int, out: str, err: str, *needles: str) -> str:
 
 
 def cli_command() -> list[str]:
-    """The installed ``twoway`` script next to this Python, else ``python -m twoway.cli``."""
+    """The installed ``twoway`` script next to this Python, else ``python -m twoway.app.cli``."""
     script = Path(sys.executable).parent / "twoway"
     if script.is_file():
         return [str(script)]
     found = shutil.which("twoway")
     if found and Path(found).resolve().parent == Path(sys.executable).resolve().parent:
         return [found]
-    return [sys.executable, "-m", "twoway.cli"]
+    return [sys.executable, "-m", "twoway.app.cli"]
 
 
 def run_subprocess(*argv, cwd: Path) -> subprocess.CompletedProcess:
@@ -107,7 +107,8 @@ def no_sampling(monkeypatch):
     def refuse(*args, **kwargs):
         pytest.fail("the command compiled or sampled a model; bad input must be refused before that")
 
-    monkeypatch.setattr(importlib.import_module("twoway.fit"), "compile_model", refuse)  # every engine
+    for module in ("twoway.fit", "twoway.app.cli"):  # every engine; the command line holds its own name
+        monkeypatch.setattr(importlib.import_module(module), "compile_model", refuse)
     monkeypatch.setattr(nutpie, "compile_pymc_model", refuse)
     monkeypatch.setattr(nutpie, "sample", refuse)
     monkeypatch.setattr(pymc, "sample", refuse)
@@ -857,7 +858,8 @@ def captured_fit(monkeypatch):
         seen["spec"], seen["data"], seen["kwargs"] = spec, data, kwargs
         raise Stop
 
-    monkeypatch.setattr(fit_module, "compile_model", record)
+    for module in (fit_module, importlib.import_module("twoway.app.cli")):  # the command line holds its own name
+        monkeypatch.setattr(module, "compile_model", record)
     return seen, Stop
 
 
@@ -1007,7 +1009,7 @@ def test_fit_with_the_jax_engine_reports_phases_and_reuses_the_cache(tmp_path):
 # ---------------------------------------------------------------------------
 
 HEAVY = ("pymc", "pytensor", "jax", "nutpie", "numba", "arviz", "matplotlib", "scipy", "xarray", "pandas")  # numpy (0.1 s) is the package's one eager import
-# Imported through twoway/__init__.py (twoway.data, twoway.fit ...), not by the CLI itself.
+# Imported through twoway/__init__.py (twoway.table.data, twoway.fit ...), not by the CLI itself.
 
 
 def imported_after(code: str) -> set[str]:
@@ -1024,7 +1026,7 @@ def test_cli_module_itself_imports_nothing_heavy():
     package = Path(__import__("twoway").__file__).resolve().parent
     code = (f"import sys, types\npkg = types.ModuleType('twoway'); pkg.__path__ = [{str(package)!r}]\n"
             "pkg.__version__ = '0'; sys.modules['twoway'] = pkg\n"
-            "import contextlib, io\nfrom twoway.cli import main\n"
+            "import contextlib, io\nfrom twoway.app.cli import main\n"
             "for argv in (['--help'], ['fit', '--help'], ['cache', '--help']):\n"
             "    with contextlib.redirect_stdout(io.StringIO()):\n"
             "        try: main(argv)\n"
@@ -1034,7 +1036,7 @@ def test_cli_module_itself_imports_nothing_heavy():
 
 @pytest.mark.parametrize("module", HEAVY)
 def test_import_twoway_cli_does_not_import(module):
-    assert module not in imported_after("import twoway.cli")
+    assert module not in imported_after("import twoway.app.cli")
 
 
 def test_twoway_help_exits_0():

@@ -16,8 +16,8 @@ import pytest
 
 import twoway
 from twoway import FitError, ModelSpec, Prior, TwoWayData
-from twoway.cli import main
-from twoway.compare import COLUMNS, compare, preferred, table_difference, unique_names
+from twoway.app.cli import main
+from twoway.results.compare import COLUMNS, compare, preferred, table_difference, unique_names
 from twoway.fit import compile_model
 
 PRIORS = dict(

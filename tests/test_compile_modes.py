@@ -1,7 +1,7 @@
 """The modes twoway compiles with give the same log-density as the uncompiled graph.
 
 PyTensor 3.3's ``local_careduce_of_alloc`` rewrite multiplies small shape
-constants in int8 (see twoway.compile_modes); these tests fail if a compile
+constants in int8 (see twoway.engines.pymc.compile_modes); these tests fail if a compile
 path of twoway's loses the exclusion while PyTensor still has the fault.
 """
 
@@ -11,7 +11,7 @@ import pytensor
 import pytensor.tensor as pt
 
 import twoway
-from twoway.compile_modes import pymc_compile_kwargs, safe_mode, sampling_modes
+from twoway.engines.pymc.compile_modes import pymc_compile_kwargs, safe_mode, sampling_modes
 from twoway.fit import compile_model
 
 

@@ -23,7 +23,7 @@ import pytest
 import xarray as xr
 
 from twoway import ModelSpec, simulate
-from twoway.covariance import covariance_tensor
+from twoway.results.covariance import covariance_tensor
 from twoway.fit import Fit
 from twoway.plan import resolve
 

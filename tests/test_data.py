@@ -1,4 +1,4 @@
-"""Tests of twoway.data.TwoWayData: constructors, accessors, round trips, bad input."""
+"""Tests of twoway.table.data.TwoWayData: constructors, accessors, round trips, bad input."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from twoway.data import TwoWayData
+from twoway.table.data import TwoWayData
 from twoway.errors import DataError
 
 # ---------------------------------------------------------------------------

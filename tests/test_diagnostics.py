@@ -1,4 +1,4 @@
-"""NumPy diagnostics (twoway.diagnostics) against ArviZ: R-hat, bulk/tail ESS, HDI, summary labels."""
+"""NumPy diagnostics (twoway.results.diagnostics) and statistics (twoway.results.stats) against ArviZ: R-hat, bulk/tail ESS, HDI, summary labels."""
 
 import subprocess
 import sys
@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from twoway import diagnostics as dg
+from twoway.results import diagnostics as dg
+from twoway.results import stats as st
 
 az = pytest.importorskip("arviz")
 azs = pytest.importorskip("arviz_stats")
@@ -85,7 +86,7 @@ def test_hdi_matches_arviz(name, prob):
     x = CASES[name]
     pooled = x.reshape(-1, *x.shape[2:])
     ref = azs.hdi(pooled, prob, axis=0)
-    mine = dg.hdi(x, prob)
+    mine = st.hdi(x, prob)
     assert mine.shape == (*x.shape[2:], 2)
     np.testing.assert_array_equal(mine, ref)  # the same draws are picked
 
@@ -96,11 +97,11 @@ def test_shapes_and_scalars():
     one = x[:, :, 0, 0]
     assert isinstance(dg.rhat(one), float) and isinstance(dg.ess_bulk(one), float)
     assert dg.rhat(one) == pytest.approx(dg.rhat(x)[0, 0], rel=1e-12)
-    assert dg.hdi(one, 0.9).shape == (2,)
+    assert st.hdi(one, 0.9).shape == (2,)
     with pytest.raises(ValueError, match="chains, draws"):
         dg.rhat(np.zeros(10))
     with pytest.raises(ValueError, match="interval probability"):
-        dg.hdi(one, 0.0)
+        st.hdi(one, 0.0)
 
 
 def test_edge_cases_like_arviz():
@@ -153,7 +154,7 @@ def test_summary_table_matches_az_summary():
     ds = _dataset(np.random.default_rng(11))
     ref = az.summary(ds, kind="all", ci_kind="hdi", ci_prob=0.94, round_to="none")
     # az.summary takes the tail ESS at rcParams["stats.ci_prob"] (0.89: the 11% and 89% quantiles)
-    mine = dg.summary_table(ds, None, 0.94, tail_prob=az.rcParams["stats.ci_prob"])
+    mine = st.summary_table(ds, None, 0.94, tail_prob=az.rcParams["stats.ci_prob"])
     assert mine.index.equals(ref.index)
     assert mine.index[0] == "intercept" and "row_effect[row2]" in mine.index and "cov[row1, c2]" in mine.index
     assert "plain[1]" in mine.index
@@ -161,7 +162,7 @@ def test_summary_table_matches_az_summary():
     for col in mine.columns:
         np.testing.assert_allclose(mine[col].to_numpy(), ref[col].to_numpy(dtype=float), rtol=RTOL, atol=1e-14)
     # the default tail ESS is at 5% and 95%
-    default = dg.summary_table(ds, ["row_effect"], 0.94)
+    default = st.summary_table(ds, ["row_effect"], 0.94)
     _close(default["ess_tail"], dg.ess_tail(ds["row_effect"].values))
 
 
@@ -170,15 +171,15 @@ def test_summary_table_subset_order_and_other_dim_order():
     ds["cov_t"] = ds["cov"].transpose("chain", "draw", "col", "row")
     names = ["cov_t", "intercept"]
     ref = az.summary(ds[names], kind="all", ci_kind="hdi", ci_prob=0.8, round_to="none")
-    mine = dg.summary_table(ds, names, 0.8)
+    mine = st.summary_table(ds, names, 0.8)
     assert mine.index.equals(ref.index)
     assert list(mine.columns[2:4]) == ["hdi80_lb", "hdi80_ub"]
     np.testing.assert_allclose(mine["mean"].to_numpy(), ref["mean"].to_numpy(dtype=float), rtol=RTOL, atol=1e-14)
     np.testing.assert_allclose(mine["r_hat"].to_numpy(), ref["r_hat"].to_numpy(dtype=float), rtol=RTOL)
     # draw-major storage is read the right way round
     swapped = ds[["intercept"]].transpose("draw", "chain")
-    np.testing.assert_allclose(dg.summary_table(swapped)["r_hat"].to_numpy(),
-                               dg.summary_table(ds, ["intercept"])["r_hat"].to_numpy(), rtol=1e-12)
+    np.testing.assert_allclose(st.summary_table(swapped)["r_hat"].to_numpy(),
+                               st.summary_table(ds, ["intercept"])["r_hat"].to_numpy(), rtol=1e-12)
 
 
 def test_summary_path_imports_neither_arviz_nor_scipy():
@@ -191,8 +192,8 @@ def test_summary_path_imports_neither_arviz_nor_scipy():
             "row_effect": (("chain", "draw", "row"), rng.normal(size=(2, 50, 3))),
         }, coords={"row": ["a", "b", "c"]})
         before = set(sys.modules)
-        import twoway.summary
-        from twoway.diagnostics import summary_table
+        import twoway.results.summary
+        from twoway.results.stats import summary_table
         table = summary_table(post, None, 0.9)
         fit = types.SimpleNamespace(
             posterior=post, parameter_names=["intercept", "row_effect"],
@@ -201,10 +202,13 @@ def test_summary_path_imports_neither_arviz_nor_scipy():
                   "chains": 2, "draws": 50, "tune": 50, "seed": 1},
             model=types.SimpleNamespace(describe=lambda: "fake"), priors={},
             data=types.SimpleNamespace(n_replicates=1))
+        from twoway.engines.description import description_from_info
+        fit.description = description_from_info(fit.info)  # what Fit.description gives
+        fit.engine = fit.info["engine"]
         import warnings
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            s = twoway.summary.summarize(fit, decomposition=False)  # the fake fit has no table
+            s = twoway.results.summary.summarize(fit, decomposition=False)  # the fake fit has no table
         assert list(s.table.columns) == ["mean", "sd", "hdi_3%", "hdi_97%", "ess_bulk", "ess_tail", "r_hat"]
         assert list(s.table.index) == ["intercept", "row_effect[a]", "row_effect[b]", "row_effect[c]"]
         new = sorted(m for m in set(sys.modules) - before
@@ -221,7 +225,7 @@ def test_summary_path_imports_neither_arviz_nor_scipy():
 def test_long_parameters_print_shortened_with_a_line_saying_how_to_see_them():
     import pandas as pd
 
-    from twoway.summary import PRINT_HEAD, FitSummary
+    from twoway.results.summary import PRINT_HEAD, FitSummary
 
     names = ["intercept"] + [f"row_effect[r{i}]" for i in range(100)] + [f"col_effect[c{j}]" for j in range(5)]
     table = pd.DataFrame({"mean": np.arange(len(names), dtype=float)}, index=pd.Index(names, name="parameter"))

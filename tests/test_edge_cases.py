@@ -8,12 +8,12 @@ import pytest
 from scipy.stats import multivariate_normal
 
 import twoway
-from twoway.cli import main
-from twoway.data import TwoWayData
+from twoway.app.cli import main
+from twoway.table.data import TwoWayData
 from twoway.errors import DataError, ModelError
-from twoway.likelihood.backend import NUMPY
+from twoway.linalg.ops import NUMPY
 from twoway.likelihood.paths import marginal_logp
-from twoway.model import ModelSpec, preset
+from twoway.spec.model import ModelSpec, preset
 from twoway.plan import resolve
 
 P = twoway.Prior
@@ -191,7 +191,7 @@ def test_simulated_cell_effects_are_shared_by_replicates():
 
 
 def test_cell_effect_note_only_for_replicates_without_it():
-    from twoway.summary import cell_effect_note
+    from twoway.results.summary import cell_effect_note
 
     assert "no cell effect" in cell_effect_note(preset("crossed"), 3)
     assert cell_effect_note(preset("crossed"), 1) is None and cell_effect_note(CELL, 3) is None
@@ -235,7 +235,7 @@ def test_summary_notes_replicates_without_a_cell_effect(cell_fits):
 def test_predictive_check_finds_a_missing_cell_effect(cell_fits):
     """cell_mean_var: p-value beyond 0.001/0.999 when the model lacks the cell effect, inside (0.01, 0.99)
     when it has it (2% false alarm for the second; the first is a power check at cell_sd = 2 sigma)."""
-    from twoway.ppc import predictive_checks
+    from twoway.results.ppc import predictive_checks
 
     _, with_cell, without = cell_fits
     p_without = predictive_checks(without, draws=400, seed=3)["p_value"]["cell_mean_var"]
@@ -304,9 +304,9 @@ def test_engine_start_up_errors_become_fit_errors():
 # -- 5. compare warns when leave-one-out is unreliable ------------------------------------------------------
 def test_exact_loo_of_a_fit_with_nothing_sampled():
     """No importance sampling: each cell's elpd is the Gaussian conditional density of the marginal law."""
-    from twoway.likelihood.backend import NUMPY
-    from twoway.loo import loo
-    from twoway.marginal import dense_covariance
+    from twoway.linalg.ops import NUMPY
+    from twoway.results.loo import loo
+    from twoway.likelihood.marginal import dense_covariance
 
     data = _nma_table()
     fit = twoway.fit(preset("common-effect"), data, chains=2, draws=100, seed=1)
@@ -324,7 +324,7 @@ def test_exact_loo_of_a_fit_with_nothing_sampled():
 def test_compare_of_exact_fits_does_not_warn():
     import warnings
 
-    from twoway.compare import compare
+    from twoway.results.compare import compare
 
     data = _nma_table()
     wide = preset("common-effect").with_priors(col_effect=P.make("normal", mu=0.0, sigma=10.0))
@@ -340,7 +340,7 @@ def test_compare_of_exact_fits_does_not_warn():
 def test_loo_warnings_say_how_many_cells():
     import pandas as pd
 
-    from twoway.compare import loo_warnings
+    from twoway.results.compare import loo_warnings
 
     table = pd.DataFrame({"pareto_k_bad": [0, 3, 0], "p_loo": [2.0, 4.0, 30.5]}, index=["a", "b", "c"])
     table.attrs["by"] = "cell"
@@ -367,7 +367,7 @@ def test_compare_warns_about_high_pareto_k_and_refits(outlier_fits):
     """Seeded: the outlier's Pareto k is above 0.7 for both models (a warning each). Refitted without it, its
     exact leave-one-out density is far below its in-sample one, so the crossed model's p_loo (in-sample minus
     leave-one-out, summed) exceeds the 9 cells: the p_loo warning, and no Pareto k warning any more."""
-    from twoway.compare import compare
+    from twoway.results.compare import compare
 
     with pytest.warns(twoway.errors.TwowayWarning, match=r"1 of 9 cells have Pareto k above 0.7"):
         table = compare(outlier_fits)
@@ -398,7 +398,7 @@ def test_effects_and_cell_effects_drawn_back_follow_the_dense_joint_conditional(
     from scipy.stats import norm
 
     from twoway.likelihood.paths import choose_path, path_named
-    from twoway.marginal import draw_cell_effects, indicator_matrix, noise_variance
+    from twoway.likelihood.marginal import draw_cell_effects, indicator_matrix, noise_variance
 
     data = twoway.simulate(CELL, 4, 3, 3, params={"cell_sd": 0.7}, seed=8, missing=missing, se=se).data
     plan = resolve(spec, data)
@@ -447,7 +447,7 @@ def test_pymc_model_with_a_cell_effect_equals_its_dense_twin():
     """The PyMC build (nutpie and pymc engines) samples cell_sd; its log-density and gradient equal the dense one's."""
     from twins import assert_equals_dense_twin
 
-    from twoway.engines.pymc_model import build_pymc_model
+    from twoway.engines.pymc.model import build_pymc_model
 
     data = twoway.simulate(CELL, 4, 3, 3, seed=6, missing=0.15).data
     fast = build_pymc_model(resolve(CELL, data))

@@ -20,7 +20,7 @@ import xarray as xr
 
 import twoway
 from twoway import FitError, TwoWayData
-from twoway.cli import main
+from twoway.app.cli import main
 from twoway.fit import _make_fit
 from twoway.plan import resolve
 
@@ -260,8 +260,8 @@ def test_missing_cells_follow_the_dense_conditional_law(options, tmp_path):
     the per-draw conditional means over sqrt(S)), the variance within 25% (S = 500 draws: the Monte Carlo part of the variance, the effects' share, has a
     relative sd of about sqrt(2 / S) = 0.063, so 25% is 4 sd of it at most).
     """
-    from twoway.likelihood.backend import NUMPY
-    from twoway.marginal import dense_covariance, point_parameters
+    from twoway.linalg.ops import NUMPY
+    from twoway.likelihood.marginal import dense_covariance, point_parameters
 
     options = dict(options)
     preset = options.pop("preset")
@@ -504,8 +504,8 @@ def test_every_preset_has_contrasts_a_decomposition_and_predictions(name):
 @pytest.mark.parametrize("sigma", [True, False])
 def test_kronecker_eigen_conditional_equals_the_dense_one_on_a_complete_table(sigma):
     """The eigen path of a complete table's correlated residual against the Cholesky path, draw by draw."""
-    from twoway.decomposition import flat_parameters, full_layout
-    from twoway.predict import _correlated_part
+    from twoway.results.decomposition import flat_parameters, full_layout
+    from twoway.results.predict import _correlated_part
 
     fit = simulated_fit("kronecker", rows=4, cols=5, reps=2, missing=0.0, se=0.1 if sigma else None, draws=10,
                         row_structure="ar1", col_structure="cs", sigma=sigma)
@@ -537,7 +537,7 @@ def test_prediction_intervals_hold_ci_prob_of_the_predictive_mixture(crossed, pr
     """
     from scipy.stats import norm
 
-    from twoway.predict import cell_moments
+    from twoway.results.predict import cell_moments
 
     cells = crossed.predict(new_observation=True, ci_prob=prob)
     mu, var = cell_moments(crossed, new_observation=True)
@@ -549,7 +549,7 @@ def test_prediction_intervals_hold_ci_prob_of_the_predictive_mixture(crossed, pr
 
 
 def test_predictions_a_block_of_rows_at_a_time_equal_the_whole(monkeypatch):
-    import twoway.predict as tp
+    import twoway.results.predict as tp
 
     fit = simulated_fit("latent", reps=2, missing=0.2, se=0.1, draws=50)
     whole = fit.predict(new_observation=True, new_rows=["n1", "n2"], new_cols=["m"])

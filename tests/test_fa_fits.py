@@ -10,10 +10,10 @@ import pytest
 from scipy import stats
 
 import twoway
-from twoway.diagnostics import chain_separation, separated_chains
+from twoway.results.diagnostics import chain_separation, separated_chains
 from twoway.errors import ConvergenceWarning
-from twoway.likelihood.structured import fa_identify, fa_matrix
-from twoway.model import preset
+from twoway.linalg.structured import fa_identify, fa_matrix
+from twoway.spec.model import preset
 
 #: Family-wise false-alarm rate of the recovery check (Bonferroni over the loadings).
 ALPHA = 0.001

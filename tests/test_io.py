@@ -1,18 +1,19 @@
-"""twoway.io: the one reader of labelled matrices (known matrices, full covariances) and the table readers."""
+"""twoway.table.io: the one reader of labelled matrices (known matrices, full covariances) and the table readers."""
 
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-import twoway.covariance
-import twoway.structures
-from twoway.covariance import load_full_covariance
-from twoway.data import TwoWayData
+import twoway.spec.covariance
+import twoway.spec.structures
+import twoway.plan
+from twoway.spec.covariance import load_full_covariance
+from twoway.table.data import TwoWayData
 from twoway.errors import DataError
-from twoway.io import tables
-from twoway.io.matrices import read_labelled_matrix
-from twoway.structures import parse_structure
+from twoway.table.io import tables
+from twoway.table.io.matrices import read_labelled_matrix
+from twoway.spec.structures import parse_structure
 
 ROWS, COLS = ["a", "b", "c"], ["x", "y"]
 CELLS = [f"{r}:{c}" for r in ROWS for c in COLS]
@@ -142,9 +143,9 @@ def spy(monkeypatch):
         calls.append((Path(path).name, list(labels), options))
         return read_labelled_matrix(path, labels, **options)
 
-    import twoway.io.matrices
+    import twoway.table.io.matrices
 
-    for module in (twoway.structures, twoway.covariance, twoway.io.matrices):
+    for module in (twoway.spec.structures, twoway.spec.covariance, twoway.table.io.matrices, twoway.plan):
         monkeypatch.setattr(module, "read_labelled_matrix", reader)
     return calls
 

@@ -7,11 +7,11 @@ import pytest
 
 import twoway
 from twoway import DataError, ModelError, simulate
-from twoway.engines.pymc_model import build_pymc_model
+from twoway.engines.pymc.model import build_pymc_model
 from twoway.plan import resolve
-from twoway.likelihood.backend import NUMPY
+from twoway.linalg.ops import NUMPY
 from twoway.likelihood.woodbury import effects_conditional
-from twoway.marginal import base_projections, dense_covariance, indicator_matrix
+from twoway.likelihood.marginal import base_projections, dense_covariance, indicator_matrix
 from twins import assert_equals_dense_twin, logp_and_grad
 
 
@@ -104,7 +104,7 @@ def test_full_from_a_file_with_labels(tmp_path):
         lines.append(labels[i] + "," + ",".join(f"{cov[i, j]:.17g}" for j in order))
     path = tmp_path / "cov.csv"
     path.write_text("\n".join(lines) + "\n")
-    from twoway.covariance import load_full_covariance
+    from twoway.spec.covariance import load_full_covariance
 
     full = load_full_covariance(str(path), rows, cols)
     np.testing.assert_allclose(full.matrix, cov)
@@ -146,7 +146,7 @@ def test_kronecker_fit_holds_structures_and_tensor_view():
     assert post["row_cov"].dims == ("chain", "draw", "row", "row_other")
     # the column factor has unit mean variance (the redundant Kronecker scale is fixed there)
     np.testing.assert_allclose(np.trace(post["col_cov"].values, axis1=-2, axis2=-1) / 3, 1.0, rtol=1e-10)
-    from twoway.covariance import covariance_tensor
+    from twoway.results.covariance import covariance_tensor
 
     T = covariance_tensor(fit, chain=1, draw=5, include_effects=False)
     U, V = post["row_cov"].values[1, 5], post["col_cov"].values[1, 5]
@@ -155,7 +155,7 @@ def test_kronecker_fit_holds_structures_and_tensor_view():
 
 
 def test_structure_options_reach_the_model_from_the_command_line(tmp_path, capsys):
-    from twoway.cli import main
+    from twoway.app.cli import main
 
     assert main(["dof", "--rows", "10", "--cols", "4", "--model", "kronecker", "--row-structure", "ar1",
                  "--col-structure", "unstructured", "--json"]) == 0

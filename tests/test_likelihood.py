@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from twoway import ModelSpec, preset, simulate
-from twoway.engines.pymc_model import build_pymc_model
+from twoway.engines.pymc.model import build_pymc_model
 from twoway.plan import resolve
 from twins import logp_and_grad
 
@@ -58,7 +58,7 @@ def test_numpy_pointwise_density_matches_scipy():
 
 
 def test_sandwich_equals_the_dense_product():
-    from twoway.likelihood.backend import NUMPY
+    from twoway.linalg.ops import NUMPY
     from twoway.likelihood.woodbury import sandwich
 
     rng = np.random.default_rng(5)

@@ -18,7 +18,7 @@ import twoway
 from twoway import FitError, Prior
 from twoway.fit import compile_model
 from twoway.likelihood.diagonal import residual_sd
-from twoway.loo import (
+from twoway.results.loo import (
     add_log_likelihood,
     default_conditional,
     loo,
@@ -28,7 +28,7 @@ from twoway.loo import (
     unit_blocks,
     unit_labels,
 )
-from twoway.moments import iter_moments
+from twoway.results.moments import iter_moments
 
 SPEC = twoway.preset("additive").with_priors(
     intercept=Prior.make("normal", mu=0, sigma=3),

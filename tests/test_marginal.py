@@ -5,11 +5,11 @@ import numpy as np
 import pytest
 
 from twoway import ModelSpec, preset, simulate
-from twoway.engines.pymc_model import build_pymc_model
+from twoway.engines.pymc.model import build_pymc_model
 from twoway.plan import integration_constants, resolve
-from twoway.likelihood.backend import NUMPY
+from twoway.linalg.ops import NUMPY
 from twoway.likelihood.woodbury import effects_conditional
-from twoway.marginal import base_projections, dense_covariance, effects_design, layout
+from twoway.likelihood.marginal import base_projections, dense_covariance, effects_design, layout
 from twins import assert_equals_dense_twin
 
 
@@ -80,7 +80,7 @@ def test_effects_conditional_equals_dense_conditioning(spec, n, k, r, missing, s
     g_inv, _ = design.prior(NUMPY, params)
     mean, L = effects_conditional(proj, design.E, g_inv)
     # dense: u | y ~ N(G Z' C^-1 r, G - G Z' C^-1 Z G)
-    from twoway.marginal import indicator_matrix
+    from twoway.likelihood.marginal import indicator_matrix
 
     C = dense_covariance(NUMPY, spec, lay, design, params)
     Z = indicator_matrix(lay) @ design.E
@@ -112,7 +112,7 @@ SCHUR_CASES = [
 
 
 def _dense_conditional(spec, built, params):
-    from twoway.marginal import indicator_matrix
+    from twoway.likelihood.marginal import indicator_matrix
 
     lay, design = built.layout, built.design
     C = dense_covariance(NUMPY, spec, lay, design, params)
@@ -125,7 +125,7 @@ def _dense_conditional(spec, built, params):
 @pytest.mark.parametrize("spec, n, k, r, missing, se", SCHUR_CASES)
 def test_schur_draws_follow_the_dense_conditional(spec, n, k, r, missing, se):
     from twoway.likelihood.paths import choose_path
-    from twoway.marginal import schur_draw
+    from twoway.likelihood.marginal import schur_draw
 
     data = simulate("additive", n, k, r, seed=7 * n + k, missing=missing, se=se).data
     built = build_pymc_model(resolve(spec, data))
@@ -166,7 +166,7 @@ def _known_matrix_file(tmp_path, labels, seed=0):
     ("none", 0.0, "woodbury"),
 ])
 def test_known_relationship_effects_equal_dense_twin(tmp_path, col_effect, missing, path):
-    from twoway.marginal import schur_draw
+    from twoway.likelihood.marginal import schur_draw
 
     data = simulate("additive", 5, 4, 2, seed=11, missing=missing).data
     file, K = _known_matrix_file(tmp_path, data.row_labels)

@@ -60,7 +60,7 @@ def test_missing_model_file_and_wrong_suffix(tmp_path):
 
 
 def test_positive_parameters_refuse_real_line_priors():
-    from twoway.priors import resolve_priors
+    from twoway.spec.priors import resolve_priors
 
     with pytest.raises(ModelError, match="positive family"):
         resolve_priors(("sigma",), 0.0, 1.0, {"sigma": Prior.make("normal", mu=0, sigma=1)})

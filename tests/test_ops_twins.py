@@ -1,7 +1,7 @@
 """Every likelihood path equals its dense twin under each array library, without a PyMC model.
 
 :func:`twoway.likelihood.paths.marginal_logp` is written once against the ops protocol
-(:mod:`twoway.likelihood.backend`: NumPy, PyTensor, JAX). For each path, a
+(:mod:`twoway.linalg.ops`: NumPy, PyTensor, JAX). For each path, a
 small table whose plan resolves to that path is evaluated by the fast path
 and by the dense twin (``likelihood="dense"``: the full covariance of the
 observed cells, one Cholesky) at fixed parameter values:
@@ -34,7 +34,7 @@ import pytest
 
 import twoway
 from twoway import ModelSpec, preset, simulate
-from twoway.likelihood.backend import JAX, NUMPY, PYTENSOR
+from twoway.linalg.ops import JAX, NUMPY, PYTENSOR
 from twoway.likelihood.paths import PATHS, marginal_logp
 from twoway.plan import anova_vector, resolve
 
@@ -222,7 +222,7 @@ def _structure_values(st, unit: bool) -> dict:
 
 def _structure_matrix(ops, st, unit: bool, p: dict):
     """The factor at parameter values ``p`` (values of any library), as the engines build it."""
-    from twoway.likelihood.structured import ar1_matrix, cs_matrix, fa_matrix
+    from twoway.linalg.structured import ar1_matrix, cs_matrix, fa_matrix
 
     n, nm, kind = st.n, st._name, st.kind
     sd2 = 1.0 if unit else None
@@ -381,7 +381,7 @@ def _pytensor_values_and_grads(b: Built):
     import pytensor
     import pytensor.tensor as pt
 
-    from twoway.compile_modes import safe_mode
+    from twoway.engines.pymc.compile_modes import safe_mode
 
     theta = pt.dvector("theta")
     outputs = []

@@ -7,6 +7,7 @@ import os
 import re
 import signal
 import subprocess
+import importlib
 import sys
 import textwrap
 import time
@@ -17,10 +18,10 @@ import numpy as np
 import pytest
 
 import twoway
-from twoway.cli import main
+from twoway.app.cli import main
 from twoway.errors import DataError, FitError, ModelError, TwowayError
 from twoway.fit import Fit
-from twoway.io.outputs import check_output
+from twoway.table.io.outputs import check_output
 
 ROWS = ["r1", "r2", "r3", "r4"]
 
@@ -132,7 +133,7 @@ def test_a_fit_killed_while_writing_leaves_the_previous_file_whole(small_fit, tm
         seen.append(_versions(target))
         if seen[-1] == "old":
             assert target.read_bytes() == before
-        twoway.io.outputs.remove_stale_temporaries(tmp_path)
+        twoway.table.io.outputs.remove_stale_temporaries(tmp_path)
     assert mid_write >= 1, "no kill landed while a temporary was being written"
     assert set(seen) <= {"old", "new"}
 
@@ -208,7 +209,8 @@ def test_a_bad_out_is_refused_before_any_compiling(capsys, table_csv, monkeypatc
     """No model is compiled and no phase line printed: the refusal comes before the work."""
     fit_module = sys.modules["twoway.fit"]  # the module (twoway.fit is also the function)
     calls = []
-    monkeypatch.setattr(fit_module, "compile_model", lambda *a, **k: calls.append(a) or 1 / 0)
+    for module in (fit_module, sys.modules["twoway.app.cli"]):  # the command line holds its own name
+        monkeypatch.setattr(module, "compile_model", lambda *a, **k: calls.append(a) or 1 / 0)
     monkeypatch.chdir(table_csv.parent)
     status, _, err = run_cli(capsys, "fit", table_csv.name, "--model", "crossed", "--out", out)
     one_error(status, err, needle)
@@ -355,7 +357,7 @@ def test_a_gzipped_csv_reads_as_the_plain_one(tmp_path):
     path.write_bytes(gzip.compress(LONG.encode()))
     data = read(path)
     np.testing.assert_array_equal(data.values, EXPECTED)
-    assert twoway.data.csv_header(path) == ["row", "col", "value", "se"]
+    assert twoway.table.data.csv_header(path) == ["row", "col", "value", "se"]
     bad = tmp_path / "cut.csv.gz"
     bad.write_bytes(gzip.compress(LONG.encode())[:30])
     with pytest.raises(DataError, match="gzip-compressed but cannot be decompressed"):
@@ -386,7 +388,7 @@ def test_a_parquet_table_and_a_clear_error_without_pyarrow(tmp_path, monkeypatch
     path = tmp_path / "t.parquet"
     frame.to_parquet(path)
     np.testing.assert_array_equal(read(path).values, EXPECTED)
-    assert twoway.data.csv_header(path) == ["row", "col", "value", "se"]
+    assert twoway.table.data.csv_header(path) == ["row", "col", "value", "se"]
     monkeypatch.setitem(sys.modules, "pyarrow", None)  # as if it were not installed
     with pytest.raises(DataError, match="needs the package 'pyarrow', which is not installed"):
         read(path)
@@ -400,7 +402,7 @@ def test_a_parquet_table_and_a_clear_error_without_pyarrow(tmp_path, monkeypatch
 def test_fit_lines_say_each_phase_as_it_starts():
     import io
 
-    from twoway.progress import FitLines, Progress
+    from twoway.app.progress import FitLines, Progress
 
     stream = io.StringIO()
     lines = FitLines(Progress(stream=stream, isatty=False))
@@ -441,7 +443,7 @@ def test_fit_lines_say_each_phase_as_it_starts():
 
 
 def test_shortened_labels_are_never_ambiguous():
-    from twoway.labels import ELLIPSIS, shorten_labels
+    from twoway.table.labels import ELLIPSIS, shorten_labels
 
     rng = np.random.default_rng(11)
     stems = ["Very long treatment name ", "Treatment group, high dose ", "x" * 40]
@@ -522,7 +524,7 @@ def test_obvious_things_or_clear_errors():
 def test_report_truth_must_fit_the_fit(capsys, tmp_path, small_fit):
     import json
 
-    from twoway.check import check_truth
+    from twoway.results.recovery import check_truth
 
     fit = Fit.load(small_fit)
     cases = [
@@ -569,6 +571,7 @@ def test_jax_draws_do_not_depend_on_the_segment_length(monkeypatch):
 def test_demo_checks_its_folder_before_fitting(capsys, tmp_path, monkeypatch):
     fit_module = sys.modules["twoway.fit"]
     monkeypatch.setattr(fit_module, "fit", lambda *a, **k: 1 / 0)  # no fitting may start
+    monkeypatch.setattr(importlib.import_module("twoway.app.demo"), "fit", lambda *a, **k: 1 / 0)
     afile = tmp_path / "a-file"
     afile.write_text("x")
     status, _, err = run_cli(capsys, "demo", "--out", afile)

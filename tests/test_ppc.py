@@ -14,7 +14,7 @@ import pytest
 import twoway
 from twoway import FitError, ModelSpec, Prior
 from twoway.fit import compile_model
-from twoway.ppc import (
+from twoway.results.ppc import (
     flatten_statistics,
     mean_offdiag_corr,
     posterior_predictive,

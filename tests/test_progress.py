@@ -6,7 +6,7 @@ import io
 
 import pytest
 
-from twoway.progress import Progress, _seconds
+from twoway.app.progress import Progress, _seconds
 
 
 def reporter(isatty: bool, enabled: bool = True) -> tuple[Progress, io.StringIO]:
@@ -46,7 +46,7 @@ def test_disabled_writes_nothing(isatty):
 
 def test_step_times_the_block_and_adds_the_note(monkeypatch):
     clock = iter([10.0, 12.5])
-    monkeypatch.setattr("twoway.progress.time.perf_counter", lambda: next(clock))
+    monkeypatch.setattr("twoway.app.progress.time.perf_counter", lambda: next(clock))
     p, s = reporter(False)
     with p.step("compiling", "the additive model") as step:
         step.note = "cache miss"

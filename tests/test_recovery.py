@@ -18,7 +18,7 @@ from scipy import stats
 
 import twoway
 from twoway import Prior
-from twoway.check import recovery
+from twoway.results.recovery import recovery
 from twoway.fit import compile_model
 
 ALPHA = 0.001

@@ -24,10 +24,10 @@ import pytest
 import xarray as xr
 
 import twoway
-from twoway.cli import main
+from twoway.app.cli import main
 from twoway.errors import FitError
 from twoway.fit import Fit, compile_model
-from twoway.report import render_report, write_report
+from twoway.app.report import render_report, write_report
 
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "test-artifacts"

@@ -30,9 +30,9 @@ import pytest
 from processes import kill_after_results
 
 import twoway
-from twoway.cli import main
+from twoway.app.cli import main
 from twoway.errors import FitError
-from twoway.sbc import (SBCResult, default_bins, load_sbc, rank_statistics, sbc, sbc_spec,
+from twoway.runs.sbc import (SBCResult, default_bins, load_sbc, rank_statistics, sbc, sbc_spec,
                         uniformity_pvalues)
 
 ALPHA = 0.01  # family-wise false-alarm rate of every pass/fail assertion below
@@ -64,7 +64,7 @@ def additive_run(tmp_path_factory) -> KilledRun:
     of one uninterrupted run.
     """
     out = tmp_path_factory.mktemp("sbc") / "additive"
-    argv = [sys.executable, "-m", "twoway.cli", "sbc", "--rows", "4", "--cols", "5", "--sims", str(N_SIMS),
+    argv = [sys.executable, "-m", "twoway.app.cli", "sbc", "--rows", "4", "--cols", "5", "--sims", str(N_SIMS),
             "--seed", str(SEED), "--out", str(out)] + [f"--{k}={v}" for k, v in SETTINGS.items()]
     returncode = kill_after_results(argv, out, "sim_*.json", timeout=240, poll=0.02)
     files = sorted(out.glob("sim_*.json"))
@@ -85,6 +85,7 @@ def no_compile(monkeypatch):
         raise AssertionError("a model was compiled")
 
     monkeypatch.setattr(fit_module, "compile_model", refuse)
+    monkeypatch.setattr(importlib.import_module("twoway.runs.sbc"), "compile_model", refuse)  # sbc's own name
 
 
 # ---------------------------------------------------------------------------
@@ -231,6 +232,19 @@ def test_corrupt_replication_file_is_named(additive_run, tmp_path, no_compile):
     (broken / "sim_00000.json").write_text('{"index": 0, "ran')
     with pytest.raises(FitError, match="sim_00000.json' cannot be read .*delete it"):
         sbc("additive", 4, 5, N_SIMS, seed=SEED, out=broken, progress=False, **SETTINGS)
+
+
+def test_files_that_are_not_json_objects_are_named(tmp_path):
+    """A configuration or replication file holding JSON that is not an object is refused with its name."""
+    folder = tmp_path / "lists"
+    folder.mkdir()
+    (folder / "config.json").write_text("[1, 2]")
+    with pytest.raises(FitError, match="config.json' is not a JSON object; use a new folder"):
+        load_sbc(folder)
+    (folder / "config.json").write_text('{"seed": 1}')
+    (folder / "sim_00000.json").write_text('"ranks"')
+    with pytest.raises(FitError, match="sim_00000.json' is not a JSON object; delete it"):
+        load_sbc(folder)
 
 
 def test_resume_after_kill_keeps_finished_replications(additive_run):

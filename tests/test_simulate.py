@@ -86,10 +86,137 @@ def test_shipped_example_is_the_demo_table():
     from importlib.resources import files
 
     from twoway import TwoWayData
-    from twoway.demo import seed_table
+    from twoway.app.demo import seed_table
 
     path = files("twoway") / "examples" / "seed_8x12.csv"
     shipped = TwoWayData.from_csv(str(path), row="row", col="col", value="value")
     sim = seed_table()
     np.testing.assert_array_equal(shipped.values, sim.data.values)
     assert shipped.row_labels == sim.data.row_labels and shipped.col_labels == sim.data.col_labels
+
+
+# ---------------------------------------------------------------------------------------------
+# given hyperparameters are in force when what depends on them is drawn
+
+ALPHA = 1e-3
+"""False-alarm rate of each chi-square check below (two-sided)."""
+
+
+def _chi2_ok(standardised: np.ndarray) -> bool:
+    """Whether sum(x^2) of n standard normal draws lies in the central 1 - ALPHA interval of chi2(n)."""
+    from scipy import stats
+
+    x = np.ravel(standardised)
+    lo, hi = stats.chi2.ppf([ALPHA / 2, 1 - ALPHA / 2], x.size)
+    return bool(lo < np.sum(x * x) < hi)
+
+
+CELL = ModelSpec(row_effect="random", col_effect="random", row_scale="none", col_scale="none", sigma=True,
+                 cell_effect="random")
+
+
+@pytest.mark.parametrize("name, shape, value", [
+    ("row_effect_sd", (4000, 2, 1), 0.5),
+    ("col_effect_sd", (2, 4000, 1), 0.7),
+    ("cell_sd", (80, 50, 2), 0.3),
+])
+def test_given_effect_sd_draws_the_effects(name, shape, value):
+    """The effects drawn under a given sd are N(0, sd^2): sum(effect^2) / sd^2 ~ chi2(n), n = 4000.
+
+    The table is made of them (the truth is what was used): with the intercept, the other
+    effects and sigma near zero, every replicate of a cell is its effect.
+    """
+    n_rows, n_cols, n_reps = shape
+    effect = name.replace("_sd", "") if name != "cell_sd" else "cell_effect"
+    params = {"intercept": 0.0, "sigma": 1e-9, "cell_sd": 0.0, name: value}
+    for side, n in (("row", n_rows), ("col", n_cols)):
+        if f"{side}_effect" != effect:
+            params[f"{side}_effect"] = np.zeros(n)
+    for seed in (11, 12, 13):
+        sim = simulate(CELL, n_rows, n_cols, n_reps, params=params, seed=seed)
+        t = sim.truth
+        assert t[name] == value
+        drawn = np.asarray(t[effect])
+        assert _chi2_ok(drawn / value), (seed, np.std(drawn))
+        table = sim.data.values
+        expected = {"row_effect": drawn[:, None], "col_effect": drawn[None, :], "cell_effect": drawn}[effect]
+        np.testing.assert_allclose(table, np.broadcast_to(expected, table.shape), atol=1e-6)
+
+
+def test_given_hetero_hyperparameters_draw_the_scales():
+    """Given row_log_sd_loc and row_log_sd_scale: log(row_sd) ~ N(loc, scale^2) over 4000 rows."""
+    spec = ModelSpec(row_effect="none", col_effect="none", row_scale="hetero", col_scale="none", sigma=False)
+    loc, scale = -0.5, 0.3
+    for seed in (11, 12, 13):
+        t = simulate(spec, 4000, 2, params={"row_log_sd_loc": loc, "row_log_sd_scale": scale}, seed=seed).truth
+        assert t["row_log_sd_loc"] == loc and t["row_log_sd_scale"] == scale
+        assert _chi2_ok((np.log(t["row_sd"]) - loc) / scale)
+
+
+def test_given_row_sd_makes_the_residual():
+    """A hetero row_sd given is the residual's sd of each row (sample variance over 4000 columns)."""
+    spec = ModelSpec(row_effect="none", col_effect="none", row_scale="hetero", col_scale="none", sigma=False)
+    row_sd = np.array([0.5, 1.0, 2.0])
+    sim = simulate(spec, 3, 4000, params={"row_sd": row_sd, "intercept": 0.0}, seed=5)
+    np.testing.assert_array_equal(sim.truth["row_sd"], row_sd)
+    for i in range(3):
+        assert _chi2_ok(sim.data.values[0, i] / row_sd[i])
+
+
+def test_given_factor_scales_draw_the_loadings():
+    """A row fa:2 structure's given loadings_scale and psi_scale are the scales of the drawn loadings and psi.
+
+    Rows below the first k of the identified loadings are the raw rows rotated by an
+    orthogonal matrix made of the first k rows: iid N(0, scale^2) entries.
+    """
+    import dataclasses
+
+    spec = dataclasses.replace(preset("kronecker"), row_structure="fa:2")
+    given = {"row_loadings_scale": 0.4, "row_psi_scale": 2.5}
+    t = simulate(spec, 1000, 2, params=given, seed=3).truth
+    assert t["row_loadings_scale"] == 0.4 and t["row_psi_scale"] == 2.5
+    assert _chi2_ok(t["row_loadings"][2:] / 0.4)
+    assert _chi2_ok(t["row_psi"] / 2.5)  # |N(0, s^2)|: the squares are chi2 all the same
+
+
+def test_kronecker_truth_is_the_matrices_used():
+    """Given column-structure values are put on the unit scale the model fixes; the truth records them."""
+    import dataclasses
+
+    from twoway.errors import TwowayWarning
+
+    spec = dataclasses.replace(preset("kronecker"), row_structure="ar1", col_structure="diag")
+    with pytest.warns(TwowayWarning, match="mean variance 1"):
+        sim = simulate(spec, 4, 3, params={"row_rho": 0.6, "row_sd": 1.5, "col_sd": [1.0, 2.0, 3.0]}, seed=1)
+    t = sim.truth
+    col_sd = np.array([1.0, 2.0, 3.0]) / np.sqrt(14.0 / 3.0)
+    np.testing.assert_allclose(t["col_sd"], col_sd, rtol=1e-12)
+    np.testing.assert_allclose(t["col_cov"], np.diag(col_sd**2), rtol=1e-12)
+    assert t["row_rho"] == 0.6 and t["row_sd"] == 1.5
+    lags = np.abs(np.subtract.outer(np.arange(4), np.arange(4)))
+    np.testing.assert_allclose(t["row_cov"], 1.5**2 * 0.6**lags, rtol=1e-12)
+    # values already on the unit scale are kept as given, without a warning
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        again = simulate(spec, 4, 3, params={"col_sd": col_sd}, seed=1).truth
+    np.testing.assert_array_equal(again["col_sd"], col_sd)
+
+
+def test_parameters_not_given_come_from_the_same_stream():
+    """Giving a hyperparameter changes what depends on it and nothing else."""
+    spec = ModelSpec(row_effect="random", col_effect="random", row_scale="hetero", col_scale="none", sigma=True)
+    base = simulate(spec, 6, 5, seed=3).truth
+    t = simulate(spec, 6, 5, params={"row_effect_sd": 0.5, "row_log_sd_loc": 0.0}, seed=3).truth
+    np.testing.assert_allclose(t["row_effect"], base["row_effect"] * 0.5 / base["row_effect_sd"], rtol=1e-12)
+    np.testing.assert_allclose(np.log(t["row_sd"]), np.log(base["row_sd"]) - base["row_log_sd_loc"], atol=1e-12)
+    for name in ("intercept", "col_effect", "col_effect_sd", "row_log_sd_scale", "sigma"):
+        np.testing.assert_array_equal(t[name], base[name])
+
+
+def test_given_arrays_are_copied():
+    row_effect = np.array([1.0, -1.0, 0.0])
+    sim = simulate("crossed", 3, 4, params={"row_effect": row_effect}, seed=1)
+    np.testing.assert_array_equal(sim.truth["row_effect"], row_effect)
+    assert sim.truth["row_effect"] is not row_effect

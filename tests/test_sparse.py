@@ -11,10 +11,10 @@ from scipy.stats import norm
 
 from twoway import ModelSpec, fit, preset, simulate
 from twoway.errors import ConvergenceWarning, FitError, ModelError, TwowayError
-from twoway.likelihood import sparse as sp
-from twoway.likelihood.backend import NUMPY
+from twoway.likelihood import memory, sparse as sp
+from twoway.linalg.ops import NUMPY
 from twoway.likelihood.paths import marginal_logp
-from twoway.marginal import dense_covariance, indicator_matrix
+from twoway.likelihood.marginal import dense_covariance, indicator_matrix
 from twoway.plan import resolve
 
 TRUTH = {"row_effect_sd": 0.5, "col_effect_sd": 0.8, "sigma": 1.0}
@@ -174,7 +174,7 @@ def test_chooser_picks_sparse_on_a_large_sparse_table_without_a_dense_design():
 
 def test_too_big_dense_path_is_refused_with_the_memory_it_needs(monkeypatch):
     data = _large_sparse()
-    monkeypatch.setattr(sp, "available_memory", lambda: 50 * 2**20)
+    monkeypatch.setattr(memory, "available_memory", lambda: 50 * 2**20)
     with pytest.raises(ModelError, match=r"would need about .* GiB of memory; 0\.0 GiB is available"):
         resolve(preset("crossed-hetero"), data)
     with pytest.raises(ModelError, match="sparse path"):
@@ -233,7 +233,7 @@ def test_a_compiled_laplace_model_samples_another_table_of_its_layout():
     first = simulate("crossed", 30, 12, 1, TRUTH, seed=2, missing=0.5)
     compiled = compile_model("crossed", first.data, engine="laplace", progress=False)
     values = first.data.values + 1.0  # the same layout, other numbers
-    from twoway.data import TwoWayData
+    from twoway.table.data import TwoWayData
 
     other = TwoWayData.from_array(values[0], row_labels=first.data.row_labels, col_labels=first.data.col_labels)
     f = compiled.sample(other, chains=1, draws=200, seed=1)

@@ -1,16 +1,17 @@
 """Row/column covariance structures: matrices, closed forms, priors, parsing and known matrices."""
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
 import pytest
 from scipy import stats
 
+from twoway import TwoWayData, preset
+from twoway.engines.pymc.model import build_pymc_model
+from twoway.engines.pymc.priors import pymc_distribution, pymc_variable
 from twoway.errors import DataError, ModelError
-from twoway.priors import Prior
-from twoway.structures import Structure, parse_structure
-from twoway.engines.pymc_structures import build_structure
-from twoway.likelihood.structured import (
+from twoway.linalg.structured import (
     ar1_logdet,
     ar1_matrix,
     ar1_precision,
@@ -24,8 +25,10 @@ from twoway.likelihood.structured import (
     fa_precision,
     fa_quad,
 )
-from twoway.io.matrices import read_labelled_matrix
-from twoway.engines.pymc_priors import pymc_distribution, pymc_variable
+from twoway.plan import resolve
+from twoway.spec.priors import Prior
+from twoway.spec.structures import parse_structure
+from twoway.table.io.matrices import read_labelled_matrix
 
 ALPHA = 1e-3  # false-alarm rate of each Kolmogorov-Smirnov test below
 
@@ -68,7 +71,7 @@ def assert_spd(m):
 # ---------------------------------------------------------------------------
 
 EXPECTED_NAMES = {
-    # kind: (names without unit scale, names with unit scale)
+    # kind: (names without unit scale, names with unit scale), side "row"
     "iid": (["row_sd"], []),
     "diag": (["row_sd"], ["row_sd"]),
     "ar1": (["row_rho", "row_sd"], ["row_rho"]),
@@ -79,36 +82,61 @@ EXPECTED_NAMES = {
 }
 
 
+def kronecker_model(text, side, labels=LABELS):
+    """The PyMC model of a Kronecker plan with the structure ``text`` on ``side`` and ``iid`` on the other.
+
+    The column factor is built with unit scale, the row factor without. Returns the side's
+    structure, its priors in force and the PyMC model.
+    """
+    other = {"row": "col", "col": "row"}[side]
+    spec = dataclasses.replace(preset("kronecker"), **{f"{side}_structure": text, f"{other}_structure": "iid"})
+    values = np.random.default_rng(0).normal(size=(1, len(labels), len(labels)))
+    plan = resolve(spec, TwoWayData.from_array(values, row_labels=labels, col_labels=labels))
+    return plan.parts[side], plan.structure_priors(side), build_pymc_model(plan).model
+
+
+def closed_forms(st, params, X):
+    """``log det`` and the quadratic forms ``x' A^-1 x`` of the structure's matrix by its closed form
+    (:mod:`twoway.linalg.structured`), for the kinds that have one; None for the others."""
+    nm, n = st._name, st.n
+    sd2 = float(params.get(nm("sd"), 1.0)) ** 2 if st.kind in ("ar1", "cs") else None
+    if st.kind == "ar1":
+        return ar1_logdet(params[nm("rho")], sd2, n), ar1_quad(params[nm("rho")], sd2, X)
+    if st.kind == "cs":
+        return cs_logdet(params[nm("rho")], sd2, n), cs_quad(params[nm("rho")], sd2, X)
+    if st.kind == "fa":
+        return fa_logdet(params[nm("loadings")], params[nm("psi")]), fa_quad(params[nm("loadings")], params[nm("psi")], X)
+    return None
+
+
 @pytest.mark.parametrize("unit_scale", [False, True])
 @pytest.mark.parametrize("text", list(EXPECTED_NAMES))
 def test_matrix_equals_pymc_cov_and_closed_forms_equal_dense(text, unit_scale, known_file):
     import pymc as pm
 
     path, _ = known_file
-    st = parse_structure(f"known:{path}" if text == "known" else text, side="row", labels=LABELS)
+    side = "col" if unit_scale else "row"
+    st, priors, model = kronecker_model(f"known:{path}" if text == "known" else text, side)
     names = st.parameter_names(unit_scale=unit_scale)
-    assert names == EXPECTED_NAMES[text][unit_scale]
-    priors = st.default_priors(2.0, unit_scale=unit_scale)
-    X = np.random.default_rng(1).normal(size=(3, 2, st.n))
-    with pm.Model(coords={"row": list(LABELS)}) as model:
-        built = build_structure(st, priors, unit_scale=unit_scale)
-    assert list(built.params) == names and built.kind == st.kind
+    assert names == [n.replace("row_", f"{side}_") for n in EXPECTED_NAMES[text][unit_scale]]
     for name, dims in st.parameter_dims(unit_scale=unit_scale).items():
-        if name in model.named_vars_to_dims or dims:
-            assert tuple(model.named_vars_to_dims[name]) == dims
-    outs = pm.draw([built.cov, built.logdet(), built.quad(X), *built.params.values()], draws=3, random_seed=7, mode=fast_mode())
+        assert tuple(model.named_vars_to_dims.get(name, ())) == dims
+    X = np.random.default_rng(1).normal(size=(3, 2, st.n))
+    outs = pm.draw([model[f"{side}_cov"], *(model[n] for n in names)], draws=3, random_seed=7, mode=fast_mode())
     for d in range(3):
-        cov, logdet, quad = outs[0][d], outs[1][d], outs[2][d]
-        params = {k: v[d] for k, v in zip(names, outs[3:])}
+        cov = outs[0][d]
+        params = {k: v[d] for k, v in zip(names, outs[1:])}
         m = st.matrix(params, unit_scale=unit_scale)
         np.testing.assert_allclose(m, cov, rtol=1e-12, atol=1e-12)
         assert_spd(m)
         if unit_scale:
             assert abs(np.mean(np.diag(m)) - 1.0) < 1e-12
         # the structure's closed forms against the dense matrix
-        np.testing.assert_allclose(logdet, np.linalg.slogdet(cov)[1], rtol=1e-10, atol=1e-10)
-        dense_quad = np.einsum("...i,...i->...", X, np.linalg.solve(cov, X[..., None])[..., 0])
-        np.testing.assert_allclose(quad, dense_quad, rtol=1e-10)
+        closed = closed_forms(st, params, X)
+        if closed is not None:
+            logdet, quad = _dense_logdet_quad(cov, X)
+            np.testing.assert_allclose(closed[0], logdet, rtol=1e-10, atol=1e-10)
+            np.testing.assert_allclose(closed[1], quad, rtol=1e-10)
     # NumPy prior draws give SPD matrices of the right shapes
     rng = np.random.default_rng(5)
     for _ in range(20):
@@ -123,21 +151,14 @@ def test_matrix_equals_pymc_cov_and_closed_forms_equal_dense(text, unit_scale, k
 
 
 def test_model_compiles_with_gradient_and_adds_coords():
-    import pymc as pm
-
-    with pm.Model() as model:
-        for side, text in (("row", "fa:2"), ("col", "unstructured")):
-            st = parse_structure(text, side=side, labels=LABELS)
-            build_structure(st, st.default_priors(1.0, unit_scale=side == "col"), unit_scale=side == "col")
+    _, _, model = kronecker_model("fa:2", "row")
     assert list(model.coords["row"]) == list(LABELS)
     assert list(model.coords["row_factor"]) == ["f1", "f2"]
+    _, _, model = kronecker_model("unstructured", "col")
     assert list(model.coords["col_other"]) == list(LABELS)
     point = model.initial_point()
     assert np.isfinite(model.compile_logp(mode=fast_mode())(point))
     assert np.all(np.isfinite(model.compile_dlogp(mode=fast_mode())(point)))
-    with pm.Model(coords={"row": ["x", "y"]}):
-        with pytest.raises(ModelError, match="'row' coordinate has 2 values"):
-            build_structure(parse_structure("iid", side="row", labels=LABELS), {"row_sd": Prior.make("halfnormal", sigma=1)}, unit_scale=False)
 
 
 def test_unit_scale_diag_matrix_rescales_and_fa_is_identifiable():
@@ -156,27 +177,21 @@ def test_unit_scale_diag_matrix_rescales_and_fa_is_identifiable():
 # ---------------------------------------------------------------------------
 
 
-def _pymc_draws(st, unit_scale, names, draws, seed):
+def _draws(text, side, names, draws, seed, labels=LABELS):
+    """Prior draws of the structure's public parameters: NumPy's (``Structure.draw``) and PyMC's, same priors."""
     import pymc as pm
 
-    with pm.Model():
-        built = build_structure(st, st.default_priors(1.5, unit_scale=unit_scale), unit_scale=unit_scale)
-    out = pm.draw([built.params[n] for n in names], draws=draws, random_seed=seed, mode=fast_mode())
-    return dict(zip(names, out))
-
-
-def _numpy_draws(st, unit_scale, names, draws, seed):
+    st, priors, model = kronecker_model(text, side, labels)
     rng = np.random.default_rng(seed)
-    priors = st.default_priors(1.5, unit_scale=unit_scale)
-    d = [st.draw(rng, priors, unit_scale=unit_scale) for _ in range(draws)]
-    return {n: np.array([x[n] for x in d]) for n in names}
+    d = [st.draw(rng, priors, unit_scale=side == "col") for _ in range(draws)]
+    ours = {n: np.array([x[n] for x in d]) for n in names}
+    out = pm.draw([model[n] for n in names], draws=draws, random_seed=seed + 1, mode=fast_mode())
+    return st, ours, dict(zip(names, out))
 
 
 @pytest.mark.parametrize("text", ["ar1", "cs"])
 def test_rho_prior_draws_match_pymc(text):
-    st = parse_structure(text, side="row", labels=LABELS)
-    ours = _numpy_draws(st, False, ["row_rho", "row_sd"], 4000, 1)
-    theirs = _pymc_draws(st, False, ["row_rho", "row_sd"], 4000, 2)
+    st, ours, theirs = _draws(text, "row", ["row_rho", "row_sd"], 4000, 1)
     for name in ours:
         assert stats.ks_2samp(ours[name], theirs[name]).pvalue > ALPHA
     lo, hi = st.rho_range()
@@ -185,9 +200,7 @@ def test_rho_prior_draws_match_pymc(text):
 
 def test_lkj_correlation_draws_match_pymc():
     n, eta = 4, 2.0
-    st = parse_structure("unstructured", side="col", labels=LABELS[:n])
-    ours = _numpy_draws(st, True, ["col_corr", "col_sd"], 3000, 3)
-    theirs = _pymc_draws(st, True, ["col_corr", "col_sd"], 3000, 4)
+    _, ours, theirs = _draws("unstructured", "col", ["col_corr", "col_sd"], 3000, 3, labels=LABELS[:n])
     # an off-diagonal element of an LKJ(eta) matrix: 2 Beta(b, b) - 1 with b = eta - 1 + n / 2
     b = eta - 1.0 + n / 2.0
     for i, j in ((0, 1), (1, 3), (2, 3)):
@@ -199,9 +212,7 @@ def test_lkj_correlation_draws_match_pymc():
 
 
 def test_fa_unit_scale_draws_match_pymc():
-    st = parse_structure("fa:1", side="col", labels=LABELS[:3])
-    ours = _numpy_draws(st, True, ["col_loadings", "col_psi"], 3000, 5)
-    theirs = _pymc_draws(st, True, ["col_loadings", "col_psi"], 3000, 6)
+    _, ours, theirs = _draws("fa:1", "col", ["col_loadings", "col_psi"], 3000, 5, labels=LABELS[:3])
     for name, index in (("col_loadings", (0, 0)), ("col_loadings", (2, 0)), ("col_psi", (1,))):
         a, b = ours[name][(slice(None), *index)], theirs[name][(slice(None), *index)]
         assert stats.ks_2samp(a, b).pvalue > ALPHA

@@ -28,7 +28,7 @@ logp_offset : float
     Compiled log-density (the default mode, as sampled) minus the log-density
     compiled without PyTensor's ``local_careduce_of_alloc`` rewrite, at the
     initial point: non-zero means the sampled model was miscompiled (see
-    ``twoway.compile_modes``).
+    ``twoway.engines.pymc.compile_modes``).
 versions : dict
 
 Run: ``benchmarks/.venv-bambi/bin/python benchmarks/peers/bambi_crossed.py data.csv

@@ -1,7 +1,6 @@
 """twoway: Bayesian models of two-way tables with known and unknown variance."""
 
-__version__ = "0.1.0"
-
+from twoway._version import __version__  # noqa: E402,F401
 from twoway.errors import (  # noqa: E402
     ConvergenceWarning,
     DataError,
@@ -11,13 +10,13 @@ from twoway.errors import (  # noqa: E402
     TwowayError,
     TwowayWarning,
 )
-from twoway.data import TwoWayData  # noqa: E402
-from twoway.priors import Prior  # noqa: E402
-from twoway.model import ModelSpec, PRESETS, preset, load_model, degrees_of_freedom  # noqa: E402
-from twoway.simulate import Simulation, simulate  # noqa: E402
 from twoway.fit import Fit, fit  # noqa: E402
 from twoway.plan import Plan, resolve  # noqa: E402
-from twoway.batch import fit_many  # noqa: E402  (imports Dask only when it runs on workers)
+from twoway.runs.batch import fit_many  # noqa: E402  (imports Dask only when it runs on workers)
+from twoway.simulate import Simulation, simulate  # noqa: E402
+from twoway.spec.model import PRESETS, ModelSpec, degrees_of_freedom, load_model, preset  # noqa: E402
+from twoway.spec.priors import Prior  # noqa: E402
+from twoway.table.data import TwoWayData  # noqa: E402
 
 __all__ = [
     "__version__",

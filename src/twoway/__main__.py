@@ -2,7 +2,7 @@
 
 import sys
 
-from twoway.cli import main
+from twoway.app.cli import main
 
 if __name__ == "__main__":  # not when a worker process imports this module
     sys.exit(main())

@@ -1,14 +1,16 @@
 """Fit a model to a table: sample, then hold the result as an ArviZ DataTree.
 
-:func:`fit` compiles the model, samples it with NUTS (nutpie by default, or
-PyMC's own sampler), and returns a :class:`Fit`. The fit's DataTree holds
+:func:`fit` chooses an engine (:mod:`twoway.engines.choose`: the ``jax`` engine's
+NUTS by default, ``nutpie`` or PyMC's own NUTS when named, ``laplace`` for a table
+on the sparse path, no sampler when nothing is left to sample), compiles the model,
+samples it and returns a :class:`Fit`. The fit's DataTree holds
 
 * ``posterior``: the parameters a user sees, dims ``row``/``col`` labelled,
   plus the derived ``row_mean`` and ``col_mean``;
 * ``sample_stats``: the sampler's per-draw statistics;
 * ``observed_data``: the table itself (``y`` and ``se`` on replicate x row x col);
 * attributes: the model spec, the priors in force, the data summary, the
-  likelihood path, the engine, seed and timings.
+  likelihood path and option, the engine and its description, seed and timings.
 
 A fit is saved to one file (netCDF, or a zarr store when the name ends in
 ``.zarr``) and loads back whole.
@@ -18,14 +20,25 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
+import tempfile
 import time
-import warnings
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from twoway.engines.startup import check_start, start_failure
+from twoway.errors import TwowayError
+from twoway.likelihood.marginal import draw_cell_effects, draw_shocks
+from twoway.likelihood.paths import draw_effects
+from twoway.results.contrasts import contrasts
+from twoway.results.decomposition import variance_decomposition
+from twoway.results.predict import predict
+from twoway.table.io.outputs import atomic_output, check_output
 
 
 def _xr():
@@ -34,18 +47,27 @@ def _xr():
 
     return xarray
 
-from twoway import __version__
-from twoway.data import TwoWayData
-from twoway.derived import row_col_means
+from twoway._version import __version__
+from twoway.engines.choose import (
+    DEFAULT_ENGINE,
+    ENGINES,
+    Choice,
+    choose,
+    engine_for,
+    engine_name,
+    get_engine,
+    nothing_to_sample,
+    replan,
+)
+from twoway.engines.description import EngineDescription, description_from_info
 from twoway.errors import FitError
-from twoway.engines import DEFAULT_ENGINE, ENGINES, get_engine
-from twoway.model import ModelSpec, load_model
 from twoway.plan import Plan, public_names, resolve
-from twoway.priors import Prior
+from twoway.spec.derived import row_col_means
+from twoway.spec.model import ModelSpec, load_model
+from twoway.spec.priors import Prior
+from twoway.table.data import TwoWayData
 
-__all__ = ["Fit", "fit", "compile_model", "CompiledModel", "ENGINES", "BACKENDS"]
-
-BACKENDS = ENGINES  # the older name
+__all__ = ["Fit", "fit", "compile_model", "CompiledModel", "ENGINES"]
 
 #: File endings of a fit: netCDF (HDF5) files, or a zarr store (a folder).
 FIT_ENDINGS = (".nc", ".h5", ".zarr")
@@ -91,8 +113,14 @@ class Fit:
 
     @property
     def info(self) -> dict[str, Any]:
-        """Engine, likelihood path, seed, chains, draws, tune and timings."""
+        """Engine and its description, likelihood path and option, seed, chains, draws, tune and timings."""
         return json.loads(self.tree.attrs["twoway_info"])
+
+    @property
+    def description(self) -> EngineDescription:
+        """What the engine's draws are (:class:`~twoway.engines.description.EngineDescription`); results read this,
+        never the engine's name."""
+        return description_from_info(self.info)
 
     @property
     def inputs(self) -> dict[str, np.ndarray]:
@@ -105,19 +133,22 @@ class Fit:
         ds = self.tree[INPUTS_GROUP].to_dataset()
         return {str(name): np.asarray(ds[name].values, dtype=float) for name in ds.data_vars}
 
-    @property
+    @cached_property
     def plan(self) -> Plan:
-        """The plan of this fit: its model resolved on its table with the priors it was fitted with.
+        """The plan this fit was sampled with: its model resolved on its table with the priors and the
+        likelihood option it was fitted with (the same path and design); resolved once per Fit.
 
-        Matrices stored in the fit are used, so the files they came from are not needed.
+        Matrices stored in the fit are used, so the files they came from are not needed. A fit
+        written before the likelihood option was recorded is resolved as its engine was chosen
+        then (see :func:`twoway.engines.choose.replan`).
         """
-        return resolve(self.model, self.data, priors=self.priors, inputs=self.inputs)
+        return replan(self.model, self.data, self.info, priors=self.priors, inputs=self.inputs)
 
     @property
     def engine(self) -> str:
-        """The engine that sampled this fit."""
+        """The engine that sampled this fit (as named or chosen; ``unknown`` for a fit file that does not say)."""
         info = self.info
-        return info.get("engine", info.get("backend", "nutpie"))
+        return info.get("engine") or info.get("backend") or "unknown"
 
     @property
     def parameter_names(self) -> list[str]:
@@ -125,28 +156,25 @@ class Fit:
 
     def summary(self, *, var_names: list[str] | None = None, ci_prob: float = 0.94,
                 contrasts: list | None = None, decomposition: bool = True):
-        """Per-parameter statistics and overall diagnostics; see :func:`twoway.summary.summarize`."""
-        from twoway.summary import summarize
+        """Per-parameter statistics and overall diagnostics; see :func:`twoway.results.summary.summarize`."""
+        from twoway.results.summary import summarize
 
         return summarize(self, var_names=var_names, ci_prob=ci_prob, contrasts=contrasts,
                          decomposition=decomposition)
 
     def contrasts(self, *, row: str | None = None, col: str | None = None, ci_prob: float = 0.94):
-        """Each row (column) mean minus the reference level's; see :func:`twoway.contrasts.contrasts`."""
-        from twoway.contrasts import contrasts
+        """Each row (column) mean minus the reference level's; see :func:`twoway.results.contrasts.contrasts`."""
 
         return contrasts(self, row=row, col=col, ci_prob=ci_prob)
 
     def variance_decomposition(self, *, ci_prob: float = 0.94):
-        """Variance components, shares and intraclass correlations; see :mod:`twoway.decomposition`."""
-        from twoway.decomposition import variance_decomposition
+        """Variance components, shares and intraclass correlations; see :mod:`twoway.results.decomposition`."""
 
         return variance_decomposition(self, ci_prob=ci_prob)
 
     def predict(self, *, new_observation: bool = False, ci_prob: float = 0.94, new_rows=(), new_cols=(),
                 max_draws: int | None = None, seed: int | None = 0):
-        """Every cell's mean (or a new observation), fitted and predicted; see :func:`twoway.predict.predict`."""
-        from twoway.predict import predict
+        """Every cell's mean (or a new observation), fitted and predicted; see :func:`twoway.results.predict.predict`."""
 
         return predict(self, new_observation=new_observation, ci_prob=ci_prob, new_rows=new_rows,
                        new_cols=new_cols, max_draws=max_draws, seed=seed)
@@ -160,7 +188,6 @@ class Fit:
         The file is self-contained: known matrices and full covariances the model read are stored
         in it (group ``inputs``), so it loads, summarises and compares with those files gone.
         """
-        from twoway.io.outputs import atomic_output
 
         path = check_fit_output(path)
         try:
@@ -207,6 +234,7 @@ class CompiledModel:
     plan : Plan
         The plan of the table the model was compiled for.
     engine : str
+        The engine's name, as named or chosen (see :mod:`twoway.engines.choose`).
     compiled : object
         What the engine built (see :mod:`twoway.engines`).
     compile_seconds : float
@@ -223,11 +251,6 @@ class CompiledModel:
         """The table the model was compiled for."""
         return self.plan.data
 
-    @property
-    def backend(self) -> str:
-        """The engine's name (``backend`` is the older word for it)."""
-        return self.engine
-
     def plan_for(self, data: TwoWayData) -> Plan:
         """The plan of ``data`` under this compiled model; :class:`FitError` unless the layout is the same."""
         if data is self.plan.data:
@@ -239,9 +262,7 @@ class CompiledModel:
         if not same:
             raise FitError("The table must have the layout the model was compiled for "
                            "(shape, missing cells and standard errors); compile again for this one.")
-        new = resolve(self.spec, data)
-        from twoway.engines.exact import engine_for
-
+        new = resolve(self.spec, data, likelihood=self.plan.likelihood)  # the option the compiled plan was chosen with
         if engine_for(new, self.engine).reuses_priors:
             if {k: p.dist for k, p in new.priors.items()} != {k: p.dist for k, p in self.plan.priors.items()}:
                 raise FitError("The table's priors are of other families than the compiled model's; "
@@ -273,15 +294,12 @@ class CompiledModel:
         plan = self.plan_for(data)
         if progress is None:
             progress = sys.stderr.isatty()
-        from twoway.engines.exact import engine_for
-
         eng = engine_for(plan, self.engine)  # no sampler when every unknown is integrated out
         t0 = time.perf_counter()
         compile_seconds = float(self.compile_seconds)
         extra: dict[str, Any] = {}
-        from twoway.engines.startup import check_start, start_failure
 
-        if eng.name != "exact" and plan is not self.plan:  # compile_model checked the compiled plan already
+        if not nothing_to_sample(plan) and plan is not self.plan:  # compile_model checked the compiled plan already
             check_start(plan, seed=seed)  # no finite starting point: one clear error before any sampler runs
         try:
             raw = eng.sample(self.compiled, plan, chains=chains, draws=draws, tune=tune, seed=seed,
@@ -295,13 +313,15 @@ class CompiledModel:
                 raise
             raise failure from None
         compile_seconds += eng.compile_seconds_in_sample(self.compiled)
-        engine_info = dict(raw.attrs.pop("engine_info", {}))  # the laplace engine's method and diagnostics
+        engine_info = dict(raw.attrs.pop("engine_info", {}))  # an engine's own diagnostics (laplace: importance)
         t_sampling = time.perf_counter() - t0 - (compile_seconds - float(self.compile_seconds))
         info = {
             "engine": self.engine,
             "backend": self.engine,
             "likelihood_path": plan.path,
-            "method": "exact" if eng.name == "exact" else "nuts",
+            "likelihood": plan.likelihood,
+            "method": eng.description.method,
+            "description": eng.description.to_dict(),
             "seed": seed,
             "chains": int(chains),
             "draws": int(draws),
@@ -316,7 +336,7 @@ class CompiledModel:
                 on_progress("draw_back")
             elif progress:
                 print("twoway: drawing the integrated effects back ...", file=sys.stderr, flush=True)
-        return _make_fit(raw, plan, info)
+        return _make_fit(raw, plan, info, eng.description)
 
 
 def check_fit_output(path: "str | os.PathLike[str]", *, inputs=()) -> Path:
@@ -325,8 +345,6 @@ def check_fit_output(path: "str | os.PathLike[str]", *, inputs=()) -> Path:
     ``path`` must end in one of :data:`FIT_ENDINGS`, not be one of ``inputs`` and lie in a
     writable folder; an existing ``.zarr`` folder may be replaced only when it is a zarr store.
     """
-    from twoway.errors import TwowayError
-    from twoway.io.outputs import check_output
 
     text = "" if path is None else os.fspath(path)
     try:
@@ -350,8 +368,6 @@ def _replace_folder(path: Path, write) -> None:
     The old store is renamed aside first and removed only after the new one is in place, so
     a kill at any moment leaves a whole store under ``path`` or under its hidden aside name.
     """
-    import shutil
-    import tempfile
 
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     mask = os.umask(0o022)
@@ -411,17 +427,25 @@ def _phase_reporter(progress: bool, chains: int, draws: int, extra: dict, on_pro
 
 
 def compile_model(model: "ModelSpec | str", data: TwoWayData, *, engine: str | None = None,
-                  backend: str | None = None, progress: bool | None = None) -> CompiledModel:
+                  backend: str | None = None, progress: bool | None = None, likelihood: str = "auto",
+                  choice: Choice | None = None) -> CompiledModel:
     """Build (and compile, where the engine compiles) ``model`` for tables laid out like ``data``.
 
     Parameters
     ----------
     model : ModelSpec or str
     data : TwoWayData
-    engine : {"jax", "nutpie", "pymc"}, optional
-        Default ``jax``. ``backend`` is accepted as another name for it.
+    engine : {"jax", "nutpie", "pymc", "laplace"}, optional
+        Default: ``jax``, or ``laplace`` for a table on the sparse path (see
+        :func:`twoway.engines.choose.choose`). ``backend`` is accepted as another name for it.
     progress : bool, optional
         Say so on stderr while compiling (default: when stderr is a terminal).
+    likelihood : {"auto", "dense", "sparse", "nuts"}
+        The likelihood option (see :func:`twoway.plan.resolve`); a fit records it.
+    choice : Choice, optional
+        The engine already chosen for this model and table (:func:`twoway.engines.choose.choose`,
+        as the command line does to name it first); then ``engine``, ``backend`` and
+        ``likelihood`` are not read and the table is not resolved again.
 
     Returns
     -------
@@ -429,57 +453,37 @@ def compile_model(model: "ModelSpec | str", data: TwoWayData, *, engine: str | N
     """
     if not isinstance(data, TwoWayData):
         raise FitError(f"The data must be a TwoWayData; got {type(data).__name__}.")
-    named = engine is not None or backend is not None
-    engine = _engine_name(engine, backend)
-    spec = load_model(model)
+    if choice is None:
+        choice = choose(load_model(model), data, engine=engine, backend=backend, likelihood=likelihood)
+    return compile_choice(choice, progress=progress)
+
+
+def compile_choice(choice: Choice, *, progress: bool | None = None) -> CompiledModel:
+    """Build (and compile, where the engine compiles) the engine ``choice`` names for its plan.
+
+    Parameters
+    ----------
+    choice : Choice
+        From :func:`twoway.engines.choose.choose`.
+    progress : bool, optional
+        Say so on stderr while compiling (default: when stderr is a terminal).
+
+    Returns
+    -------
+    CompiledModel
+    """
     if progress is None:
         progress = sys.stderr.isatty()
     t0 = time.perf_counter()
-    plan = resolve(spec, data)
-    plan, engine = _sparse_or_nuts(spec, data, plan, engine, named)
-    from twoway.engines.exact import engine_for
-
-    eng = engine_for(plan, engine)
-    if eng.name != "exact":
-        from twoway.engines.startup import check_start
+    plan, eng = choice.plan, choice.engine
+    if not nothing_to_sample(plan):
 
         check_start(plan)  # before compiling: a model that cannot start fails at once, for every engine
-    if progress and engine != "jax" and eng.name != "exact":
+    if progress and getattr(eng, "compiles_ahead", False):
         print("twoway: compiling the model ...", file=sys.stderr, flush=True)
     compiled = eng.compile(plan, progress=progress)
-    return CompiledModel(spec=spec, plan=plan, engine=engine, compiled=compiled,
-                         compile_seconds=time.perf_counter() - t0)
-
-
-def _sparse_or_nuts(spec, data, plan, engine: str, named: bool):
-    """(plan, engine): the laplace engine for a plan on the sparse path unless a NUTS engine was named.
-
-    A NUTS engine named for such a table gets the fastest path it can trace
-    when that fits in memory, else a :class:`FitError` saying why; the laplace
-    engine named for another plan gets the sparse path when the model allows it.
-    """
-    from twoway.errors import ModelError
-
-    if plan.path == "sparse":
-        if not named or engine == "laplace":
-            return plan, "laplace"
-        try:
-            return resolve(spec, data, likelihood="nuts", priors=plan.priors), engine
-        except ModelError as exc:
-            raise FitError(f"The {engine} engine (NUTS) cannot trace the sparse likelihood path this table needs. "
-                           f"{exc} Leave the engine unnamed, or name the laplace engine.") from None
-    if engine == "laplace":
-        return resolve(spec, data, likelihood="sparse", priors=plan.priors), engine
-    return plan, engine
-
-
-def _engine_name(engine: str | None, backend: str | None) -> str:
-    if engine is not None and backend is not None and engine != backend:
-        raise FitError(f"The 'engine' and 'backend' options name the same thing; got {engine!r} and {backend!r}.")
-    name = engine if engine is not None else backend if backend is not None else DEFAULT_ENGINE
-    if name not in ENGINES:
-        raise FitError(f"The engine must be one of {', '.join(ENGINES)}; got {name!r}.")
-    return name
+    return CompiledModel(spec=plan.spec, plan=plan, engine=choice.name, compiled=compiled,
+                         compile_seconds=choice.seconds + time.perf_counter() - t0)
 
 
 def fit(
@@ -494,8 +498,9 @@ def fit(
     backend: str | None = None,
     progress: bool | None = None,
     cores: int | None = None,
+    likelihood: str = "auto",
 ) -> Fit:
-    """Fit ``model`` to ``data`` with NUTS.
+    """Fit ``model`` to ``data``: NUTS, or the laplace engine for a table on the sparse path.
 
     Parameters
     ----------
@@ -507,25 +512,29 @@ def fit(
         Number of chains, kept draws per chain, and tuning draws per chain.
     seed : int, optional
         Seed for the sampler; the same seed gives the same draws.
-    engine : {"jax", "nutpie", "pymc"}, optional
+    engine : {"jax", "nutpie", "pymc", "laplace"}, optional
         ``jax`` (default: BlackJAX's NUTS on a jitted program, cached on disk),
-        ``nutpie`` (compiled with numba) or PyMC's own NUTS. ``backend`` is
-        accepted as another name for it.
+        ``nutpie`` (compiled with numba), PyMC's own NUTS, or ``laplace`` (nested
+        Laplace + importance sampling on the sparse path; the default for a table on
+        that path). ``backend`` is accepted as another name for it.
     progress : bool, optional
         Show progress; by default only when stderr is a terminal.
     cores : int, optional
         Chains run in parallel on this many cores (default: all).
+    likelihood : {"auto", "dense", "sparse", "nuts"}
+        The likelihood option (see :func:`twoway.plan.resolve`); the fit records it, and
+        :attr:`Fit.plan` gives back the plan it was sampled with.
 
     Returns
     -------
     Fit
     """
-    check_sampling_options(chains, draws, tune, seed, _engine_name(engine, backend))
-    compiled = compile_model(model, data, engine=engine, backend=backend, progress=progress)
+    check_sampling_options(chains, draws, tune, seed, engine_name(engine, backend))
+    compiled = compile_model(model, data, engine=engine, backend=backend, progress=progress, likelihood=likelihood)
     return compiled.sample(chains=chains, draws=draws, tune=tune, seed=seed, progress=progress, cores=cores)
 
 
-def check_sampling_options(chains, draws, tune, seed, engine: str = DEFAULT_ENGINE) -> None:
+def check_sampling_options(chains, draws, tune, seed, engine: str | None = DEFAULT_ENGINE) -> None:
     """Raise :class:`FitError` for sampling options that cannot work (``engine`` None: chosen by the table)."""
     engine = DEFAULT_ENGINE if engine is None else engine
     if engine not in ENGINES:
@@ -539,12 +548,16 @@ def check_sampling_options(chains, draws, tune, seed, engine: str = DEFAULT_ENGI
         raise FitError(f"The seed must be a non-negative whole number; got {seed!r}.")
 
 
-def _make_fit(raw: _xr().DataTree, plan: Plan, info: dict[str, Any]) -> Fit:
-    """Assemble the fit's DataTree from the engine's raw draws."""
+def _make_fit(raw: _xr().DataTree, plan: Plan, info: dict[str, Any],
+              description: EngineDescription | None = None) -> Fit:
+    """Assemble the fit's DataTree from the engine's raw draws (``description``: the engine's; default:
+    the one ``info`` records, or its method's)."""
     spec, data = plan.spec, plan.data
+    if description is None:
+        description = description_from_info(info)
     post = raw["posterior"].to_dataset()
-    if plan.integrated and not any(n in post for n in ("intercept", "row_effect", "col_effect")):
-        post = _draw_back(post, plan, seed=info.get("seed"))  # the laplace engine draws them itself
+    if plan.integrated and not description.draws_effects:
+        post = _draw_back(post, plan, seed=info.get("seed"))
     drawn = [n for n in ("intercept", "row_effect", "col_effect") if n in post]
     names = [n for n in public_names(spec) if n in plan.var_names + drawn]
     names += [n for n in plan.var_names if n not in names]
@@ -585,8 +598,6 @@ def _inputs_dataset(plan: Plan) -> _xr().Dataset:
 
 def _draw_back(post: _xr().Dataset, plan: Plan, *, seed: int | None) -> _xr().Dataset:
     """Add the integrated-out effects, drawn from their exact conditional law given each draw."""
-    from twoway.likelihood.paths import draw_effects
-    from twoway.marginal import draw_shocks
 
     spec = plan.spec
     n_chain, n_draw = post.sizes["chain"], post.sizes["draw"]
@@ -604,7 +615,6 @@ def _draw_back(post: _xr().Dataset, plan: Plan, *, seed: int | None) -> _xr().Da
     if spec.residual == "latent":
         drawn.update(draw_shocks(spec, plan.layout, plan.design, params, drawn, rng))
     if spec.cell_effect == "random":
-        from twoway.marginal import draw_cell_effects
 
         drawn.update(draw_cell_effects(spec, plan.layout, params, drawn, rng))
     rows, cols, reps = plan.labels

@@ -14,13 +14,31 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Union
 
 import numpy as np
 
-from twoway.data import TwoWayData
 from twoway.errors import ModelError
-from twoway.model import STANDARD_PARAMETERS, ModelSpec
-from twoway.priors import Prior, resolve_priors
+from twoway.likelihood import memory
+from twoway.likelihood import sparse as sp
+from twoway.likelihood.marginal import effects_design, layout
+from twoway.likelihood.paths import choose_path
+from twoway.spec.covariance import load_full_covariance
+from twoway.spec.model import ModelSpec
+from twoway.spec.names import EFFECTS, STANDARD_PARAMETERS, public_names
+from twoway.spec.priors import Prior, resolve_priors
+from twoway.spec.structures import Structure, parse_structure
+from twoway.table.data import TwoWayData, _cell_text
+from twoway.table.io.matrices import read_labelled_matrix
+
+if TYPE_CHECKING:  # pragma: no cover
+    from twoway.likelihood.marginal import EffectsDesign, Layout
+    from twoway.likelihood.sparse import SparseDesign
+
+#: The integrated effects of a plan: dense, or sparse (which builds a dense twin only when asked,
+#: :meth:`~twoway.likelihood.sparse.SparseDesign.dense`). Both have ``m``, ``blocks``, ``dense()`` and
+#: ``relationship_scale(side)``.
+Design = Union["EffectsDesign", "SparseDesign"]
 
 __all__ = ["Plan", "resolve", "public_names", "integration_constants", "residual_parts",
            "known_relationships", "LIKELIHOODS", "MAX_STORED_COV"]
@@ -52,17 +70,22 @@ class Plan:
     constants : dict of str to float
         ``intercept_sd`` and ``{side}_fixed_sd`` of the integrated effects.
     parts : dict
-        ``full``: a :class:`~twoway.covariance.FullCovariance`; ``row``/``col``:
-        the Kronecker :class:`~twoway.structures.Structure` of each side.
+        ``full``: a :class:`~twoway.spec.covariance.FullCovariance`; ``row``/``col``:
+        the Kronecker :class:`~twoway.spec.structures.Structure` of each side.
     layout : Layout or None
         The observed cells laid out for the integrated paths.
-    design : EffectsDesign or None
-        The integrated effects (None when they are sampled).
+    design : EffectsDesign or SparseDesign or None
+        The integrated effects (None when they are sampled): a
+        :class:`~twoway.likelihood.sparse.SparseDesign` on the ``sparse`` path (it
+        stays sparse; ask for ``design.dense()`` where a dense one is needed).
     inputs : dict of str to numpy.ndarray
         The matrices read from files, by the model option that named them (``row_structure``,
         ``col_structure``, ``row_effect_cov``, ``col_effect_cov``, ``covariance``), each (n, n)
         in the table's label order (cells row-major for ``covariance``); a fit stores them so
         that it does not need the files again.
+    likelihood : str
+        The likelihood option the plan was resolved with (see :func:`resolve`); a fit
+        records it, and another table of the same layout is resolved with it.
     """
 
     spec: ModelSpec
@@ -74,9 +97,10 @@ class Plan:
     m0: float = 0.0
     constants: dict = field(default_factory=dict)
     parts: dict = field(default_factory=dict)
-    layout: object = None
-    design: object = None
+    layout: "Layout | None" = None
+    design: "Design | None" = None
     inputs: dict = field(default_factory=dict)
+    likelihood: str = "auto"
 
     @property
     def integrated(self) -> bool:
@@ -99,33 +123,8 @@ class Plan:
         """The same plan read against another table of the same layout (priors kept)."""
         if not self.integrated:
             return dataclasses.replace(self, data=data)
-        from twoway.marginal import layout
 
         return dataclasses.replace(self, data=data, layout=layout(data, self.m0, self.parts))
-
-
-def public_names(spec: ModelSpec) -> list[str]:
-    """Names of the parameters a user sees in the posterior, main ones first."""
-    out: list[str] = []
-    if spec.intercept:
-        out.append("intercept")
-    for side, kind in (("row", spec.row_effect), ("col", spec.col_effect)):
-        if kind != "none":
-            out.append(f"{side}_effect")
-    for side, kind in (("row", spec.row_effect), ("col", spec.col_effect)):
-        if kind == "random":
-            out.append(f"{side}_effect_sd")
-    for side, kind in (("row", spec.row_scale), ("col", spec.col_scale)):
-        if kind != "none":
-            out.append(f"{side}_sd")
-    if spec.sigma:
-        out.append("sigma")
-    if spec.cell_effect == "random":
-        out.append("cell_sd")
-    for side, kind in (("row", spec.row_scale), ("col", spec.col_scale)):
-        if kind == "hetero":
-            out += [f"{side}_log_sd_loc", f"{side}_log_sd_scale"]
-    return out
 
 
 def integration_constants(spec: ModelSpec, priors: dict[str, Prior]) -> tuple[float, dict[str, float]]:
@@ -162,12 +161,10 @@ def residual_parts(spec: ModelSpec, row_labels, col_labels, *, inputs: dict | No
     inputs = inputs or {}
     parts = {}
     if spec.residual == "full":
-        from twoway.covariance import load_full_covariance
 
         parts["full"] = load_full_covariance(spec.covariance, row_labels, col_labels,
                                              matrix=inputs.get("covariance"))
     if spec.residual == "kronecker":
-        from twoway.structures import Structure, parse_structure
 
         for side, labels in (("row", row_labels), ("col", col_labels)):
             text = getattr(spec, f"{side}_structure")
@@ -190,7 +187,6 @@ def known_relationships(spec: ModelSpec, data: TwoWayData, *, inputs: dict | Non
     for side, labels in (("row", data.row_labels), ("col", data.col_labels)):
         value = getattr(spec, f"{side}_effect_cov")
         if value is not None and getattr(spec, f"{side}_effect") == "random":
-            from twoway.io.matrices import read_labelled_matrix
 
             stored = inputs.get(f"{side}_effect_cov")
             out[side] = (np.asarray(stored, dtype=float) if stored is not None else
@@ -263,7 +259,6 @@ def resolve(spec: ModelSpec, data: TwoWayData, *, likelihood: str = "auto",
             "so every cell needs a known standard error; the table has none."
         )
     if spec.needs_se() and np.any(data.se_or_zero()[data.mask] == 0):
-        from twoway.data import _cell_text
 
         r, i, j = np.argwhere(data.mask & (data.se_or_zero() == 0))[0]
         raise ModelError(
@@ -285,10 +280,8 @@ def resolve(spec: ModelSpec, data: TwoWayData, *, likelihood: str = "auto",
     if spec.effects != "integrate":
         path = "dense" if likelihood == "dense" else "diagonal"
         return Plan(spec=spec, data=data, priors=dict(model_priors), model_priors=model_priors, path=path,
-                    var_names=public_names(spec))
+                    var_names=public_names(spec), likelihood=likelihood)
 
-    from twoway.likelihood.paths import choose_path
-    from twoway.marginal import layout
 
     m0, constants = integration_constants(spec, model_priors)
     parts = residual_parts(spec, data.row_labels, data.col_labels, inputs=inputs)
@@ -324,10 +317,10 @@ def resolve(spec: ModelSpec, data: TwoWayData, *, likelihood: str = "auto",
     known = known_relationships(spec, data, inputs=inputs)
     design = _design(spec, data, known, likelihood)
     path = choose_path(spec, lay, design, likelihood=likelihood)
-    names = [n for n in public_names(spec) if n not in ("intercept", "row_effect", "col_effect")] + extra
+    names = [n for n in public_names(spec) if n not in EFFECTS] + extra
     return Plan(spec=spec, data=data, priors=priors, model_priors=model_priors, path=path, var_names=names,
                 m0=m0, constants=constants, parts=parts, layout=lay, design=design,
-                inputs=plan_inputs(spec, parts, known))
+                inputs=plan_inputs(spec, parts, known), likelihood=likelihood)
 
 
 def _design(spec: ModelSpec, data: TwoWayData, known: dict, likelihood: str):
@@ -336,8 +329,6 @@ def _design(spec: ModelSpec, data: TwoWayData, known: dict, likelihood: str):
     A dense design whose paths would need more memory than is available is
     refused here, before it is built, rather than after a long silent run.
     """
-    from twoway.likelihood import sparse as sp
-    from twoway.marginal import effects_design
 
     fits_sparse = sp.sparse_applies(spec)
     if likelihood == "sparse":
@@ -348,10 +339,10 @@ def _design(spec: ModelSpec, data: TwoWayData, known: dict, likelihood: str):
         return sp.SparseDesign(spec, data, known)
     if likelihood == "auto" and fits_sparse and sp.prefers_sparse(spec, data):
         return sp.SparseDesign(spec, data, known)
-    need = sp.dense_path_bytes(spec, data)
+    need = memory.dense_path_bytes(spec, data)
     if likelihood == "dense" or spec.residual == "full":
         need += 3 * 8 * data.n_observed ** 2  # the whole covariance of the observed cells, and its factor
-    available = sp.available_memory()
+    available = memory.available_memory()
     if need > available:
         if likelihood == "auto" and fits_sparse:
             return sp.SparseDesign(spec, data, known)
@@ -359,7 +350,7 @@ def _design(spec: ModelSpec, data: TwoWayData, known: dict, likelihood: str):
         hint = (" The sparse path (likelihood=\"sparse\", the laplace engine) needs memory in proportion to the "
                 "observed cells." if fits_sparse else "")
         raise ModelError(f"The {which} likelihood path for this {data.n_rows} x {data.n_cols} table would need about "
-                         f"{need / 2**30:.1f} GiB of memory; {available / 2**30:.1f} GiB is available.{hint}")
+                         f"{memory.gib(need)} of memory; {memory.gib(available)} is available.{hint}")
     return effects_design(spec, data, known=known)
 
 

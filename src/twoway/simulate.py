@@ -6,20 +6,22 @@ parameters, draw a table, fit it, and see what comes back.
 
 from __future__ import annotations
 
-import json
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from twoway.plan import public_names
-from twoway.data import TwoWayData
-from twoway.derived import row_col_means
-from twoway.errors import ModelError
+from twoway.errors import ModelError, TwowayWarning
 from twoway.likelihood.diagonal import residual_sd
-from twoway.model import ModelSpec, load_model
-from twoway.priors import resolve_priors
+from twoway.linalg.ops import NUMPY
+from twoway.plan import public_names, residual_parts
+from twoway.spec.derived import row_col_means
+from twoway.spec.model import ModelSpec, load_model
+from twoway.spec.priors import resolve_priors
+from twoway.table.data import TwoWayData
+from twoway.table.io.outputs import write_json_atomic
 
 __all__ = ["Simulation", "simulate", "draw_parameters"]
 
@@ -62,7 +64,6 @@ class Simulation:
 
     def write_truth(self, path) -> None:
         """Write the model and the truth as JSON (atomically), as ``twoway report --truth`` reads it."""
-        from twoway.io.outputs import write_json_atomic
 
         write_json_atomic(path, {"model": self.model.to_dict(), "truth": self.truth_dict()}, indent=2)
 
@@ -77,54 +78,108 @@ def _whole(n: Any, what: str) -> int:
 
 
 def draw_parameters(spec: ModelSpec, n_rows: int, n_cols: int, *, rng: np.random.Generator,
-                    location: float = 0.0, spread: float = 1.0) -> dict[str, Any]:
-    """Draw every parameter of ``spec`` from its prior.
+                    location: float = 0.0, spread: float = 1.0,
+                    given: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Draw every parameter of ``spec`` from its prior, except those ``given``.
 
     The priors are the ones a fit would use on data with this ``location`` and
-    ``spread`` (see :func:`twoway.priors.default_priors`), with the spec's overrides.
+    ``spread`` (see :func:`twoway.spec.priors.default_priors`), with the spec's overrides.
+    A given hyperparameter is in force before what depends on it is drawn: a given
+    ``row_effect_sd`` scales the drawn row effects, given ``row_log_sd_loc`` and
+    ``row_log_sd_scale`` make the drawn ``row_sd``. A given effect or scale is used as
+    it is. The random stream does not depend on what is given (a given parameter's
+    prior draw is made and set aside), so the parameters not given are the ones the
+    same seed gives without ``given``.
+
+    Parameters
+    ----------
+    spec : ModelSpec
+    n_rows, n_cols : int
+        N and K.
+    rng : numpy.random.Generator
+    location, spread : float
+        The data scale the default priors are set for.
+    given : mapping, optional
+        Values of the model's parameters (names of :func:`twoway.spec.names.public_names`;
+        other names, such as a Kronecker structure's, are left to the caller): scalars,
+        or arrays (N,) / (K,) for effects and heteroscedastic scales.
 
     Returns
     -------
     dict of str to float or array (N,) or (K,)
+
+    Raises
+    ------
+    ModelError
+        For a given value of the wrong shape, not finite, or a negative scale.
     """
+    names = set(public_names(spec))
+    given = _check_params(spec, {k: v for k, v in (given or {}).items() if k in names}, n_rows, n_cols)
     priors = resolve_priors(spec.parameter_names(), location, spread, spec.model_prior_overrides)
     out: dict[str, Any] = {}
+
+    def scalar(name: str) -> float:  # the prior's draw is made whether or not the value is given
+        drawn = float(priors[name].sample(rng))
+        return given.get(name, drawn)
+
     if spec.intercept:
-        out["intercept"] = float(priors["intercept"].sample(rng))
+        out["intercept"] = scalar("intercept")
     for side, kind, n in (("row", spec.row_effect, n_rows), ("col", spec.col_effect, n_cols)):
         if kind == "random":
-            sd = float(priors[f"{side}_effect_sd"].sample(rng))
-            out[f"{side}_effect_sd"] = sd
-            out[f"{side}_effect"] = sd * rng.normal(size=n)
+            sd = out[f"{side}_effect_sd"] = scalar(f"{side}_effect_sd")
+            z = rng.normal(size=n)
+            out[f"{side}_effect"] = given.get(f"{side}_effect", sd * z)
         elif kind == "fixed":
             raw = priors[f"{side}_effect"].sample(rng, n)
-            out[f"{side}_effect"] = raw - raw.mean()
+            out[f"{side}_effect"] = given.get(f"{side}_effect", raw - raw.mean())
     for side, kind, n in (("row", spec.row_scale, n_rows), ("col", spec.col_scale, n_cols)):
         if kind == "homo":
-            out[f"{side}_sd"] = float(priors[f"{side}_sd"].sample(rng))
+            out[f"{side}_sd"] = scalar(f"{side}_sd")
         elif kind == "hetero":
-            loc = float(priors[f"{side}_log_sd_loc"].sample(rng))
-            scale = float(priors[f"{side}_log_sd_scale"].sample(rng))
-            out[f"{side}_log_sd_loc"] = loc
-            out[f"{side}_log_sd_scale"] = scale
-            out[f"{side}_sd"] = np.exp(loc + scale * rng.normal(size=n))
+            loc = out[f"{side}_log_sd_loc"] = scalar(f"{side}_log_sd_loc")
+            scale = out[f"{side}_log_sd_scale"] = scalar(f"{side}_log_sd_scale")
+            z = rng.normal(size=n)
+            out[f"{side}_sd"] = given.get(f"{side}_sd", np.exp(loc + scale * z))
     if spec.sigma:
-        out["sigma"] = float(priors["sigma"].sample(rng))
+        out["sigma"] = scalar("sigma")
     if spec.cell_effect == "random":
-        out["cell_sd"] = float(priors["cell_sd"].sample(rng))
+        out["cell_sd"] = scalar("cell_sd")
     return out
 
 
 def _residual_parts(spec: ModelSpec, row_labels, col_labels) -> dict:
     if spec.residual not in ("kronecker", "full"):
         return {}
-    from twoway.plan import residual_parts
 
     return residual_parts(spec, tuple(row_labels), tuple(col_labels))
 
 
-def _draw_residual_parameters(spec: ModelSpec, parts: dict, rng, spread: float) -> dict:
-    """Prior draws of the Kronecker structures' or the full covariance's parameters."""
+def _draw_residual_parameters(spec: ModelSpec, parts: dict, rng, spread: float,
+                              given: Mapping[str, Any] | None = None) -> dict:
+    """The Kronecker structures' or the full covariance's parameters: ``given`` ones, the others drawn from the prior.
+
+    The draws are made whether or not a parameter is given, so the random stream is the
+    same. A given ``{side}_loadings_scale`` or ``{side}_psi_scale`` of a factor-analytic
+    structure scales the drawn loadings or psi (they are the scale times standard draws,
+    so this is drawing them with the given scale). The column factor is then put on the
+    unit scale the model fixes (mean diagonal 1, see :func:`_unit_column_factor`).
+
+    Parameters
+    ----------
+    spec : ModelSpec
+    parts : dict
+        :func:`_residual_parts`.
+    rng : numpy.random.Generator
+    spread : float
+    given : mapping, optional
+        Checked values (:func:`_check_params`); names that are not these parts' are ignored.
+
+    Returns
+    -------
+    dict
+        The parameters by name (arrays in the structures' shapes), and ``_parts``.
+    """
+    given = given or {}
     out = {}
     if spec.residual == "kronecker":
         for side, unit in (("row", False), ("col", True)):
@@ -132,15 +187,67 @@ def _draw_residual_parameters(spec: ModelSpec, parts: dict, rng, spread: float) 
             defaults = st.default_priors(spread, unit_scale=unit)
             chosen = st.check_priors({k: spec.prior_overrides.get(k, v) for k, v in defaults.items()},
                                      unit_scale=unit)
-            out.update(st.draw(rng, chosen, unit_scale=unit))
+            drawn = st.draw(rng, chosen, unit_scale=unit)
+            for what, scale in (("loadings", f"{side}_loadings_scale"), ("psi", f"{side}_psi_scale")):
+                if scale in given and scale in drawn and drawn[scale] > 0:
+                    drawn[f"{side}_{what}"] = drawn[f"{side}_{what}"] * (given[scale] / drawn[scale])
+            mine = st.parameter_names(unit_scale=unit)
+            values = {**drawn, **{k: v for k, v in given.items() if k in mine}}
+            if unit and any(k in given for k in mine):
+                values = _unit_column_factor(st, values)
+            out.update(values)
     if spec.residual == "full":
         overrides = spec.prior_overrides
         for name in parts["full"].parameters:
             if name not in overrides:
                 raise ModelError(f"The model needs a prior for {name!r}; give it in the model file's [priors] table.")
-            out[name] = float(overrides[name].sample(rng))
+            drawn = float(overrides[name].sample(rng))
+            out[name] = given.get(name, drawn)
     if parts:
         out["_parts"] = parts
+    return out
+
+
+def _unit_column_factor(st, values: dict[str, Any]) -> dict[str, Any]:
+    """The column structure's parameters rescaled so that its matrix V has mean diagonal 1.
+
+    A Kronecker residual fixes its redundant scale there; ``matrix(..., unit_scale=True)``
+    rescales V so, and the truth must hold the values V is made of. Given values on
+    another scale are rescaled with a warning (drawn ones are on it already).
+
+    Parameters
+    ----------
+    st : twoway.spec.structures.Structure
+        The column structure.
+    values : dict
+        Its parameters (:meth:`parameter_names` under unit scale).
+
+    Returns
+    -------
+    dict
+        ``values`` with the column ``sd`` (``diag``, ``unstructured``) divided by ``sqrt(m)``,
+        or the ``loadings`` by ``sqrt(m)`` and ``psi`` by ``m`` (``fa``), where ``m`` is the
+        mean diagonal of the matrix they make.
+    """
+    nm = f"{st.side}_"
+    if st.kind not in ("diag", "unstructured", "fa"):
+        return values  # iid, known, ar1, cs: no free scale under unit scale
+    m = float(np.mean(np.diag(st.matrix(values, unit_scale=False))))
+    if not (math.isfinite(m) and m > 0):
+        raise ModelError(f"The parameters of the '{st.side}_structure' {st.text} must make a matrix with a "
+                         "positive diagonal.")
+    if abs(m - 1.0) <= 1e-12:
+        return values
+    out = dict(values)
+    if st.kind == "fa":
+        out[nm + "loadings"] = np.asarray(values[nm + "loadings"], dtype=float) / math.sqrt(m)
+        out[nm + "psi"] = np.asarray(values[nm + "psi"], dtype=float) / m
+    else:
+        out[nm + "sd"] = np.asarray(values[nm + "sd"], dtype=float) / math.sqrt(m)
+    if abs(m - 1.0) > 1e-6:  # more than rounding
+        warnings.warn(f"The column structure's parameters were divided by their matrix's mean variance ({m:.4g}, "
+                      "its square root for scales and loadings): a Kronecker residual fixes the column matrix at "
+                      "mean variance 1. The truth records the rescaled values.", TwowayWarning, stacklevel=4)
     return out
 
 
@@ -159,11 +266,15 @@ def _check_params(spec: ModelSpec, params: Mapping[str, Any], n_rows: int, n_col
             raise ModelError(
                 f"The parameters must be among this model's ({', '.join(allowed)}); got {name!r}."
             )
-        arr = np.asarray(value, dtype=float)
-        if name not in public_names(spec):  # a structure's or covariance's own parameter
+        arr = np.array(value, dtype=float)  # a copy: the truth does not share the caller's array
+        if name not in public_names(spec):  # a structure's or covariance's own parameter (shapes: checked by its matrix)
+            if not np.all(np.isfinite(arr)):
+                raise ModelError(f"The parameter {name!r} must be finite; got {value!r}.")
+            if name.startswith(("row_", "col_")) and name.endswith(("_sd", "_scale", "_psi")) and np.any(arr < 0):
+                raise ModelError(f"The parameter {name!r} must not be negative; got {value!r}.")
             out[name] = arr if arr.ndim else float(arr)
             continue
-        per_level = name in (f"row_effect", "col_effect") or (
+        per_level = name in ("row_effect", "col_effect") or (
             name in ("row_sd", "col_sd") and getattr(spec, f"{name[:3]}_scale") == "hetero")
         n = n_rows if name.startswith("row") else n_cols
         if per_level:
@@ -224,7 +335,6 @@ def draw_residual(spec: ModelSpec, truth: dict[str, Any], shape: tuple[int, int,
         lu, lv = np.linalg.cholesky(U), np.linalg.cholesky(V)
         e = lu[None] @ rng.standard_normal(shape) @ lv.T[None]
     elif spec.residual == "full":
-        from twoway.likelihood.backend import NUMPY
 
         cov = parts["full"](NUMPY, truth)
         e = (np.linalg.cholesky(cov)[None] @ rng.standard_normal((R, N * K, 1)))[..., 0].reshape(shape)
@@ -272,7 +382,14 @@ def simulate(
         Table shape (R, N, K) = (n_replicates, n_rows, n_cols).
     params : mapping, optional
         Parameters to use; any the model has that are not given are drawn
-        from the prior.
+        from the prior, with the given ones in force: a given ``row_effect_sd``
+        scales the drawn row effects, given ``row_log_sd_loc`` / ``row_log_sd_scale``
+        make the drawn ``row_sd``, a given ``cell_sd`` the cell effects, a given
+        structure scale the structure's drawn loadings. Given effects and scales are
+        used as they are, except a Kronecker column structure's, which are put on
+        the unit scale the model fixes (with a warning when that changes them).
+        The parameters not given are drawn from the same random stream as without
+        ``params``.
     seed : int, optional
         Seed of the random generator; the same seed gives the same table.
     se : float or array broadcastable to (R, N, K), optional
@@ -296,12 +413,13 @@ def simulate(
     shape = (int(n_replicates), int(n_rows), int(n_cols))
     if min(shape) < 1 or n_rows < 2 or n_cols < 2:
         raise ModelError(f"A simulated table needs at least 2 rows, 2 columns and 1 replicate; got {shape[1]} x {shape[2]} x {shape[0]}.")
-    truth = draw_parameters(spec, n_rows, n_cols, rng=rng, location=location, spread=spread)
     row_labels = [f"row{i + 1}" for i in range(n_rows)] if row_labels is None else list(row_labels)
     col_labels = [f"col{j + 1}" for j in range(n_cols)] if col_labels is None else list(col_labels)
     parts = _residual_parts(spec, row_labels, col_labels)
-    truth.update(_draw_residual_parameters(spec, parts, rng, spread))
-    truth.update(_check_params(spec, params or {}, n_rows, n_cols, parts))
+    given = _check_params(spec, params or {}, n_rows, n_cols, parts)
+    # the given parameters are in force before anything that depends on them is drawn
+    truth = draw_parameters(spec, n_rows, n_cols, rng=rng, location=location, spread=spread, given=given)
+    truth.update(_draw_residual_parameters(spec, parts, rng, spread, given))
     if se is None:
         se_arr = None
     else:

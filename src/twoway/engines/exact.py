@@ -15,20 +15,22 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["ExactEngine", "nothing_to_sample", "engine_for"]
+from twoway.engines.description import EXACT
 
-
-def nothing_to_sample(plan) -> bool:
-    """Whether ``plan`` has no sampled parameter: every unknown is an integrated Gaussian effect."""
-    return bool(plan.integrated and plan.design.m > 0 and not plan.var_names)
+__all__ = ["ExactEngine"]
 
 
 class ExactEngine:
-    """Independent draws from the exact Gaussian posterior; nothing is compiled."""
+    """Independent draws from the exact Gaussian posterior; nothing is compiled.
+
+    :func:`twoway.engines.choose.choose` runs it when nothing is left to sample
+    (:func:`twoway.engines.choose.nothing_to_sample`).
+    """
 
     name = "exact"
     reuses_priors = True
     min_tune = 0
+    description = EXACT
 
     def compile(self, plan, *, progress):
         return None
@@ -44,11 +46,3 @@ class ExactEngine:
         empty = xr.Dataset(coords=coords)
         return xr.DataTree.from_dict({"posterior": empty, "sample_stats": xr.Dataset(coords=coords)})
 
-
-def engine_for(plan, name: str):
-    """The engine that fits ``plan``: :class:`ExactEngine` when nothing is left to sample, else ``name``'s."""
-    if nothing_to_sample(plan):
-        return ExactEngine()
-    from twoway.engines import get_engine
-
-    return get_engine(name)

@@ -32,14 +32,18 @@ few hundred factorisations here (see benchmarks/RESULTS.md).
 from __future__ import annotations
 
 import math
+import multiprocessing
 import os
+import sys
 import threading
 import time
 import warnings
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
+from twoway.engines.description import LAPLACE
 from twoway.errors import FitError, TwowayWarning
 
 __all__ = ["LaplaceEngine", "log_prior", "DEFAULT_PROPOSALS", "PROPOSAL_DOF"]
@@ -56,26 +60,11 @@ PROCESS_MIN_SYSTEM = 2000  # from this many effects, proposals are split over pr
 
 
 def log_prior(prior, x: float) -> float:
-    """Log-density of ``prior`` (a :class:`~twoway.priors.Prior`) at the positive value ``x``."""
-    from scipy import stats
+    """Log-density of ``prior`` (a :class:`~twoway.spec.priors.Prior`) at the positive value ``x``.
 
-    p = prior.kwargs
-    d = prior.dist
-    if d == "halfnormal":
-        return math.log(2.0) + stats.norm.logpdf(x, 0.0, p["sigma"])
-    if d == "halfstudentt":
-        return math.log(2.0) + stats.t.logpdf(x, p["nu"], 0.0, p["sigma"])
-    if d == "exponential":
-        return -math.log(p["scale"]) - x / p["scale"]
-    if d == "lognormal":
-        return stats.norm.logpdf(math.log(x), p["mu"], p["sigma"]) - math.log(x)
-    if d == "uniform":
-        return -math.log(p["upper"] - p["lower"]) if p["lower"] <= x <= p["upper"] else -math.inf
-    if d == "beta":
-        return float(stats.beta.logpdf(x, p["alpha"], p["beta"]))
-    if d == "normal":  # a normal prior on a scale: truncated at 0 (only its shape matters here)
-        return float(stats.norm.logpdf(x, p["mu"], p["sigma"]))
-    raise AssertionError(d)  # pragma: no cover - families are validated by Prior
+    A normal prior on a scale is truncated at 0: only its shape matters here, so it is the normal's.
+    """
+    return float(prior.logpdf(x))
 
 
 class _Evaluator:
@@ -123,11 +112,10 @@ class LaplaceEngine:
     name = "laplace"
     reuses_priors = True
     min_tune = 0
+    description = LAPLACE
 
     def compile(self, plan, *, progress):
-        if plan.path != "sparse":
-            raise FitError(f"The laplace engine fits plans on the sparse likelihood path; this plan's path is "
-                           f"{plan.path!r} (use a NUTS engine: jax, nutpie or pymc).")
+        _check_sparse(plan)
         system = plan.design.system(plan.spec, plan.layout)
         system.analyse()  # fail early (scikit-sparse missing, a pattern CHOLMOD refuses)
         return {"system": system}
@@ -137,15 +125,10 @@ class LaplaceEngine:
 
     def sample(self, compiled, plan, *, chains, draws, tune, seed, progress, cores, report=None,
                proposals: int | None = None):
-        import sys
 
-        from threadpoolctl import threadpool_limits
 
         t0 = time.perf_counter()
-        if plan.path != "sparse":  # another table of the compiled layout, planned without forcing the path
-            from twoway.plan import resolve
-
-            plan = resolve(plan.spec, plan.data, likelihood="sparse", priors=plan.priors)
+        _check_sparse(plan)  # another table of the compiled layout is planned with the compiled likelihood option
         system = plan.design.system(plan.spec, plan.layout)
         names = [vp for _, vp, _, _ in system.blocks if vp not in plan.constants]
         if plan.spec.sigma:
@@ -207,6 +190,14 @@ class LaplaceEngine:
         return _raw_tree(plan, system, names, us[idx], chosen, lp[idx], log_w[idx], idx, chains, draws, info)
 
 
+def _check_sparse(plan) -> None:
+    """Raise :class:`FitError` unless ``plan`` is on the sparse path (its engine is chosen by
+    :func:`twoway.engines.choose.choose`, which resolves with ``likelihood="sparse"`` for this engine)."""
+    if plan.path != "sparse":
+        raise FitError(f"The laplace engine fits plans on the sparse likelihood path; this plan's path is "
+                       f"{plan.path!r} (use a NUTS engine: jax, nutpie or pymc).")
+
+
 def _processes(cores, system, M: int) -> int:
     """Worker processes for the proposals: one per core (at most ``cores``) on large systems, else 1.
 
@@ -222,7 +213,6 @@ def _processes(cores, system, M: int) -> int:
 
 def _chunk(args):
     """Evaluate proposals ``ks`` in a worker process: ``([(log posterior, effects draw)], factorisations)``."""
-    from threadpoolctl import threadpool_limits
 
     system, priors, constants, names, us, base, ks = args
     ev = _Evaluator(system, priors, constants, names)
@@ -233,10 +223,7 @@ def _chunk(args):
 
 def _in_processes(n: int, system, plan, names, us, base: int):
     """All proposals evaluated by ``n`` processes (this one included); the same numbers as in one process."""
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
 
-    from threadpoolctl import threadpool_limits
 
     M = us.shape[0]
     parts = np.array_split(np.arange(M), n)

@@ -16,7 +16,13 @@ import math
 
 import numpy as np
 
+from twoway.engines.walk import tables, walk
 from twoway.errors import FitError
+from twoway.likelihood.diagonal import diagonal_logp
+from twoway.linalg.ops import NUMPY
+from twoway.plan import resolve
+from twoway.spec.priors import resolve_priors
+from twoway.spec.structures import lkj_corr_cholesky
 
 __all__ = ["START_POINTS", "check_start", "start_failure", "extreme_priors"]
 
@@ -24,87 +30,75 @@ START_POINTS = 20    # points drawn from the priors before giving up
 EXTREME = 1e8        # a prior scale (or mean offset) this many data spreads away is extreme
 
 
-def _draw_point(plan, priors: dict, rng: np.random.Generator) -> dict | None:
-    """One parameter point drawn from ``priors`` (None for plans not checked here: Kronecker structures)."""
-    spec, data = plan.spec, plan.data
-    if not plan.integrated and spec.residual != "independent":
-        return None
-    point = {k: float(v) for k, v in plan.constants.items()}
-    with np.errstate(all="ignore"):
-        for name in spec.parameter_names():
-            if name in ("row_effect", "col_effect") or name not in priors:
-                continue
-            if name == "intercept" and plan.integrated:
-                continue
-            point[name] = float(priors[name].sample(rng))
-        if spec.residual == "kronecker":  # the structures' parameters, and the factors they make
-            for side, unit in (("row", False), ("col", True)):
-                st = plan.parts[side]
-                drawn = st.draw(rng, plan.structure_priors(side), unit_scale=unit)
-                names = st.parameter_names(unit_scale=unit)
-                point.update(drawn)
-                point[f"_{side}_cov"] = st.matrix({n: drawn[n] for n in names}, unit_scale=unit)
-        if not plan.integrated:  # sampled effects: drawn too
-            for side, kind, n in (("row", spec.row_effect, data.n_rows), ("col", spec.col_effect, data.n_cols)):
-                if kind == "random":
-                    point[f"{side}_effect"] = point[f"{side}_effect_sd"] * rng.standard_normal(n)
-                elif kind == "fixed":
-                    raw = priors[f"{side}_effect"].sample(rng, n)
-                    point[f"{side}_effect"] = raw - raw.mean()
-        for side, n in (("row", data.n_rows), ("col", data.n_cols)):
-            if getattr(spec, f"{side}_scale") == "hetero":
-                loc, scale = point.pop(f"{side}_log_sd_loc"), point.pop(f"{side}_log_sd_scale")
-                point[f"{side}_sd"] = np.exp(loc + scale * rng.standard_normal(n))
-            elif getattr(spec, f"{side}_scale") == "homo":
-                point[f"{side}_sd"] = np.asarray(point[f"{side}_sd"])
-    return point
+class _PriorDraws:
+    """The NumPy builder of the walk (:mod:`twoway.engines.walk`): each parameter drawn from its prior.
+
+    Devices are drawn from their own laws, a flat parameter starts at the
+    data's location, and :attr:`logp` sums the potentials: the
+    log-likelihood at the draw (and the intercept's prior where the walk
+    keeps it as a potential).
+    """
+
+    ops = NUMPY
+
+    def __init__(self, plan, rng: np.random.Generator):
+        self.plan, self.rng = plan, rng
+        self.tables = tables(plan)
+        self.logp = 0.0
+
+    def prior(self, name, shape=(), dims=(), *, prior_name=None):
+        return self.plan.priors[prior_name or name].sample(self.rng, tuple(shape) or None)
+
+    def std_normal(self, name, shape, dims=()):
+        return self.rng.standard_normal(shape)
+
+    def half_normal(self, name, shape, sigma):
+        return sigma * np.abs(self.rng.standard_normal(shape))
+
+    def zero_sum(self, name, n, sigma, dims=()):
+        x = self.rng.normal(0.0, sigma, n)
+        return x - x.mean()
+
+    def flat(self, name):
+        return float(self.plan.data.location())
+
+    def lkj_cholesky(self, name, n, eta):
+        return lkj_corr_cholesky(self.rng, n, eta)
+
+    def deterministic(self, name, value, dims=()):
+        return value
+
+    def potential(self, name, value):
+        self.logp = self.logp + value
+
+    def prior_logp(self, name, value):
+        return np.sum(self.plan.priors[name].logpdf(value))
+
+    def prior_number(self, name, key):
+        return self.plan.priors[name].kwargs[key]
+
+    def table(self, name):
+        return self.tables[name]
+
+    def observe_normal(self, mu, sd):
+        self.potential("_loglik", np.sum(diagonal_logp(self.tables["y_observed"], mu, sd)))
 
 
-def _sampled_log_density(plan, point: dict) -> float:
-    """Log-likelihood of independent cells given drawn effects and scales (a plan with sampled effects)."""
-    from twoway.likelihood.diagonal import diagonal_logp, residual_sd
-
-    spec, data = plan.spec, plan.data
-    rr, ii, jj = data.observed_index()
-    mu = np.full(ii.size, point.get("intercept", 0.0))
-    if "row_effect" in point:
-        mu = mu + point["row_effect"][ii]
-    if "col_effect" in point:
-        mu = mu + point["col_effect"][jj]
-    scales = []
-    for side, idx in (("row", ii), ("col", jj)):
-        kind = getattr(spec, f"{side}_scale")
-        value = point.get(f"{side}_sd")
-        scales.append(None if kind == "none" else np.asarray(value)[idx] if kind == "hetero" else value)
-    sd = residual_sd(data.se_or_zero()[rr, ii, jj], *scales, point.get("sigma") if spec.sigma else None,
-                     combine=spec.combine)
-    return float(np.sum(diagonal_logp(data.observed_values(), mu, sd)))
-
-
-def _log_density(plan, point: dict) -> float:
-    from twoway.likelihood.backend import NUMPY
-    from twoway.likelihood.paths import marginal_logp
-
+def _log_density_at_a_draw(plan, rng: np.random.Generator) -> float:
+    """The plan's log-likelihood at one draw of its parameters from the priors (NaN where it fails)."""
+    b = _PriorDraws(plan, rng)
     try:
         with np.errstate(all="ignore"):
-            if not plan.integrated:
-                return _sampled_log_density(plan, point)
-            value = marginal_logp(NUMPY, plan.spec, plan.layout, plan.design, point, plan.path)
-        return float(np.asarray(value).reshape(-1)[0])
+            walk(b, plan)
+        return float(np.asarray(b.logp).reshape(-1)[0])
     except (np.linalg.LinAlgError, FloatingPointError, ValueError, ZeroDivisionError, OverflowError):
         return float("nan")
 
 
-def _finite_somewhere(plan, priors: dict, seed) -> bool | None:
-    """Whether the log-density is finite at one of :data:`START_POINTS` prior draws (None: not checked here)."""
+def _finite_somewhere(plan, seed) -> bool:
+    """Whether the log-density is finite at one of :data:`START_POINTS` prior draws."""
     rng = np.random.default_rng([0 if seed is None else int(seed), 0x5747])
-    for _ in range(START_POINTS):
-        point = _draw_point(plan, priors, rng)
-        if point is None:
-            return None
-        if math.isfinite(_log_density(plan, point)):
-            return True
-    return False
+    return any(math.isfinite(_log_density_at_a_draw(plan, rng)) for _ in range(START_POINTS))
 
 
 def extreme_priors(plan) -> list[str]:
@@ -129,8 +123,6 @@ def extreme_priors(plan) -> list[str]:
 
 def _culprit(plan, seed) -> str | None:
     """The one prior that, set back to its default, makes the log-density finite (None if no single one)."""
-    from twoway.plan import resolve
-    from twoway.priors import resolve_priors
 
     spec, data = plan.spec, plan.data
     names = [n for n in spec.parameter_names() if n in plan.priors]
@@ -142,7 +134,7 @@ def _culprit(plan, seed) -> str | None:
             other = resolve(spec, data, priors={**plan.priors, name: defaults[name]})
         except Exception:  # a default the integrated paths cannot take: not this one
             continue
-        if _finite_somewhere(other, other.priors, seed):
+        if _finite_somewhere(other, seed):
             return name
     return None
 
@@ -168,11 +160,11 @@ def _cause(plan, seed) -> str:
 def check_start(plan, *, seed=None) -> None:
     """Raise :class:`FitError` when the log-density is -inf or NaN at every one of a few prior draws.
 
-    Plans whose parameters are not drawn here (none: sampled effects go with
-    the independent residual only) would pass unchecked; an engine's own
+    The draws walk the plan's model (:func:`twoway.engines.walk.walk`) with a
+    NumPy builder that draws every parameter from its prior; an engine's own
     start-up error goes through :func:`start_failure`.
     """
-    if _finite_somewhere(plan, plan.priors, seed) is False:
+    if not _finite_somewhere(plan, seed):
         raise FitError(f"The sampler cannot start: the log-density is -inf or NaN at all {START_POINTS} starting "
                        f"points drawn from the priors; {_cause(plan, seed)}")
 

@@ -6,7 +6,7 @@ every fast path is tested against.
 
 from __future__ import annotations
 
-from twoway.likelihood.woodbury import gaussian_logp_from
+from twoway.likelihood.woodbury import Projections, gaussian_logp_from
 
 __all__ = ["dense_logp"]
 
@@ -51,7 +51,6 @@ def dense_table_projections(ops, r_obs, obs_flat, indicators, table_cov, noise_v
     -------
     Projections
     """
-    from twoway.likelihood.woodbury import Projections
 
     P = b = quad = logdet = 0.0
     for rk, idx, X, noise in zip(r_obs, obs_flat, indicators, noise_var_obs):

@@ -6,7 +6,7 @@ PyTensor or JAX) and used again after sampling to draw the integrated effects
 back from their exact conditional law (:func:`draw_effects`). The pieces the
 paths share (the layout, the effects' design, the residual's projections onto
 the row and column indicators, the dense covariance) live in
-:mod:`twoway.marginal`; the algebra of each method in this package's modules.
+:mod:`twoway.likelihood.marginal`; the algebra of each method in this package's modules.
 
 =====================  ====================================================
 path                   applies when
@@ -33,7 +33,19 @@ import numpy as np
 from twoway.errors import ModelError
 from twoway.likelihood.anova import anova_logp
 from twoway.likelihood.dense import dense_logp
+from twoway.likelihood.kronecker import kronecker_path
+from twoway.likelihood.marginal import (
+    base_projections,
+    dense_covariance,
+    eliminated_block,
+    kronecker_factors,
+    noise_variance,
+    schur_draw,
+    schur_logp,
+)
+from twoway.likelihood.sparse import SparseDesign, sparse_draw, sparse_logp
 from twoway.likelihood.woodbury import effects_posterior, gaussian_logp_from, woodbury_logp
+from twoway.linalg.ops import NUMPY
 
 __all__ = ["LikelihoodPath", "PATHS", "path_named", "choose_path", "marginal_logp", "draw_effects"]
 
@@ -47,13 +59,15 @@ class LikelihoodPath:
     name = ""
     #: evaluated against every ops (NumPy, PyTensor, JAX), so NUTS engines can trace it
     every_ops = True
+    #: its draws of the effects' coordinates are the effects themselves (no basis to apply: the
+    #: sparse design has none); otherwise each side's coordinates map to effects through ``design.bases``
+    identity_basis = False
 
     def applies(self, spec, lay, design) -> bool:  # pragma: no cover - every path defines it
         raise NotImplementedError
 
     def log_density(self, ops, spec, lay, design, params):
         """Log-density of the observed cells with the effects integrated out (scalar, or (S,) for NumPy batches)."""
-        from twoway.marginal import base_projections
 
         proj = base_projections(ops, spec, lay, params)
         if design.m == 0:
@@ -63,8 +77,6 @@ class LikelihoodPath:
 
     def draw_coordinates(self, spec, lay, design, params, rng, chunk: int) -> np.ndarray:
         """Exact draws (S, m) of the effects' coordinates given S parameter draws (NumPy, in chunks)."""
-        from twoway.likelihood.backend import NUMPY
-        from twoway.marginal import base_projections
 
         S = next(iter(params.values())).shape[0]
         u = np.empty((S, design.m))
@@ -86,15 +98,13 @@ class Sparse(LikelihoodPath):
 
     name = "sparse"
     every_ops = False   # its dense twin is in tests/test_sparse.py
+    identity_basis = True  # random effects only, coordinates in the effects' own order
 
     def applies(self, spec, lay, design):
-        from twoway.likelihood.sparse import SparseDesign
 
         return isinstance(design, SparseDesign)
 
     def log_density(self, ops, spec, lay, design, params):
-        from twoway.likelihood.backend import NUMPY
-        from twoway.likelihood.sparse import sparse_logp
 
         if ops is not NUMPY:
             raise ModelError("The sparse path is evaluated with NumPy/SciPy (CHOLMOD) only; a NUTS engine cannot "
@@ -102,7 +112,6 @@ class Sparse(LikelihoodPath):
         return sparse_logp(spec, lay, design, params)
 
     def draw_coordinates(self, spec, lay, design, params, rng, chunk):
-        from twoway.likelihood.sparse import sparse_draw
 
         return sparse_draw(spec, lay, design, params, rng)
 
@@ -129,7 +138,6 @@ class Anova(LikelihoodPath):
                    for k, (name, _, start, stop) in enumerate(design.blocks))
 
     def log_density(self, ops, spec, lay, design, params):
-        from twoway.marginal import noise_variance
 
         var = noise_variance(ops, spec, lay, params)
         kw = {}
@@ -153,17 +161,14 @@ class WoodburySchur(LikelihoodPath):
     name = "woodbury-schur"
 
     def applies(self, spec, lay, design):
-        from twoway.marginal import eliminated_block
 
         return spec.residual == "independent" and design.m > 0 and eliminated_block(spec, lay, design) is not None
 
     def log_density(self, ops, spec, lay, design, params):
-        from twoway.marginal import schur_logp
 
         return schur_logp(ops, spec, lay, design, params)
 
     def draw_coordinates(self, spec, lay, design, params, rng, chunk):
-        from twoway.marginal import schur_draw
 
         S = next(iter(params.values())).shape[0]
         u = np.empty((S, design.m))
@@ -193,12 +198,10 @@ class _Kronecker(LikelihoodPath):
     """A complete Kronecker table (the projections come from the factors; see likelihood.kronecker)."""
 
     def applies(self, spec, lay, design):
-        from twoway.likelihood.kronecker import kronecker_path
 
         return spec.residual == "kronecker" and kronecker_path(spec, lay) == self.name
 
     def draw_coordinates(self, spec, lay, design, params, rng, chunk):
-        from twoway.marginal import kronecker_factors
 
         return super().draw_coordinates(spec, lay, design, {**params, **kronecker_factors(spec, lay, params)},
                                         rng, chunk)
@@ -222,13 +225,10 @@ class DenseTable(LikelihoodPath):
     name = "dense-table"
 
     def applies(self, spec, lay, design):
-        from twoway.likelihood.kronecker import kronecker_path
 
         return spec.residual == "full" or (spec.residual == "kronecker" and kronecker_path(spec, lay) == self.name)
 
     def draw_coordinates(self, spec, lay, design, params, rng, chunk):
-        from twoway.likelihood.backend import NUMPY
-        from twoway.marginal import base_projections, kronecker_factors
 
         if spec.residual == "kronecker":
             params = {**params, **kronecker_factors(spec, lay, params)}
@@ -251,7 +251,6 @@ class Dense(LikelihoodPath):
         return False  # only when asked for
 
     def log_density(self, ops, spec, lay, design, params):
-        from twoway.marginal import dense_covariance
 
         cov = dense_covariance(ops, spec, lay, design, params)
         return dense_logp(ops, ops.asarray(lay.r[lay.obs]), cov, lay.n_obs)
@@ -307,6 +306,5 @@ def draw_effects(spec, lay, design, params, rng: np.random.Generator, chunk: int
         if name == "intercept":
             out["intercept"] = lay.m0 + coords[:, 0]
         else:
-            # the sparse path's effects are random with an identity basis: no dense basis to apply
-            out[name] = coords if path.name == "sparse" else coords @ design.bases[name.split("_")[0]].T
+            out[name] = coords if path.identity_basis else coords @ design.bases[name.split("_")[0]].T
     return out

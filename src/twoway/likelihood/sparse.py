@@ -25,15 +25,17 @@ SciPy only: JAX cannot trace it, so it serves the ``laplace`` engine, not NUTS.
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
 
 import numpy as np
 
 from twoway.errors import ModelError, TwowayError
+from twoway.likelihood import memory
+from twoway.likelihood.diagonal import cell_sd
+from twoway.likelihood.marginal import effects_design
 
 __all__ = ["SparseDesign", "SparseSystem", "sparse_applies", "prefers_sparse", "build_system", "cholmod",
-           "SPARSE_MIN_LEVELS", "SPARSE_MAX_FRACTION", "available_memory", "dense_path_bytes"]
+           "SPARSE_MIN_LEVELS", "SPARSE_MAX_FRACTION"]
 
 _LOG_2PI = math.log(2.0 * math.pi)
 
@@ -84,36 +86,6 @@ def prefers_sparse(spec, data) -> bool:
     return dense >= SPARSE_MIN_LEVELS and fraction <= SPARSE_MAX_FRACTION
 
 
-def available_memory() -> int:
-    """Bytes of memory available now (MemAvailable in /proc/meminfo, else free pages)."""
-    try:
-        with open("/proc/meminfo") as fh:
-            for line in fh:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    try:
-        return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
-    except (ValueError, OSError, AttributeError):  # pragma: no cover - no way to know
-        return 1 << 62
-
-
-def dense_path_bytes(spec, data) -> int:
-    """A lower estimate of the bytes a dense (NUTS) path holds for ``spec`` on ``data``.
-
-    The effects' design keeps 2 m x m blocks per effect plus the (N + K, m) map
-    (m = number of integrated coordinates); the integrated paths then hold a few
-    m x m working arrays under the gradient and a few (R, N, K) grids.
-    """
-    R, N, K = data.values.shape
-    m = int(spec.intercept) + (N if spec.row_effect != "none" else 0) + (K if spec.col_effect != "none" else 0)
-    n_blocks = int(spec.intercept) + (spec.row_effect != "none") + (spec.col_effect != "none")
-    design = 8 * (2 * n_blocks * m * m + (N + K) * m)
-    working = 8 * (4 * m * m + 8 * R * N * K)
-    return int(design + working)
-
-
 # -- the design, described without dense matrices -------------------------------------------------
 class SparseDesign:
     """The integrated effects of a sparse plan: blocks and known matrices, no dense design.
@@ -121,13 +93,13 @@ class SparseDesign:
     Attributes
     ----------
     blocks : tuple of (name, var_param, start, stop)
-        As :class:`twoway.marginal.EffectsDesign`: intercept, row_effect, col_effect.
+        As :class:`twoway.likelihood.marginal.EffectsDesign`: intercept, row_effect, col_effect.
     known : dict
         ``row``/``col`` -> known relationship matrix (n, n) of that side's effects.
 
-    The dense :class:`~twoway.marginal.EffectsDesign` (its ``E``, ``base_cov``,
-    ``prior`` ...) is built on first use only, for code that needs it on a
-    table small enough.
+    It stays sparse: it has no ``E``, ``base_cov`` or ``prior``. Code that needs the
+    dense :class:`~twoway.likelihood.marginal.EffectsDesign` asks for it by name
+    (:meth:`dense`), which refuses when it would not fit in memory.
     """
 
     def __init__(self, spec, data, known: dict | None = None):
@@ -151,17 +123,32 @@ class SparseDesign:
         return self._m
 
     def dense(self):
-        """The dense :class:`~twoway.marginal.EffectsDesign` of the same effects (built once)."""
-        if self._dense is None:
-            from twoway.marginal import effects_design
+        """The dense :class:`~twoway.likelihood.marginal.EffectsDesign` of the same effects (built once).
 
+        Raises
+        ------
+        ModelError
+            When its (m, m) blocks would need more memory than is available: saying
+            how much it needs, how much there is, and what to use instead.
+        """
+        if self._dense is None:
+
+            need = memory.dense_design_bytes(self._spec, self._data)
+            available = memory.available_memory()
+            if need > available:
+                d = self._data
+                raise ModelError(
+                    f"The dense design of the {self._m:,} integrated effects of this {d.n_rows} x {d.n_cols} table "
+                    f"would need about {memory.gib(need)} of memory; {memory.gib(available)} is available. "
+                    "The sparse path keeps them sparse: use what it gives (the posterior, its summary and "
+                    "the effects' draws), or ask for the dense quantity on a smaller table or a machine with "
+                    "more memory.")
             self._dense = effects_design(self._spec, self._data, known=self.known)
         return self._dense
 
-    def __getattr__(self, name):
-        if name in ("E", "base_cov", "base_prec", "base_logdet", "bases", "prior", "covariance", "without_effects"):
-            return getattr(self.dense(), name)
-        raise AttributeError(name)
+    def relationship_scale(self, side: str) -> float:
+        """The mean diagonal of ``side``'s effects' prior covariance (of its known matrix; 1 without one)."""
+        return float(np.mean(np.diag(self.known[side]))) if side in self.known else 1.0
 
     def system(self, spec, lay) -> "SparseSystem":
         """The :class:`SparseSystem` of this design on ``lay`` (built once per layout)."""
@@ -225,7 +212,6 @@ class SparseSystem:
 
     def noise_variance(self, params) -> np.ndarray:
         """Variance of each observed cell, (n,) (or (1,) when uniform)."""
-        from twoway.likelihood.diagonal import cell_sd
 
         se = self.se[:1] if self.uniform else self.se
         sigma = params.get("sigma")

@@ -26,6 +26,8 @@ from typing import Any
 
 import numpy as np
 
+from twoway.linalg.ops import NUMPY
+
 __all__ = ["Projections", "sandwich", "diagonal_projections", "shock_projections", "collapse_cells",
            "cell_effect_projections", "woodbury_logp",
            "gaussian_logp_from", "effects_posterior", "effects_conditional", "EliminatedSide",
@@ -302,7 +304,6 @@ def effects_conditional(proj: Projections, E, g_inv):
     -------
     (mean (..., m), L (..., m, m)) with ``L L' = M``.
     """
-    from twoway.likelihood.backend import NUMPY
 
     T = sandwich(NUMPY, proj.P, E)
     c = np.einsum("mk,...k->...m", E.T, proj.b)

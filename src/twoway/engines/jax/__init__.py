@@ -2,7 +2,7 @@
 
 The log-density (:mod:`.model`) takes the table's numbers as arguments, NUTS
 comes from BlackJAX (:mod:`.sampler`), and compiled programs are kept in
-memory and in JAX's persistent compilation cache (:mod:`twoway.cache`).
+memory and in JAX's persistent compilation cache (:mod:`twoway.engines.jax.cache`).
 
 JAX runs in float64 here: the engine turns ``jax_enable_x64`` on when it
 first builds a model (twoway's algebra needs double precision). twoway sets

@@ -3,13 +3,23 @@
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
+import marshal
+import sys
 import threading
+import warnings
 from collections import OrderedDict
+from pathlib import Path
 
 import numpy as np
 
-from twoway.errors import FitError
+from twoway.engines.description import NUTS
+from twoway.engines.jax.cache import cache_entries, enable_jax_cache
+from twoway.engines.jax.model import describe, model_args
+from twoway.engines.jax.programs import ProgramStore
+from twoway.engines.jax.sampler import ChainProgram, capacity_for
+from twoway.errors import FitError, TwowayError, TwowayWarning
 
 __all__ = ["JaxEngine", "program_key"]
 
@@ -62,11 +72,33 @@ def program_key(plan) -> str:
                     h.update(np.ascontiguousarray(st.known).tobytes())
         full = plan.parts.get("full")
         if full is not None:
+            h.update(full.source.encode())
             if full.function is not None:
-                h.update(str(id(full.function)).encode())
+                h.update(_function_digest(full.function))
             else:
                 h.update(np.ascontiguousarray(full.matrix).tobytes())
     return h.hexdigest()
+
+
+def _function_digest(function) -> bytes:
+    """A digest of a covariance function's code that is the same in every process.
+
+    The file that defines it (its module: a change to anything the function
+    calls there counts), else the function's compiled code, else its name.
+    """
+    h = hashlib.sha256()
+    module = getattr(function, "__module__", None)
+    h.update(f"{module}:{getattr(function, '__qualname__', '')}".encode())
+    try:
+        path = inspect.getsourcefile(function)
+    except TypeError:  # not a function defined in Python (a partial, a callable object): its module's file
+        path = getattr(sys.modules.get(module or ""), "__file__", None)
+    code = getattr(function, "__code__", None)
+    if path is not None and Path(path).is_file():
+        h.update(Path(path).read_bytes())
+    elif code is not None:
+        h.update(marshal.dumps(code))
+    return h.digest()
 
 
 class JaxEngine:
@@ -75,15 +107,11 @@ class JaxEngine:
     name = "jax"
     reuses_priors = True
     min_tune = 0
+    description = NUTS  # its progress is phase lines (the report callback), no bar of its own
 
     def compile(self, plan, *, progress):
-        import warnings
 
-        from twoway.cache import enable_jax_cache
-        from twoway.engines.jax.model import describe
-        from twoway.errors import TwowayError, TwowayWarning
 
-        from twoway.engines.jax.programs import ProgramStore
 
         store = None
         try:
@@ -96,7 +124,6 @@ class JaxEngine:
 
     def program(self, compiled, tune: int, draws: int):
         """The chain program that can run ``tune + draws`` iterations (built once per process)."""
-        from twoway.engines.jax.sampler import ChainProgram, capacity_for
 
         capacity = capacity_for(tune, draws)
         key = (compiled["key"], capacity)
@@ -109,10 +136,8 @@ class JaxEngine:
         return compiled.get("last_compile_seconds", 0.0)
 
     def sample(self, compiled, plan, *, chains, draws, tune, seed, progress, cores, report=None):
-        from twoway.engines.jax.model import model_args
 
         args = model_args(plan)
-        from twoway.cache import cache_entries
 
         prog = self.program(compiled, tune, draws)
         fresh = prog.compiled is None

@@ -1,6 +1,6 @@
 """The JAX mapping of twoway's priors: log-densities and transforms to the real line.
 
-A :class:`~twoway.priors.Prior` is data (a family and its numbers); this
+A :class:`~twoway.spec.priors.Prior` is data (a family and its numbers); this
 module maps a family to what the JAX engine needs: the log-density, and a
 bijection from an unconstrained value ``u`` to the prior's support with its
 log-Jacobian. The prior's numbers are *arguments* (arrays that may be traced),

@@ -17,6 +17,8 @@ import pickle
 from functools import lru_cache
 from pathlib import Path
 
+from twoway._version import __version__
+
 __all__ = ["ProgramStore", "code_digest"]
 
 SUFFIX = ".twoway-program"
@@ -28,13 +30,11 @@ def code_digest() -> str:
     import jax
     import jaxlib
 
-    import twoway
-
     h = hashlib.sha256()
-    h.update(f"{twoway.__version__} {jax.__version__} {jaxlib.__version__}".encode())
+    h.update(f"{__version__} {jax.__version__} {jaxlib.__version__}".encode())
     h.update(jax.default_backend().encode())
-    root = Path(twoway.__file__).parent
-    for sub in ("marginal.py", "structures.py", "covariance.py", "plan.py", "likelihood", "engines"):
+    root = Path(__file__).parents[2]  # the package folder
+    for sub in ("spec", "linalg", "plan.py", "likelihood", "engines"):
         path = root / sub
         files = sorted(path.rglob("*.py")) if path.is_dir() else [path]
         for f in files:

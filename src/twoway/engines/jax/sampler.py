@@ -21,13 +21,17 @@ program small and lets the numbers of draws be arguments.
 
 from __future__ import annotations
 
+import os
+import threading
 import time
-from typing import NamedTuple
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
+from threadpoolctl import threadpool_limits
+
+from twoway.engines.jax.cache import cache_entries
 
 __all__ = ["ChainProgram", "STAT_NAMES", "INIT_RADIUS", "adaptation_schedule", "capacity_for", "DualAveraging"]
 
@@ -233,7 +237,6 @@ class ChainProgram:
         at a time) after each segment of each chain, with the iterations (tuning and
         kept draws) done so far over all chains and their total.
         """
-        import threading
 
         import jax
 
@@ -269,7 +272,6 @@ class ChainProgram:
         if workers == 1:
             results = [one(keys[c]) for c in range(chains)]
         else:
-            from threadpoolctl import threadpool_limits
 
             # chains in parallel threads: one BLAS thread each (XLA's CPU linear algebra calls
             # OpenBLAS, whose own threads would otherwise fight the chains for the cores: measured
@@ -285,7 +287,6 @@ def _compile(lowered, options: dict, store) -> tuple[Any, bool]:
     """Compile ``lowered``; also say whether XLA compiled it (True) or JAX's cache served it (False)."""
     if store is None:
         return lowered.compile(compiler_options=options), True
-    from twoway.cache import cache_entries
 
     before = cache_entries()
     exe = lowered.compile(compiler_options=options)
@@ -385,7 +386,6 @@ def _stack(results: list) -> dict:
 
 
 def _cores() -> int:
-    import os
 
     try:
         return len(os.sched_getaffinity(0))

@@ -1,0 +1,655 @@
+"""The ``twoway`` command line: each sub-command reads, calls the library once, writes.
+
+Errors caused by the input print one line, ``twoway: error: ...``, and exit
+with status 2; no traceback. Commands that fit say on stderr what they are
+doing, a line per phase (``--no-progress``: nothing). This module imports no
+numerical library at its top, so that ``twoway --help`` can be quick; each
+command imports what it needs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import warnings
+from pathlib import Path
+from typing import Callable, Sequence
+
+from twoway._version import __version__
+from twoway.app.progress import FitLines, Progress
+from twoway.engines.choose import DEFAULT_ENGINE, ENGINES, choose  # a light module: names only, no engine imported
+from twoway.engines.jax.cache import cache_info, clear_cache
+from twoway.errors import ConvergenceWarning, DataError, DegreesOfFreedomWarning, FitError, TwowayError, TwowayWarning
+from twoway.fit import Fit, check_fit_output, check_sampling_options, compile_model
+from twoway.runs.batch import fit_many, table_files
+from twoway.simulate import simulate
+from twoway.spec.model import FILE_OPTIONS, degrees_of_freedom, load_model
+from twoway.table.data import TwoWayData, csv_header
+from twoway.table.io.outputs import atomic_output, check_output
+
+__all__ = ["main"]
+
+
+def _model_arg(p: argparse.ArgumentParser, default: str = "additive") -> None:
+    p.add_argument("--model", default=default,
+                   help="a preset (additive, additive-sd, crossed, crossed-hetero, latent, kronecker, common-effect) "
+                        "or a TOML model file (default: %(default)s)")
+    p.add_argument("--row-structure", default=None,
+                   help="Kronecker row factor: iid, diag, ar1, cs, fa:k, unstructured, known:FILE")
+    p.add_argument("--col-structure", default=None, help="Kronecker column factor (as --row-structure)")
+
+
+def _model(args):
+    """The model named by --model, with --row-structure / --col-structure applied."""
+
+
+    spec = load_model(args.model)
+    changes = {k: v for k, v in (("row_structure", getattr(args, "row_structure", None)),
+                                 ("col_structure", getattr(args, "col_structure", None))) if v}
+    if changes and spec.residual != "kronecker":
+        raise TwowayError("--row-structure and --col-structure apply to the kronecker residual "
+                          f"(for example --model kronecker); the model {spec.name!r} has a {spec.residual} residual.")
+    return dataclasses.replace(spec, **changes) if changes else spec
+
+
+NUTS_ENGINES = tuple(e for e in ENGINES if e != "laplace")
+
+
+class _DefaultEngine(str):
+    """The default engine's name, marked as not named by the user: the table may choose the laplace engine."""
+
+
+def _named_engine(args):
+    """The engine the user named, or None for the default (then the table decides)."""
+    return None if isinstance(args.engine, _DefaultEngine) else args.engine
+
+
+def _table_args(p: argparse.ArgumentParser) -> None:
+    """The columns of a long table (row, col, value, se, replicate) and what an se of 0 means."""
+    p.add_argument("--row", default="row", help="column holding the row label (default: %(default)s)")
+    p.add_argument("--col", default="col", help="column holding the column label (default: %(default)s)")
+    p.add_argument("--value", default="value", help="column holding the value (default: %(default)s)")
+    p.add_argument("--se", default=None,
+                   help="column holding known standard errors (default: a column named 'se', if any)")
+    p.add_argument("--no-se", action="store_true", help="ignore a column named 'se'")
+    p.add_argument("--zero-se", choices=("error", "none"), default="error",
+                   help="an se of 0: an error (default), or no known error for that cell, like an empty se")
+    p.add_argument("--replicate", default=None,
+                   help="column holding the replicate label (default: a column named 'replicate', if any)")
+
+
+def _engine_args(p: argparse.ArgumentParser) -> None:
+    """``--engine`` (``--backend``, its old name, is kept as a hidden alias) and ``--progress``."""
+    p.add_argument("--engine", choices=(*NUTS_ENGINES, "laplace"), default=_DefaultEngine(DEFAULT_ENGINE),
+                   help="what compiles and samples the model: jax (compiled programs are cached on disk, "
+                        "see 'twoway cache'), nutpie, or PyMC's own sampler; or laplace (crossed models with "
+                        "iid or known-matrix effects and an independent residual: nested Laplace with "
+                        "importance sampling through a sparse Cholesky factor, no compile). Default: "
+                        "%(default)s; a large sparse crossed table is fitted by laplace unless an engine is named")
+    # Same destination; SUPPRESS keeps it out of --help and leaves the default to --engine.
+    p.add_argument("--backend", dest="engine", choices=NUTS_ENGINES, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="report progress on stderr: a line per phase, and progress bars (default: the lines; "
+                        "the bars only when stderr is a terminal)")
+
+
+def _worker_args(p: argparse.ArgumentParser) -> None:
+    """``--workers`` and ``--scheduler``: where many fits run."""
+    p.add_argument("--workers", type=int, default=1,
+                   help="fits at a time: 1 runs them here one after another; N > 1 starts a local Dask "
+                        "cluster of N worker processes (default: %(default)s)")
+    p.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                   help="address of a running Dask scheduler (tcp://host:8786) to run the fits on instead")
+
+
+def _estimand_args(p: argparse.ArgumentParser) -> None:
+    """``--ci-prob`` and ``--var``: the intervals' probability, the variables shown."""
+    p.add_argument("--ci-prob", type=float, default=0.94,
+                   help="probability of the highest-density intervals, in (0, 1) (default: %(default)s)")
+    p.add_argument("--var", action="append", default=None, metavar="NAME",
+                   help="show this variable, or every variable whose name starts with it; repeatable "
+                        "(default: the model's parameters and the row and column means)")
+
+
+def _sampling_args(p: argparse.ArgumentParser, *, draws: int = 1000) -> None:
+    p.add_argument("--chains", type=int, default=4, help="number of chains (default: %(default)s)")
+    p.add_argument("--draws", type=int, default=draws, help="draws per chain kept (default: %(default)s)")
+    p.add_argument("--tune", type=int, default=1000, help="tuning draws per chain (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=None, help="random seed (same seed, same draws)")
+    _engine_args(p)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="twoway",
+        description="Bayesian models of two-way tables (rows x columns), with known and unknown variance.")
+    parser.add_argument("--version", action="version", version=f"twoway {_version()}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    p = sub.add_parser("demo", help="simulate the founding 8 x 12 example, fit it, check recovery")
+    p.add_argument("--out", default="demo-output", help="folder for data, fit and figures (default: %(default)s)")
+    p.add_argument("--chains", type=int, default=4)
+    p.add_argument("--draws", type=int, default=1000)
+    p.add_argument("--tune", type=int, default=1000)
+    p.add_argument("--seed", type=int, default=None, help="seed (default: the demo's fixed seed)")
+    _engine_args(p)
+
+    p = sub.add_parser("simulate", help="draw a table from a model, from the prior")
+    p.add_argument("--rows", type=int, required=True)
+    p.add_argument("--cols", type=int, required=True)
+    p.add_argument("--replicates", type=int, default=1)
+    _model_arg(p)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--se", type=float, default=None, help="attach this known standard error to every cell")
+    p.add_argument("--missing", type=float, default=0.0, help="fraction of cells to drop at random")
+    p.add_argument("--out", required=True, help="CSV file for the table (long form)")
+    p.add_argument("--truth", default=None, help="JSON file for the true parameters")
+
+    p = sub.add_parser("fit", help="fit a model to a long-form CSV table")
+    p.add_argument("data", help="CSV file, one line per cell")
+    _table_args(p)
+    _model_arg(p)
+    _sampling_args(p)
+    p.add_argument("--out", required=True, help="file for the fit (.nc, or .zarr)")
+    p.add_argument("--quiet", action="store_true", help="do not print the summary")
+
+    p = sub.add_parser("summary", help="summarise a saved fit")
+    p.add_argument("fit", help="a fit file written by 'twoway fit'")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    _estimand_args(p)
+    p.add_argument("--contrast", action="append", default=None, metavar="SIDE=LABEL",
+                   help="each row (row=LABEL) or column (col=LABEL) mean minus the reference level's, "
+                        "named 'OTHER - LABEL'; repeatable")
+
+    p = sub.add_parser("dof", help="degrees of freedom a model uses on a table: a data file, or its shape",
+                       description="Degrees of freedom a model uses on a table. Give the data file (its observed "
+                                   "cells are counted) or the shape (--rows, --cols, --replicates: every cell observed).")
+    p.add_argument("data", nargs="?", default=None, help="a long-form table file (CSV, .csv.gz, Parquet)")
+    p.add_argument("--row", default="row", help="column holding the row label (default: %(default)s)")
+    p.add_argument("--col", default="col", help="column holding the column label (default: %(default)s)")
+    p.add_argument("--value", default="value", help="column holding the value (default: %(default)s)")
+    p.add_argument("--replicate", default=None,
+                   help="column holding the replicate label (default: a column named 'replicate', if any)")
+    p.add_argument("--rows", type=int, default=None)
+    p.add_argument("--cols", type=int, default=None)
+    p.add_argument("--replicates", type=int, default=None, help="replicate tables (default: 1)")
+    _model_arg(p)
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("compare", help="compare fits of one table by leave-one-out predictive density")
+    p.add_argument("fits", nargs="+", metavar="FIT", help="two or more fit files of the same table")
+    p.add_argument("--by", choices=["cell", "row", "col"], default="cell",
+                   help="leave out one cell, or a whole row or column, at a time (default: %(default)s)")
+    p.add_argument("--refit", action="store_true",
+                   help="refit each model without each cell whose Pareto k is above 0.7 (at most 10 per fit)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+    p = sub.add_parser("report", help="write one self-contained HTML report of one or more fits")
+    p.add_argument("fits", nargs="+", metavar="FIT", help="fit files written by 'twoway fit' (of one table)")
+    p.add_argument("-o", "--out", default="report.html", help="the HTML file to write (default: %(default)s)")
+    p.add_argument("--names", default=None, help="comma-separated names, one per fit (default: the file names)")
+    p.add_argument("--truth", default=None, help="JSON of true values (from 'twoway simulate --truth')")
+    _estimand_args(p)
+
+    p = sub.add_parser("predict", help="every cell's mean (or a new observation), observed and missing, to a CSV",
+                       description="Write one line per cell of the full grid (per replicate table when the fit "
+                                   "has several): row, col, (replicate), observed (empty when missing), mean, sd, "
+                                   "lower, upper (the highest-density interval) and kind: 'fitted' for observed "
+                                   "cells, 'predicted' for missing ones, predicted from the observed cells "
+                                   "(exactly, also under Kronecker and full covariances).")
+    p.add_argument("fit", help="a fit file written by 'twoway fit'")
+    p.add_argument("--out", required=True, help="the CSV file to write")
+    p.add_argument("--new-observation", action="store_true",
+                   help="predict a new observation of each cell (its noise and known se added), not its mean")
+    p.add_argument("--ci-prob", type=float, default=0.94,
+                   help="probability of the intervals, in (0, 1) (default: %(default)s)")
+    p.add_argument("--new-row", action="append", default=None, metavar="LABEL",
+                   help="also predict a row with no data, from the row effects' law; repeatable")
+    p.add_argument("--new-col", action="append", default=None, metavar="LABEL",
+                   help="also predict a column with no data, from the column effects' law; repeatable")
+    p.add_argument("--max-draws", type=int, default=None,
+                   help="use this many posterior draws, chosen at random (default: all)")
+    p.add_argument("--seed", type=int, default=0, help="seed for the choice of draws (default: %(default)s)")
+
+    p = sub.add_parser("sbc", help="simulation-based calibration: simulate from the prior, fit, rank the truth",
+                       description="Simulation-based calibration. Exit status 0 when every parameter's ranks "
+                                   "pass the uniformity test, 1 when some fail, 2 for bad input.")
+    p.add_argument("--rows", type=int, required=True)
+    p.add_argument("--cols", type=int, required=True)
+    p.add_argument("--sims", type=int, required=True, help="number of simulated tables to fit")
+    p.add_argument("--replicates", type=int, default=1, help="replicate tables per simulation")
+    _model_arg(p)
+    p.add_argument("--chains", type=int, default=2, help="number of chains (default: %(default)s)")
+    p.add_argument("--draws", type=int, default=500, help="draws per chain kept (default: %(default)s)")
+    p.add_argument("--tune", type=int, default=500, help="tuning draws per chain (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    p.add_argument("--se", type=float, default=None, help="attach this known standard error to every cell")
+    p.add_argument("--alpha", type=float, default=0.01,
+                   help="family-wise false-alarm rate, Bonferroni over parameters (default: %(default)s)")
+    p.add_argument("--out", required=True, help="folder for the results; a rerun with the same settings resumes")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    _engine_args(p)
+    _worker_args(p)
+
+    p = sub.add_parser("fit-many", help="fit one model to many tables (files, or groups of one table), on workers",
+                       description="Fit one model to each table: the CSV files in a folder or matching a pattern, "
+                                   "or the groups of one long table split by --by. Writes one fit file per table, "
+                                   "summary.csv (one row per table: status, error, seconds, diagnostics, posterior "
+                                   "mean and sd of the scalar parameters) and config.json into --out. A rerun with "
+                                   "the same folder and settings fits only the tables not yet done. Exit status 0 "
+                                   "when every table was fitted, 1 when some failed, 2 for bad input.")
+    p.add_argument("tables", nargs="+", metavar="TABLES",
+                   help="a folder of CSV tables, a glob pattern (quoted), CSV files, or one long table with --by")
+    p.add_argument("--by", default=None, metavar="COL", help="split each table into one table per value of COL")
+    _table_args(p)
+    _model_arg(p)
+    _sampling_args(p)
+    p.set_defaults(seed=0)
+    p.add_argument("--out", required=True, metavar="DIR",
+                   help="folder for the fit files and summary.csv; a rerun with the same settings resumes")
+    _worker_args(p)
+
+    p = sub.add_parser("cache", help="the cache of compiled JAX programs: where it is, how big; clear it",
+                       description="The jax engine keeps compiled programs on disk, so the next fit of a table "
+                                   "of the same layout starts sooner. The folder is $TWOWAY_CACHE_DIR, else "
+                                   "$XDG_CACHE_HOME/twoway/jax, else ~/.cache/twoway/jax.")
+    cache_sub = p.add_subparsers(dest="cache_command", metavar="ACTION")
+    cache_sub.required = True
+    q = cache_sub.add_parser("info", help="print the folder, the number of cached programs and their size")
+    q.add_argument("--json", action="store_true", help="print one JSON object")
+    cache_sub.add_parser("clear", help="delete the cached programs")
+    return parser
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Parse a command line as ``twoway`` does, without running it (usage errors exit 2)."""
+    return build_parser().parse_args(argv)
+
+
+def _version() -> str:
+
+    return __version__
+
+
+def cmd_demo(args) -> int:
+    from twoway.app.demo import DEMO_SEED, run_demo
+
+    print(f"twoway demo: the seed's 8 treatments x 12 groups, simulated and fitted with 'additive' -> {args.out}/",
+          flush=True)
+    res = run_demo(args.out, chains=args.chains, draws=args.draws, tune=args.tune,
+                   seed=DEMO_SEED if args.seed is None else args.seed, engine=args.engine, progress=args.progress)
+    rec = res.recovery
+    print("\nrecovery (94% highest-density intervals):")
+    print(rec.to_string(float_format=lambda v: f"{v:.3f}"))
+    print(f"\ncovered: {int(rec['covered'].sum())} of {len(rec)} true values "
+          f"({100 * rec['covered'].mean():.0f}%; about 94% expected)")
+    print()
+    print(res.summary.format())
+    print("\nwrote: " + ", ".join(str(p) for p in res.files.values()))
+    return 0
+
+
+def cmd_simulate(args) -> int:
+
+
+    inputs = _model_inputs(args)
+    check_output(args.out, endings=TABLE_ENDINGS, inputs=inputs, what="table file")
+    if args.truth:
+        check_output(args.truth, endings=(".json",), inputs=inputs + [args.out], what="truth file")
+    sim = simulate(_model(args), args.rows, args.cols, args.replicates, seed=args.seed, se=args.se,
+                   missing=args.missing)
+    sim.data.to_csv(args.out)
+    print(f"wrote a {args.rows} x {args.cols} table"
+          f"{f' x {args.replicates} replicates' if args.replicates > 1 else ''} "
+          f"({sim.data.n_observed} observed cells) to {args.out}")
+    if args.truth:
+        sim.write_truth(args.truth)
+        print(f"wrote the true parameters to {args.truth}")
+    return 0
+
+
+def _default_columns(args, header: Callable[[], Sequence[str]]) -> tuple[str | None, str | None]:
+    """The se and replicate columns: as named, else columns named ``se`` / ``replicate`` (said on stderr).
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        With ``se``, ``no_se`` and ``replicate``.
+    header : callable
+        Gives the table's column names; called only when a column is not named.
+
+    Returns
+    -------
+    (se, replicate) : str or None each
+    """
+    if args.se is not None and args.no_se:
+        raise TwowayError("Give --se COLUMN or --no-se, not both.")
+    se, replicate = args.se, args.replicate
+    if se is not None and replicate is not None:
+        return se, replicate
+    columns = header()
+    if se is None and not args.no_se and "se" in columns:
+        se = "se"
+        print("twoway: using the column 'se' as known standard errors (--no-se to ignore it)", file=sys.stderr)
+    if replicate is None and "replicate" in columns:
+        replicate = "replicate"
+        print("twoway: using the column 'replicate' as the replicate label", file=sys.stderr)
+    return se, replicate
+
+
+def cmd_fit(args) -> int:
+
+    check_sampling_options(args.chains, args.draws, args.tune, args.seed, args.engine)
+    check_fit_output(args.out, inputs=[args.data] + _model_inputs(args))
+    spec = _model(args)
+    se, replicate = _default_columns(args, lambda: csv_header(args.data))
+    data = TwoWayData.from_csv(args.data, row=args.row, col=args.col, value=args.value,
+                               se=se, replicate=replicate, zero_se=args.zero_se)
+    dof = degrees_of_freedom(spec, data.n_rows, data.n_cols, data.n_replicates, n_observed=data.n_observed)
+    if dof.overparameterised:
+        print(f"warning: the model uses {dof.n_parameters} parameters on {dof.n_observed} observed cells; "
+              "the priors will decide what the data cannot.", file=sys.stderr)
+    progress = _progress(args)
+    chains = f"{args.chains} chain{'s' if args.chains != 1 else ''}"
+    engine = _named_engine(args)
+
+    choice = choose(spec, data, engine=engine)  # the engine that will run: the label reads it, never re-derives it
+    progress.phase("fitting", f"the {spec.label} model ({choice.label}): {chains} x {args.draws} draws "
+                              f"after {args.tune} tuning")
+    # The phase lines are the CLI's (the same for every engine, in a log too); the library shows only
+    # the sampler's own progress bar, on a terminal (engines without a bar report phase lines: not twice).
+    bars = _sampler_progress(args) and choice.engine.description.progress_bar
+
+    lines = FitLines(progress)
+    compiled = compile_model(spec, data, engine=engine, progress=False, choice=choice)
+    result = compiled.sample(chains=args.chains, draws=args.draws, tune=args.tune, seed=args.seed, progress=bars,
+                             on_progress=lines)
+    lines.sampled(result.info)
+    lines.writing(args.out)
+    result.save(args.out)
+    if not args.quiet:
+        print(result.summary().format())
+    print(f"\nwrote the fit to {args.out}")
+    return 0
+
+
+def cmd_summary(args) -> int:
+
+    _check_ci_prob(args.ci_prob)
+    summary = Fit.load(args.fit).summary(var_names=args.var, ci_prob=args.ci_prob, contrasts=args.contrast)
+    if args.json:
+        out = summary.to_dict()
+        keep = ("parameters", "contrasts", "variance_decomposition", "diagnostics", "warnings")
+        print(json.dumps({k: out[k] for k in keep if k in out}, indent=2))
+    else:
+        print(summary.format())
+    return 0
+
+
+def _check_ci_prob(value: float) -> None:
+    if not 0 < value < 1:
+        raise TwowayError(f"The --ci-prob option must be between 0 and 1; got {value!r}.")
+
+
+def cmd_predict(args) -> int:
+
+    _check_ci_prob(args.ci_prob)
+    if args.max_draws is not None and args.max_draws < 1:
+        raise TwowayError(f"The --max-draws option must be at least 1; got {args.max_draws!r}.")
+    out = check_output(args.out, endings=(".csv",), inputs=[args.fit], what="predictions file")
+    fit = Fit.load(args.fit)
+    table = fit.predict(new_observation=args.new_observation, ci_prob=args.ci_prob, max_draws=args.max_draws,
+                        seed=args.seed, new_rows=args.new_row or (), new_cols=args.new_col or ())
+    with atomic_output(out) as tmp:
+        table.to_csv(tmp, index=False, na_rep="")
+    n_missing = int((table["kind"] == "predicted").sum())
+    what = "a new observation of each cell" if args.new_observation else "each cell's mean"
+    print(f"wrote {what} ({len(table)} cells, {n_missing} of them missing from the table) to {out}")
+    return 0
+
+
+def cmd_dof(args) -> int:
+
+    shape = [v for v in (args.rows, args.cols, args.replicates) if v is not None]
+    if args.data is not None:
+        if shape:
+            raise TwowayError("Give 'twoway dof' a data file or the table's shape (--rows, --cols), not both.")
+
+        replicate = args.replicate
+        if replicate is None and "replicate" in csv_header(args.data):
+            replicate = "replicate"
+        data = TwoWayData.from_csv(args.data, row=args.row, col=args.col, value=args.value, replicate=replicate)
+        dof = degrees_of_freedom(_model(args), data.n_rows, data.n_cols, data.n_replicates,
+                                 n_observed=data.n_observed)
+    else:
+        if args.rows is None or args.cols is None:
+            raise TwowayError("Give 'twoway dof' a data file, or the table's shape with --rows and --cols.")
+        dof = degrees_of_freedom(_model(args), args.rows, args.cols, 1 if args.replicates is None else args.replicates)
+    if args.json:
+        print(json.dumps(dof.to_dict(), indent=2))
+    else:
+        print(dof.format())
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from twoway.results.compare import compare, preferred, unique_names
+
+    if len(args.fits) < 2:
+        raise FitError(f"A comparison needs at least 2 fit files; got {len(args.fits)}.")
+    fits = [Fit.load(path) for path in args.fits]
+    names = unique_names([Path(path).stem for path in args.fits])
+    table = compare(dict(zip(names, fits)), by=args.by, refit=args.refit)
+    sentence = preferred(table)
+    if args.json:
+        models = [{"name": str(name), "rank": int(row["rank"]), "elpd": float(row["elpd"]),
+                   "se": float(row["se"]), "elpd_diff": float(row["elpd_diff"]), "dse": float(row["dse"]),
+                   "weight": float(row["weight"]), "p_loo": float(row["p_loo"]),
+                   "pareto_k_bad": int(row["pareto_k_bad"])} for name, row in table.iterrows()]
+        print(json.dumps({"by": args.by, "models": models, "preferred": sentence,
+                          "warnings": table.attrs.get("warnings", []),
+                          "loo_method": table.attrs.get("loo_method", {})}, indent=2))
+    else:
+        print(f"leave-one-{args.by}-out comparison (PSIS-LOO; elpd_diff is each fit's elpd minus the best one's; "
+              "pareto_k_bad counts units with Pareto k > 0.7):")
+        print(table.to_string(float_format=lambda v: f"{v:.2f}"))
+        for name, how in table.attrs.get("loo_method", {}).items():
+            print(f"  {name}: {how}")
+        print()
+        print(sentence)
+    return 0
+
+
+def cmd_report(args) -> int:
+    from twoway.app.report import write_report
+
+    check_output(args.out, endings=(".html", ".htm"), inputs=list(args.fits) + [args.truth], what="report")
+    if args.names is not None:
+        names = [n.strip() for n in args.names.split(",")]
+        if len(names) != len(args.fits) or not all(names):
+            raise TwowayError(f"The --names option must give one non-empty name per fit ({len(args.fits)}); "
+                              f"got {args.names!r}.")
+    else:
+        names = [Path(path).stem for path in args.fits]
+    truth = None
+    if args.truth:
+        try:
+            truth = json.loads(Path(args.truth).read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise DataError(f"The truth file {args.truth!r} is not readable JSON ({type(exc).__name__}).") from None
+    _check_ci_prob(args.ci_prob)
+    fits = [Fit.load(path) for path in args.fits]
+    if truth is not None:
+        from twoway.results.recovery import check_truth
+
+        for fit in fits:
+            truth = check_truth(truth, fit, source=f"the truth file {args.truth!r}")
+    path = write_report(fits, args.out, names=names, truth=truth, ci_prob=args.ci_prob, var_names=args.var)
+    print(f"wrote the report to {path}")
+    return 0
+
+
+def cmd_sbc(args) -> int:
+    from twoway.runs.sbc import sbc
+
+    if not 0 < args.alpha < 1:
+        raise TwowayError(f"The --alpha option must be between 0 and 1; got {args.alpha!r}.")
+    # Progress is sbc's own line (one per replication), so that bad options still end in one line on stderr.
+    result = sbc(_model(args), args.rows, args.cols, args.sims, n_replicates=args.replicates, chains=args.chains,
+                 draws=args.draws, tune=args.tune, seed=args.seed, out=args.out, se=args.se, engine=args.engine,
+                 progress=args.progress, workers=args.workers, scheduler=args.scheduler)
+    if args.json:
+        print(json.dumps(result.to_dict(args.alpha), indent=2))
+    else:
+        print(result.format(args.alpha))
+        print(f"\nresults in {args.out}/")
+    return 0 if result.passes(args.alpha) else 1
+
+
+def cmd_fit_many(args) -> int:
+
+    check_sampling_options(args.chains, args.draws, args.tune, args.seed, args.engine)
+    spec = _model(args)
+
+    def first_header() -> list[str]:  # columns named se / replicate in the first table, as 'twoway fit' does
+        first = table_files(args.tables)[0]
+        try:
+            return csv_header(first)
+        except TwowayError:
+            return []  # that table's own job reports what is wrong with it
+
+    se, replicate = _default_columns(args, first_header)
+    progress = args.progress is not False
+    result = fit_many(args.tables, spec, args.out, by=args.by, row=args.row, col=args.col, value=args.value,
+                      se=se, replicate=replicate, zero_se=args.zero_se, chains=args.chains, draws=args.draws,
+                      tune=args.tune,
+                      seed=args.seed, engine=_named_engine(args), workers=args.workers, scheduler=args.scheduler,
+                      progress=progress)
+    summary = result.summary
+    n_ok = int((summary["status"] == "ok").sum())
+    reused = f" ({len(result.reused)} from an earlier run)" if result.reused else ""
+    print(f"fitted {n_ok} of {len(summary)} tables{reused}; fit files and summary.csv in {args.out}/")
+    for name, row in summary[summary["status"] != "ok"].iterrows():
+        print(f"failed: {name}: {row['error']}")
+    return 0 if n_ok == len(summary) else 1
+
+
+def cmd_cache(args) -> int:
+
+    if args.cache_command == "clear":
+        folder = cache_info()["path"]
+        removed = clear_cache()
+        print(f"removed {removed} cached program{'s' if removed != 1 else ''} from {folder}")
+        return 0
+    info = cache_info()
+    if args.json:
+        print(json.dumps(info, indent=2))
+    else:
+        print(f"folder: {info['path']}{'' if info['exists'] else ' (not created yet)'}")
+        print(f"entries: {info['entries']} compiled program{'s' if info['entries'] != 1 else ''}")
+        print(f"size: {_bytes(info['bytes'])}")
+    return 0
+
+
+def _bytes(n: int) -> str:
+    """``512 bytes``, ``7.7 KiB``, ``12.0 MiB``, ``1.5 GiB``."""
+    if n < 1024:
+        return f"{n} byte{'s' if n != 1 else ''}"
+    for unit in ("KiB", "MiB", "GiB"):
+        n /= 1024
+        if n < 1024 or unit == "GiB":
+            return f"{n:.1f} {unit}"
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _progress(args):
+    """The phase lines on stderr (compiling, sampling): on unless --no-progress."""
+
+    return Progress(enabled=args.progress is not False)
+
+
+def _sampler_progress(args) -> bool:
+    """Whether the sampler shows its own progress bar: --progress, else when stderr is a terminal."""
+    if args.progress is not None:
+        return bool(args.progress)
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+#: Endings of the table files twoway reads and writes (long form).
+TABLE_ENDINGS = (".csv", ".csv.gz")
+
+
+def _model_inputs(args) -> list[str]:
+    """The files a command's model options read: the model file and the files it names."""
+    out = []
+    for text in (getattr(args, "model", None), getattr(args, "row_structure", None),
+                 getattr(args, "col_structure", None)):
+        if not text:
+            continue
+        if text.lower().endswith(".toml"):
+            out.append(text)
+            try:
+
+                spec = load_model(text)
+            except TwowayError:
+                continue  # reported when the model is read
+            for key in FILE_OPTIONS:
+                value = getattr(spec, key, None)
+                if isinstance(value, str) and value.startswith("known:"):
+                    out.append(value[len("known:"):])
+                elif key == "covariance" and isinstance(value, str) and value.lower().endswith(".csv"):
+                    out.append(value)
+        elif text.startswith("known:"):
+            out.append(text[len("known:"):])
+    return out
+
+
+COMMANDS = {"demo": cmd_demo, "simulate": cmd_simulate, "fit": cmd_fit, "summary": cmd_summary, "dof": cmd_dof,
+            "compare": cmd_compare,
+            "report": cmd_report, "sbc": cmd_sbc, "fit-many": cmd_fit_many, "predict": cmd_predict, "cache": cmd_cache}
+
+
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """twoway's own warnings as one line on stderr (no source line); others as Python shows them."""
+
+    if issubclass(category, TwowayWarning):
+        print(f"twoway: warning: {message}", file=sys.stderr)
+    else:
+        sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status (0 ok, 2 bad input)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        with warnings.catch_warnings():
+            # The summary prints these in words; the CLI need not repeat them as Python warnings.
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            warnings.simplefilter("ignore", DegreesOfFreedomWarning)
+            warnings.showwarning = _one_line_warning
+            return COMMANDS[args.command](args)
+    except TwowayError as exc:
+        print(f"twoway: error: {exc}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:  # output piped into a reader that stopped early (head)
+        sys.stderr.close()
+        return 0
+    except KeyboardInterrupt:
+        print("twoway: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
+
+
+def run() -> None:
+    """Console entry point."""
+    sys.exit(main())

@@ -1,0 +1,712 @@
+"""One self-contained HTML report of one or more fits of a table.
+
+:func:`write_report` writes a single HTML file: inline CSS, every figure a
+base64 PNG data URI, no scripts and no network references, so it can be
+mailed, archived or opened offline. It shows, with a section (and an ``id``)
+each:
+
+=================  =========================================================
+id                 content
+=================  =========================================================
+``overview``       what was fitted: table size, models, sampling verdict
+``data``           the table as a heatmap, missing cells hatched
+``comparison``     with several fits: PSIS-LOO comparison and the preferred model
+``model``          model description, priors in force, sampler settings
+``fitted``         fitted means (intercept + row effect + column effect) and
+                   residuals (observed minus fitted, averaged over replicates)
+``predictions``    the observed table beside every cell's predicted mean (missing
+                   cells predicted from the observed ones, outlined)
+``variance``       variance decomposition: components, shares, intraclass correlations
+``effects``        forest plots of row and column effects (mean, 94% interval)
+``scales``         forest plots of row_sd, col_sd and the other scales
+``covariance``     posterior mean of row/column covariance or correlation
+                   matrices, or a note when the model has none
+``traces``         trace and rank plots of the main parameters
+``diagnostics``    R-hat, ESS, divergences and the plain warnings
+``checks``         posterior predictive checks
+``recovery``       with ``truth``: true values against the posterior
+=================  =========================================================
+
+With several fits the per-fit sections repeat for each, their ids suffixed
+``-2``, ``-3``, ... after the first fit's.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as _dt
+import html
+import math
+import os
+import warnings
+from pathlib import Path
+from string import Template
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from twoway._version import __version__
+from twoway.errors import ConvergenceWarning, DataError, FitError, TwowayError
+from twoway.fit import Fit
+from twoway.results.recovery import recovery
+from twoway.results.stats import hdi
+from twoway.results.summary import ESS_LIMIT, RHAT_LIMIT
+from twoway.table.io.outputs import write_text_atomic
+
+__all__ = ["write_report", "render_report", "SECTION_IDS"]
+
+#: Section ids, in page order (per-fit ones repeat with a suffix for later fits).
+SECTION_IDS = ("overview", "data", "comparison", "model", "fitted", "predictions", "variance", "effects", "scales",
+               "covariance", "traces", "diagnostics", "checks", "recovery")
+_TITLES = {
+    "overview": "Overview", "data": "The data", "comparison": "Model comparison", "model": "Model",
+    "fitted": "Fitted means and residuals", "predictions": "Predicted table",
+    "variance": "Variance decomposition", "effects": "Row and column effects", "scales": "Scales",
+    "covariance": "Row and column covariance", "traces": "Traces and rank plots",
+    "diagnostics": "Sampling diagnostics", "checks": "Posterior predictive checks",
+    "recovery": "Recovery of the true values",
+}
+INTERVAL = 0.94
+MAX_TRACE_SERIES = 10
+PPC_DRAWS = 400
+_COV_NAMES = ("row_cov", "col_cov", "row_corr", "col_corr")
+
+
+# ---------------------------------------------------------------------------
+# small HTML helpers
+# ---------------------------------------------------------------------------
+
+
+def _e(text: Any) -> str:
+    return html.escape(str(text), quote=True)
+
+
+def _img(png: bytes, alt: str, caption: str | None = None) -> str:
+    data = base64.b64encode(png).decode("ascii")
+    cap = f"<figcaption>{_e(caption)}</figcaption>" if caption else ""
+    return f'<figure><img src="data:image/png;base64,{data}" alt="{_e(alt)}">{cap}</figure>'
+
+
+def _note(text: str, kind: str = "") -> str:
+    return f'<div class="note {kind}">{_e(text)}</div>'
+
+
+def _fmt(v: Any, digits: int = 3) -> str:
+    if isinstance(v, (bool, np.bool_)):
+        return "yes" if v else "no"
+    if isinstance(v, (int, np.integer)):
+        return str(int(v))
+    if isinstance(v, (float, np.floating)):
+        x = float(v)
+        if not math.isfinite(x):
+            return "&ndash;"
+        if x != 0 and (abs(x) >= 1e5 or abs(x) < 1e-3):
+            return f"{x:.{digits}g}"
+        return f"{x:.{digits}f}"
+    return _e(v)
+
+
+def _table(df: pd.DataFrame, *, row_class: Callable[[Any, pd.Series], str] | None = None,
+           digits: int = 3, index_name: str | None = None, scroll: bool = False) -> str:
+    """A DataFrame as an HTML table; ``row_class(index, row)`` may mark rows."""
+    head = [index_name if index_name is not None else (df.index.name or "")] + [str(c) for c in df.columns]
+    out = ['<table class="data"><thead><tr>' + "".join(f"<th>{_e(h)}</th>" for h in head) + "</tr></thead><tbody>"]
+    for (idx, row), values in zip(df.iterrows(), df.itertuples(index=False, name=None)):
+        cls = row_class(idx, row) if row_class else ""
+        cls_attr = f' class="{cls}"' if cls else ""
+        cells = "".join(f"<td>{_fmt(v, digits)}</td>" for v in values)  # itertuples keeps each column's type
+        out.append(f"<tr{cls_attr}><td>{_e(idx)}</td>{cells}</tr>")
+    out.append("</tbody></table>")
+    text = "".join(out)
+    return f'<div class="scroll">{text}</div>' if scroll else text
+
+
+def _cards(items: Sequence[tuple[str, str]]) -> str:
+    return '<div class="cards">' + "".join(
+        f'<div class="card"><div class="k">{_e(k)}</div><div class="v">{v}</div></div>' for k, v in items) + "</div>"
+
+
+def _section(sid: str, title: str, body: str, lede: str | None = None) -> str:
+    lede_html = f'<p class="lede">{_e(lede)}</p>' if lede else ""
+    return f'<section id="{_e(sid)}">\n<h2>{_e(title)}</h2>\n{lede_html}{body}\n</section>'
+
+
+# ---------------------------------------------------------------------------
+# numbers from a fit
+# ---------------------------------------------------------------------------
+
+
+def _draws(da) -> np.ndarray:
+    """(S, ...) draws of a posterior variable, chains concatenated."""
+    x = np.asarray(da.values, dtype=float)
+    return x.reshape((x.shape[0] * x.shape[1],) + x.shape[2:])
+
+
+def _interval(da) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+
+    x = _draws(da)
+    interval = hdi(x[None], INTERVAL)
+    low, high = interval[..., 0], interval[..., 1]
+    return np.atleast_1d(x.mean(axis=0)), np.atleast_1d(low), np.atleast_1d(high)
+
+
+def _level_labels(da) -> list[str]:
+    dims = [d for d in da.dims if d not in ("chain", "draw")]
+    if not dims:
+        return [da.name]
+    return [str(v) for v in da[dims[0]].values]
+
+
+def _truth_vector(truth: Mapping[str, Any] | None, name: str, labels: Sequence[str]) -> np.ndarray | None:
+    """True values of ``name`` by label, or None when the truth does not have them."""
+    if not truth or name not in truth:
+        return None
+    value = truth[name]
+    try:
+        if isinstance(value, Mapping):
+            return np.array([float(value[lab]) for lab in labels])
+        arr = np.atleast_1d(np.asarray(value, dtype=float))
+        return arr if arr.size == len(labels) else None
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def _fitted_means(fit) -> np.ndarray:
+    """(N, K) posterior mean of intercept + row_effect[i] + col_effect[j]."""
+    post = fit.posterior
+    data = fit.data
+    mu = np.zeros((data.n_rows, data.n_cols))
+    if "intercept" in post:
+        mu += float(post["intercept"].mean())
+    if "row_effect" in post:
+        mu += post["row_effect"].mean(("chain", "draw")).values[:, None]
+    if "col_effect" in post:
+        mu += post["col_effect"].mean(("chain", "draw")).values[None, :]
+    return mu
+
+
+def _replicate_mean(values: np.ndarray) -> np.ndarray:
+    """(N, K) mean over replicates of an (R, N, K) array, NaN where every replicate is missing."""
+    present = np.isfinite(values)
+    count = present.sum(axis=0)
+    total = np.where(present, values, 0.0).sum(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(count > 0, total / np.maximum(count, 1), np.nan)
+
+
+def _summary(fit, ci_prob: float = INTERVAL, var_names: Sequence[str] | None = None):
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        return fit.summary(ci_prob=ci_prob, var_names=list(var_names) if var_names else None)
+
+
+# ---------------------------------------------------------------------------
+# sections
+# ---------------------------------------------------------------------------
+
+
+def _data_section(sid: str, data, *, title_suffix: str = "") -> str:
+    from twoway.app.report.figures import heatmap_png
+
+    values = data.values
+    r = data.n_replicates
+    if r <= 3:
+        panels = [(f"replicate {lab}" if r > 1 else "observed values", values[k])
+                  for k, lab in enumerate(data.replicate_labels)]
+        caption = "Each cell's observed value; hatched grey cells are missing."
+    else:
+        panels = [(f"mean of {r} replicate tables", _replicate_mean(values))]
+        caption = (f"The mean over the {r} replicate tables of each cell; hatched grey cells are "
+                   "missing in every replicate.")
+    names = data.names
+    png = heatmap_png(panels, data.row_labels, data.col_labels, value_label=names.get("value") or "value",
+                      xlabel=names.get("col") or "col", ylabel=names.get("row") or "row")
+    obs = data.observed_values()
+    n_missing = data.n_cells - data.n_observed
+    items = [("rows x columns", f"{data.n_rows} &times; {data.n_cols}"),
+             ("replicate tables", str(r)),
+             ("observed cells", f"{data.n_observed} of {data.n_cells}"),
+             ("mean / sd", f"{np.mean(obs):.3g} / {np.std(obs, ddof=1) if obs.size > 1 else 0:.3g}")]
+    if data.has_se:
+        se = data.se_or_zero()[data.mask]
+        items.append(("known se", f"{se.min():.3g} to {se.max():.3g}"))
+    body = _cards(items) + _img(png, "heatmap of the observed table", caption)
+    if n_missing:
+        body += _note(f"{n_missing} cell(s) are missing; they are left out of the likelihood, not imputed.")
+    return _section(sid, _TITLES["data"] + title_suffix, body)
+
+
+def _model_section(sid: str, fit, name: str) -> str:
+    spec = fit.model
+    info = fit.info
+    priors = fit.priors
+    rows = "".join(f"<dt>{_e(k)}</dt><dd><code>{_e(p)}</code></dd>" for k, p in priors.items())
+    sampler = _e(fit.description.describe(info))
+    timing = (f"compiled in {float(info.get('compile_seconds', float('nan'))):.1f} s, "
+              f"sampled in {float(info.get('sampling_seconds', float('nan'))):.1f} s")
+    body = (f"<p>{_e(spec.describe())}</p>"
+            "<pre>y[r,i,j] = intercept + row_effect[i] + col_effect[j] + e[r,i,j]</pre>"
+            f'<dl class="kv"><dt>likelihood</dt><dd>{_e(info.get("likelihood_path"))} (exact)</dd>'
+            f"<dt>sampler</dt><dd>{sampler}</dd><dt>time</dt><dd>{timing}</dd></dl>"
+            f'<details><summary>priors in force ({len(priors)})</summary><dl class="kv">{rows}</dl></details>')
+    return _section(sid, f"{_TITLES['model']}: {name}", body)
+
+
+def _fitted_section(sid: str, fit) -> str:
+    from twoway.app.report.figures import heatmap_png
+
+    data = fit.data
+    fitted = _fitted_means(fit)
+    observed_mean = _replicate_mean(data.values)
+    resid = _replicate_mean(data.values - fitted[None, :, :])
+    finite = np.concatenate([observed_mean[np.isfinite(observed_mean)], fitted.ravel()])
+    limits = (float(finite.min()), float(finite.max())) if finite.size else None
+    if limits and limits[0] == limits[1]:
+        limits = (limits[0] - 1, limits[1] + 1)
+    names = data.names
+    kw = dict(xlabel=names.get("col") or "col", ylabel=names.get("row") or "row")
+    png_fit = heatmap_png([("fitted mean", fitted)], data.row_labels, data.col_labels, limits=limits,
+                          value_label="posterior mean", annotate_missing=False, **kw)
+    png_res = heatmap_png([("residual (observed - fitted)", resid)], data.row_labels, data.col_labels,
+                          diverging=True, value_label="residual", **kw)
+    rms = float(np.sqrt(np.nanmean(resid ** 2))) if np.isfinite(resid).any() else float("nan")
+    body = (_img(png_fit, "heatmap of fitted means",
+                 "Posterior mean of intercept + row_effect[i] + col_effect[j], on the data's colour scale.")
+            + _img(png_res, "heatmap of residuals",
+                   "Observed minus fitted, averaged over replicate tables: blue below the fit, red above; "
+                   "hatched cells are missing. Blocks or gradients point at structure the model leaves out.")
+            + _note(f"Root mean square residual: {rms:.3g}."))
+    return _section(sid, _TITLES["fitted"], body)
+
+
+PREDICTION_DRAWS = 500
+
+
+def _predictions_section(sid: str, fit, ci_prob: float) -> str:
+    from twoway.app.report.figures import heatmap_png
+
+    data = fit.data
+    table = fit.predict(ci_prob=ci_prob, max_draws=PREDICTION_DRAWS, seed=0)
+    R, N, K = data.values.shape
+    predicted = table["mean"].to_numpy().reshape(R, N, K).mean(axis=0)
+    width = (table["upper"] - table["lower"]).to_numpy().reshape(R, N, K).mean(axis=0)
+    observed = _replicate_mean(data.values)
+    missing = ~data.mask.any(axis=0)
+    finite = np.concatenate([observed[np.isfinite(observed)], predicted.ravel()])
+    limits = (float(finite.min()), float(finite.max())) if finite.size else None
+    if limits and limits[0] == limits[1]:
+        limits = (limits[0] - 1, limits[1] + 1)
+    names = data.names
+    kw = dict(xlabel=names.get("col") or "col", ylabel=names.get("row") or "row")
+    png = heatmap_png([("observed", observed), ("predicted mean", predicted)], data.row_labels,
+                      data.col_labels, limits=limits, value_label="value", outline=missing, **kw)
+    n_missing = int((table["kind"] == "predicted").sum())
+    body = _img(png, "heatmaps of the observed and the predicted table",
+                "Left: the observed table (hatched: missing). Right: each cell's posterior mean given the "
+                "observed cells, on the same colour scale; dashed outlines mark cells with no observation, "
+                "predicted from the others (exactly, under correlated residuals too).")
+    body += _note(f"{n_missing} cell(s) predicted; mean width of the {100 * ci_prob:g}% intervals of the cell "
+                  f"means: {float(np.mean(width)):.3g}. Write every cell with "
+                  "'twoway predict FIT --out cells.csv'.")
+    return _section(sid, _TITLES["predictions"], body)
+
+
+def _variance_section(sid: str, fit, summary) -> str:
+    table = summary.decomposition
+    if table is None:
+        return _section(sid, _TITLES["variance"], _note("No variance decomposition for this fit."))
+    body = (_table(table, digits=3)
+            + "".join(_note(n) for n in summary.decomposition_notes)
+            + _note("Heteroscedastic models give each cell its own variance: the components and the total "
+                    "are averages over the observed cells."))
+    return _section(sid, _TITLES["variance"], body,
+                    lede="How much of a cell's variance each component carries, draw by draw.")
+
+
+def _forest_panel(post, name: str, title: str, truth, *, ref=None) -> dict | None:
+    if name not in post:
+        return None
+    da = post[name]
+    mean, low, high = _interval(da)
+    labels = _level_labels(da)
+    return {"title": title, "labels": labels, "mean": mean, "low": low, "high": high,
+            "truth": _truth_vector(truth, name, labels), "ref": ref}
+
+
+def _effects_section(sid: str, fit, truth) -> str:
+    from twoway.app.report.figures import forest_png
+
+    post = fit.posterior
+    panels = [p for p in (_forest_panel(post, "row_effect", "row effects", truth, ref=0.0),
+                          _forest_panel(post, "col_effect", "column effects", truth, ref=0.0)) if p]
+    if not panels:
+        body = _note("This model has no row or column effects; the mean is the intercept alone.")
+    else:
+        body = _img(forest_png(panels, xlabel="effect"), "forest plot of row and column effects",
+                    "Posterior mean (dot) and 94% highest-density interval (bar) of each effect"
+                    + ("; red crosses are the true values." if truth else "."))
+        means = [p for p in (_forest_panel(post, "row_mean", "row means", truth),
+                             _forest_panel(post, "col_mean", "column means", truth)) if p]
+        if means:
+            body += _img(forest_png(means, xlabel="mean"), "forest plot of row and column means",
+                         "Row means (intercept + row effect + mean column effect) and column means: "
+                         "unlike the effects, the data pin these down directly.")
+    return _section(sid, _TITLES["effects"], body)
+
+
+def _scales_section(sid: str, fit, truth) -> str:
+    from twoway.app.report.figures import forest_png
+
+    post = fit.posterior
+    panels = [p for p in (_forest_panel(post, "row_sd", "row scales (row_sd)", truth),
+                          _forest_panel(post, "col_sd", "column scales (col_sd)", truth)) if p]
+    others = [n for n in ("sigma", "row_effect_sd", "col_effect_sd") if n in post]
+    if others:
+        rows = [_forest_panel(post, n, n, truth) for n in others]
+        panels.append({"title": "other scales", "labels": others,
+                       "mean": np.concatenate([r["mean"] for r in rows]),
+                       "low": np.concatenate([r["low"] for r in rows]),
+                       "high": np.concatenate([r["high"] for r in rows]),
+                       "truth": (None if not truth or any(r["truth"] is None for r in rows)
+                                 else np.concatenate([r["truth"] for r in rows]))})
+    if not panels:
+        return _section(sid, _TITLES["scales"], _note("This model has no unknown scale."))
+    body = _img(forest_png(panels, xlabel="standard deviation"), "forest plot of scales",
+                "Posterior mean and 94% interval of each residual scale and of the effects' spreads"
+                + ("; red crosses are the true values." if truth else "."))
+    spec = fit.model
+    if spec.row_scale == "hetero" and spec.col_scale == "hetero":
+        body += _note("With a scale per row and per column only sums such as row_sd[i]^2 + col_sd[j]^2 are "
+                      "identified; compare scales within rows or within columns.")
+    return _section(sid, _TITLES["scales"], body)
+
+
+def _covariance_section(sid: str, fit) -> str:
+    from twoway.app.report.figures import heatmap_png
+
+    post = fit.posterior
+    present = [n for n in _COV_NAMES if n in post]
+    if not present:
+        return _section(sid, _TITLES["covariance"], _note(
+            "This model has no row or column covariance matrix (no row_cov, col_cov, row_corr or col_corr "
+            "in the posterior): its residuals are independent given the scales, so there is nothing to show."))
+    data = fit.data
+    body = ""
+    for name in present:
+        da = post[name]
+        dims = [d for d in da.dims if d not in ("chain", "draw")]
+        if len(dims) != 2 or da.sizes[dims[0]] != da.sizes[dims[1]]:
+            body += _note(f"{name} is not a square matrix per draw; skipped.")
+            continue
+        mean = da.mean(("chain", "draw")).values
+        fallback = data.row_labels if name.startswith("row") else data.col_labels
+        labels = [str(v) for v in da[dims[0]].values] if dims[0] in da.coords else list(fallback)
+        corr = name.endswith("_corr")
+        png = heatmap_png([(f"{name} (posterior mean)", mean)], labels, labels, diverging=True,
+                          limits=(-1.0, 1.0) if corr else None, value_label="correlation" if corr else "covariance",
+                          xlabel=dims[1], ylabel=dims[0])
+        body += _img(png, f"heatmap of the posterior mean of {name}",
+                     f"Posterior mean of {name}, {mean.shape[0]} x {mean.shape[0]}.")
+    return _section(sid, _TITLES["covariance"], body)
+
+
+def _trace_series(fit) -> list[tuple[str, np.ndarray]]:
+    post = fit.posterior
+    series: list[tuple[str, np.ndarray]] = []
+    names = [n for n in fit.parameter_names if n in post]
+    for name in names:  # scalars first: the hyper-parameters that mix slowest
+        if post[name].ndim == 2:
+            series.append((name, post[name].values))
+    for name in ("row_sd", "col_sd", "row_mean", "col_mean"):
+        if name in post and post[name].ndim == 3:
+            da = post[name]
+            dim = da.dims[2]
+            for lab in da[dim].values[:2]:
+                series.append((f"{name}[{lab}]", da.sel({dim: lab}).values))
+    return series[:MAX_TRACE_SERIES]
+
+
+def _traces_section(sid: str, fit) -> str:
+    from twoway.app.report.figures import trace_rank_png
+
+    series = _trace_series(fit)
+    if not series:
+        return _section(sid, _TITLES["traces"], _note("No parameter to trace."))
+    png = trace_rank_png(series)
+    return _section(sid, _TITLES["traces"], _img(
+        png, "trace and rank plots",
+        "Left: the draws of each chain in order; they should look like overlapping noise. Right: the ranks of "
+        "each chain's draws among all draws; bars near the dashed line mean the chains agree."))
+
+
+def _diagnostics_section(sid: str, fit, summary) -> str:
+
+    d = summary.diagnostics
+    values = [str(int(d["divergences"])), _fmt(d["max_r_hat"], 4), _fmt(round(d["min_ess_bulk"])),
+              _fmt(d["sampling_seconds"], 2), _fmt(d["total_seconds"], 2)]
+    table = pd.DataFrame({"value": values,
+                          "good when": ["0", f"<= {RHAT_LIMIT}", f">= {ESS_LIMIT}", "", ""]},
+                         index=pd.Index(["divergent transitions", "max R-hat", "min bulk ESS",
+                                         "sampling seconds", "total seconds"], name="diagnostic"))
+    if summary.warnings:
+        verdict = ('<div class="note warn"><strong>Sampling problems.</strong>'
+                   '<ul class="warnings">' + "".join(f"<li>{_e(w)}</li>" for w in summary.warnings)
+                   + "</ul></div>")
+    else:
+        verdict = _note(f"No sampling problems: R-hat <= {RHAT_LIMIT}, bulk ESS >= {ESS_LIMIT}, no divergences.",
+                        "ok")
+    params = summary.table
+    body = (verdict + _table(table, digits=4)
+            + f"<details><summary>every parameter ({len(params)})</summary>"
+            + _table(params, scroll=True, row_class=lambda i, r: "flag" if (
+                (math.isfinite(r["r_hat"]) and r["r_hat"] > RHAT_LIMIT) or r["ess_bulk"] < ESS_LIMIT) else "")
+            + "</details>")
+    return _section(sid, _TITLES["diagnostics"], body)
+
+
+def _checks_section(sid: str, fit) -> str:
+    from twoway.app.report.figures import checks_png
+
+    try:
+        from twoway.results.ppc import predictive_checks
+    except ImportError:
+        return _section(sid, _TITLES["checks"], _note(
+            "Posterior predictive checks are not available in this version of twoway.", "warn"))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            table = predictive_checks(fit, draws=PPC_DRAWS, seed=0)
+    except (TwowayError, NotImplementedError) as exc:
+        return _section(sid, _TITLES["checks"], _note(
+            f"Posterior predictive checks could not be computed for this model ({exc or type(exc).__name__}).",
+            "warn"))
+    p = table["p_value"]
+    extreme = (p < 0.025) | (p > 0.975)
+    panels = []
+    for key, title in (("row_mean", "row means"), ("row_var", "row variances"),
+                       ("col_mean", "column means"), ("col_var", "column variances")):
+        rows = [i for i in table.index if str(i).startswith(key + "[")]
+        if rows:
+            sub = table.loc[rows]
+            panels.append({"title": title, "labels": [str(i)[len(key) + 1:-1] for i in rows],
+                           "observed": sub["observed"], "rep_mean": sub["rep_mean"], "rep_sd": sub["rep_sd"],
+                           "flag": extreme.loc[rows]})
+    n_flag = int(extreme.sum())
+    lede = (f"Each statistic of the observed table against the same statistic of {PPC_DRAWS} tables "
+            "replicated from the fit; p = P(replicated >= observed).")
+    body = ""
+    if panels:
+        body += _img(checks_png(panels), "posterior predictive checks of row and column statistics",
+                     "Grey bars: replicated mean +- 2 sd; dots: observed (red when p < 0.025 or p > 0.975).")
+    kind = "ok" if n_flag == 0 else "warn"
+    body += _note(f"{n_flag} of {int(p.notna().sum())} statistics fall outside the central 95% of their "
+                  "replicated distribution (highlighted)." if n_flag else
+                  "Every statistic lies within the central 95% of its replicated distribution.", kind)
+    body += ("<details><summary>every statistic</summary>"
+             + _table(table, scroll=True, row_class=lambda i, r: "flag" if bool(extreme.loc[i]) else "")
+             + "</details>")
+    return _section(sid, _TITLES["checks"], body, lede)
+
+
+def _comparison_section(sid: str, named: Mapping[str, Any]) -> str:
+    try:
+        from twoway.results.compare import compare, preferred
+    except ImportError:
+        return _section(sid, _TITLES["comparison"], _note(
+            "Model comparison is not available in this version of twoway.", "warn"))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            table = compare(dict(named))
+            sentence = preferred(table)
+    except (TwowayError, NotImplementedError) as exc:
+        return _section(sid, _TITLES["comparison"], _note(
+            f"The fits could not be compared: {exc or type(exc).__name__}", "warn"))
+    best = table.index[0]
+    body = (f'<div class="note ok"><strong>{_e(sentence)}</strong></div>'
+            + _table(table, digits=2, row_class=lambda i, r: "best" if i == best else "")
+            + _note("elpd: expected log predictive density, leave-one-out (PSIS); higher predicts better. "
+                    "elpd_diff and dse: the difference from the best fit and its standard error. "
+                    "weight: stacking weight. pareto_k_bad: units whose leave-one-out estimate is unreliable."))
+    return _section(sid, _TITLES["comparison"], body)
+
+
+def _recovery_section(sid: str, fit, truth: Mapping[str, Any]) -> str:
+
+    post = fit.posterior
+    names = [n for n in truth if n in post]
+    if not names:
+        return _section(sid, _TITLES["recovery"], _note("The true values name no parameter of this fit."))
+    try:
+        table = recovery(fit, truth, prob=INTERVAL, names=names)
+    except (TwowayError, KeyError, ValueError, TypeError) as exc:
+        return _section(sid, _TITLES["recovery"], _note(
+            f"The true values do not match this fit's parameters ({type(exc).__name__}: {exc}).", "warn"))
+    n_cov = int(table["covered"].sum())
+    n = len(table)
+    body = (_note(f"{n_cov} of {n} true values ({100 * n_cov / n:.0f}%) lie inside their 94% interval; "
+                  "about 94% are expected, fewer when the prior and the truth disagree.",
+                  "ok" if n_cov >= 0.8 * n else "warn")
+            + _table(table, scroll=True, row_class=lambda i, r: "" if r["covered"] else "flag"))
+    return _section(sid, _TITLES["recovery"], body, "Highlighted: true values outside the 94% interval.")
+
+
+# ---------------------------------------------------------------------------
+# the report
+# ---------------------------------------------------------------------------
+
+
+def _check_inputs(fits, names, truth) -> tuple[list, list[str], dict[str, Any] | None]:
+
+    items = [fits] if isinstance(fits, Fit) else fits
+    if not isinstance(items, Sequence) or isinstance(items, (str, bytes)) or not items:
+        raise FitError(f"The report needs a fit or a non-empty list of fits; got {type(fits).__name__}.")
+    items = list(items)
+    for f in items:
+        if not isinstance(f, Fit):
+            raise FitError(f"The report needs twoway Fit objects; got {type(f).__name__}.")
+    if names is None:
+        base = [f.model.name for f in items]
+    else:
+        base = [str(n).strip() for n in names]
+        if len(base) != len(items) or not all(base):
+            raise FitError(f"The report needs one non-empty name per fit ({len(items)}); got {len(base)}.")
+    out: list[str] = []
+    for n in base:
+        cand, k = n, 1
+        while cand in out:
+            k += 1
+            cand = f"{n}_{k}"
+        out.append(cand)
+    if truth is not None:
+        if isinstance(truth, Mapping) and "truth" in truth and isinstance(truth["truth"], Mapping):
+            truth = truth["truth"]  # the file written by Simulation.write_truth
+        if not isinstance(truth, Mapping):
+            raise DataError(f"The truth must be a mapping of parameter names to values; got {type(truth).__name__}.")
+        truth = dict(truth)
+    return items, out, truth
+
+
+def _same_table(a, b) -> bool:
+    return (a.values.shape == b.values.shape and np.array_equal(a.mask, b.mask)
+            and np.array_equal(np.nan_to_num(a.values), np.nan_to_num(b.values)))
+
+
+def render_report(fits, *, names: Sequence[str] | None = None, truth: Mapping[str, Any] | None = None,
+                  title: str | None = None, ci_prob: float = INTERVAL,
+                  var_names: Sequence[str] | None = None) -> str:
+    """The report as one HTML string; see :func:`write_report`."""
+    items, labels, truth = _check_inputs(fits, names, truth)
+    several = len(items) > 1
+    summaries = [_summary(f, ci_prob, var_names) for f in items]
+    first_data = items[0].data
+    blocks: list[str] = []
+    nav: list[tuple[str, str]] = []
+
+    def add(sid: str, text: str, label: str) -> None:
+        blocks.append(text)
+        nav.append((sid, label))
+
+    # overview
+    ok_all = all(not s.warnings for s in summaries)
+    lines = []
+    for name, f, s in zip(labels, items, summaries):
+        badge = ('<span class="badge ok">sampling ok</span>' if not s.warnings
+                 else f'<span class="badge warn">{len(s.warnings)} sampling warning(s)</span>')
+        lines.append(f"<li><strong>{_e(name)}</strong>: {_e(f.model.describe())} {badge}</li>")
+    d = first_data
+    overview = (_cards([("table", f"{d.n_rows} &times; {d.n_cols}" + (f" &times; {d.n_replicates}"
+                                                                      if d.n_replicates > 1 else "")),
+                        ("observed cells", f"{d.n_observed}"),
+                        ("models", str(len(items))),
+                        ("sampling", '<span class="badge ok">ok</span>' if ok_all
+                         else '<span class="badge warn">see diagnostics</span>')])
+                + "<ul>" + "".join(lines) + "</ul>"
+                + ("<p>The model: <code>y[r,i,j] = intercept + row_effect[i] + col_effect[j] + e[r,i,j]</code>, "
+                   "replicate tables r sharing every parameter; the residual e mixes each cell's known "
+                   "standard error with the unknown row, column and cell scales.</p>"))
+    add("overview", _section("overview", _TITLES["overview"], overview), "overview")
+    add("data", _data_section("data", first_data), "data")
+    if several:
+        add("comparison", _comparison_section("comparison", dict(zip(labels, items))), "comparison")
+
+    for k, (name, f, s) in enumerate(zip(labels, items, summaries)):
+        suffix = "" if k == 0 else f"-{k + 1}"
+        if several:
+            blocks.append(f'<h2 class="fit-title" id="fit{suffix or "-1"}">{_e(name)}</h2>')
+        tag = f" ({name})" if several else ""
+        if k > 0 and not _same_table(first_data, f.data):
+            add(f"data{suffix}", _data_section(f"data{suffix}", f.data, title_suffix=f": {name}"), f"data{tag}")
+        add(f"model{suffix}", _model_section(f"model{suffix}", f, name), f"model{tag}")
+        add(f"fitted{suffix}", _fitted_section(f"fitted{suffix}", f), f"fitted{tag}")
+        add(f"predictions{suffix}", _predictions_section(f"predictions{suffix}", f, ci_prob), f"predictions{tag}")
+        add(f"variance{suffix}", _variance_section(f"variance{suffix}", f, s), f"variance{tag}")
+        add(f"effects{suffix}", _effects_section(f"effects{suffix}", f, truth), f"effects{tag}")
+        add(f"scales{suffix}", _scales_section(f"scales{suffix}", f, truth), f"scales{tag}")
+        add(f"covariance{suffix}", _covariance_section(f"covariance{suffix}", f), f"covariance{tag}")
+        add(f"traces{suffix}", _traces_section(f"traces{suffix}", f), f"traces{tag}")
+        add(f"diagnostics{suffix}", _diagnostics_section(f"diagnostics{suffix}", f, s), f"diagnostics{tag}")
+        add(f"checks{suffix}", _checks_section(f"checks{suffix}", f), f"checks{tag}")
+        if truth is not None:
+            add(f"recovery{suffix}", _recovery_section(f"recovery{suffix}", f, truth), f"recovery{tag}")
+
+    page_title = title or ("twoway report: " + ", ".join(labels))
+    subtitle = (f"{len(items)} fit{'s' if several else ''} of a {d.n_rows} x {d.n_cols} table"
+                + (f" with {d.n_replicates} replicate tables" if d.n_replicates > 1 else "")
+                + ("; simulated, with the true values shown" if truth is not None else ""))
+    template = Template((Path(__file__).with_name("template.html")).read_text(encoding="utf-8"))
+    return template.substitute(
+        title=_e(page_title), subtitle=_e(subtitle), version=_e(__version__),
+        date=_e(_dt.datetime.now().strftime("%Y-%m-%d %H:%M")),
+        nav="".join(f'<a href="#{_e(sid)}">{_e(label)}</a>' for sid, label in nav),
+        body="\n".join(blocks),
+    )
+
+
+def write_report(fits, path: "str | os.PathLike[str]", *, names: Sequence[str] | None = None,
+                 truth: Mapping[str, Any] | None = None, title: str | None = None,
+                 ci_prob: float = INTERVAL, var_names: Sequence[str] | None = None) -> Path:
+    """Write one self-contained HTML report of one or more fits of a table.
+
+    Parameters
+    ----------
+    fits : Fit or list of Fit
+        Fits of one table; with several, the report compares them (PSIS-LOO)
+        and repeats the per-fit sections for each.
+    path : path
+        The HTML file to write.
+    names : sequence of str, optional
+        One name per fit (default: each fit's model name, made unique).
+    truth : mapping, optional
+        True parameter values, as :meth:`twoway.simulate.Simulation.truth_dict`
+        gives them (or the JSON that ``twoway simulate --truth`` writes); adds
+        the recovery table and marks true values on the forest plots.
+    title : str, optional
+        Page title (default: "twoway report: " and the names).
+    ci_prob : float
+        Probability of the intervals in the tables (default 0.94).
+    var_names : sequence of str, optional
+        Variables (names or prefixes) in the diagnostics' parameter table (default: all).
+
+    Returns
+    -------
+    pathlib.Path
+        ``path``.
+
+    Raises
+    ------
+    FitError
+        For something that is not a fit, names that do not match the fits,
+        or a file that cannot be written.
+    """
+    path = Path(path)
+    if not path.parent.exists():
+        raise FitError(f"The folder {str(path.parent)!r} for the report does not exist.")
+    text = render_report(fits, names=names, truth=truth, title=title, ci_prob=ci_prob, var_names=var_names)
+    try:
+        write_text_atomic(path, text)
+    except OSError as exc:
+        raise FitError(f"The report could not be written to {str(path)!r}: {exc.strerror or exc}.") from None
+    return path

@@ -1,9 +1,0 @@
-"""Reading what users give as files or frames.
-
-* :mod:`twoway.io.tables`: long tables (CSV text, pandas DataFrames) and wide
-  arrays, parsed into the fields of a :class:`~twoway.data.TwoWayData`;
-* :mod:`twoway.io.matrices`: labelled square matrices in CSV files (known
-  relationship matrices, full covariances of a table).
-
-Nothing here imports pandas until a frame is actually read.
-"""

@@ -1,0 +1,489 @@
+"""Exact leave-one-out for Gaussian two-way models, cell by cell or block by block.
+
+For one posterior draw the observed cells are ``y ~ N(m, S)``. With the
+precision ``Q = S^-1`` and the residual ``r = y - m``, the law of one cell
+given all the others is (Sundararajan & Keerthi 2001; Bürkner, Gabry &
+Vehtari 2021)::
+
+    y_i | y_-i  ~  N(y_i - (Q r)_i / Q_ii,  1 / Q_ii)
+
+and the law of a block ``B`` of cells (a whole row or column of the table,
+over every replicate) given the rest is::
+
+    y_B | y_-B  ~  N(y_B - (Q_BB)^-1 (Q r)_B,  (Q_BB)^-1).
+
+For models whose cells are not independent given the parameters, PSIS-LOO
+needs exactly these densities, ``log p(y_i | y_-i, theta)``, in place of the
+pointwise log-likelihood (Bürkner et al. 2021, "Efficient leave-one-out
+cross-validation for Bayesian non-factorized normal and Student-t models");
+:func:`pointwise_log_likelihood` stores them per draw, and :func:`loo` hands
+them to ArviZ. When the cells are independent the formula reduces to the
+ordinary pointwise log-likelihood, so one definition serves every model.
+
+The pure functions :func:`loo_cell_logpdf` and :func:`loo_block_logpdf` work
+on arrays; the rest reads a :class:`~twoway.fit.Fit` through
+:func:`twoway.results.moments.iter_moments`.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import xarray as xr
+
+from twoway.errors import FitError
+from twoway.fit import Fit
+from twoway.fit import fit as fit_model
+from twoway.results.moments import iter_moments
+from twoway.table.data import TwoWayData
+
+__all__ = [
+    "UNITS",
+    "loo_cell_logpdf",
+    "loo_block_logpdf",
+    "unit_blocks",
+    "unit_labels",
+    "default_conditional",
+    "pointwise_log_likelihood",
+    "add_log_likelihood",
+    "loo",
+    "exact_loo",
+    "refit_loo",
+]
+
+#: What is left out at a time: one cell, one row (all its cells), one column.
+UNITS = ("cell", "row", "col")
+
+_LOG_2PI = math.log(2.0 * math.pi)
+
+
+# ---------------------------------------------------------------------------
+# pure functions over arrays
+# ---------------------------------------------------------------------------
+
+
+def _precision_terms(y: np.ndarray, mean: np.ndarray, cov: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Precision matrix and precision-weighted residual of a Gaussian.
+
+    Parameters
+    ----------
+    y, mean : array (..., n)
+    cov : array (..., n, n)
+        Symmetric positive definite.
+
+    Returns
+    -------
+    (Q, Qr) : arrays (..., n, n) and (..., n)
+        ``Q = cov^-1`` (exactly symmetric) and ``Q (y - mean)``.
+    """
+    cov = np.asarray(cov, dtype=float)
+    try:
+        chol = np.linalg.cholesky(cov)
+    except np.linalg.LinAlgError:
+        raise FitError("The predictive covariance of the observed cells is not positive definite, "
+                       "so leave-one-out densities cannot be computed for this draw.") from None
+    eye = np.broadcast_to(np.eye(cov.shape[-1]), cov.shape)
+    chol_inv = np.linalg.solve(chol, eye)
+    precision = np.swapaxes(chol_inv, -1, -2) @ chol_inv
+    resid = np.asarray(y, dtype=float) - np.asarray(mean, dtype=float)
+    return precision, (precision @ resid[..., None])[..., 0]
+
+
+def _diagonal_logpdf(y, mean, var) -> np.ndarray:
+    """Elementwise normal log-density, (..., n)."""
+    var = np.asarray(var, dtype=float)
+    resid = np.asarray(y, dtype=float) - np.asarray(mean, dtype=float)
+    return -0.5 * (_LOG_2PI + np.log(var) + resid * resid / var)
+
+
+def loo_cell_logpdf(y, mean, cov=None, *, var=None) -> np.ndarray:
+    """Log density of each cell given all the other cells, ``log p(y_i | y_-i)``.
+
+    Parameters
+    ----------
+    y : array (..., n)
+        The observed cells.
+    mean : array (..., n)
+        Their joint mean.
+    cov : array (..., n, n), optional
+        Their joint covariance (symmetric positive definite). Leave it out for
+        independent cells and give ``var`` instead.
+    var : array (..., n), optional
+        The variances of independent cells; used only when ``cov`` is None.
+
+    Returns
+    -------
+    array (..., n)
+        ``log N(y_i | y_i - (Q r)_i / Q_ii, 1 / Q_ii)`` with ``Q = cov^-1`` and
+        ``r = y - mean``; for independent cells simply ``log N(y_i | mean_i, var_i)``.
+    """
+    if cov is None:
+        if var is None:
+            raise FitError("The leave-one-out density needs either a covariance or the variances of the cells.")
+        return _diagonal_logpdf(y, mean, var)
+    precision, qr = _precision_terms(y, mean, cov)
+    q_ii = np.diagonal(precision, axis1=-2, axis2=-1)
+    return -0.5 * (_LOG_2PI - np.log(q_ii) + qr * qr / q_ii)
+
+
+def loo_block_logpdf(y, mean, cov=None, blocks: Sequence[np.ndarray] = (), *, var=None) -> np.ndarray:
+    """Log density of each block of cells given all the cells outside it, ``log p(y_B | y_-B)``.
+
+    Parameters
+    ----------
+    y : array (..., n)
+    mean : array (..., n)
+    cov : array (..., n, n), optional
+        Joint covariance; leave it out for independent cells and give ``var``.
+    blocks : sequence of int arrays
+        Indices (into the last axis) of the cells of each block; blocks may be
+        of different sizes. An empty block has log density 0.
+    var : array (..., n), optional
+        Variances of independent cells; used only when ``cov`` is None.
+
+    Returns
+    -------
+    array (..., n_blocks)
+        ``log N(y_B | y_B - (Q_BB)^-1 (Q r)_B, (Q_BB)^-1)``; for independent
+        cells the sum of the cells' own log densities.
+    """
+    blocks = [np.asarray(b, dtype=np.int64).reshape(-1) for b in blocks]
+    if cov is None:
+        cell = loo_cell_logpdf(y, mean, var=var)
+        out = [cell[..., b].sum(axis=-1) for b in blocks]
+        return np.stack(out, axis=-1) if out else np.zeros(cell.shape[:-1] + (0,))
+    precision, qr = _precision_terms(y, mean, cov)
+    out = []
+    for b in blocks:
+        if b.size == 0:
+            out.append(np.zeros(qr.shape[:-1]))
+            continue
+        q_bb = precision[..., b[:, None], b[None, :]]
+        g = qr[..., b]
+        try:
+            chol = np.linalg.cholesky(q_bb)
+        except np.linalg.LinAlgError:  # pragma: no cover - a principal block of an SPD matrix is SPD
+            raise FitError("A block of the predictive precision is not positive definite.") from None
+        z = np.linalg.solve(chol, g[..., None])[..., 0]
+        logdet = 2.0 * np.log(np.diagonal(chol, axis1=-2, axis2=-1)).sum(axis=-1)
+        out.append(-0.5 * (b.size * _LOG_2PI - logdet + (z * z).sum(axis=-1)))
+    return np.stack(out, axis=-1) if out else np.zeros(qr.shape[:-1] + (0,))
+
+
+# ---------------------------------------------------------------------------
+# units of a table
+# ---------------------------------------------------------------------------
+
+
+def _check_by(by: str) -> str:
+    if by not in UNITS:
+        raise FitError(f"The unit left out must be one of {', '.join(UNITS)}; got {by!r}.")
+    return by
+
+
+def unit_blocks(data, by: str) -> list[np.ndarray] | None:
+    """Which observed cells make up each unit left out.
+
+    Parameters
+    ----------
+    data : TwoWayData
+    by : {"cell", "row", "col"}
+
+    Returns
+    -------
+    list of int arrays, or None
+        For ``row`` (``col``): one array per row (column) with the positions,
+        in :meth:`TwoWayData.observed_index` order, of that row's observed cells
+        over every replicate. None for ``cell`` (every cell is its own unit).
+    """
+    _check_by(by)
+    if by == "cell":
+        return None
+    _, ii, jj = data.observed_index()
+    idx, n = (ii, data.n_rows) if by == "row" else (jj, data.n_cols)
+    return [np.flatnonzero(idx == k) for k in range(n)]
+
+
+def unit_labels(data, by: str) -> list[str]:
+    """Labels of the units: ``"replicate|row|col"`` per observed cell, or the row or column labels."""
+    _check_by(by)
+    if by == "row":
+        return list(data.row_labels)
+    if by == "col":
+        return list(data.col_labels)
+    rr, ii, jj = data.observed_index()
+    return [f"{data.replicate_labels[r]}|{data.row_labels[i]}|{data.col_labels[j]}"
+            for r, i, j in zip(rr, ii, jj)]
+
+
+def default_conditional(fit, by: str = "cell") -> bool:
+    """Whether leave-one-out conditions on the drawn row and column effects by default.
+
+    Conditioning (the ordinary pointwise log-likelihood of independent cells)
+    is the default only where it is the model's own likelihood: leaving out
+    single cells of a model with an independent residual whose effects were
+    sampled (``effects="sample"``; specs without that option sampled them).
+    Otherwise, for whole rows or columns (whose own random effect would have
+    to be learnt anew from the prior) and for models with integrated-out
+    effects or correlated residuals, the random effects are integrated out
+    and the exact leave-one-out density of the marginal law is used. Both
+    estimate the same predictive density; integrating out only lowers the
+    Monte Carlo error, at the cost of one dense factorisation per draw.
+
+    Parameters
+    ----------
+    fit : Fit
+    by : {"cell", "row", "col"}
+
+    Returns
+    -------
+    bool
+    """
+    _check_by(by)
+    spec = fit.model
+    sampled = getattr(spec, "effects", "sample") == "sample"
+    return by == "cell" and spec.residual == "independent" and sampled
+
+
+# ---------------------------------------------------------------------------
+# fits
+# ---------------------------------------------------------------------------
+
+
+def _thinned_draws(n_draws: int, keep: int | None) -> np.ndarray:
+    """Positions of ``keep`` draws spread evenly over ``n_draws`` (all when None)."""
+    if keep is None or keep >= n_draws:
+        return np.arange(n_draws)
+    if isinstance(keep, bool) or not isinstance(keep, (int, np.integer)) or keep < 1:
+        raise FitError(f"The number of draws must be a whole number >= 1; got {keep!r}.")
+    return np.unique(np.linspace(0, n_draws - 1, int(keep)).round().astype(int))
+
+
+def pointwise_log_likelihood(fit, *, by: str = "cell", conditional: bool | None = None,
+                             draws: int | None = None) -> xr.DataArray:
+    """Per-draw leave-one-out log density of each unit, ready for PSIS-LOO.
+
+    For each posterior draw ``theta`` this is ``log p(y_u | y_-u, theta)`` for
+    each unit ``u`` (a cell, or a row or column with all its observed cells
+    over every replicate). For independent cells given ``theta`` it is the
+    ordinary pointwise log-likelihood; for correlated cells it is the exact
+    conditional density that non-factorized PSIS-LOO needs (Bürkner et al. 2021).
+
+    Parameters
+    ----------
+    fit : Fit
+    by : {"cell", "row", "col"}
+        The unit left out.
+    conditional : bool, optional
+        True: condition on the drawn row and column effects; False: integrate
+        the random effects out (dense covariance per draw). Default: see
+        :func:`default_conditional`.
+    draws : int, optional
+        Keep this many draws per chain, evenly spaced (default: all). Use all
+        draws to store the result next to the posterior.
+
+    Returns
+    -------
+    xarray.DataArray, dims (chain, draw, <by>)
+        Named ``y``. The unit dim is ``cell`` (labels ``"replicate|row|col"``,
+        with coordinates ``cell_replicate``, ``cell_row``, ``cell_col``),
+        ``row`` or ``col`` (the table's labels). Attributes ``twoway_by`` and
+        ``twoway_conditional``.
+    """
+
+    _check_by(by)
+    if conditional is None:
+        conditional = default_conditional(fit, by)
+    data = fit.data
+    y = data.observed_values()
+    blocks = unit_blocks(data, by)
+    post = fit.posterior
+    n_chain, n_draw = post.sizes["chain"], post.sizes["draw"]
+    keep = _thinned_draws(n_draw, draws)
+    pairs = [(c, int(d)) for c in range(n_chain) for d in keep]
+    where = {d: k for k, d in enumerate(keep)}
+    n_units = y.size if blocks is None else len(blocks)
+    out = np.empty((n_chain, keep.size, n_units))
+    for m in iter_moments(fit, pairs, conditional=bool(conditional)):
+        if blocks is None:
+            value = loo_cell_logpdf(y, m.mean, m.cov, var=m.var)
+        else:
+            value = loo_block_logpdf(y, m.mean, m.cov, blocks, var=m.var)
+        out[m.chain, where[m.draw]] = value
+    coords = {
+        "chain": post["chain"].values,
+        "draw": post["draw"].values[keep],
+        by: unit_labels(data, by),
+    }
+    if by == "cell":
+        rr, ii, jj = data.observed_index()
+        coords["cell_replicate"] = ("cell", np.array(data.replicate_labels, dtype=str)[rr])
+        coords["cell_row"] = ("cell", np.array(data.row_labels, dtype=str)[ii])
+        coords["cell_col"] = ("cell", np.array(data.col_labels, dtype=str)[jj])
+    return xr.DataArray(out, dims=("chain", "draw", by), coords=coords, name="y",
+                        attrs={"twoway_by": by, "twoway_conditional": int(bool(conditional))})
+
+
+def add_log_likelihood(fit, *, by: str = "cell", conditional: bool | None = None):
+    """A copy of ``fit`` whose DataTree holds the group ``log_likelihood`` (variable ``y``).
+
+    The group holds :func:`pointwise_log_likelihood` over every draw, so that
+    ArviZ works on the tree directly (``az.loo(fit.tree)``); an existing
+    ``log_likelihood`` group is replaced.
+
+    Parameters
+    ----------
+    fit : Fit
+    by : {"cell", "row", "col"}
+    conditional : bool, optional
+
+    Returns
+    -------
+    Fit
+    """
+
+    da = pointwise_log_likelihood(fit, by=by, conditional=conditional)
+    ds = da.to_dataset()
+    ds.attrs = dict(da.attrs)
+    tree = fit.tree.copy()
+    tree["log_likelihood"] = xr.DataTree(ds)
+    return Fit(tree)
+
+
+def loo(fit, *, by: str = "cell", conditional: bool | None = None, pointwise: bool = True):
+    """PSIS leave-one-out estimate of the expected log predictive density.
+
+    Parameters
+    ----------
+    fit : Fit
+    by : {"cell", "row", "col"}
+        The unit left out: one cell, or a whole row or column.
+    conditional : bool, optional
+        See :func:`pointwise_log_likelihood`.
+    pointwise : bool
+        Keep the per-unit ``elpd_i`` and ``pareto_k`` (needed for comparisons).
+
+    Returns
+    -------
+    arviz_stats.utils.ELPDDataLOO
+        ``elpd``, ``se``, ``p`` (p_loo), ``good_k``, and per unit ``elpd_i``
+        and ``pareto_k`` (dim ``by``).
+    """
+    import arviz_stats
+
+    if fit.description.posterior_gaussian:
+        return exact_loo(fit, by=by, pointwise=pointwise)
+    with_ll = add_log_likelihood(fit, by=by, conditional=conditional)
+    return arviz_stats.loo(with_ll.tree, pointwise=pointwise, var_name="y")
+
+
+def _elpd_data(elpd_i: xr.DataArray, p_i: xr.DataArray, pareto_k: xr.DataArray, n_samples: int,
+               good_k: float, pointwise: bool):
+    """An ArviZ LOO result from per-unit elpd, p_loo and Pareto k."""
+    from arviz_stats.utils import ELPDDataLOO
+
+    values = np.asarray(elpd_i, dtype=float)
+    n = values.size
+    return ELPDDataLOO(elpd=float(values.sum()), se=float(np.sqrt(n * np.var(values, ddof=1))) if n > 1 else 0.0,
+                       p=float(np.asarray(p_i).sum()), n_samples=int(n_samples), n_data_points=int(n),
+                       scale="log", warning=bool(np.any(np.asarray(pareto_k) > good_k)), good_k=float(good_k),
+                       elpd_i=elpd_i if pointwise else None, pareto_k=pareto_k if pointwise else None,
+                       p_loo_i=p_i if pointwise else None)
+
+
+def exact_loo(fit, *, by: str = "cell", pointwise: bool = True):
+    """Exact leave-one-out of a fit with nothing sampled (every unknown Gaussian and integrated out).
+
+    With no sampled parameter, ``p(y_u | y_-u)`` is one Gaussian density of the
+    marginal law (effects integrated out with their priors): no importance
+    sampling, no Pareto k (reported as 0), no Monte Carlo error.
+
+    Returns
+    -------
+    arviz_stats.utils.ELPDDataLOO
+    """
+    ll = pointwise_log_likelihood(fit, by=by, conditional=False, draws=1)
+    elpd_i = ll.isel(chain=0, draw=0, drop=True).rename("elpd_i")
+    zero = xr.zeros_like(elpd_i)
+    n_samples = fit.posterior.sizes["chain"] * fit.posterior.sizes["draw"]
+    return _elpd_data(elpd_i, zero, zero.rename("pareto_k"), n_samples, 0.7, pointwise)
+
+
+def _without_cell(data, r: int, i: int, j: int):
+    """The table with the observed cell (r, i, j) made missing, or None when its row or column would be empty."""
+
+    mask = data.mask.copy()
+    mask[r, i, j] = False
+    if not mask[:, i, :].any() or not mask[:, :, j].any() or not mask[r].any():
+        return None
+    values = np.where(mask, data.values, np.nan)
+    se = None if data.se is None else np.where(mask, data.se_or_zero(), np.nan)
+    return TwoWayData(values=values, se=se, row_labels=data.row_labels, col_labels=data.col_labels,
+                      replicate_labels=data.replicate_labels, names=data.names)
+
+
+def refit_loo(fit, elpd, *, k_threshold: float = 0.7, max_refits: int = 10,
+              conditional: bool | None = None):
+    """Exact leave-one-out by refitting the model without each cell whose Pareto k exceeds ``k_threshold``.
+
+    For each such cell the model is fitted again (same engine, priors, chains,
+    draws, tuning and seed) on the table without it, and its elpd becomes
+    ``log mean_s p(y_i | y_-i, theta_s)`` over the refit's draws (the exact
+    Gaussian conditional density of the cell given the rest at each draw).
+    Cells whose row or column has no other observation cannot be left out
+    and keep their PSIS estimate.
+
+    Parameters
+    ----------
+    fit : Fit
+    elpd : ELPDDataLOO
+        The fit's PSIS-LOO by cell, pointwise.
+    k_threshold : float
+    max_refits : int
+        Refit only when at most this many cells are flagged (refits cost a fit each).
+    conditional : bool, optional
+        As in :func:`pointwise_log_likelihood`.
+
+    Returns
+    -------
+    (ELPDDataLOO, int)
+        The updated estimate and the number of cells refitted (0: nothing changed).
+    """
+
+    from scipy.special import logsumexp
+
+
+    k = np.asarray(elpd.pareto_k, dtype=float)
+    bad = np.flatnonzero(k > k_threshold)
+    if bad.size == 0 or bad.size > max_refits:
+        return elpd, 0
+    data, info = fit.data, fit.info
+    rr, ii, jj = data.observed_index()
+    spec = fit.model.with_priors(**fit.priors)   # the priors the fit had, not defaults rescaled to the smaller table
+    elpd_i = elpd.elpd_i.copy()
+    pareto_k = elpd.pareto_k.copy()
+    p_i = elpd.p_loo_i.copy() if elpd.p_loo_i is not None else xr.zeros_like(elpd_i)
+    done = 0
+    ll_full = None
+    for u in bad:
+        smaller = _without_cell(data, int(rr[u]), int(ii[u]), int(jj[u]))
+        if smaller is None:
+            continue
+        refit = fit_model(spec, smaller, chains=info["chains"], draws=info["draws"], tune=info["tune"],
+                          seed=info.get("seed"), engine=info.get("engine"), progress=False)
+        tree = refit.tree.copy()
+        tree["observed_data"] = xr.DataTree(data.to_dataset())   # the refit's draws, the whole table's cells
+        ll = pointwise_log_likelihood(Fit(tree), by="cell", conditional=conditional).values[..., u].ravel()
+        value = float(logsumexp(ll) - math.log(ll.size))
+        if ll_full is None:
+            ll_full = pointwise_log_likelihood(fit, by="cell", conditional=conditional).values
+        lpd = float(logsumexp(ll_full[..., u].ravel()) - math.log(ll_full[..., u].size))
+        elpd_i[u], pareto_k[u], p_i[u] = value, 0.0, lpd - value
+        done += 1
+    if done == 0:
+        return elpd, 0
+    out = _elpd_data(elpd_i, p_i, pareto_k, elpd.n_samples, elpd.good_k, True)
+    return copy.copy(out), done

@@ -1,0 +1,332 @@
+"""Summaries of a fit: per-parameter statistics, overall diagnostics, plain warnings."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from twoway.errors import ConvergenceWarning, FitError
+from twoway.results.contrasts import contrast_tables
+from twoway.results.decomposition import variance_decomposition
+from twoway.results.diagnostics import MODE_SDS, separated_chains
+from twoway.results.stats import statistics_table
+from twoway.table.labels import shorten_index
+
+__all__ = ["FitSummary", "summarize", "overall_diagnostics", "default_variables", "RHAT_LIMIT", "ESS_LIMIT"]
+
+RHAT_LIMIT = 1.01
+ESS_LIMIT = 400
+PARETO_K_LIMIT = 0.7  # importance weights with a larger Pareto k are unreliable
+
+
+@dataclass(frozen=True)
+class FitSummary:
+    """What a fit says, in numbers and words.
+
+    Attributes
+    ----------
+    table : pandas.DataFrame
+        One row per scalar parameter (``name`` or ``name[label]``); columns
+        ``mean, sd, hdi_3%, hdi_97%, ess_bulk, ess_tail, r_hat`` (for the
+        default 94% interval).
+    diagnostics : dict
+        ``divergences, max_r_hat, min_ess_bulk, sampling_seconds, total_seconds`` and the
+        engine's own (see :func:`overall_diagnostics`).
+    warnings : list of str
+        Plain-word warnings; empty when the diagnostics are good.
+    header : list of str
+        Model, likelihood path, priors in force.
+    contrasts : pandas.DataFrame or None
+        Contrasts against reference levels (see :mod:`twoway.results.contrasts`): one row per
+        ``"LABEL - REF"``, columns ``side, reference`` and the parameters' columns.
+    decomposition : pandas.DataFrame or None
+        Variance components, their shares of the total and the intraclass
+        correlations (see :mod:`twoway.results.decomposition`), the parameters' columns.
+    """
+
+    table: pd.DataFrame
+    diagnostics: dict[str, Any]
+    warnings: list[str] = field(default_factory=list)
+    header: list[str] = field(default_factory=list)
+    contrasts: pd.DataFrame | None = None
+    decomposition: pd.DataFrame | None = None
+    decomposition_notes: list[str] = field(default_factory=list)
+    #: the variables were chosen (``var_names``): print every row of the table
+    chosen: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {"parameters": _rows(self.table),
+               "diagnostics": {k: _plain(v) for k, v in self.diagnostics.items()},
+               "warnings": list(self.warnings)}
+        if self.contrasts is not None:
+            out["contrasts"] = _rows(self.contrasts)
+        if self.decomposition is not None:
+            out["variance_decomposition"] = {"components": _rows(self.decomposition),
+                                             "notes": list(self.decomposition_notes)}
+        return out
+
+    def format(self, *, long: int | None = None) -> str:
+        """The summary as text.
+
+        Parameters
+        ----------
+        long : int, optional
+            A parameter with more entries than this (default :data:`PRINT_LONG`) shows its
+            first :data:`PRINT_HEAD` and a line saying how many more there are and how to see
+            them; ``0`` prints every row. Variables chosen with ``var_names`` print whole.
+        """
+
+        lines = list(self.header)
+        table, more = _shorten_long(self.table, 0 if self.chosen else PRINT_LONG if long is None else long)
+        table.index = pd.Index(shorten_index(table.index), name=table.index.name)  # long labels cut in the middle
+        with pd.option_context("display.max_rows", None, "display.width", 120):
+            lines += ["", table.to_string(float_format=lambda v: f"{v:.3f}")]
+            lines += [f"  ... {name}: {n:,} more entries not printed (see them with --var {name} or --json)"
+                      for name, n in more]
+            if self.contrasts is not None:
+                for (side, ref), part in self.contrasts.groupby(["side", "reference"], sort=False):
+                    what = "row" if side == "row" else "column"
+                    lines += ["", f"contrasts: each {what} mean minus the mean of {what} {ref!r}:",
+                              part.drop(columns=["side", "reference"]).to_string(float_format=lambda v: f"{v:.3f}")]
+            if self.decomposition is not None:
+                lines += ["", "variance decomposition (per draw, then summarised):",
+                          self.decomposition.to_string(float_format=lambda v: f"{v:.3f}")]
+                lines += [f"  {note}" for note in self.decomposition_notes]
+        d = self.diagnostics
+        lines += ["", "diagnostics:",
+                  f"  divergences       {d['divergences']}",
+                  f"  max R-hat         {d['max_r_hat']:.4f}",
+                  f"  min bulk ESS      {d['min_ess_bulk']:.0f}",
+                  f"  sampling seconds  {d['sampling_seconds']:.2f}",
+                  f"  total seconds     {d['total_seconds']:.2f}"]
+        if "importance_ess" in d:  # the laplace engine: importance sampling's own diagnostics
+            lines += [f"  importance ESS    {d['importance_ess']:.0f} of {d['proposals']} proposals",
+                      f"  Pareto k          {d['pareto_k']:.2f}",
+                      f"  factorisations    {d['factorisations']}"]
+        if self.warnings:
+            lines += ["", "warnings:"] + [f"  - {w}" for w in self.warnings]
+        else:
+            lines += ["", "No sampling problems: R-hat <= 1.01, bulk ESS >= 400, no divergences."]
+        return "\n".join(lines)
+
+
+PRINT_LONG = 40   # a parameter with more entries than this is printed shortened
+PRINT_HEAD = 10   # ... to its first entries
+
+
+def _shorten_long(table: pd.DataFrame, long: int) -> tuple[pd.DataFrame, list[tuple[str, int]]]:
+    """The printed rows: each parameter with more than ``long`` entries cut to its first ones; what was cut."""
+    if not long or len(table) <= long:
+        return table.copy(), []
+    base = pd.Series([str(i).split("[", 1)[0] for i in table.index], index=table.index)
+    sizes = base.value_counts()
+    keep = np.ones(len(table), bool)
+    more = []
+    for name, n in sizes.items():
+        if n > long:
+            where = np.flatnonzero(base.to_numpy() == name)
+            keep[where[PRINT_HEAD:]] = False
+            more.append((name, int(n - PRINT_HEAD)))
+    return table[keep].copy(), more
+
+
+def _rows(table: pd.DataFrame) -> dict[str, dict[str, Any]]:
+    return {str(name): {col: _plain(row[col]) for col in table.columns} for name, row in table.iterrows()}
+
+
+def _plain(v: Any) -> Any:
+    if isinstance(v, (np.integer,)):
+        return int(v)
+    if isinstance(v, (np.floating, float)):
+        return None if not math.isfinite(float(v)) else float(v)
+    return v
+
+
+def summarize(fit, *, var_names: "list[str] | str | None" = None, ci_prob: float = 0.94,
+              contrasts: "list[str | tuple[str, str]] | None" = None,
+              decomposition: bool = True) -> FitSummary:
+    """Summarise ``fit``; warns (:class:`ConvergenceWarning`) when the diagnostics are poor.
+
+    Parameters
+    ----------
+    fit : Fit
+    var_names : list of str, optional
+        Parameters to include, each a name or the prefix of names (``"row_"``: every
+        row parameter); default: all the model's, plus row_mean and col_mean.
+    ci_prob : float
+        Probability of the highest-density intervals (default 0.94), in (0, 1).
+    contrasts : list of str or (side, label), optional
+        Contrasts against reference levels, ``"col=Placebo"`` or ``("col", "Placebo")``:
+        each other level's mean minus the reference's (see :func:`twoway.results.contrasts.contrasts`).
+    decomposition : bool
+        Add the variance decomposition (see :func:`twoway.results.decomposition.variance_decomposition`).
+    """
+    if isinstance(ci_prob, bool) or not isinstance(ci_prob, (int, float, np.floating)) or not 0 < ci_prob < 1:
+        raise FitError(f"The interval probability must be between 0 and 1; got {ci_prob!r}.")
+    post = fit.posterior
+    # by default: every parameter with at most one dimension besides chain and draw (matrices such as
+    # row_cov and per-replicate shocks are in the posterior; ask for them by name)
+    default = default_variables(fit, post)
+    # the diagnostics and warnings always judge every default parameter, whatever is shown
+    checked = statistics_table(post, default, ci_prob)
+    table = statistics_table(post, select_variables(post, var_names), ci_prob) if var_names else checked
+    table.index.name = "parameter"
+    contrast_table = None
+    if contrasts:
+
+        contrast_table = contrast_tables(fit, contrasts, ci_prob)
+    decomp, decomp_notes = None, []
+    if decomposition:
+
+        vd = variance_decomposition(fit, ci_prob=ci_prob)
+        decomp, decomp_notes = vd.summary, list(vd.notes)
+    # what the engine's draws are (its description), never its name, decides how they are judged
+    description = fit.description
+    diagnostics = overall_diagnostics(fit, checked)
+    n_chains = int(post.sizes["chain"])
+    # chains that are not comparable (resampled into chains) are not "one chain" either: no R-hat to ask for
+    notes = _diagnostic_warnings(checked, diagnostics, n_chains if description.chains_comparable else max(n_chains, 2),
+                                 int(post.sizes["draw"]))
+    if description.markov_chains:  # chains of a Markov sampler can sit in different modes
+        notes += _mode_warnings(post)
+    if diagnostics.get("pareto_k", 0.0) > PARETO_K_LIMIT:
+        notes.append(f"The importance weights are unreliable (Pareto k = {diagnostics['pareto_k']:.2f} "
+                     f"> {PARETO_K_LIMIT}).")
+    for note in notes:
+        warnings.warn(note, ConvergenceWarning, stacklevel=3)
+    spec = fit.model
+    how = description.describe({**fit.info, "engine": fit.engine})
+    header = [f"model: {spec.describe()}", how,
+              "priors:"] + [f"  {k} ~ {p}" for k, p in fit.priors.items()]
+    note = cell_effect_note(spec, fit.data.n_replicates)
+    if note:
+        header.append(f"note: {note}")
+    return FitSummary(table=table, diagnostics=diagnostics, warnings=notes, header=header,
+                      contrasts=contrast_table, decomposition=decomp, decomposition_notes=decomp_notes,
+                      chosen=bool(var_names))
+
+
+def default_variables(fit, post=None) -> list[str]:
+    """The parameters a summary shows and judges by default: each with at most one dimension besides
+    chain and draw (matrices such as row_cov and per-replicate shocks are shown when named)."""
+    post = fit.posterior if post is None else post
+    return [n for n in fit.parameter_names + ["row_mean", "col_mean"] if n in post and post[n].ndim <= 3]
+
+
+def overall_diagnostics(fit, checked: pd.DataFrame | None = None) -> dict[str, Any]:
+    """A fit's overall diagnostics, read as its engine's description says (the one rule for every report).
+
+    ``twoway summary`` and fit-many's summary.csv both report these.
+
+    Parameters
+    ----------
+    fit : Fit
+    checked : pandas.DataFrame, optional
+        The statistics of the default parameters (:func:`default_variables`), if already computed.
+
+    Returns
+    -------
+    dict
+        ``divergences`` (0 unless the engine reports them), ``max_r_hat`` (NaN where R-hat
+        compares nothing: one chain, or chains that are not comparable, such as importance
+        draws resampled into chains), ``min_ess_bulk`` (no more than the importance ESS where
+        the draws are importance-resampled), ``sampling_seconds``, ``total_seconds``, and the
+        engine's own diagnostics recorded in ``fit.info`` (``importance_ess``, ``pareto_k``,
+        ``factorisations``, ``proposals``).
+    """
+    post = fit.posterior
+    if checked is None:
+        checked = statistics_table(post, default_variables(fit, post))
+    description = fit.description
+    info = fit.info
+    stats = fit.sample_stats
+    n_chains = int(post.sizes["chain"])
+    r_hat = checked["r_hat"].to_numpy()
+    ess = checked["ess_bulk"].to_numpy()
+    comparable = description.chains_comparable and n_chains > 1 and np.isfinite(r_hat).any()
+    out: dict[str, Any] = {
+        "divergences": (int(stats["diverging"].sum())
+                        if "divergences" in description.diagnostics and "diverging" in stats else 0),
+        "max_r_hat": float(np.nanmax(r_hat)) if comparable else float("nan"),
+        "min_ess_bulk": float(np.nanmin(ess)) if np.isfinite(ess).any() else float("nan"),
+        "sampling_seconds": float(info["sampling_seconds"]),
+        "total_seconds": float(info["total_seconds"]),
+    }
+    for key in description.diagnostics:
+        if key != "divergences" and key in info:
+            value = info[key]
+            out[key] = int(value) if isinstance(value, int) and not isinstance(value, bool) else float(value)
+    if description.importance and "importance_ess" in out:  # resampled draws: the importance ESS is what counts
+        out["min_ess_bulk"] = float(np.nanmin([out["min_ess_bulk"], out["importance_ess"]]))
+    return out
+
+
+def cell_effect_note(spec, n_replicates: int) -> str | None:
+    """A note when replicate tables are fitted without a random cell effect (None otherwise)."""
+    if n_replicates < 2 or getattr(spec, "cell_effect", "none") != "none":
+        return None
+    return (f"the table has {n_replicates} replicates and the model no cell effect: a deviation a cell keeps in "
+            "every replicate (the row x column interaction) is taken for independent noise, which makes "
+            "contrasts too narrow if it is there; the predictive check 'cell_mean_var' tests for it, and "
+            "cell_effect = \"random\" in a model file adds it (cell_sd).")
+
+
+def select_variables(post, var_names: "list[str] | str") -> list[str]:
+    """The posterior's variables named by ``var_names``: each a name, or the prefix of names.
+
+    Raises :class:`FitError` for an entry that names nothing.
+    """
+    if isinstance(var_names, str):
+        var_names = [var_names]
+    available = [str(v) for v in post.data_vars if not str(v).startswith("_")]
+    out: list[str] = []
+    for name in var_names:
+        found = [name] if name in available else [v for v in available if v.startswith(name)]
+        if not found:
+            raise FitError(f"The variables must be names or prefixes of names among {', '.join(available)}; "
+                           f"got {name!r}.")
+        out += [v for v in found if v not in out]
+    return out
+
+
+def _diagnostic_warnings(table: pd.DataFrame, d: dict[str, Any], n_chains: int, n_draws: int) -> list[str]:
+    out = []
+    if d["divergences"] > 0:
+        out.append(f"{d['divergences']} divergent transitions: the sampler met geometry it could not follow, "
+                   "so the posterior may be biased; try more tuning, or a model with fewer scales.")
+    if n_chains < 2:
+        out.append("Only one chain was run, so R-hat cannot check convergence; run 2 or more chains.")
+    elif d["max_r_hat"] > RHAT_LIMIT:
+        bad = table.index[table["r_hat"] > RHAT_LIMIT].tolist()
+        out.append(f"R-hat is above {RHAT_LIMIT} for {len(bad)} parameter(s) ({_few(bad)}; max {d['max_r_hat']:.3f}): "
+                   "the chains disagree; run longer before trusting these.")
+    if d["min_ess_bulk"] < ESS_LIMIT:
+        bad = table.index[table["ess_bulk"] < ESS_LIMIT].tolist()
+        out.append(f"The bulk effective sample size is below {ESS_LIMIT} for {len(bad)} parameter(s) "
+                   f"({_few(bad)}; min {d['min_ess_bulk']:.0f}): intervals are rough; draw more.")
+    return out
+
+
+def _mode_warnings(post) -> list[str]:
+    """A warning naming the parameters whose chains sit in different modes (see :func:`twoway.results.diagnostics.separated_chains`)."""
+
+    names = [n for n in post.data_vars if not str(n).startswith("_") and {"chain", "draw"} <= set(post[n].dims)]
+    found = separated_chains(post, names)
+    if not found:
+        return []
+    opposite = [label for label, _, opp in found if opp]
+    what = (f"{len(opposite)} of them with chain means on opposite sides of zero ({_few(opposite)})"
+            if opposite else "none of them by sign")
+    return [f"The chains sit in different modes for {len(found)} parameter(s) ({_few([f[0] for f in found])}; "
+            f"chain means up to {found[0][1]:.1f} within-chain sds apart, more than {MODE_SDS:g}), {what}: "
+            "the chains did not mix, so the draws do not describe one posterior; run longer, or change the "
+            "model or its priors (a sign-symmetric parameter needs an identifying constraint)."]
+
+
+def _few(names: list[str], k: int = 4) -> str:
+    return ", ".join(names[:k]) + (f" and {len(names) - k} more" if len(names) > k else "")

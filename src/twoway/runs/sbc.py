@@ -1,0 +1,634 @@
+"""Simulation-based calibration (SBC): does the fit recover the prior it was given?
+
+If parameters are drawn from the prior, a table is drawn from the model given
+those parameters, and the model is fitted to that table, then the true value
+is a draw from the posterior, so its rank among independent posterior draws is
+uniformly distributed. Ranks that are not uniform reveal a wrong model, a wrong
+likelihood or a sampler that does not explore the posterior (Talts, Betancourt,
+Simpson, Vehtari and Gelman, 2018, "Validating Bayesian inference algorithms
+with simulation-based calibration").
+
+How twoway runs it (:func:`sbc`):
+
+* **Fixed priors.** twoway's default priors are scaled to the data, which would
+  make the prior depend on the simulated table. SBC therefore first fixes every
+  prior at the value the defaults take for location 0 and spread 1 (the spec's
+  own overrides kept), then simulates from that spec and fits that same spec.
+* **One compile.** Each process compiles the model once for the layout of the
+  first table it gets and re-runs it on every other table (nutpie's ``with_data``).
+* **Thinning.** The chains are concatenated (chain after chain) and every k-th
+  draw is kept, k = S // L for S draws in all and L = ``min(n_thin, S)``
+  (default 100), so that the L kept draws are roughly independent. (They are
+  when the bulk ESS is near L or above; each replication records its
+  ``min_ess_bulk``. Autocorrelated draws pile ranks up at both ends.) The rank
+  of a true value is the number of kept draws below it, from 0 to L.
+* **Uniformity test.** Per scalar parameter that has a true value (vectors
+  expanded per level, as ``row_sd[row1]``; the derived ``row_mean`` and
+  ``col_mean`` left out, as they repeat the effects), the ranks are binned
+  into B groups of consecutive rank values, as equal as they can be, and a
+  chi-square test against the discrete-uniform counts gives a p-value.
+  B is 10, or fewer when there are few replications, so that at least 5 are
+  expected per bin (``B = clip(n_sims // 5, 2, 10)``).
+* **Pass/fail.** :meth:`SBCResult.passes` rejects when any p-value is below
+  ``alpha / P`` (Bonferroni over the P parameters), so a correct setup fails
+  with probability at most ``alpha`` (up to the chi-square approximation).
+* **Resumable.** With an ``out`` folder, each finished replication is written
+  at once to ``out/sim_00012.json`` (through a temporary name and an atomic
+  rename, so a killed run never leaves half a file) and the configuration to
+  ``out/config.json``. Called again with the same folder and configuration, it
+  reads the finished replications and runs only the missing ones; a different
+  configuration is refused. The number of replications is not part of the
+  configuration: replication i depends only on the seed and on i, so a run can
+  be extended by asking for more. Each replication file carries a digest of
+  the configuration and is checked against the folder's.
+* **Many workers, one folder.** The replications run through
+  :func:`twoway.runs.batch.run_jobs`: here, or on Dask workers (``workers``,
+  ``scheduler``), each process compiling the model once. The folder is locked
+  for the whole run, so a second run on it (same settings or not) fails at
+  once instead of mixing its replications in.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import numpy as np
+import pandas as pd
+
+from twoway._version import __version__
+from twoway.engines.choose import DEFAULT_ENGINE, engine_name
+from twoway.errors import FitError
+from twoway.fit import check_sampling_options, compile_model
+from twoway.plan import residual_parts
+from twoway.runs.batch import BatchProgress, check_record, config_digest, fit_diagnostics, prepare_folder, run_jobs
+from twoway.runs.common import check_count, json_normal, read_json_object
+from twoway.simulate import simulate
+from twoway.spec.model import load_model
+from twoway.spec.priors import resolve_priors
+from twoway.table.io.outputs import folder_lock, remove_stale_temporaries, write_json_atomic
+
+__all__ = ["SBCResult", "sbc", "sbc_spec", "rank_statistics", "uniformity_pvalues",
+           "default_bins", "load_sbc"]
+
+#: Kept posterior draws per replication (the ranks run from 0 to this number).
+N_THIN = 100
+CONFIG_NAME = "config.json"
+#: Posterior variables computed from others, left out of the ranks (they would repeat them).
+DERIVED = ("row_mean", "col_mean")
+SIM_PATTERN = "sim_{:05d}.json"
+
+
+# ---------------------------------------------------------------------------
+# statistics
+# ---------------------------------------------------------------------------
+
+
+def rank_statistics(draws: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    """Rank of each true value among the posterior draws.
+
+    Parameters
+    ----------
+    draws : array (S, L, P)
+        L kept posterior draws of P scalar parameters, for each of S replications.
+    truth : array (S, P)
+        The true values.
+
+    Returns
+    -------
+    array of int (S, P)
+        The number of draws below the true value, from 0 to L.
+    """
+    draws = np.asarray(draws, dtype=float)
+    truth = np.asarray(truth, dtype=float)
+    if draws.ndim != 3 or truth.shape != (draws.shape[0], draws.shape[2]):
+        raise FitError(f"The draws must be (S, L, P) and the truth (S, P); got {draws.shape} and {truth.shape}.")
+    return (draws < truth[:, None, :]).sum(axis=1).astype(int)
+
+
+def default_bins(n_sims: int) -> int:
+    """Bins for the chi-square test: 10, fewer when needed for 5 expected per bin (at least 2)."""
+    return int(min(10, max(2, n_sims // 5)))
+
+
+def uniformity_pvalues(ranks: pd.DataFrame, n_draws: int, n_bins: int | None = None) -> pd.Series:
+    """Chi-square test that each column of ranks is uniform on 0..n_draws.
+
+    The L + 1 possible rank values are split into ``n_bins`` groups of
+    consecutive values, as equal as they can be, and the observed counts are
+    compared with the counts expected under the discrete uniform distribution
+    (``n_bins - 1`` degrees of freedom).
+
+    Parameters
+    ----------
+    ranks : DataFrame (S, P)
+        Ranks, one column per parameter.
+    n_draws : int
+        L, the number of kept draws (the largest possible rank).
+    n_bins : int, optional
+        Number of bins (default: :func:`default_bins` of S).
+
+    Returns
+    -------
+    pandas.Series
+        One p-value per parameter.
+    """
+    from scipy import stats
+
+    n_sims = len(ranks)
+    if n_sims < 2:
+        raise FitError(f"The uniformity test needs at least 2 replications; got {n_sims}.")
+    n_values = int(n_draws) + 1
+    bins = default_bins(n_sims) if n_bins is None else int(n_bins)
+    bins = min(bins, n_values)
+    if bins < 2:
+        raise FitError(f"The uniformity test needs at least 2 bins; got {bins}.")
+    # bin b holds the rank values r with r * bins // n_values == b
+    values = np.arange(n_values)
+    width = np.bincount(values * bins // n_values, minlength=bins)
+    expected = n_sims * width / n_values
+    out = {}
+    for name in ranks.columns:
+        r = ranks[name].to_numpy(dtype=int)
+        if r.min() < 0 or r.max() > n_draws:
+            raise FitError(f"The ranks of {name!r} must lie between 0 and {n_draws}; got {r.min()} to {r.max()}.")
+        counts = np.bincount(r * bins // n_values, minlength=bins)
+        out[name] = float(stats.chisquare(counts, expected).pvalue)
+    return pd.Series(out, name="p_value", dtype=float)
+
+
+# ---------------------------------------------------------------------------
+# the result
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, eq=False)
+class SBCResult:
+    """Ranks of the true values and their uniformity tests.
+
+    Attributes
+    ----------
+    ranks : pandas.DataFrame (S, P)
+        Index ``sim`` (the replication number), one column per scalar
+        parameter (``intercept``, ``row_sd[row1]``, ...); values 0..``n_draws``.
+    truth : pandas.DataFrame (S, P)
+        The true values, laid out as ``ranks``.
+    draws : numpy.ndarray (S, L, P)
+        The kept (thinned) posterior draws.
+    n_draws : int
+        L, the number of kept draws per replication.
+    diagnostics : pandas.DataFrame (S, 4)
+        Per replication: ``divergences``, ``max_r_hat``, ``min_ess_bulk``,
+        ``seconds``.
+    config : dict
+        What determines a replication (model with its fixed priors, table
+        shape, sampler settings, seed, thinning).
+    reused : tuple of int
+        Replications read back from ``out`` instead of being run again.
+    n_bins : int, optional
+        Bins of the chi-square test (default: :func:`default_bins`).
+    """
+
+    ranks: pd.DataFrame
+    truth: pd.DataFrame
+    draws: np.ndarray
+    n_draws: int
+    diagnostics: pd.DataFrame
+    config: dict[str, Any] = field(default_factory=dict)
+    reused: tuple[int, ...] = ()
+    n_bins: int | None = None
+
+    @property
+    def n_sims(self) -> int:
+        return int(len(self.ranks))
+
+    @property
+    def parameters(self) -> list[str]:
+        return list(self.ranks.columns)
+
+    @property
+    def bins(self) -> int:
+        """The number of bins the uniformity test uses."""
+        return min(default_bins(self.n_sims) if self.n_bins is None else int(self.n_bins), self.n_draws + 1)
+
+    @property
+    def pvalues(self) -> pd.Series:
+        """Chi-square p-value of rank uniformity, one per parameter."""
+        return uniformity_pvalues(self.ranks, self.n_draws, self.bins)
+
+    def threshold(self, alpha: float = 0.01) -> float:
+        """The per-parameter level, ``alpha / P`` (Bonferroni)."""
+        _check_alpha(alpha)
+        return alpha / max(1, len(self.parameters))
+
+    def failing(self, alpha: float = 0.01) -> list[str]:
+        """Parameters whose ranks are not uniform at family-wise level ``alpha``."""
+        p = self.pvalues
+        return p.index[p < self.threshold(alpha)].tolist()
+
+    def passes(self, alpha: float = 0.01) -> bool:
+        """True when no parameter's ranks reject uniformity at family-wise level ``alpha``.
+
+        Each p-value is compared with ``alpha / P`` (Bonferroni over the P
+        parameters), so a correctly calibrated setup fails with probability at
+        most ``alpha`` (the false-alarm rate), whatever the dependence between
+        parameters, up to the chi-square approximation of each test.
+        """
+        return not self.failing(alpha)
+
+    def table(self, alpha: float = 0.01) -> pd.DataFrame:
+        """Per parameter: p-value, the smallest and largest bin count, and whether it rejects."""
+        p = self.pvalues
+        n_values = self.n_draws + 1
+        rows = []
+        for name in self.parameters:
+            counts = np.bincount(self.ranks[name].to_numpy(dtype=int) * self.bins // n_values,
+                                 minlength=self.bins)
+            rows.append({"parameter": name, "p_value": p[name], "min_bin": int(counts.min()),
+                         "max_bin": int(counts.max()), "reject": bool(p[name] < self.threshold(alpha))})
+        return pd.DataFrame(rows).set_index("parameter")
+
+    def with_truth(self, truth: "pd.DataFrame | np.ndarray") -> "SBCResult":
+        """The same draws ranked against other true values (for example a deliberately wrong truth)."""
+        values = np.asarray(truth, dtype=float)
+        ranks = rank_statistics(self.draws, values)
+        return SBCResult(ranks=pd.DataFrame(ranks, index=self.ranks.index, columns=self.ranks.columns),
+                         truth=pd.DataFrame(values, index=self.truth.index, columns=self.truth.columns),
+                         draws=self.draws, n_draws=self.n_draws, diagnostics=self.diagnostics,
+                         config=self.config, reused=self.reused, n_bins=self.n_bins)
+
+    def to_dict(self, alpha: float = 0.01) -> dict[str, Any]:
+        tab = self.table(alpha)
+        return {
+            "n_sims": self.n_sims,
+            "n_draws": self.n_draws,
+            "n_bins": self.bins,
+            "alpha": alpha,
+            "threshold": self.threshold(alpha),
+            "passes": self.passes(alpha),
+            "failing": self.failing(alpha),
+            "p_values": {k: float(v) for k, v in tab["p_value"].items()},
+            "divergences": int(self.diagnostics["divergences"].sum()),
+            "reused": len(self.reused),
+        }
+
+    def format(self, alpha: float = 0.01) -> str:
+        """The per-parameter p-values and the verdict, as text."""
+        tab = self.table(alpha)
+        lines = [f"simulation-based calibration: {self.n_sims} replications, ranks among {self.n_draws} "
+                 f"kept draws, chi-square on {self.bins} bins",
+                 "", tab.to_string(float_format=lambda v: f"{v:.4f}"), ""]
+        div = int(self.diagnostics["divergences"].sum())
+        if div:
+            n_bad = int((self.diagnostics["divergences"] > 0).sum())
+            lines.append(f"divergent transitions: {div} in {n_bad} of {self.n_sims} replications")
+        verdict = "PASS" if self.passes(alpha) else "FAIL"
+        lines.append(f"{verdict}: family-wise alpha {alpha:g} (Bonferroni: each p-value against "
+                     f"{self.threshold(alpha):.2g}); a calibrated model fails with probability at most {alpha:g}.")
+        bad = self.failing(alpha)
+        if bad:
+            lines.append("not uniform: " + ", ".join(bad))
+        return "\n".join(lines)
+
+
+def _check_alpha(alpha: float) -> None:
+    if not (isinstance(alpha, (int, float)) and 0 < alpha < 1):
+        raise FitError(f"The significance level alpha must be between 0 and 1; got {alpha!r}.")
+
+
+# ---------------------------------------------------------------------------
+# running it
+# ---------------------------------------------------------------------------
+
+
+def sbc_spec(model, n_rows: int | None = None, n_cols: int | None = None) -> "Any":
+    """``model`` with every prior fixed at the defaults for location 0 and spread 1 (overrides kept).
+
+    Every parameter named by ``spec.parameter_names()`` gets an explicit
+    prior, so neither the simulated table nor the fitted one can move it. A
+    Kronecker model's structure priors are fixed the same way (they depend on
+    the table's shape, hence ``n_rows`` and ``n_cols``).
+
+    Returns
+    -------
+    ModelSpec
+    """
+
+    spec = load_model(model)
+    fixed = resolve_priors(spec.parameter_names(), 0.0, 1.0, spec.model_prior_overrides)
+    if spec.residual == "kronecker" and n_rows is not None and n_cols is not None:
+
+        parts = residual_parts(spec, tuple(f"row{i + 1}" for i in range(n_rows)),
+                               tuple(f"col{j + 1}" for j in range(n_cols)))
+        for side, unit in (("row", False), ("col", True)):
+            st = parts[side]
+            defaults = st.default_priors(1.0, unit_scale=unit)
+            fixed.update(st.check_priors({k: spec.prior_overrides.get(k, v) for k, v in defaults.items()},
+                                         unit_scale=unit))
+    return spec.with_priors(**fixed)
+
+
+def _replication_seed(seed: int, index: int) -> int:
+    """The seed of replication ``index``: independent streams from one seed."""
+    return int(np.random.SeedSequence([int(seed), int(index)]).generate_state(1, dtype=np.uint32)[0])
+
+
+def _components(da, name: str) -> tuple[list[str], np.ndarray]:
+    """Names and flat positions of the scalar components of one posterior variable.
+
+    Vectors give ``name[label]``; matrices ``name[label1,label2]``, and square
+    matrices named ``*_cov`` or ``*_corr`` keep their lower triangle only
+    (``*_corr`` without the diagonal, which is 1 by construction).
+    """
+    dims = [d for d in da.dims if d not in ("chain", "draw")]
+    shape = tuple(da.sizes[d] for d in dims)
+    if not dims:
+        return [name], np.array([0])
+    labels = [[str(v) for v in da[d].values] if d in da.coords else [str(v) for v in range(da.sizes[d])]
+              for d in dims]
+    index = np.arange(int(np.prod(shape))).reshape(shape)
+    keep = np.ones(shape, dtype=bool)
+    if len(shape) == 2 and shape[0] == shape[1] and name.endswith(("_cov", "_corr")):
+        keep = np.tril(keep, k=-1 if name.endswith("_corr") else 0)
+    names = []
+    for pos in zip(*np.nonzero(keep)):
+        names.append(f"{name}[{','.join(labels[a][p] for a, p in enumerate(pos))}]")
+    return names, index[keep]
+
+
+def _flatten(fit, truth: Mapping[str, Any], n_thin: int) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """The fit's scalar parameters that have a true value: names (P,), truth (P,), kept draws (L, P).
+
+    Components that every draw and the truth hold at one value (fixed by
+    construction, such as the diagonal of a unit-scale correlation-type
+    factor) are left out: their rank says nothing.
+
+    Draws are kept by concatenating the chains and taking every k-th draw,
+    k = S // L, for S draws in all and L = ``min(n_thin, S)``.
+    """
+    post = fit.posterior
+    names, values, cols = [], [], []
+    for name in post.data_vars:
+        if name not in truth or name in DERIVED:
+            continue
+        da = post[name]
+        x = da.values
+        per_draw = x.reshape(x.shape[0] * x.shape[1], -1)
+        t = np.asarray(truth[name], dtype=float).reshape(-1)
+        if t.size != per_draw.shape[1]:
+            continue  # the truth is laid out differently (not comparable component by component)
+        comp_names, idx = _components(da, name)
+        d, tv = per_draw[:, idx], t[idx]
+        # components fixed by construction (a unit-scale factor's diagonal) rank nothing: left out
+        fixed = (np.ptp(d, axis=0) <= 1e-10 * (1.0 + np.abs(tv))) & np.isclose(d[0], tv, rtol=1e-8, atol=1e-10)
+        names += [n for n, f in zip(comp_names, fixed) if not f]
+        values.append(tv[~fixed])
+        cols.append(d[:, ~fixed])
+    if not names:
+        raise FitError("The model's posterior has no parameter with a simulated true value to rank.")
+    flat = np.concatenate(cols, axis=1)
+    total = flat.shape[0]
+    keep = min(n_thin, total)
+    step = total // keep
+    return names, np.concatenate(values), flat[::step][:keep]
+
+
+_RERUN = "delete it to run that replication again"
+_NEW_FOLDER = "use a new folder"
+#: Keys of config.json that do not change what a replication is.
+_NOT_CONFIG = ("n_sims", "twoway_version")
+
+#: What a process compiled for SBC, by configuration digest (one entry): a worker compiles once.
+_COMPILED: dict[str, Any] = {}
+
+
+def _replication(spec, config: Mapping[str, Any], key: str, index: int, cores: int | None) -> dict[str, Any]:
+    """Simulate, fit and rank replication ``index`` (runs on a worker; compiles once per process)."""
+
+    rseed = _replication_seed(config["seed"], index)
+    sim = simulate(spec, config["n_rows"], config["n_cols"], config["n_replicates"], seed=rseed, se=config["se"])
+    compiled = _COMPILED.get(key)
+    if compiled is None:
+        compiled = compile_model(spec, sim.data, engine=config["engine"], progress=False)
+        _COMPILED.clear()
+        _COMPILED[key] = compiled
+    t0 = time.perf_counter()
+    fit = compiled.sample(sim.data, chains=config["chains"], draws=config["draws"], tune=config["tune"],
+                          seed=rseed, progress=False, cores=cores)
+    flat, truth, kept = _flatten(fit, sim.truth, config["n_thin"])
+    ranks = (kept < truth[None, :]).sum(axis=0)
+    return {
+        "index": index, "seed": rseed, "parameters": flat,
+        "truth": truth.tolist(), "ranks": ranks.astype(int).tolist(),
+        "draws": kept.tolist(), "n_draws": int(kept.shape[0]),
+        **fit_diagnostics(fit), "seconds": time.perf_counter() - t0,
+    }
+
+
+def _read_replication(path: Path, index: int, digest: str) -> dict[str, Any]:
+
+    rec = read_json_object(path, "replication file", _RERUN)
+    if rec.get("index") != index or "ranks" not in rec or "draws" not in rec:
+        raise FitError(f"The replication file {str(path)!r} is not complete; "
+                       "delete it to run that replication again.")
+    check_record(rec, digest, path)
+    return rec
+
+
+def sbc(
+    model,
+    n_rows: int,
+    n_cols: int,
+    n_sims: int,
+    *,
+    n_replicates: int = 1,
+    chains: int = 2,
+    draws: int = 500,
+    tune: int = 500,
+    seed: int = 0,
+    out: "str | os.PathLike[str] | None" = None,
+    progress: bool | None = None,
+    se: float | None = None,
+    n_thin: int = N_THIN,
+    on_replication: Callable[[int], None] | None = None,
+    engine: str | None = None,
+    backend: str | None = None,
+    workers: int = 1,
+    scheduler: str | None = None,
+) -> SBCResult:
+    """Simulation-based calibration of ``model`` on (n_replicates, n_rows, n_cols) tables.
+
+    For each replication i: draw the parameters and a table from the model
+    (its priors fixed as described in the module docstring), fit the model,
+    keep L = ``min(n_thin, chains * draws)`` thinned draws (every k-th draw
+    of the concatenated chains, k = chains * draws // L) and rank each true
+    value among them. The replications run through :func:`twoway.runs.batch.run_jobs`.
+
+    Parameters
+    ----------
+    model : ModelSpec or str
+        A spec, a preset name or a TOML model file.
+    n_rows, n_cols : int
+        Table shape (at least 2 x 2).
+    n_sims : int
+        Number of replications (simulate, fit, rank), at least 2.
+    n_replicates : int
+        Replicate tables per simulated data set.
+    chains, draws, tune : int
+        Sampler settings for every fit.
+    seed : int
+        Replication i is simulated and sampled with seeds derived from
+        (``seed``, i), so results depend neither on the order they are run in
+        nor on the number of workers.
+    out : path, optional
+        Folder for ``config.json`` and one ``sim_NNNNN.json`` per finished
+        replication; a run with the same folder and configuration resumes. The
+        folder is locked for the whole run: a second run on it fails at once.
+    progress : bool, optional
+        Counts of done, failed and running replications on stderr (default:
+        when stderr is a terminal).
+    se : float, optional
+        A known standard error given to every cell.
+    n_thin : int
+        Kept draws per replication (L at most).
+    on_replication : callable, optional
+        Called with i after replication i has been fitted (not for reused ones).
+    engine : {"jax", "nutpie", "pymc"}, optional
+        The engine of every fit (default ``jax``; ``backend`` is another name for it).
+        Each process compiles the model once and runs every simulated table it gets through it.
+    workers : int
+        1: the replications run here, one after another; N > 1: on a local
+        Dask cluster of N worker processes (one thread each).
+    scheduler : str, optional
+        Address of a running Dask scheduler instead.
+
+    Returns
+    -------
+    SBCResult
+
+    Raises
+    ------
+    FitError
+        For bad options, an ``out`` folder holding another configuration, or a
+        replication that failed (the others are kept in ``out``).
+    TwowayError
+        When another run holds the ``out`` folder.
+    """
+
+    engine = engine_name(engine, backend) or DEFAULT_ENGINE
+
+    n_rows = check_count("n_rows", n_rows, 2)
+    n_cols = check_count("n_cols", n_cols, 2)
+    n_sims = check_count("n_sims", n_sims, 2)
+    n_replicates = check_count("n_replicates", n_replicates, 1)
+    n_thin = check_count("n_thin", n_thin, 1)
+    seed = check_count("seed", seed, 0)
+    workers = check_count("workers", workers, 1)
+    check_sampling_options(chains, draws, tune, seed, engine)
+    if se is not None and not (isinstance(se, (int, float)) and not isinstance(se, bool)
+                               and math.isfinite(se) and se > 0):
+        raise FitError(f"The known standard error must be a positive number; got {se!r}.")
+    spec = sbc_spec(model, n_rows, n_cols)
+    config = json_normal({
+        "model": spec.to_dict(), "n_rows": n_rows, "n_cols": n_cols, "n_replicates": n_replicates,
+        "chains": int(chains), "draws": int(draws), "tune": int(tune), "seed": seed,
+        "se": None if se is None else float(se), "n_thin": n_thin, "engine": engine,
+    })
+    digest = config_digest(config)
+    out_path = None if out is None else Path(out)
+    if out_path is not None:
+        if out_path.exists() and not out_path.is_dir():
+            raise FitError(f"The SBC output {str(out_path)!r} must be a folder; it is a file.")
+        if not out_path.parent.exists():
+            raise FitError(f"The folder {str(out_path.parent)!r} for the SBC output does not exist.")
+        out_path.mkdir(exist_ok=True)
+    lock = folder_lock(out_path, what="SBC folder") if out_path is not None else contextlib.nullcontext()
+    with lock:
+        records: dict[int, dict[str, Any]] = {}
+        if out_path is not None:
+
+            prepare_folder(out_path, config, what="SBC", results_glob="sim_*.json", ignore=_NOT_CONFIG)
+            remove_stale_temporaries(out_path)  # left by a killed run
+            write_json_atomic(out_path / CONFIG_NAME, {**config, "n_sims": n_sims, "twoway_version": __version__})
+            for i in range(n_sims):
+                path = out_path / SIM_PATTERN.format(i)
+                if path.exists():
+                    records[i] = _read_replication(path, i, digest)
+        reused = tuple(sorted(records))
+        todo = [i for i in range(n_sims) if i not in records]
+
+        if progress is None:
+            progress = sys.stderr.isatty()
+        bar = BatchProgress(len(todo), "sbc replications", enabled=bool(progress), reused=len(reused))
+        cores = None if workers == 1 and scheduler is None else 1
+        jobs = [(f"sim_{i:05d}", (spec, config, digest, i, cores)) for i in todo]
+        failures = []
+        for outcome in run_jobs(_replication, jobs, workers=workers, scheduler=scheduler, progress=bar):
+            if not outcome.ok:
+                failures.append(f"{outcome.name}: {outcome.error}")
+                continue
+            rec = {**outcome.value, "config_digest": digest}
+            i = int(rec["index"])
+            if out_path is not None:
+                write_json_atomic(out_path / SIM_PATTERN.format(i), rec)
+            records[i] = rec
+            if on_replication is not None:
+                on_replication(i)
+        if failures:
+            kept = f"; the {len(records)} finished ones are kept in {str(out_path)!r}" if out_path is not None else ""
+            raise FitError(f"{len(failures)} of {n_sims} SBC replications failed ({failures[0]}"
+                           f"{' and others' if len(failures) > 1 else ''}){kept}.")
+    return _assemble(records, config, reused)
+
+
+def _assemble(records: Mapping[int, Mapping[str, Any]], config: dict[str, Any],
+              reused: tuple[int, ...] = ()) -> SBCResult:
+    index = sorted(records)
+    first = records[index[0]]
+    params = list(first["parameters"])
+    n_draws = int(first["n_draws"])
+    for i in index:
+        if list(records[i]["parameters"]) != params or int(records[i]["n_draws"]) != n_draws:
+            raise FitError(f"The replication {i} has other parameters or draws than replication "
+                           f"{index[0]}; the SBC folder mixes runs.")
+    idx = pd.Index(index, name="sim")
+    ranks = pd.DataFrame([records[i]["ranks"] for i in index], index=idx, columns=params)
+    truth = pd.DataFrame([records[i]["truth"] for i in index], index=idx, columns=params)
+    draws = np.array([records[i]["draws"] for i in index], dtype=float)
+    diag = pd.DataFrame([{k: records[i].get(k, float("nan"))
+                          for k in ("divergences", "max_r_hat", "min_ess_bulk", "seconds")} for i in index],
+                        index=idx)
+    return SBCResult(ranks=ranks, truth=truth, draws=draws, n_draws=n_draws, diagnostics=diag,
+                     config=dict(config), reused=tuple(reused))
+
+
+def load_sbc(out: "str | os.PathLike[str]") -> SBCResult:
+    """Read every finished replication in an SBC folder (without running anything).
+
+    Raises
+    ------
+    FitError
+        When the folder has no configuration or no finished replication.
+    """
+    out = Path(out)
+    cfg_path = out / CONFIG_NAME
+    if not cfg_path.is_file():
+        raise FitError(f"The folder {str(out)!r} holds no SBC run (no {CONFIG_NAME}).")
+
+    config = read_json_object(cfg_path, "SBC configuration", _NEW_FOLDER)
+    config = {k: v for k, v in config.items() if k not in _NOT_CONFIG}
+    digest = config_digest(config)
+    records = {}
+    for path in sorted(out.glob("sim_*.json")):
+        rec = read_json_object(path, "replication file", _RERUN)
+        check_record(rec, digest, path)
+        records[int(rec["index"])] = rec
+    if not records:
+        raise FitError(f"The folder {str(out)!r} holds no finished replication.")
+    return _assemble(records, config, tuple(sorted(records)))
