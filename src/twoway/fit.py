@@ -39,6 +39,8 @@ from twoway.results.contrasts import contrasts
 from twoway.results.decomposition import variance_decomposition
 from twoway.results.predict import predict
 from twoway.table.io.outputs import atomic_output, check_output
+# Deferred imports: xarray (heavy to import); twoway.results.summary (they import pandas or xarray at their
+# top) are imported inside the functions that use them, so importing this module stays light.
 
 
 def _xr():

@@ -28,6 +28,9 @@ from twoway.simulate import simulate
 from twoway.spec.model import FILE_OPTIONS, degrees_of_freedom, load_model
 from twoway.table.data import TwoWayData, csv_header
 from twoway.table.io.outputs import atomic_output, check_output
+# Deferred imports: twoway.app.demo, twoway.app.report, twoway.results.compare, twoway.results.recovery,
+# twoway.runs.sbc (they import pandas or xarray at their top) are imported inside the functions that use
+# them, so importing this module stays light.
 
 __all__ = ["main"]
 

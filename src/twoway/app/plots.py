@@ -8,6 +8,8 @@ import numpy as np
 
 from twoway.table.io.outputs import atomic_output
 from twoway.table.labels import shorten_labels
+# Deferred imports: matplotlib (heavy to import) are imported inside the functions that use them, so
+# importing this module stays light.
 
 __all__ = ["table_heatmap", "trace_plot"]
 

@@ -45,6 +45,8 @@ from threadpoolctl import threadpool_limits
 
 from twoway.engines.description import LAPLACE
 from twoway.errors import FitError, TwowayWarning
+# Deferred imports: arviz_stats, scipy, xarray (heavy to import) are imported inside the functions that use
+# them, so importing this module stays light.
 
 __all__ = ["LaplaceEngine", "log_prior", "DEFAULT_PROPOSALS", "PROPOSAL_DOF"]
 

@@ -51,6 +51,8 @@ from twoway.linalg.ops import NUMPY
 from twoway.linalg.structured import ar1_logdet, ar1_precision
 from twoway.spec.model import ModelSpec
 from twoway.table.data import TwoWayData
+# Deferred imports: scipy (heavy to import) are imported inside the functions that use them, so importing
+# this module stays light.
 
 __all__ = ["Layout", "EffectsDesign", "layout", "effects_design", "base_projections", "noise_variance",
            "eliminated_block", "schur_logp", "schur_draw", "dense_covariance", "draw_shocks", "kronecker_factors",

@@ -33,6 +33,8 @@ from twoway.errors import ModelError, TwowayError
 from twoway.likelihood import memory
 from twoway.likelihood.diagonal import cell_sd
 from twoway.likelihood.marginal import effects_design
+# Deferred imports: scipy, sksparse (heavy to import) are imported inside the functions that use them, so
+# importing this module stays light.
 
 __all__ = ["SparseDesign", "SparseSystem", "sparse_applies", "prefers_sparse", "build_system", "cholmod",
            "SPARSE_MIN_LEVELS", "SPARSE_MAX_FRACTION"]

@@ -17,6 +17,8 @@ import pandas as pd
 from twoway.errors import FitError, TwowayWarning
 from twoway.fit import Fit
 from twoway.results.loo import _check_by, default_conditional, loo, refit_loo
+# Deferred imports: arviz_stats (heavy to import) are imported inside the functions that use them, so
+# importing this module stays light.
 
 __all__ = ["COLUMNS", "compare", "preferred", "table_difference", "check_same_table", "unique_names",
            "loo_warnings"]

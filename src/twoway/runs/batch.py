@@ -65,6 +65,9 @@ from twoway.table.io.outputs import (
     write_text_atomic,
 )
 from twoway.table.io.tables import read_csv
+# Deferred imports: distributed, pandas (heavy to import); twoway.results.summary (they import pandas or
+# xarray at their top) are imported inside the functions that use them, so importing this module stays
+# light.
 
 __all__ = ["Outcome", "BatchResult", "run_jobs", "fit_many", "job_seed", "safe_names", "config_digest",
            "prepare_folder", "fit_diagnostics", "CONFIG_NAME", "SUMMARY_NAME", "RECORDS"]

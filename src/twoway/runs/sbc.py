@@ -73,6 +73,8 @@ from twoway.simulate import simulate
 from twoway.spec.model import load_model
 from twoway.spec.priors import resolve_priors
 from twoway.table.io.outputs import folder_lock, remove_stale_temporaries, write_json_atomic
+# Deferred imports: scipy (heavy to import) are imported inside the functions that use them, so importing
+# this module stays light.
 
 __all__ = ["SBCResult", "sbc", "sbc_spec", "rank_statistics", "uniformity_pvalues",
            "default_bins", "load_sbc"]

@@ -53,6 +53,9 @@ from twoway.results.recovery import recovery
 from twoway.results.stats import hdi
 from twoway.results.summary import ESS_LIMIT, RHAT_LIMIT
 from twoway.table.io.outputs import write_text_atomic
+# Deferred imports: twoway.app.report.figures, twoway.results.compare, twoway.results.ppc (they import
+# pandas or xarray at their top) are imported inside the functions that use them, so importing this module
+# stays light.
 
 __all__ = ["write_report", "render_report", "SECTION_IDS"]
 

@@ -31,6 +31,8 @@ from pathlib import Path
 from typing import Any
 
 from twoway.errors import TwowayError
+# Deferred imports: jax (heavy to import) are imported inside the functions that use them, so importing this
+# module stays light.
 
 __all__ = ["ENV_VAR", "cache_dir", "enable_jax_cache", "cache_info", "cache_entries", "clear_cache",
            "CacheWatch"]

@@ -20,6 +20,8 @@ from twoway.engines.jax.model import describe, model_args
 from twoway.engines.jax.programs import ProgramStore
 from twoway.engines.jax.sampler import ChainProgram, capacity_for
 from twoway.errors import FitError, TwowayError, TwowayWarning
+# Deferred imports: xarray (heavy to import) are imported inside the functions that use them, so importing
+# this module stays light.
 
 __all__ = ["JaxEngine", "program_key"]
 

@@ -27,6 +27,8 @@ from twoway.engines.jax.priors import constrain, log_density, prior_arrays
 from twoway.engines.walk import coords, tables, walk
 from twoway.linalg.ops import JAX
 from twoway.plan import Plan, public_names
+# Deferred imports: jax, numpyro, scipy (heavy to import) are imported inside the functions that use them,
+# so importing this module stays light.
 
 __all__ = ["JaxModel", "describe", "model_args"]
 

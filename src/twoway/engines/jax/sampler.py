@@ -32,6 +32,8 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from twoway.engines.jax.cache import cache_entries
+# Deferred imports: blackjax, jax (heavy to import) are imported inside the functions that use them, so
+# importing this module stays light.
 
 __all__ = ["ChainProgram", "STAT_NAMES", "INIT_RADIUS", "adaptation_schedule", "capacity_for", "DualAveraging"]
 

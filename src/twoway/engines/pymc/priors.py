@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from typing import Any
+# Deferred imports: pymc (heavy to import) are imported inside the functions that use them, so importing
+# this module stays light.
 
 __all__ = ["pymc_variable", "pymc_distribution"]
 
