@@ -39,6 +39,7 @@ from twoway.results.contrasts import contrasts
 from twoway.results.decomposition import variance_decomposition
 from twoway.results.predict import predict
 from twoway.table.io.outputs import atomic_output, check_output
+
 # Deferred imports: xarray (heavy to import); twoway.results.summary (they import pandas or xarray at their
 # top) are imported inside the functions that use them, so importing this module stays light.
 
@@ -63,9 +64,10 @@ from twoway.engines.choose import (
 )
 from twoway.engines.description import EngineDescription, description_from_info
 from twoway.errors import FitError
-from twoway.plan import Plan, public_names, resolve
+from twoway.plan import Plan, resolve
 from twoway.spec.derived import row_col_means
 from twoway.spec.model import ModelSpec, load_model
+from twoway.spec.names import public_names
 from twoway.spec.priors import Prior
 from twoway.table.data import TwoWayData
 

@@ -40,7 +40,7 @@ if TYPE_CHECKING:  # pragma: no cover
 #: ``relationship_scale(side)``.
 Design = Union["EffectsDesign", "SparseDesign"]
 
-__all__ = ["Plan", "resolve", "public_names", "integration_constants", "residual_parts",
+__all__ = ["Plan", "resolve", "integration_constants", "residual_parts",
            "known_relationships", "LIKELIHOODS", "MAX_STORED_COV"]
 
 LIKELIHOODS = ("auto", "dense", "sparse", "nuts")

@@ -16,9 +16,10 @@ import numpy as np
 from twoway.errors import ModelError, TwowayWarning
 from twoway.likelihood.diagonal import residual_sd
 from twoway.linalg.ops import NUMPY
-from twoway.plan import public_names, residual_parts
+from twoway.plan import residual_parts
 from twoway.spec.derived import row_col_means
 from twoway.spec.model import ModelSpec, load_model
+from twoway.spec.names import public_names
 from twoway.spec.priors import resolve_priors
 from twoway.table.data import TwoWayData
 from twoway.table.io.outputs import write_json_atomic

@@ -28,6 +28,7 @@ from twoway.simulate import simulate
 from twoway.spec.model import FILE_OPTIONS, degrees_of_freedom, load_model
 from twoway.table.data import TwoWayData, csv_header
 from twoway.table.io.outputs import atomic_output, check_output
+
 # Deferred imports: twoway.app.demo, twoway.app.report, twoway.results.compare, twoway.results.recovery,
 # twoway.runs.sbc (they import pandas or xarray at their top) are imported inside the functions that use
 # them, so importing this module stays light.
@@ -46,7 +47,6 @@ def _model_arg(p: argparse.ArgumentParser, default: str = "additive") -> None:
 
 def _model(args):
     """The model named by --model, with --row-structure / --col-structure applied."""
-
 
     spec = load_model(args.model)
     changes = {k: v for k, v in (("row_structure", getattr(args, "row_structure", None)),
@@ -273,7 +273,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def _version() -> str:
-
     return __version__
 
 
@@ -296,13 +295,12 @@ def cmd_demo(args) -> int:
 
 
 def cmd_simulate(args) -> int:
-
-
-    inputs = _model_inputs(args)
+    spec = _model(args)
+    inputs = _model_inputs(args, spec)
     check_output(args.out, endings=TABLE_ENDINGS, inputs=inputs, what="table file")
     if args.truth:
         check_output(args.truth, endings=(".json",), inputs=inputs + [args.out], what="truth file")
-    sim = simulate(_model(args), args.rows, args.cols, args.replicates, seed=args.seed, se=args.se,
+    sim = simulate(spec, args.rows, args.cols, args.replicates, seed=args.seed, se=args.se,
                    missing=args.missing)
     sim.data.to_csv(args.out)
     print(f"wrote a {args.rows} x {args.cols} table"
@@ -344,10 +342,9 @@ def _default_columns(args, header: Callable[[], Sequence[str]]) -> tuple[str | N
 
 
 def cmd_fit(args) -> int:
-
     check_sampling_options(args.chains, args.draws, args.tune, args.seed, args.engine)
-    check_fit_output(args.out, inputs=[args.data] + _model_inputs(args))
     spec = _model(args)
+    check_fit_output(args.out, inputs=[args.data] + _model_inputs(args, spec))
     se, replicate = _default_columns(args, lambda: csv_header(args.data))
     data = TwoWayData.from_csv(args.data, row=args.row, col=args.col, value=args.value,
                                se=se, replicate=replicate, zero_se=args.zero_se)
@@ -380,7 +377,6 @@ def cmd_fit(args) -> int:
 
 
 def cmd_summary(args) -> int:
-
     _check_ci_prob(args.ci_prob)
     summary = Fit.load(args.fit).summary(var_names=args.var, ci_prob=args.ci_prob, contrasts=args.contrast)
     if args.json:
@@ -398,7 +394,6 @@ def _check_ci_prob(value: float) -> None:
 
 
 def cmd_predict(args) -> int:
-
     _check_ci_prob(args.ci_prob)
     if args.max_draws is not None and args.max_draws < 1:
         raise TwowayError(f"The --max-draws option must be at least 1; got {args.max_draws!r}.")
@@ -415,7 +410,6 @@ def cmd_predict(args) -> int:
 
 
 def cmd_dof(args) -> int:
-
     shape = [v for v in (args.rows, args.cols, args.replicates) if v is not None]
     if args.data is not None:
         if shape:
@@ -513,7 +507,6 @@ def cmd_sbc(args) -> int:
 
 
 def cmd_fit_many(args) -> int:
-
     check_sampling_options(args.chains, args.draws, args.tune, args.seed, args.engine)
     spec = _model(args)
 
@@ -541,7 +534,6 @@ def cmd_fit_many(args) -> int:
 
 
 def cmd_cache(args) -> int:
-
     if args.cache_command == "clear":
         folder = cache_info()["path"]
         removed = clear_cache()
@@ -588,8 +580,11 @@ def _sampler_progress(args) -> bool:
 TABLE_ENDINGS = (".csv", ".csv.gz")
 
 
-def _model_inputs(args) -> list[str]:
-    """The files a command's model options read: the model file and the files it names."""
+def _model_inputs(args, spec=None) -> list[str]:
+    """The files a command's model options read: the model file and the files it names.
+
+    ``spec``, the model already read from ``args.model``, saves reading the model file again.
+    """
     out = []
     for text in (getattr(args, "model", None), getattr(args, "row_structure", None),
                  getattr(args, "col_structure", None)):
@@ -598,12 +593,11 @@ def _model_inputs(args) -> list[str]:
         if text.lower().endswith(".toml"):
             out.append(text)
             try:
-
-                spec = load_model(text)
+                named = spec if spec is not None and text == args.model else load_model(text)
             except TwowayError:
                 continue  # reported when the model is read
             for key in FILE_OPTIONS:
-                value = getattr(spec, key, None)
+                value = getattr(named, key, None)
                 if isinstance(value, str) and value.startswith("known:"):
                     out.append(value[len("known:"):])
                 elif key == "covariance" and isinstance(value, str) and value.lower().endswith(".csv"):

@@ -62,7 +62,6 @@ def seed_table(model: str = "additive", *, seed: int = DEMO_SEED):
     Simulation
     """
 
-
     spec = load_model(model)
     params = {k: v for k, v in seed_parameters().items() if k in public_names(spec)}
     return simulate(spec, N_ROWS, N_COLS, params=params, seed=seed,
@@ -84,7 +83,6 @@ def run_demo(out: "str | Path", *, chains: int = 4, draws: int = 1000, tune: int
 
     ``engine`` is the fit's engine (default ``jax``; see :func:`twoway.fit`).
     """
-
 
     out = Path(out)
     if out.exists() and not out.is_dir():

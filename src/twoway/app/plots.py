@@ -8,6 +8,7 @@ import numpy as np
 
 from twoway.table.io.outputs import atomic_output
 from twoway.table.labels import shorten_labels
+
 # Deferred imports: matplotlib (heavy to import) are imported inside the functions that use them, so
 # importing this module stays light.
 
@@ -87,7 +88,6 @@ def trace_plot(fit, path, *, var_names: list[str] | None = None, max_levels: int
 
 def _save(fig, path, *, dpi: int) -> None:
     """Save ``fig`` to ``path`` atomically, in the format its ending names (PNG by default)."""
-
 
     fmt = Path(path).suffix.lstrip(".").lower() or "png"
     with atomic_output(path) as tmp:

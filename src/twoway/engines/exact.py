@@ -16,6 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from twoway.engines.description import EXACT
+
 # Deferred imports: xarray (heavy to import) are imported inside the functions that use them, so importing
 # this module stays light.
 

@@ -45,6 +45,7 @@ from threadpoolctl import threadpool_limits
 
 from twoway.engines.description import LAPLACE
 from twoway.errors import FitError, TwowayWarning
+
 # Deferred imports: arviz_stats, scipy, xarray (heavy to import) are imported inside the functions that use
 # them, so importing this module stays light.
 
@@ -127,7 +128,6 @@ class LaplaceEngine:
 
     def sample(self, compiled, plan, *, chains, draws, tune, seed, progress, cores, report=None,
                proposals: int | None = None):
-
 
         t0 = time.perf_counter()
         _check_sparse(plan)  # another table of the compiled layout is planned with the compiled likelihood option
@@ -225,7 +225,6 @@ def _chunk(args):
 
 def _in_processes(n: int, system, plan, names, us, base: int):
     """All proposals evaluated by ``n`` processes (this one included); the same numbers as in one process."""
-
 
     M = us.shape[0]
     parts = np.array_split(np.arange(M), n)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import numpy as np
 
 from twoway.likelihood.woodbury import Projections
+
 # Deferred imports: scipy (heavy to import) are imported inside the functions that use them, so importing
 # this module stays light.
 

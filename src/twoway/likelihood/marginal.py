@@ -51,6 +51,7 @@ from twoway.linalg.ops import NUMPY
 from twoway.linalg.structured import ar1_logdet, ar1_precision
 from twoway.spec.model import ModelSpec
 from twoway.table.data import TwoWayData
+
 # Deferred imports: scipy (heavy to import) are imported inside the functions that use them, so importing
 # this module stays light.
 
@@ -330,7 +331,6 @@ def table_covariance(ops, spec: ModelSpec, lay: Layout, params):
 
 
 def _kronecker(ops, spec, lay, params, var):
-
     path = kr.kronecker_path(spec, lay)
     R = lay.shape[0]
     if path == "dense-table":
@@ -374,7 +374,6 @@ def point_parameters(spec: ModelSpec, lay: Layout, posterior, chain: int, draw: 
 
 
 def _dense_table(ops, spec, lay, params, var):
-
     R, N, K = lay.shape
     cov = table_covariance(ops, spec, lay, params)
     flat = lay.obs_flat

@@ -101,18 +101,15 @@ class Sparse(LikelihoodPath):
     identity_basis = True  # random effects only, coordinates in the effects' own order
 
     def applies(self, spec, lay, design):
-
         return isinstance(design, SparseDesign)
 
     def log_density(self, ops, spec, lay, design, params):
-
         if ops is not NUMPY:
             raise ModelError("The sparse path is evaluated with NumPy/SciPy (CHOLMOD) only; a NUTS engine cannot "
                              "trace it. Use the laplace engine, or resolve with likelihood=\"nuts\".")
         return sparse_logp(spec, lay, design, params)
 
     def draw_coordinates(self, spec, lay, design, params, rng, chunk):
-
         return sparse_draw(spec, lay, design, params, rng)
 
 
@@ -138,7 +135,6 @@ class Anova(LikelihoodPath):
                    for k, (name, _, start, stop) in enumerate(design.blocks))
 
     def log_density(self, ops, spec, lay, design, params):
-
         var = noise_variance(ops, spec, lay, params)
         kw = {}
         for name, var_param, _, _ in design.blocks:
@@ -161,15 +157,12 @@ class WoodburySchur(LikelihoodPath):
     name = "woodbury-schur"
 
     def applies(self, spec, lay, design):
-
         return spec.residual == "independent" and design.m > 0 and eliminated_block(spec, lay, design) is not None
 
     def log_density(self, ops, spec, lay, design, params):
-
         return schur_logp(ops, spec, lay, design, params)
 
     def draw_coordinates(self, spec, lay, design, params, rng, chunk):
-
         S = next(iter(params.values())).shape[0]
         u = np.empty((S, design.m))
         for start in range(0, S, chunk):
@@ -198,11 +191,9 @@ class _Kronecker(LikelihoodPath):
     """A complete Kronecker table (the projections come from the factors; see likelihood.kronecker)."""
 
     def applies(self, spec, lay, design):
-
         return spec.residual == "kronecker" and kronecker_path(spec, lay) == self.name
 
     def draw_coordinates(self, spec, lay, design, params, rng, chunk):
-
         return super().draw_coordinates(spec, lay, design, {**params, **kronecker_factors(spec, lay, params)},
                                         rng, chunk)
 
@@ -225,11 +216,9 @@ class DenseTable(LikelihoodPath):
     name = "dense-table"
 
     def applies(self, spec, lay, design):
-
         return spec.residual == "full" or (spec.residual == "kronecker" and kronecker_path(spec, lay) == self.name)
 
     def draw_coordinates(self, spec, lay, design, params, rng, chunk):
-
         if spec.residual == "kronecker":
             params = {**params, **kronecker_factors(spec, lay, params)}
         S = next(iter(params.values())).shape[0]
@@ -251,7 +240,6 @@ class Dense(LikelihoodPath):
         return False  # only when asked for
 
     def log_density(self, ops, spec, lay, design, params):
-
         cov = dense_covariance(ops, spec, lay, design, params)
         return dense_logp(ops, ops.asarray(lay.r[lay.obs]), cov, lay.n_obs)
 

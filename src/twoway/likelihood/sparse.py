@@ -33,6 +33,7 @@ from twoway.errors import ModelError, TwowayError
 from twoway.likelihood import memory
 from twoway.likelihood.diagonal import cell_sd
 from twoway.likelihood.marginal import effects_design
+
 # Deferred imports: scipy, sksparse (heavy to import) are imported inside the functions that use them, so
 # importing this module stays light.
 

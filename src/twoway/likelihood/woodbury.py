@@ -62,14 +62,6 @@ def _mT(ops, x):
     return ops.swapaxes(x, -1, -2)
 
 
-def _indicator_blocks(ops, w):
-    """X' W X for cell weights w (..., R, N, K) summed over replicates -> (..., N+K, N+K)."""
-    w_rows = ops.sum(w, axis=-1)          # (..., R, N)
-    w_cols = ops.sum(w, axis=-2)          # (..., R, K)
-    cross = w                              # (..., R, N, K)
-    return w_rows, w_cols, cross
-
-
 def _diag_embed(ops, v):
     """(..., n) -> (..., n, n) diagonal matrices."""
     n = v.shape[-1]

@@ -22,6 +22,7 @@ is a declared capability, never a test of the library's name:
 from __future__ import annotations
 
 import numpy as np
+
 # Deferred imports: jax, pytensor (heavy to import) are imported inside the functions that use them, so
 # importing this module stays light.
 

@@ -17,6 +17,7 @@ import pandas as pd
 from twoway.errors import FitError, TwowayWarning
 from twoway.fit import Fit
 from twoway.results.loo import _check_by, default_conditional, loo, refit_loo
+
 # Deferred imports: arviz_stats (heavy to import) are imported inside the functions that use them, so
 # importing this module stays light.
 

@@ -16,6 +16,7 @@ from typing import Iterable, Sequence
 
 from twoway.errors import FitError
 from twoway.results.stats import statistics_table
+
 # Deferred imports: pandas, xarray (heavy to import) are imported inside the functions that use them, so
 # importing this module stays light.
 

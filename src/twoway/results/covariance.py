@@ -21,7 +21,6 @@ def covariance_tensor(fit, *, chain: int = 0, draw: int = 0, include_effects: bo
     table's first replicate's known se.
     """
 
-
     spec = fit.model
     data = fit.data
     N, K = data.n_rows, data.n_cols

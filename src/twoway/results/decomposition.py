@@ -38,6 +38,7 @@ from twoway.likelihood.marginal import kronecker_factors, layout, table_covarian
 from twoway.linalg.ops import NUMPY
 from twoway.plan import residual_parts
 from twoway.results.stats import statistics_table
+
 # Deferred imports: xarray (heavy to import) are imported inside the functions that use them, so importing
 # this module stays light.
 

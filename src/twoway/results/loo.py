@@ -39,6 +39,7 @@ from twoway.fit import Fit
 from twoway.fit import fit as fit_model
 from twoway.results.moments import iter_moments
 from twoway.table.data import TwoWayData
+
 # Deferred imports: arviz_stats, scipy (heavy to import) are imported inside the functions that use them, so
 # importing this module stays light.
 

@@ -118,7 +118,6 @@ def iter_moments(fit, draws: list[tuple[int, int]] | None = None, *,
 def _integrated_moments(fit, draws, *, conditional: bool) -> Iterator[DrawMoments]:
     """Moments for models whose effects were integrated out (any residual)."""
 
-
     spec = fit.model
     plan = fit.plan
     # the covariance of the observed cells is dense: a sparse design is asked for its dense twin

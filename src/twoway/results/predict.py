@@ -44,6 +44,7 @@ from twoway.likelihood.marginal import kronecker_factors, noise_variance, table_
 from twoway.linalg.ops import NUMPY
 from twoway.results.decomposition import flat_parameters, full_layout
 from twoway.results.stats import hdi
+
 # Deferred imports: pandas, scipy (heavy to import) are imported inside the functions that use them, so
 # importing this module stays light.
 

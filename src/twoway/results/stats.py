@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from twoway.results.diagnostics import TAIL_PROB, component_labels, ess_bulk, ess_tail, rhat
+
 # Deferred imports: pandas (heavy to import) are imported inside the functions that use them, so importing
 # this module stays light.
 

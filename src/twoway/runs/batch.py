@@ -65,6 +65,7 @@ from twoway.table.io.outputs import (
     write_text_atomic,
 )
 from twoway.table.io.tables import read_csv
+
 # Deferred imports: distributed, pandas (heavy to import); twoway.results.summary (they import pandas or
 # xarray at their top) are imported inside the functions that use them, so importing this module stays
 # light.
@@ -689,7 +690,6 @@ def _fit_table_job(payload: tuple, spec_dict: dict, columns: dict, sampling: dic
 
 
 def _write_bytes_atomic(path: Path, blob: bytes) -> None:
-
     with atomic_output(path) as tmp:
         tmp.write_bytes(blob)
 
@@ -860,5 +860,4 @@ def fit_many(
 
 
 def _version() -> str:
-
     return __version__

@@ -73,6 +73,7 @@ from twoway.simulate import simulate
 from twoway.spec.model import load_model
 from twoway.spec.priors import resolve_priors
 from twoway.table.io.outputs import folder_lock, remove_stale_temporaries, write_json_atomic
+
 # Deferred imports: scipy (heavy to import) are imported inside the functions that use them, so importing
 # this module stays light.
 
@@ -434,7 +435,6 @@ def _replication(spec, config: Mapping[str, Any], key: str, index: int, cores: i
 
 
 def _read_replication(path: Path, index: int, digest: str) -> dict[str, Any]:
-
     rec = read_json_object(path, "replication file", _RERUN)
     if rec.get("index") != index or "ranks" not in rec or "draws" not in rec:
         raise FitError(f"The replication file {str(path)!r} is not complete; "

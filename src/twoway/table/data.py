@@ -30,6 +30,7 @@ from twoway.table.io._common import number_text as _number_text
 from twoway.table.io._common import quote as _q
 from twoway.table.io.outputs import atomic_output
 from twoway.table.io.tables import csv_header  # noqa: F401  (the command line reads a header through twoway.table.data)
+
 # Deferred imports: pandas, xarray (heavy to import) are imported inside the functions that use them, so
 # importing this module stays light.
 

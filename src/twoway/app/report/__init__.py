@@ -53,6 +53,7 @@ from twoway.results.recovery import recovery
 from twoway.results.stats import hdi
 from twoway.results.summary import ESS_LIMIT, RHAT_LIMIT
 from twoway.table.io.outputs import write_text_atomic
+
 # Deferred imports: twoway.app.report.figures, twoway.results.compare, twoway.results.ppc (they import
 # pandas or xarray at their top) are imported inside the functions that use them, so importing this module
 # stays light.
@@ -147,7 +148,6 @@ def _draws(da) -> np.ndarray:
 
 
 def _interval(da) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-
     x = _draws(da)
     interval = hdi(x[None], INTERVAL)
     low, high = interval[..., 0], interval[..., 1]
@@ -199,7 +199,6 @@ def _replicate_mean(values: np.ndarray) -> np.ndarray:
 
 
 def _summary(fit, ci_prob: float = INTERVAL, var_names: Sequence[str] | None = None):
-
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         return fit.summary(ci_prob=ci_prob, var_names=list(var_names) if var_names else None)
@@ -445,7 +444,6 @@ def _traces_section(sid: str, fit) -> str:
 
 
 def _diagnostics_section(sid: str, fit, summary) -> str:
-
     d = summary.diagnostics
     values = [str(int(d["divergences"])), _fmt(d["max_r_hat"], 4), _fmt(round(d["min_ess_bulk"])),
               _fmt(d["sampling_seconds"], 2), _fmt(d["total_seconds"], 2)]
@@ -537,7 +535,6 @@ def _comparison_section(sid: str, named: Mapping[str, Any]) -> str:
 
 
 def _recovery_section(sid: str, fit, truth: Mapping[str, Any]) -> str:
-
     post = fit.posterior
     names = [n for n in truth if n in post]
     if not names:
@@ -562,7 +559,6 @@ def _recovery_section(sid: str, fit, truth: Mapping[str, Any]) -> str:
 
 
 def _check_inputs(fits, names, truth) -> tuple[list, list[str], dict[str, Any] | None]:
-
     items = [fits] if isinstance(fits, Fit) else fits
     if not isinstance(items, Sequence) or isinstance(items, (str, bytes)) or not items:
         raise FitError(f"The report needs a fit or a non-empty list of fits; got {type(fits).__name__}.")

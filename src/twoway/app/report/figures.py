@@ -12,6 +12,7 @@ from typing import Sequence
 import numpy as np
 
 from twoway.table.labels import shorten_index, shorten_labels
+
 # Deferred imports: matplotlib, scipy (heavy to import) are imported inside the functions that use them, so
 # importing this module stays light.
 

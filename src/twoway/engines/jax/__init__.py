@@ -11,6 +11,7 @@ program, which needs no flag.
 """
 
 from __future__ import annotations
+
 # Deferred imports: jax (heavy to import) are imported inside the functions that use them, so importing this
 # module stays light.
 

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from twoway.errors import TwowayError
+
 # Deferred imports: jax (heavy to import) are imported inside the functions that use them, so importing this
 # module stays light.
 

@@ -20,6 +20,7 @@ from twoway.engines.jax.model import describe, model_args
 from twoway.engines.jax.programs import ProgramStore
 from twoway.engines.jax.sampler import ChainProgram, capacity_for
 from twoway.errors import FitError, TwowayError, TwowayWarning
+
 # Deferred imports: xarray (heavy to import) are imported inside the functions that use them, so importing
 # this module stays light.
 
@@ -112,9 +113,6 @@ class JaxEngine:
     description = NUTS  # its progress is phase lines (the report callback), no bar of its own
 
     def compile(self, plan, *, progress):
-
-
-
         store = None
         try:
             store = ProgramStore(enable_jax_cache() / "programs")
@@ -138,7 +136,6 @@ class JaxEngine:
         return compiled.get("last_compile_seconds", 0.0)
 
     def sample(self, compiled, plan, *, chains, draws, tune, seed, progress, cores, report=None):
-
         args = model_args(plan)
 
         prog = self.program(compiled, tune, draws)

@@ -26,7 +26,9 @@ from twoway.engines.jax import enable_x64
 from twoway.engines.jax.priors import constrain, log_density, prior_arrays
 from twoway.engines.walk import coords, tables, walk
 from twoway.linalg.ops import JAX
-from twoway.plan import Plan, public_names
+from twoway.plan import Plan
+from twoway.spec.names import public_names
+
 # Deferred imports: jax, numpyro, scipy (heavy to import) are imported inside the functions that use them,
 # so importing this module stays light.
 

@@ -21,6 +21,7 @@ uniform, beta  lower + (upper - lower) sigmoid(u)              log(upper - lower
 from __future__ import annotations
 
 import math
+
 # Deferred imports: jax (heavy to import) are imported inside the functions that use them, so importing this
 # module stays light.
 

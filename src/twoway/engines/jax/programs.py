@@ -18,6 +18,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from twoway._version import __version__
+
 # Deferred imports: jax, jaxlib (heavy to import) are imported inside the functions that use them, so
 # importing this module stays light.
 

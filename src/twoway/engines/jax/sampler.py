@@ -32,6 +32,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from twoway.engines.jax.cache import cache_entries
+
 # Deferred imports: blackjax, jax (heavy to import) are imported inside the functions that use them, so
 # importing this module stays light.
 
@@ -388,7 +389,6 @@ def _stack(results: list) -> dict:
 
 
 def _cores() -> int:
-
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - not on Linux

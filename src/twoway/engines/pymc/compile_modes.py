@@ -19,6 +19,7 @@ from __future__ import annotations
 import threading
 from contextlib import contextmanager
 from typing import Iterator
+
 # Deferred imports: pytensor (heavy to import) are imported inside the functions that use them, so importing
 # this module stays light.
 

@@ -7,6 +7,7 @@ import warnings
 from twoway.engines.description import NUTS, with_progress_bar
 from twoway.engines.pymc.compile_modes import pymc_compile_kwargs
 from twoway.engines.pymc.model import build_pymc_model
+
 # Deferred imports: pymc (heavy to import) are imported inside the functions that use them, so importing
 # this module stays light.
 

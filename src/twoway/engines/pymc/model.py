@@ -28,6 +28,7 @@ from twoway.engines.walk import coords, tables, walk
 from twoway.linalg.ops import PYTENSOR
 from twoway.plan import Plan
 from twoway.table.data import TwoWayData
+
 # Deferred imports: pymc, pytensor (heavy to import) are imported inside the functions that use them, so
 # importing this module stays light.
 

@@ -7,6 +7,7 @@ import gc
 from twoway.engines.description import NUTS, with_progress_bar
 from twoway.engines.pymc.compile_modes import sampling_modes
 from twoway.engines.pymc.model import build_pymc_model, data_updates
+
 # Deferred imports: nutpie (heavy to import) are imported inside the functions that use them, so importing
 # this module stays light.
 

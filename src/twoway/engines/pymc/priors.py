@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import Any
+
 # Deferred imports: pymc (heavy to import) are imported inside the functions that use them, so importing
 # this module stays light.
 

@@ -37,6 +37,7 @@ from twoway.table.io._common import list_names as _list_names
 from twoway.table.io._common import number_text as _number_text
 from twoway.table.io._common import quote as _q
 from twoway.table.io._common import read_bytes
+
 # Deferred imports: pandas (heavy to import) are imported inside the functions that use them, so importing
 # this module stays light.
 
