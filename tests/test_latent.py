@@ -50,6 +50,7 @@ def explicit_model(data):
 
 
 @pytest.mark.stats
+@pytest.mark.slow  # 25 s; the default tier uses the drawn-back shocks in test_estimands.py (latent predictions)
 def test_drawn_back_shocks_agree_with_sampled_shocks():
     import nutpie
 

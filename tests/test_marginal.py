@@ -32,7 +32,8 @@ CASES = [
     pytest.param(*(ModelSpec(intercept=False, row_effect="random", col_effect="none", row_scale="none", col_scale="homo"), 4, 5, 1, 0.0, None, "anova"), marks=pytest.mark.slow),
     pytest.param(*(ModelSpec(intercept=False, row_effect="random", col_effect="none", row_scale="none", col_scale="homo"), 4, 5, 1, 0.1, None, "woodbury-schur"), marks=pytest.mark.slow),
     pytest.param(*(ModelSpec(intercept=False, row_effect="random", col_effect="none", row_scale="hetero", col_scale="none"), 4, 5, 2, 0.0, None, "woodbury-schur"), marks=pytest.mark.slow),
-    (preset("latent"), 3, 4, 3, 0.0, None, "woodbury-latent"),
+    # latent in the default tier: test_ops_twins.py (every ops); here through compiled PyMC, slow
+    pytest.param(*(preset("latent"), 3, 4, 3, 0.0, None, "woodbury-latent"), marks=pytest.mark.slow),
     pytest.param(*(preset("latent"), 4, 3, 2, 0.2, 0.3, "woodbury-latent"), marks=pytest.mark.slow),
     pytest.param(*(ModelSpec(residual="latent", row_scale="homo", col_scale="none", row_effect="fixed"), 3, 5, 2, 0.1, None, "woodbury-latent"), marks=pytest.mark.slow),
 ]

@@ -84,6 +84,7 @@ def test_crossed_model_is_calibrated():
 
 
 @pytest.mark.stats
+@pytest.mark.slow  # Kronecker calibration in the default tier: test_calibration.py (fa:1 x cs) and test_sbc.py
 def test_kronecker_ar1_by_unstructured_is_calibrated():
     import dataclasses
 
@@ -109,6 +110,7 @@ def exp_rows(ops, rho, scale):
 
 
 @pytest.mark.stats
+@pytest.mark.slow  # the full residual's likelihood is twin-tested for every ops in test_ops_twins.py
 def test_full_covariance_model_is_calibrated(tmp_path):
     path = tmp_path / "cov_rows.py"
     path.write_text(FULL_MODULE)

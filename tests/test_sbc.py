@@ -164,6 +164,7 @@ def test_crossed_is_calibrated(tmp_path):
     assert result.passes(ALPHA), result.format(ALPHA)
 
 
+@pytest.mark.slow  # Kronecker calibration in the default tier: test_calibration.py (fa:1 x cs)
 def test_kronecker_is_calibrated_with_its_structure_priors_fixed(tmp_path):
     """SBC of a Kronecker model (ar1 rows x cs columns) on 5 x 3 x 2 tables passes at family-wise
     alpha = 0.01 (Bonferroni): the structures' priors are fixed from the table's shape, so the
