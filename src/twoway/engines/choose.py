@@ -22,10 +22,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Mapping
 
 from twoway.engines.exact import ExactEngine
-from twoway.engines.jax.engine import JaxEngine
-from twoway.engines.laplace import LaplaceEngine
-from twoway.engines.pymc.engine import PymcEngine
-from twoway.engines.pymc.nutpie import NutpieEngine
 from twoway.errors import FitError, ModelError
 from twoway.plan import resolve
 
@@ -95,16 +91,22 @@ def engine_name(engine: str | None, backend: str | None = None) -> str | None:
 
 def get_engine(name: str) -> "Engine":
     """The engine called ``name`` (one of :data:`ENGINES`)."""
+    # Deferred: an engine's module (and its sampler's) is imported only when that engine runs,
+    # so that the command line starts without them.
     if name == "jax":
+        from twoway.engines.jax.engine import JaxEngine
 
         return JaxEngine()
     if name == "nutpie":
+        from twoway.engines.pymc.nutpie import NutpieEngine
 
         return NutpieEngine()
     if name == "pymc":
+        from twoway.engines.pymc.engine import PymcEngine
 
         return PymcEngine()
     if name == "laplace":
+        from twoway.engines.laplace import LaplaceEngine
 
         return LaplaceEngine()
     raise FitError(f"The engine must be one of {', '.join(ENGINES)}; got {name!r}.")
