@@ -182,15 +182,25 @@ def known_relationships(spec: ModelSpec, data: TwoWayData, *, inputs: dict | Non
 
     ``inputs`` as in :func:`residual_parts`: stored matrices used instead of the files.
     """
+    return known_matrices(spec, data.row_labels, data.col_labels, inputs=inputs)
+
+
+def known_matrices(spec: ModelSpec, row_labels, col_labels, *, inputs: dict | None = None) -> dict:
+    """Known relationship matrices of random effects on tables with these labels, by side.
+
+    Returns
+    -------
+    dict of str to numpy.ndarray
+        ``row``: (N, N) and/or ``col``: (K, K), in the labels' order.
+    """
     inputs = inputs or {}
     out = {}
-    for side, labels in (("row", data.row_labels), ("col", data.col_labels)):
+    for side, labels in (("row", row_labels), ("col", col_labels)):
         value = getattr(spec, f"{side}_effect_cov")
         if value is not None and getattr(spec, f"{side}_effect") == "random":
-
             stored = inputs.get(f"{side}_effect_cov")
             out[side] = (np.asarray(stored, dtype=float) if stored is not None else
-                         read_labelled_matrix(value[len("known:"):], labels, what=f"{side}_effect_cov"))
+                         read_labelled_matrix(value[len("known:"):], list(labels), what=f"{side}_effect_cov"))
     return out
 
 

@@ -16,7 +16,7 @@ import numpy as np
 from twoway.errors import ModelError, TwowayWarning
 from twoway.likelihood.diagonal import residual_sd
 from twoway.linalg.ops import NUMPY
-from twoway.plan import residual_parts
+from twoway.plan import known_matrices, residual_parts
 from twoway.spec.derived import row_col_means
 from twoway.spec.model import ModelSpec, load_model
 from twoway.spec.names import public_names
@@ -80,7 +80,8 @@ def _whole(n: Any, what: str) -> int:
 
 def draw_parameters(spec: ModelSpec, n_rows: int, n_cols: int, *, rng: np.random.Generator,
                     location: float = 0.0, spread: float = 1.0,
-                    given: Mapping[str, Any] | None = None) -> dict[str, Any]:
+                    given: Mapping[str, Any] | None = None, known: Mapping[str, np.ndarray] | None = None
+                    ) -> dict[str, Any]:
     """Draw every parameter of ``spec`` from its prior, except those ``given``.
 
     The priors are the ones a fit would use on data with this ``location`` and
@@ -104,6 +105,10 @@ def draw_parameters(spec: ModelSpec, n_rows: int, n_cols: int, *, rng: np.random
         Values of the model's parameters (names of :func:`twoway.spec.names.public_names`;
         other names, such as a Kronecker structure's, are left to the caller): scalars,
         or arrays (N,) / (K,) for effects and heteroscedastic scales.
+    known : mapping of str to numpy.ndarray, optional
+        Known relationship matrices of random effects (``row``: (N, N), ``col``: (K, K);
+        ``row_effect_cov = "known:FILE"``): the effects are drawn as
+        ``effect_sd * S z`` with ``S S' = K`` (S the symmetric square root), so that their covariance is ``effect_sd^2 K``.
 
     Returns
     -------
@@ -129,6 +134,9 @@ def draw_parameters(spec: ModelSpec, n_rows: int, n_cols: int, *, rng: np.random
         if kind == "random":
             sd = out[f"{side}_effect_sd"] = scalar(f"{side}_effect_sd")
             z = rng.normal(size=n)
+            if known and side in known:  # a square root of K (eigen: a singular K is allowed)
+                w, v = np.linalg.eigh(np.asarray(known[side], dtype=float))
+                z = v @ (np.sqrt(np.clip(w, 0.0, None)) * (v.T @ z))
             out[f"{side}_effect"] = given.get(f"{side}_effect", sd * z)
         elif kind == "fixed":
             raw = priors[f"{side}_effect"].sample(rng, n)
@@ -419,7 +427,9 @@ def simulate(
     parts = _residual_parts(spec, row_labels, col_labels)
     given = _check_params(spec, params or {}, n_rows, n_cols, parts)
     # the given parameters are in force before anything that depends on them is drawn
-    truth = draw_parameters(spec, n_rows, n_cols, rng=rng, location=location, spread=spread, given=given)
+    known = known_matrices(spec, row_labels, col_labels)
+    truth = draw_parameters(spec, n_rows, n_cols, rng=rng, location=location, spread=spread, given=given,
+                            known=known)
     truth.update(_draw_residual_parameters(spec, parts, rng, spread, given))
     if se is None:
         se_arr = None
