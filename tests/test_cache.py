@@ -152,6 +152,29 @@ def test_cli_cache_info_and_clear(folder, capsys):
     assert cache_info()["entries"] == 0
 
 
+def test_cache_dir_on_a_file_is_said(tmp_path, monkeypatch, capsys):
+    blocker = tmp_path / "afile"
+    blocker.write_text("")
+    monkeypatch.setenv(ENV_VAR, str(blocker))
+    with pytest.warns(twoway.errors.TwowayWarning, match=f"is a file, not a folder: compiled programs are not cached; "
+                                                          f"set {ENV_VAR} to a folder"):
+        assert cache_info()["exists"] is False
+    assert main(["cache", "info"]) == 0
+    err = capsys.readouterr().err
+    assert "warning" in err and str(blocker) in err and "is a file" in err
+    from twoway.engines.jax.cache import enable_jax_cache
+
+    with pytest.raises(TwowayError, match=r"\(a file is there\), so compiled programs are not cached on disk"):
+        enable_jax_cache()
+    assert blocker.is_file() and blocker.read_text() == ""
+
+
+def test_a_cache_folder_gives_no_warning(folder, recwarn):
+    fake_entries(folder)
+    assert cache_info()["entries"] == 2
+    assert not [w for w in recwarn if issubclass(w.category, twoway.errors.TwowayWarning)]
+
+
 def test_cli_cache_needs_an_action(capsys):
     with pytest.raises(SystemExit) as info:
         main(["cache"])

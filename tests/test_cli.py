@@ -813,6 +813,10 @@ def test_demo(tmp_path, capsys):
     status, out, err = run_cli(capsys, "demo", "--out", out_dir, "--draws", 200, "--tune", 200, "--chains", 2)
     assert status == 0, err
     assert "Traceback" not in err
+    # stderr is not a terminal here: the phase lines are still said, as --help promises
+    for line in ("twoway: fitting the additive model", "twoway: compiling done in", "twoway: sampling done in",
+                 f"twoway: writing the fit to {out_dir / 'fit.nc'} ..."):
+        assert line in err, (line, err)
 
     # the recovery table: a header with a 'covered' column, one line per true value
     lines = out.splitlines()
@@ -1043,3 +1047,90 @@ def test_twoway_help_exits_0():
     proc = subprocess.run(cli_command() + ["--help"], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("usage: twoway") and "cache" in proc.stdout and proc.stderr == ""
+
+
+# ---------------------------------------------------------------------------
+# 10. what a user can trust: progress in a log, contrasts once, one-line errors, small units
+# ---------------------------------------------------------------------------
+
+
+def test_sbc_prints_progress_lines_when_stderr_is_not_a_terminal(tmp_path, capsys, monkeypatch):
+    import twoway.runs.sbc as sbc_module
+
+    def fail(*args, **kwargs):  # no fitting: each replication fails at once, the progress lines still come
+        raise RuntimeError("no fitting in this test")
+
+    monkeypatch.setattr(sbc_module, "_replication", fail)
+    argv = ["sbc", "--rows", 3, "--cols", 3, "--sims", 2, "--draws", 10, "--tune", 10]
+    status, out, err = run_cli(capsys, *argv, "--out", tmp_path / "on")
+    assert status == 2
+    assert "twoway: sbc replications [" in err and "0/2" in err and "2/2" in err, err
+    assert "twoway: sim_00000 failed: RuntimeError: no fitting in this test" in err
+    status, out, err = run_cli(capsys, *argv, "--out", tmp_path / "off", "--no-progress")
+    assert_one_error(status, out, err, "2 of 2 SBC replications failed")
+
+
+@pytest.mark.parametrize("extra, said", [([], True), (["--no-progress"], False)])
+def test_demo_says_its_phases_unless_told_not_to(extra, said, tmp_path, capsys, monkeypatch):
+    import twoway.app.demo as demo_module
+
+    class Stop(Exception):
+        pass
+
+    def stop(*args, **kwargs):
+        raise Stop
+
+    monkeypatch.setattr(demo_module, "compile_model", stop)
+    with pytest.raises(Stop):
+        main(["demo", "--out", str(tmp_path / "demo"), "--draws", "50", *extra])
+    err = capsys.readouterr().err
+    assert ("twoway: fitting the additive model (jax): 4 chains x 50 draws after 1000 tuning ..." in err) is said
+
+
+def test_summary_prints_a_contrast_given_twice_once(fitted, capsys):
+    status, out, err = run_cli(capsys, "summary", fitted["path"], "--contrast", "row=T1", "--contrast", "col=G2",
+                               "--contrast", "row=T1", "--contrast", "col=G2")
+    assert status == 0, err
+    assert out.count("contrasts: each row mean minus the mean of row 'T1'") == 1
+    assert out.count("contrasts: each column mean minus the mean of column 'G2'") == 1
+    assert out.index("mean of row 'T1'") < out.index("mean of column 'G2'")  # in the order first given
+    assert sum(line.startswith("T2 - T1 ") for line in out.splitlines()) == 1
+    status, out, err = run_cli(capsys, "summary", fitted["path"], "--json", "--contrast", "row=T1",
+                               "--contrast", "row=T1")
+    assert status == 0 and len(json.loads(out)["contrasts"]) == len(ROW_LABELS) - 1
+
+
+@pytest.mark.parametrize("bad_line, needle", [("T2,G1,abc,0.1", "'abc'"), ("T2,G1,3.0,-1", "se")])
+def test_an_error_in_a_table_with_an_se_column_is_one_line(bad_line, needle, tmp_path, capsys, no_sampling):
+    path = write(tmp_path, "row,col,value,se\n" + "\n".join(GOOD_LINES[:2] + [bad_line] + GOOD_LINES[3:]) + "\n")
+    status, out, err = run_cli(capsys, "fit", path, "--out", tmp_path / "f.nc")
+    assert_one_error(status, out, err, needle)
+
+
+def test_fit_many_with_an_se_column_and_a_bad_option_is_one_line(tmp_path, capsys, no_sampling):
+    write(tmp_path, "row,col,value,se\n" + "\n".join(GOOD_LINES) + "\n")
+    status, out, err = run_cli(capsys, "fit-many", tmp_path / "data.csv", "--by", "nowhere", "--out", tmp_path / "o")
+    assert_one_error(status, out, err, "nowhere")
+
+
+def test_values_in_small_units_print_with_their_digits(tmp_path, capsys):
+    """A table in units of 1e-12: the text summary shows the numbers (scientific), not 0.000."""
+    scale = 1e-12
+    lines = [f"s{i},{t},{v * scale!r},{se * scale!r}" for i, t, v, se in
+             [(1, "A", 0.0, 0.2), (1, "B", 1.0, 0.2), (2, "A", 0.5, 0.25), (2, "B", 1.6, 0.25), (3, "A", 0.1, 0.3),
+              (3, "B", 1.2, 0.3)]]
+    path = write(tmp_path, "row,col,value,se\n" + "\n".join(lines) + "\n")
+    status, out, err = run_cli(capsys, "fit", path, "--model", "common-effect", "--chains", 2, "--draws", 200,
+                               "--seed", 1, "--no-progress", "--out", tmp_path / "f.nc")
+    assert status == 0, err
+    status, out, err = run_cli(capsys, "summary", tmp_path / "f.nc", "--contrast", "col=A")
+    assert status == 0, err
+    rows = {line.split()[0]: line.split()[1:] for line in out.splitlines() if line.startswith("col_effect[")}
+    rows.update({"B - A": line.split()[3:] for line in out.splitlines() if line.startswith("B - A ")})
+    assert set(rows) == {"col_effect[A]", "col_effect[B]", "B - A"}, out
+    mean, sd = float(rows["B - A"][0]), float(rows["B - A"][1])
+    assert mean == pytest.approx(1.07e-12, rel=0.2) and 1e-14 < sd < 1e-12
+    assert re.fullmatch(r"-?\d\.\d{3}e-1[234]", rows["B - A"][0]), rows["B - A"]
+    assert "0.000    0.000" not in out
+    doc = json.loads(run_cli(capsys, "summary", tmp_path / "f.nc", "--json", "--contrast", "col=A")[1])
+    assert float(rows["B - A"][0]) == pytest.approx(doc["contrasts"]["B - A"]["mean"], rel=1e-3)

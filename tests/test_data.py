@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from twoway.table.data import TwoWayData
-from twoway.errors import DataError
+from twoway.errors import DataError, TwowayWarning
 
 # ---------------------------------------------------------------------------
 # fixtures and helpers
@@ -373,7 +373,8 @@ def test_non_positive_se(tmp_path, bad):
 def test_missing_se_where_value_present(tmp_path):
     # an empty se on a line with a value: no known error for that cell (kept, se 0), as the README says
     csv = GOOD_CSV.replace("T2,G2,3.0,0.3", "T2,G2,3.0,")
-    data = read(write(tmp_path, csv))
+    with pytest.warns(TwowayWarning, match="empty on 1 of"):
+        data = read(write(tmp_path, csv))
     i, j = data.row_labels.index("T2"), data.col_labels.index("G2")
     assert data.values[0, i, j] == 3.0 and data.se[0, i, j] == 0.0
     assert data.n_observed == np.count_nonzero(~np.isnan(read(write(tmp_path, GOOD_CSV)).values))

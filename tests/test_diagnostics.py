@@ -201,7 +201,8 @@ def test_summary_path_imports_neither_arviz_nor_scipy():
             info={"sampling_seconds": 1.0, "total_seconds": 2.0, "likelihood_path": "direct", "engine": "jax",
                   "chains": 2, "draws": 50, "tune": 50, "seed": 1},
             model=types.SimpleNamespace(describe=lambda: "fake"), priors={},
-            data=types.SimpleNamespace(n_replicates=1))
+            data=types.SimpleNamespace(n_replicates=1, mask=np.ones((1, 2, 2), bool), row_labels=('a', 'b'),
+                                       col_labels=('x', 'y')))
         from twoway.engines.description import description_from_info
         fit.description = description_from_info(fit.info)  # what Fit.description gives
         fit.engine = fit.info["engine"]

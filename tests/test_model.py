@@ -44,6 +44,8 @@ def test_toml_model_file_overrides_a_preset(tmp_path):
     ("[priors]\nrow_rho = { dist = 'normal', mu = 0, sigma = 1 }\n", "row_rho"),
     ("row_effect = \n", "not valid TOML"),
     ("preset = 'nope'\n", "preset"),
+    ("", r"must set a preset or model options \(for example preset = \"crossed\"\); it sets nothing"),
+    ("# nothing but a comment\n", "it sets nothing"),
 ])
 def test_bad_model_files_name_the_problem(tmp_path, body, match):
     path = tmp_path / "bad.toml"

@@ -167,6 +167,25 @@ def test_saved_files_have_the_usual_permissions(small_fit, tmp_path, suffix):
     assert not list(tmp_path.glob(".*"))
 
 
+def test_saving_a_zarr_store_warns_nothing_but_other_warnings_still_show(small_fit, tmp_path, monkeypatch):
+    fit = Fit.load(small_fit)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        fit.save(tmp_path / "fit.zarr")
+    assert [str(w.message) for w in seen] == []
+    assert Fit.load(tmp_path / "fit.zarr").posterior.sizes == fit.posterior.sizes
+
+    def noisy(self, *args, **kwargs):  # only zarr's consolidated-metadata warning is silenced
+        warnings.warn("something else about this store", UserWarning)
+        warnings.warn("Consolidated metadata is currently not part of the spec", UserWarning)
+
+    monkeypatch.setattr(type(fit.tree), "to_zarr", noisy)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        fit.save(tmp_path / "other.zarr")
+    assert [str(w.message) for w in seen] == ["something else about this store"]
+
+
 # ---------------------------------------------------------------------------
 # --out checked before any work
 # ---------------------------------------------------------------------------
@@ -571,7 +590,7 @@ def test_jax_draws_do_not_depend_on_the_segment_length(monkeypatch):
 def test_demo_checks_its_folder_before_fitting(capsys, tmp_path, monkeypatch):
     fit_module = sys.modules["twoway.fit"]
     monkeypatch.setattr(fit_module, "fit", lambda *a, **k: 1 / 0)  # no fitting may start
-    monkeypatch.setattr(importlib.import_module("twoway.app.demo"), "fit", lambda *a, **k: 1 / 0)
+    monkeypatch.setattr(importlib.import_module("twoway.app.demo"), "compile_model", lambda *a, **k: 1 / 0)
     afile = tmp_path / "a-file"
     afile.write_text("x")
     status, _, err = run_cli(capsys, "demo", "--out", afile)

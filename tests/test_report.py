@@ -271,3 +271,105 @@ def test_report_renders_in_chromium(two_report):
         assert complete and width > 0, f"image {alt!r} did not load"
     shot = (ARTIFACTS / "report.png").read_bytes()
     assert shot[:8] == PNG_SIGNATURE and len(shot) > 50_000
+
+
+# ---------------------------------------------------------------------------
+# contrasts, alt text, predictive-check bars
+# ---------------------------------------------------------------------------
+
+NMA_LINES = ["s1,A,0.0,0.2", "s1,B,1.0,0.2", "s2,A,0.5,0.25", "s2,C,2.5,0.25", "s3,B,1.2,0.3", "s3,C,2.1,0.3",
+             "s4,A,-0.2,0.2", "s4,B,0.9,0.2", "s4,C,2.0,0.2"]
+
+
+@pytest.fixture(scope="module")
+def nma_fit(tmp_path_factory):
+    """A small network meta-analysis (studies x treatments, known se) fitted through the CLI with common-effect."""
+    folder = tmp_path_factory.mktemp("nma")
+    table = folder / "nma.csv"
+    table.write_text("row,col,value,se\n" + "\n".join(NMA_LINES) + "\n", encoding="utf-8")
+    fit_path = folder / "nma.nc"
+    assert main(["fit", str(table), "--model", "common-effect", "--chains", "2", "--draws", "200", "--seed", "1",
+                 "--no-progress", "--quiet", "--out", str(fit_path)]) == 0
+    return fit_path
+
+
+def _contrast_rows(text: str) -> dict[str, list[str]]:
+    """The contrasts section's table rows: name -> the cells' texts."""
+    body = section(text, "contrasts")
+    rows = re.findall(r"<tr[^>]*><td>(.*?)</td>(.*?)</tr>", body, re.S)
+    return {html.unescape(name): re.findall(r"<td>(.*?)</td>", cells) for name, cells in rows}
+
+
+def test_cli_report_of_a_network_shows_contrasts_against_the_first_treatment(nma_fit, tmp_path, capsys):
+    out = tmp_path / "nma.html"
+    status = main(["report", str(nma_fit), "-o", str(out)])
+    _, err = capsys.readouterr()
+    assert status == 0, err
+    text = out.read_text(encoding="utf-8")
+    assert '<a href="#contrasts">' in text
+    rows = _contrast_rows(text)
+    assert list(rows) == ["B - A", "C - A"]
+    fit = Fit.load(nma_fit)
+    expected = fit.contrasts(col="A").summary
+    for name, cells in rows.items():
+        difference, _sd, low, high, positive = (float(c) for c in cells)
+        assert difference == pytest.approx(float(expected.loc[name, "mean"]), abs=1e-3)
+        assert low < difference < high
+        assert 0 <= positive <= 1
+    assert float(rows["C - A"][0]) > 1.5 and float(rows["C - A"][4]) > 0.99  # C is clearly above A
+    assert "each column mean minus the mean of column A" in section(text, "contrasts")
+
+
+def test_cli_report_takes_contrasts_once_each_and_refuses_an_unknown_level(nma_fit, tmp_path, capsys):
+    out = tmp_path / "nma.html"
+    status = main(["report", str(nma_fit), "-o", str(out), "--contrast", "col=B", "--contrast", "row=s1",
+                   "--contrast", "col=B"])
+    _, err = capsys.readouterr()
+    assert status == 0, err
+    body = section(out.read_text(encoding="utf-8"), "contrasts")
+    assert body.count("<h3>") == 2
+    assert body.index("mean of column B") < body.index("mean of row s1")
+    assert "A - B" in body and "s2 - s1" in body and "B - A" not in body
+    status = main(["report", str(nma_fit), "-o", str(tmp_path / "bad.html"), "--contrast", "col=Z"])
+    _, err = capsys.readouterr()
+    assert status == 2 and len(err.strip().splitlines()) == 1 and "col=Z" in err and "A, B, C" in err
+    assert not (tmp_path / "bad.html").exists()
+
+
+def test_no_contrasts_section_by_default_for_random_effects(one_html):
+    ids = [a["id"] for t, a in parse(one_html) if t == "section"]
+    assert "contrasts" not in ids
+
+
+def test_every_image_has_a_meaningful_alt(one_html, two_report):
+    for text in (one_html, two_report.read_text(encoding="utf-8")):
+        images = [a for t, a in parse(text) if t == "img"]
+        assert images
+        for attrs in images:
+            alt = (attrs.get("alt") or "").strip()
+            assert len(alt.split()) >= 3, attrs.get("alt")
+
+
+def test_variance_bars_of_the_predictive_checks_stop_at_zero(fits, monkeypatch):
+    from twoway.app.report import figures
+
+    low, high = figures.check_intervals({"rep_mean": [1.0, 5.0], "rep_sd": [2.0, 1.0], "nonnegative": True})
+    assert low.tolist() == [0.0, 3.0] and high.tolist() == [5.0, 7.0]
+    low, _ = figures.check_intervals({"rep_mean": [1.0], "rep_sd": [2.0]})  # a mean may go below 0
+    assert low.tolist() == [-3.0]
+
+    seen = []
+    real = figures.checks_png
+
+    def spy(panels):
+        seen.extend(panels)
+        return real(panels)
+
+    monkeypatch.setattr(figures, "checks_png", spy)
+    render_report(fits[0])
+    by_title = {p["title"]: p for p in seen}
+    assert by_title["row variances"]["nonnegative"] and by_title["column variances"]["nonnegative"]
+    assert not by_title["row means"].get("nonnegative", False)
+    for p in seen:
+        if p["title"].endswith("variances"):
+            assert (figures.check_intervals(p)[0] >= 0).all()

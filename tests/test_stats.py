@@ -49,7 +49,8 @@ def test_hdi_of_flat_draws_is_the_hdi_of_one_chain(prob):
 
 def test_contrast_intervals_are_the_hdi_of_the_differences():
     post = _posterior()
-    fit = types.SimpleNamespace(posterior=post)
+    table = types.SimpleNamespace(mask=np.ones((1, 4, 2), bool), row_labels=("a", "b", "c", "d"), col_labels=("x", "y"))
+    fit = types.SimpleNamespace(posterior=post, data=table)  # a complete (connected) table
     c = contrasts(fit, row="a", ci_prob=0.8)
     diff = post["row_mean"].values[..., 1:] - post["row_mean"].values[..., :1]
     lo_name, hi_name = interval_names(0.8)

@@ -20,10 +20,12 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import sys
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -33,6 +35,7 @@ import numpy as np
 
 from twoway.engines.startup import check_start, start_failure
 from twoway.errors import TwowayError
+from twoway.likelihood import memory
 from twoway.likelihood.marginal import draw_cell_effects, draw_shocks
 from twoway.likelihood.paths import draw_effects
 from twoway.results.contrasts import contrasts
@@ -64,7 +67,7 @@ from twoway.engines.choose import (
 )
 from twoway.engines.description import EngineDescription, description_from_info
 from twoway.errors import FitError
-from twoway.plan import Plan, resolve
+from twoway.plan import MAX_STORED_COV, Plan, resolve
 from twoway.spec.derived import row_col_means
 from twoway.spec.model import ModelSpec, load_model
 from twoway.spec.names import public_names
@@ -196,7 +199,12 @@ class Fit:
         path = check_fit_output(path)
         try:
             if path.suffix.lower() == ".zarr":
-                _replace_folder(path, lambda tmp: self.tree.to_zarr(tmp, mode="w"))
+                with warnings.catch_warnings():
+                    # zarr 3 warns on every consolidated write that consolidated metadata is not in its
+                    # format's specification; xarray reads it back, so the warning says nothing to a user.
+                    warnings.filterwarnings("ignore", category=UserWarning,
+                                            message=r"Consolidated metadata is currently not part")
+                    _replace_folder(path, lambda tmp: self.tree.to_zarr(tmp, mode="w"))
             else:
                 with atomic_output(path) as tmp:
                     self.tree.to_netcdf(tmp, engine="h5netcdf")
@@ -295,7 +303,10 @@ class CompiledModel:
         """
         data = self.template if data is None else data
         check_sampling_options(chains, draws, tune, seed, self.engine)
+        if seed is None:  # a seed from the OS's entropy, recorded in info["seed"]: the fit can be redone
+            seed = secrets.randbelow(2**31)
         plan = self.plan_for(data)
+        check_draws_memory(plan, chains, draws)
         if progress is None:
             progress = sys.stderr.isatty()
         eng = engine_for(plan, self.engine)  # no sampler when every unknown is integrated out
@@ -515,7 +526,9 @@ def fit(
     chains, draws, tune : int
         Number of chains, kept draws per chain, and tuning draws per chain.
     seed : int, optional
-        Seed for the sampler; the same seed gives the same draws.
+        Seed for the sampler; the same seed gives the same draws. Without one, a
+        seed is drawn from the operating system's entropy; either way the seed
+        used is recorded in ``fit.info["seed"]``, so the fit can be redone.
     engine : {"jax", "nutpie", "pymc", "laplace"}, optional
         ``jax`` (default: BlackJAX's NUTS on a jitted program, cached on disk),
         ``nutpie`` (compiled with numba), PyMC's own NUTS, or ``laplace`` (nested
@@ -550,6 +563,34 @@ def check_sampling_options(chains, draws, tune, seed, engine: str | None = DEFAU
                            f"{f' with the {engine} engine' if name == 'tune' and low else ''}; got {value!r}.")
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0):
         raise FitError(f"The seed must be a non-negative whole number; got {seed!r}.")
+
+
+def check_draws_memory(plan: Plan, chains: int, draws: int) -> None:
+    """Raise :class:`FitError` when the draws of a fit of ``plan`` would not fit in the memory available.
+
+    Parameters
+    ----------
+    plan : Plan
+        The model resolved on its table; its spec and table size the draws.
+    chains, draws : int
+        Chains, and kept draws per chain.
+
+    Raises
+    ------
+    FitError
+        When :func:`twoway.likelihood.memory.draws_bytes` (the sampled and drawn-back
+        values and the derived ones, 8 bytes each) exceeds both
+        :func:`twoway.likelihood.memory.available_memory` and
+        :data:`twoway.likelihood.memory.DRAWS_FLOOR`.
+    """
+    need = memory.draws_bytes(plan.spec, plan.data, chains, draws, stored_cov=MAX_STORED_COV)
+    available = memory.available_memory()
+    if need > max(available, memory.DRAWS_FLOOR):
+        values = memory.draws_values(plan.spec, plan.data, stored_cov=MAX_STORED_COV)
+        fitting = max(1, int(draws * available / need))
+        raise FitError(f"The draws must fit in memory; got {chains} chains x {draws} draws x {values} stored values, "
+                       f"about {memory.gib(need)}, and {memory.gib(available)} is available: ask for fewer draws "
+                       f"(at most about {fitting} per chain with {chains} chains) or fewer chains.")
 
 
 def _make_fit(raw: _xr().DataTree, plan: Plan, info: dict[str, Any],

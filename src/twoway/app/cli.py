@@ -116,6 +116,28 @@ def _estimand_args(p: argparse.ArgumentParser) -> None:
                         "(default: the model's parameters and the row and column means)")
 
 
+def _contrast_arg(p: argparse.ArgumentParser, default: str = "") -> None:
+    """``--contrast SIDE=LABEL``, repeatable."""
+    p.add_argument("--contrast", action="append", default=None, metavar="SIDE=LABEL",
+                   help="each row (row=LABEL) or column (col=LABEL) mean minus the reference level's, "
+                        f"named 'OTHER - LABEL'; repeatable{default}")
+
+
+def _contrasts(args) -> list[tuple[str, str]] | None:
+    """The ``--contrast`` options, each once, in the order first given (``row=A`` twice is one contrast).
+
+    Returns
+    -------
+    list of (str, str) or None
+        ``(side, label)`` pairs; None when no ``--contrast`` was given.
+    """
+    from twoway.results.contrasts import parse_contrast  # light: pandas and xarray are deferred there
+
+    if not args.contrast:
+        return None
+    return list(dict.fromkeys(parse_contrast(text) for text in args.contrast))
+
+
 def _sampling_args(p: argparse.ArgumentParser, *, draws: int = 1000) -> None:
     p.add_argument("--chains", type=int, default=4, help="number of chains (default: %(default)s)")
     p.add_argument("--draws", type=int, default=draws, help="draws per chain kept (default: %(default)s)")
@@ -163,9 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("fit", help="a fit file written by 'twoway fit'")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     _estimand_args(p)
-    p.add_argument("--contrast", action="append", default=None, metavar="SIDE=LABEL",
-                   help="each row (row=LABEL) or column (col=LABEL) mean minus the reference level's, "
-                        "named 'OTHER - LABEL'; repeatable")
+    _contrast_arg(p)
 
     p = sub.add_parser("dof", help="degrees of freedom a model uses on a table: a data file, or its shape",
                        description="Degrees of freedom a model uses on a table. Give the data file (its observed "
@@ -188,6 +208,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="leave out one cell, or a whole row or column, at a time (default: %(default)s)")
     p.add_argument("--refit", action="store_true",
                    help="refit each model without each cell whose Pareto k is above 0.7 (at most 10 per fit)")
+    p.add_argument("--pointwise", action="store_true",
+                   help="print every unit's elpd difference between the two best fits (default: the 5 largest)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
     p = sub.add_parser("report", help="write one self-contained HTML report of one or more fits")
@@ -196,6 +218,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--names", default=None, help="comma-separated names, one per fit (default: the file names)")
     p.add_argument("--truth", default=None, help="JSON of true values (from 'twoway simulate --truth')")
     _estimand_args(p)
+    _contrast_arg(p, " (default: for a table of known se with fixed row effects, e.g. the common-effect "
+                     "preset, each column against the first column)")
 
     p = sub.add_parser("predict", help="every cell's mean (or a new observation), observed and missing, to a CSV",
                        description="Write one line per cell of the full grid (per replicate table when the fit "
@@ -278,6 +302,7 @@ def _version() -> str:
 
 def cmd_demo(args) -> int:
     from twoway.app.demo import DEMO_SEED, run_demo
+    from twoway.results.summary import format_number
 
     print(f"twoway demo: the seed's 8 treatments x 12 groups, simulated and fitted with 'additive' -> {args.out}/",
           flush=True)
@@ -285,7 +310,7 @@ def cmd_demo(args) -> int:
                    seed=DEMO_SEED if args.seed is None else args.seed, engine=args.engine, progress=args.progress)
     rec = res.recovery
     print("\nrecovery (94% highest-density intervals):")
-    print(rec.to_string(float_format=lambda v: f"{v:.3f}"))
+    print(rec.to_string(float_format=format_number))
     print(f"\ncovered: {int(rec['covered'].sum())} of {len(rec)} true values "
           f"({100 * rec['covered'].mean():.0f}%; about 94% expected)")
     print()
@@ -312,8 +337,11 @@ def cmd_simulate(args) -> int:
     return 0
 
 
-def _default_columns(args, header: Callable[[], Sequence[str]]) -> tuple[str | None, str | None]:
-    """The se and replicate columns: as named, else columns named ``se`` / ``replicate`` (said on stderr).
+def _default_columns(args, header: Callable[[], Sequence[str]]) -> tuple[str | None, str | None, list[str]]:
+    """The se and replicate columns: as named, else columns named ``se`` / ``replicate``.
+
+    What was chosen without being named is returned as lines for stderr, for the caller to print
+    once the table has been read: an error in the table then stays one line.
 
     Parameters
     ----------
@@ -324,30 +352,40 @@ def _default_columns(args, header: Callable[[], Sequence[str]]) -> tuple[str | N
 
     Returns
     -------
-    (se, replicate) : str or None each
+    se, replicate : str or None
+    notes : list of str
+        ``twoway: using the column 'se' ...`` lines, one per column chosen by its name.
     """
     if args.se is not None and args.no_se:
         raise TwowayError("Give --se COLUMN or --no-se, not both.")
     se, replicate = args.se, args.replicate
+    notes: list[str] = []
     if se is not None and replicate is not None:
-        return se, replicate
+        return se, replicate, notes
     columns = header()
     if se is None and not args.no_se and "se" in columns:
         se = "se"
-        print("twoway: using the column 'se' as known standard errors (--no-se to ignore it)", file=sys.stderr)
+        notes.append("twoway: using the column 'se' as known standard errors (--no-se to ignore it)")
     if replicate is None and "replicate" in columns:
         replicate = "replicate"
-        print("twoway: using the column 'replicate' as the replicate label", file=sys.stderr)
-    return se, replicate
+        notes.append("twoway: using the column 'replicate' as the replicate label")
+    return se, replicate, notes
+
+
+def _say(lines: Sequence[str]) -> None:
+    """Print lines on stderr."""
+    for line in lines:
+        print(line, file=sys.stderr)
 
 
 def cmd_fit(args) -> int:
     check_sampling_options(args.chains, args.draws, args.tune, args.seed, args.engine)
     spec = _model(args)
     check_fit_output(args.out, inputs=[args.data] + _model_inputs(args, spec))
-    se, replicate = _default_columns(args, lambda: csv_header(args.data))
+    se, replicate, notes = _default_columns(args, lambda: csv_header(args.data))
     data = TwoWayData.from_csv(args.data, row=args.row, col=args.col, value=args.value,
                                se=se, replicate=replicate, zero_se=args.zero_se)
+    _say(notes)  # only now: an error in the table is one line
     dof = degrees_of_freedom(spec, data.n_rows, data.n_cols, data.n_replicates, n_observed=data.n_observed)
     if dof.overparameterised:
         print(f"warning: the model uses {dof.n_parameters} parameters on {dof.n_observed} observed cells; "
@@ -378,7 +416,8 @@ def cmd_fit(args) -> int:
 
 def cmd_summary(args) -> int:
     _check_ci_prob(args.ci_prob)
-    summary = Fit.load(args.fit).summary(var_names=args.var, ci_prob=args.ci_prob, contrasts=args.contrast)
+    summary = Fit.load(args.fit).summary(var_names=args.var, ci_prob=args.ci_prob,
+                                          contrasts=_contrasts(args))
     if args.json:
         out = summary.to_dict()
         keep = ("parameters", "contrasts", "variance_decomposition", "diagnostics", "warnings")
@@ -433,7 +472,7 @@ def cmd_dof(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from twoway.results.compare import compare, preferred, unique_names
+    from twoway.results.compare import compare, pointwise_differences, preferred, unique_names
 
     if len(args.fits) < 2:
         raise FitError(f"A comparison needs at least 2 fit files; got {len(args.fits)}.")
@@ -441,6 +480,7 @@ def cmd_compare(args) -> int:
     names = unique_names([Path(path).stem for path in args.fits])
     table = compare(dict(zip(names, fits)), by=args.by, refit=args.refit)
     sentence = preferred(table)
+    diffs = pointwise_differences(table)
     if args.json:
         models = [{"name": str(name), "rank": int(row["rank"]), "elpd": float(row["elpd"]),
                    "se": float(row["se"]), "elpd_diff": float(row["elpd_diff"]), "dse": float(row["dse"]),
@@ -448,13 +488,21 @@ def cmd_compare(args) -> int:
                    "pareto_k_bad": int(row["pareto_k_bad"])} for name, row in table.iterrows()]
         print(json.dumps({"by": args.by, "models": models, "preferred": sentence,
                           "warnings": table.attrs.get("warnings", []),
-                          "loo_method": table.attrs.get("loo_method", {})}, indent=2))
+                          "loo_method": table.attrs.get("loo_method", {}),
+                          "same": [list(pair) for pair in table.attrs.get("same", [])],
+                          "pointwise": [{"unit": str(u), "diff": float(v)} for u, v in diffs["diff"].items()]},
+                         indent=2))
     else:
         print(f"leave-one-{args.by}-out comparison (PSIS-LOO; elpd_diff is each fit's elpd minus the best one's; "
               "pareto_k_bad counts units with Pareto k > 0.7):")
         print(table.to_string(float_format=lambda v: f"{v:.2f}"))
         for name, how in table.attrs.get("loo_method", {}).items():
             print(f"  {name}: {how}")
+        shown = diffs if args.pointwise else diffs.head(5)
+        print()
+        print(f"pointwise table: elpd by {args.by}, {table.index[0]} minus {table.index[1]}, largest difference "
+              f"first ({len(shown)} of {len(diffs)}{'' if args.pointwise else '; --pointwise prints all'}):")
+        print(shown.to_string(float_format=lambda v: f"{v:.2f}"))
         print()
         print(sentence)
     return 0
@@ -484,7 +532,8 @@ def cmd_report(args) -> int:
 
         for fit in fits:
             truth = check_truth(truth, fit, source=f"the truth file {args.truth!r}")
-    path = write_report(fits, args.out, names=names, truth=truth, ci_prob=args.ci_prob, var_names=args.var)
+    path = write_report(fits, args.out, names=names, truth=truth, ci_prob=args.ci_prob, var_names=args.var,
+                        contrasts=_contrasts(args))
     print(f"wrote the report to {path}")
     return 0
 
@@ -494,10 +543,11 @@ def cmd_sbc(args) -> int:
 
     if not 0 < args.alpha < 1:
         raise TwowayError(f"The --alpha option must be between 0 and 1; got {args.alpha!r}.")
-    # Progress is sbc's own line (one per replication), so that bad options still end in one line on stderr.
+    # Progress is sbc's own line (one per replication), so that bad options still end in one line on stderr;
+    # on by default, in a log too (a line per tenth of the replications), as for fit and fit-many.
     result = sbc(_model(args), args.rows, args.cols, args.sims, n_replicates=args.replicates, chains=args.chains,
                  draws=args.draws, tune=args.tune, seed=args.seed, out=args.out, se=args.se, engine=args.engine,
-                 progress=args.progress, workers=args.workers, scheduler=args.scheduler)
+                 progress=args.progress is not False, workers=args.workers, scheduler=args.scheduler)
     if args.json:
         print(json.dumps(result.to_dict(args.alpha), indent=2))
     else:
@@ -517,13 +567,14 @@ def cmd_fit_many(args) -> int:
         except TwowayError:
             return []  # that table's own job reports what is wrong with it
 
-    se, replicate = _default_columns(args, first_header)
+    se, replicate, notes = _default_columns(args, first_header)
     progress = args.progress is not False
     result = fit_many(args.tables, spec, args.out, by=args.by, row=args.row, col=args.col, value=args.value,
                       se=se, replicate=replicate, zero_se=args.zero_se, chains=args.chains, draws=args.draws,
                       tune=args.tune,
                       seed=args.seed, engine=_named_engine(args), workers=args.workers, scheduler=args.scheduler,
                       progress=progress)
+    _say(notes)  # after the run: a bad option or table is then one error line
     summary = result.summary
     n_ok = int((summary["status"] == "ok").sum())
     reused = f" ({len(result.reused)} from an earlier run)" if result.reused else ""

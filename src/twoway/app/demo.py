@@ -10,6 +10,7 @@ model, and the posterior is compared with the truth.
 from __future__ import annotations
 
 import json
+import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,9 +19,11 @@ import numpy as np
 import pandas as pd
 
 from twoway.app.plots import table_heatmap, trace_plot
+from twoway.app.progress import FitLines, Progress
 from twoway.app.report import write_report
 from twoway.errors import ConvergenceWarning, TwowayError
-from twoway.fit import fit
+from twoway.engines.choose import choose
+from twoway.fit import compile_model
 from twoway.results.recovery import recovery
 from twoway.simulate import simulate
 from twoway.spec.model import load_model
@@ -81,7 +84,21 @@ def run_demo(out: "str | Path", *, chains: int = 4, draws: int = 1000, tune: int
              seed: int = DEMO_SEED, progress: bool | None = None, engine: str | None = None) -> DemoResult:
     """Simulate the seed table, fit ``additive``, write data, fit, figures and an HTML report to ``out``.
 
-    ``engine`` is the fit's engine (default ``jax``; see :func:`twoway.fit`).
+    Parameters
+    ----------
+    out : path
+        The folder to write to (made if missing).
+    chains, draws, tune, seed : int
+        The sampler's settings.
+    progress : bool, optional
+        None (default): a line per phase on stderr (in a log too), the sampler's bar only when
+        stderr is a terminal; True: the lines and the bar; False: nothing.
+    engine : str, optional
+        The fit's engine (default ``jax``; see :func:`twoway.fit`).
+
+    Returns
+    -------
+    DemoResult
     """
 
     out = Path(out)
@@ -92,15 +109,25 @@ def run_demo(out: "str | Path", *, chains: int = 4, draws: int = 1000, tune: int
     except OSError as exc:
         raise TwowayError(f"The demo's output folder {str(out)!r} cannot be made ({exc.strerror or exc}).") from None
     check_output(out / "fit.nc", what="demo's fit file")  # writable, before any fitting
+    said = Progress(enabled=progress is not False)
     sim = seed_table(seed=seed)
     files = {"data": out / "data.csv", "truth": out / "truth.json", "fit": out / "fit.nc",
              "heatmap": out / "table.png", "trace": out / "trace.png", "summary": out / "summary.txt",
              "recovery": out / "recovery.csv"}
     sim.data.to_csv(files["data"])
     sim.write_truth(files["truth"])
-    result = fit("additive", sim.data, chains=chains, draws=draws, tune=tune, seed=seed, progress=progress,
-                 engine=engine)
+    spec = load_model("additive")
+    choice = choose(spec, sim.data, engine=engine)
+    said.phase("fitting", f"the {spec.label} model ({choice.label}): {chains} chain{'s' if chains != 1 else ''} "
+                          f"x {draws} draws after {tune} tuning")
+    bars = (sys.stderr.isatty() if progress is None else bool(progress)) and choice.engine.description.progress_bar
+    lines = FitLines(said)
+    compiled = compile_model(spec, sim.data, engine=engine, progress=False, choice=choice)
+    result = compiled.sample(chains=chains, draws=draws, tune=tune, seed=seed, progress=bars, on_progress=lines)
+    lines.sampled(result.info)
+    lines.writing(files["fit"])
     result.save(files["fit"])
+    said.phase("writing the summary, the figures and the report")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         summary = result.summary()

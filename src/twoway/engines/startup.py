@@ -17,17 +17,20 @@ import math
 import numpy as np
 
 from twoway.engines.walk import tables, walk
-from twoway.errors import FitError
+from twoway.errors import DataError, FitError
 from twoway.likelihood.diagonal import diagonal_logp
 from twoway.linalg.ops import NUMPY
 from twoway.plan import resolve
 from twoway.spec.priors import resolve_priors
 from twoway.spec.structures import lkj_corr_cholesky
 
-__all__ = ["START_POINTS", "check_start", "start_failure", "extreme_priors"]
+__all__ = ["START_POINTS", "NOISE_FREE", "check_table", "additive_residuals", "check_start", "start_failure",
+           "extreme_priors"]
 
 START_POINTS = 20    # points drawn from the priors before giving up
 EXTREME = 1e8        # a prior scale (or mean offset) this many data spreads away is extreme
+NOISE_FREE = 1e-9    # additive residuals this small, relative to the values' sd, are no noise at all
+SWEEPS = 100         # at most this many back-fitting sweeps to find the additive residuals
 
 
 class _PriorDraws:
@@ -157,13 +160,78 @@ def _cause(plan, seed) -> str:
             "zero (a cell with no se and no unknown scale).")
 
 
+def additive_residuals(data, *, tol: float = 0.0) -> np.ndarray:
+    """The observed values less their additive least-squares fit (grand mean + row + column).
+
+    Back-fitting: row and column means of the residuals are taken out in turn, at most
+    :data:`SWEEPS` times (a complete table needs one sweep). Each sweep lowers the
+    residuals' norm towards the least-squares one, so a small result is never smaller
+    than the least-squares residuals.
+
+    Parameters
+    ----------
+    data : TwoWayData
+        The table; replicate tables share the row and column effects.
+    tol : float
+        Stop once the residuals' root mean square is at most ``tol``.
+
+    Returns
+    -------
+    numpy.ndarray, shape (n_observed,)
+    """
+    _, i, j = data.observed_index()
+    res = data.observed_values() - data.location()
+    n_i = np.bincount(i, minlength=data.n_rows)
+    n_j = np.bincount(j, minlength=data.n_cols)
+    for _ in range(SWEEPS):
+        before = float(np.sqrt(np.mean(res ** 2)))
+        res = res - (np.bincount(i, res, minlength=data.n_rows) / n_i)[i]
+        res = res - (np.bincount(j, res, minlength=data.n_cols) / n_j)[j]
+        after = float(np.sqrt(np.mean(res ** 2)))
+        if after <= tol or after >= before * (1 - 1e-12):
+            break
+    return res
+
+
+def check_table(data) -> None:
+    """Raise :class:`~twoway.errors.DataError` for a table with no noise and a cell with no known se.
+
+    A constant table, or one whose values are exactly a grand mean plus row and column
+    effects, leaves every unknown scale's posterior piling up at 0 (the density is
+    unbounded there): samplers fail, and the draw-back of the effects meets a singular
+    covariance. A cell with a known standard error keeps its variance positive, so a
+    table whose every observed cell has one is not refused.
+
+    Parameters
+    ----------
+    data : TwoWayData
+    """
+    if data.has_se and np.all(data.se_or_zero()[data.mask] > 0):
+        return
+    y = data.observed_values()
+    sd = float(np.std(y))
+    if sd == 0.0:
+        raise DataError(f"The table must vary to fit a scale; got the same value, {y[0]:.6g}, in all {y.size} observed "
+                        "cells (spread 0). Check the value column; give known standard errors (--se) if "
+                        "the values are exact.")
+    res = additive_residuals(data, tol=NOISE_FREE * sd)
+    rms = float(np.sqrt(np.mean(res ** 2)))
+    if rms <= NOISE_FREE * sd:
+        raise DataError("The table must have some noise to fit a scale; got values that are exactly a grand mean "
+                        f"plus row and column effects (residuals {rms:.2g} against a spread of {sd:.4g}), so every "
+                        "unknown scale would be 0. Fit it with known standard errors (--se), or check that the "
+                        "value column holds the measurements.")
+
+
 def check_start(plan, *, seed=None) -> None:
     """Raise :class:`FitError` when the log-density is -inf or NaN at every one of a few prior draws.
 
-    The draws walk the plan's model (:func:`twoway.engines.walk.walk`) with a
+    First the table itself (:func:`check_table`: a constant or noise-free table is a
+    :class:`~twoway.errors.DataError`). The draws walk the plan's model (:func:`twoway.engines.walk.walk`) with a
     NumPy builder that draws every parameter from its prior; an engine's own
     start-up error goes through :func:`start_failure`.
     """
+    check_table(plan.data)
     if not _finite_somewhere(plan, seed):
         raise FitError(f"The sampler cannot start: the log-density is -inf or NaN at all {START_POINTS} starting "
                        f"points drawn from the priors; {_cause(plan, seed)}")

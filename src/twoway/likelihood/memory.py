@@ -10,7 +10,13 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["available_memory", "dense_path_bytes", "dense_design_bytes", "gib"]
+from twoway.spec.model import degrees_of_freedom
+
+__all__ = ["available_memory", "dense_path_bytes", "dense_design_bytes", "draws_values", "draws_bytes", "DRAWS_FLOOR", "gib"]
+
+SAMPLE_STATS = 16  # values an engine stores per draw besides the parameters (step size, energy, tree depth ...)
+DRAWS_FLOOR = 256 * 2**20  # draws needing less are never refused: available memory is only a rough figure
+COPIES = 2        # the engine's draws and the fit's copy of them exist together while a fit is assembled
 
 
 def available_memory() -> int:
@@ -56,6 +62,26 @@ def dense_path_bytes(spec, data) -> int:
     R, N, K = data.values.shape
     m, _ = _coordinates(spec, data)
     return int(dense_design_bytes(spec, data) + 8 * (4 * m * m + 8 * R * N * K))
+
+
+def draws_values(spec, data, *, stored_cov: int = 30) -> int:
+    """The values a fit of ``spec`` on ``data`` stores per draw (an upper estimate).
+
+    The parameters sampled or drawn back (:func:`twoway.spec.model.degrees_of_freedom`,
+    fixed effects counted in full), the derived row and column means, the stored
+    Kronecker covariances (levels up to ``stored_cov``) and the sampler's statistics.
+    """
+    R, N, K = data.values.shape
+    count = degrees_of_freedom(spec, N, K, R).n_parameters
+    count += 2 + 2 * (N + K) + SAMPLE_STATS  # fixed effects in full, an intercept, row_mean and col_mean
+    if spec.residual == "kronecker":
+        count += sum(n * n for n in (N, K) if n <= stored_cov)
+    return int(count)
+
+
+def draws_bytes(spec, data, chains: int, draws: int, *, stored_cov: int = 30) -> int:
+    """Bytes of the draws a fit holds: chains x draws x :func:`draws_values` x 8, for each of :data:`COPIES`."""
+    return int(COPIES * 8 * int(chains) * int(draws) * draws_values(spec, data, stored_cov=stored_cov))
 
 
 def gib(n_bytes: float) -> str:

@@ -47,6 +47,7 @@ __all__ = [
     "UNITS",
     "loo_cell_logpdf",
     "loo_block_logpdf",
+    "gaussian_lppd",
     "unit_blocks",
     "unit_labels",
     "default_conditional",
@@ -174,6 +175,74 @@ def loo_block_logpdf(y, mean, cov=None, blocks: Sequence[np.ndarray] = (), *, va
         logdet = 2.0 * np.log(np.diagonal(chol, axis1=-2, axis2=-1)).sum(axis=-1)
         out.append(-0.5 * (b.size * _LOG_2PI - logdet + (z * z).sum(axis=-1)))
     return np.stack(out, axis=-1) if out else np.zeros(qr.shape[:-1] + (0,))
+
+
+def gaussian_lppd(y, mean, cov, residual_cov, blocks: Sequence[np.ndarray] | None = None) -> np.ndarray:
+    """Log pointwise predictive density of each cell (or block) under an exact Gaussian posterior.
+
+    The model is ``y = mu + e`` with ``e ~ N(0, R)`` (the residual law, ``R =
+    residual_cov``) and, a priori, ``mu ~ N(mean, S - R)`` (``S = cov``, the
+    marginal covariance with every effect integrated out). With ``Q = S^-1``
+    and ``r = y - mean`` the posterior of the cell means is::
+
+        mu | y  ~  N(y - R Q r,  R - R Q R).
+
+    The pointwise likelihood of a cell given the means is the residual law of
+    that cell given the other cells, ``N(y_i - (P (y - mu))_i / P_ii, 1 / P_ii)``
+    with ``P = R^-1`` (``N(mu_i, R_ii)`` for independent residuals). Its centre
+    is linear in ``mu``, so its posterior average is Gaussian; with
+    ``P (y - E[mu|y]) = Q r`` and ``P Var(mu|y) P = P - Q``::
+
+        p(y_i | y) = N(0 | (Q r)_i / P_ii,  (2 P_ii - Q_ii) / P_ii^2)
+
+    and for a block ``B`` with ``A = (P_BB)^-1``::
+
+        p(y_B | y) = N(0 | A (Q r)_B,  2 A - A Q_BB A).
+
+    ``lppd - elpd_loo`` (each unit's log density given all the data, minus
+    given all but itself) is the effective number of parameters p_loo; for a
+    fixed-effects model with flat priors it is about the trace of the hat
+    matrix ``I - R Q``, the number of free mean parameters.
+
+    Parameters
+    ----------
+    y, mean : array (n,)
+        The observed cells and their marginal (prior predictive) mean.
+    cov : array (n, n)
+        Their marginal covariance ``S`` (symmetric positive definite).
+    residual_cov : array (n, n)
+        The residual covariance ``R`` given the effects (SPD; ``S - R`` positive semi-definite).
+    blocks : sequence of int arrays, optional
+        Units of several cells (see :func:`loo_block_logpdf`); None: every cell its own unit.
+
+    Returns
+    -------
+    array (n,) or (n_blocks,)
+        ``log p(y_u | y)`` for each unit.
+    """
+    precision, qr = _precision_terms(y, mean, cov)
+    resid_precision, _ = _precision_terms(y, mean, residual_cov)
+    if blocks is None:
+        p_ii = np.diagonal(resid_precision)
+        q_ii = np.diagonal(precision)
+        centre = qr / p_ii
+        var = (2.0 * p_ii - q_ii) / (p_ii * p_ii)
+        return -0.5 * (_LOG_2PI + np.log(var) + centre * centre / var)
+    out = []
+    for b in blocks:
+        b = np.asarray(b, dtype=np.int64).reshape(-1)
+        if b.size == 0:
+            out.append(0.0)
+            continue
+        a = np.linalg.inv(resid_precision[np.ix_(b, b)])
+        centre = a @ qr[b]
+        c = 2.0 * a - a @ precision[np.ix_(b, b)] @ a
+        c = 0.5 * (c + c.T)
+        chol = np.linalg.cholesky(c)
+        z = np.linalg.solve(chol, centre)
+        logdet = 2.0 * np.log(np.diagonal(chol)).sum()
+        out.append(-0.5 * (b.size * _LOG_2PI + logdet + z @ z))
+    return np.asarray(out, dtype=float)
 
 
 # ---------------------------------------------------------------------------
@@ -402,17 +471,34 @@ def exact_loo(fit, *, by: str = "cell", pointwise: bool = True):
 
     With no sampled parameter, ``p(y_u | y_-u)`` is one Gaussian density of the
     marginal law (effects integrated out with their priors): no importance
-    sampling, no Pareto k (reported as 0), no Monte Carlo error.
+    sampling, no Pareto k (reported as 0), no Monte Carlo error. The
+    effective number of parameters is exact too: ``p_loo = lppd - elpd_loo``
+    with the log pointwise predictive density ``lppd`` of each unit under the
+    exact posterior of the effects (:func:`gaussian_lppd`).
+
+    Parameters
+    ----------
+    fit : Fit
+        A fit whose ``description.posterior_gaussian`` is True.
+    by : {"cell", "row", "col"}
+    pointwise : bool
 
     Returns
     -------
     arviz_stats.utils.ELPDDataLOO
+        ``p_loo_i`` per unit holds ``lppd_i - elpd_i``.
     """
     ll = pointwise_log_likelihood(fit, by=by, conditional=False, draws=1)
     elpd_i = ll.isel(chain=0, draw=0, drop=True).rename("elpd_i")
+    first = [(0, 0)]
+    marginal = next(iter_moments(fit, first, conditional=False))
+    residual = next(iter_moments(fit, first, conditional=True))
+    lppd = gaussian_lppd(fit.data.observed_values(), marginal.mean, marginal.dense_cov(), residual.dense_cov(),
+                         unit_blocks(fit.data, by))
+    p_i = (xr.zeros_like(elpd_i) + (lppd - elpd_i.values)).rename("p_loo_i")
     zero = xr.zeros_like(elpd_i)
     n_samples = fit.posterior.sizes["chain"] * fit.posterior.sizes["draw"]
-    return _elpd_data(elpd_i, zero, zero.rename("pareto_k"), n_samples, 0.7, pointwise)
+    return _elpd_data(elpd_i, p_i, zero.rename("pareto_k"), n_samples, 0.7, pointwise)
 
 
 def _without_cell(data, r: int, i: int, j: int):

@@ -15,9 +15,11 @@ from twoway.results.contrasts import contrast_tables
 from twoway.results.decomposition import variance_decomposition
 from twoway.results.diagnostics import MODE_SDS, separated_chains
 from twoway.results.stats import statistics_table
+from twoway.table.connectivity import components
 from twoway.table.labels import shorten_index
 
-__all__ = ["FitSummary", "summarize", "overall_diagnostics", "default_variables", "RHAT_LIMIT", "ESS_LIMIT"]
+__all__ = ["FitSummary", "summarize", "overall_diagnostics", "default_variables", "format_number", "RHAT_LIMIT",
+           "ESS_LIMIT"]
 
 RHAT_LIMIT = 1.01
 ESS_LIMIT = 400
@@ -85,17 +87,17 @@ class FitSummary:
         table, more = _shorten_long(self.table, 0 if self.chosen else PRINT_LONG if long is None else long)
         table.index = pd.Index(shorten_index(table.index), name=table.index.name)  # long labels cut in the middle
         with pd.option_context("display.max_rows", None, "display.width", 120):
-            lines += ["", table.to_string(float_format=lambda v: f"{v:.3f}")]
+            lines += ["", table.to_string(float_format=format_number)]
             lines += [f"  ... {name}: {n:,} more entries not printed (see them with --var {name} or --json)"
                       for name, n in more]
             if self.contrasts is not None:
                 for (side, ref), part in self.contrasts.groupby(["side", "reference"], sort=False):
                     what = "row" if side == "row" else "column"
                     lines += ["", f"contrasts: each {what} mean minus the mean of {what} {ref!r}:",
-                              part.drop(columns=["side", "reference"]).to_string(float_format=lambda v: f"{v:.3f}")]
+                              part.drop(columns=["side", "reference"]).to_string(float_format=format_number)]
             if self.decomposition is not None:
                 lines += ["", "variance decomposition (per draw, then summarised):",
-                          self.decomposition.to_string(float_format=lambda v: f"{v:.3f}")]
+                          self.decomposition.to_string(float_format=format_number)]
                 lines += [f"  {note}" for note in self.decomposition_notes]
         d = self.diagnostics
         lines += ["", "diagnostics:",
@@ -113,6 +115,36 @@ class FitSummary:
         else:
             lines += ["", "No sampling problems: R-hat <= 1.01, bulk ESS >= 400, no divergences."]
         return "\n".join(lines)
+
+
+def format_number(value: float, digits: int = 4) -> str:
+    """A number as printed in text tables: ``digits`` significant digits, scientific when tiny or huge.
+
+    Values of magnitude below 1e-3 or from 1e6 up are written in scientific notation, so that a
+    parameter in small units (1e-12) reads as ``3.142e-12``, not ``0.000``.
+
+    Parameters
+    ----------
+    value : float
+    digits : int
+        Significant digits (at least 1).
+
+    Returns
+    -------
+    str
+        E.g. ``0.8650``, ``25.64``, ``12346``, ``-3.142e-12``, ``0``, ``nan``.
+    """
+    value = float(value)
+    if not math.isfinite(value):
+        return str(value)
+    if value == 0:
+        return "0"
+    value = float(f"{value:.{digits - 1}e}")  # rounded first: 9.99996 is 10.00, not 10.000
+    magnitude = abs(value)
+    if magnitude < 1e-3 or magnitude >= 1e6:
+        return f"{value:.{digits - 1}e}"
+    decimals = max(digits - 1 - math.floor(math.log10(magnitude)), 0)
+    return f"{value:.{decimals}f}"
 
 
 PRINT_LONG = 40   # a parameter with more entries than this is printed shortened
@@ -206,6 +238,10 @@ def summarize(fit, *, var_names: "list[str] | str | None" = None, ci_prob: float
     note = cell_effect_note(spec, fit.data.n_replicates)
     if note:
         header.append(f"note: {note}")
+    parts = components(fit.data.mask, fit.data.row_labels, fit.data.col_labels)
+    if not parts.connected:
+        header.append(f"note: the design is disconnected ({parts.describe()}): no observed cell links its "
+                      "parts, so comparisons across them come from the priors alone.")
     return FitSummary(table=table, diagnostics=diagnostics, warnings=notes, header=header,
                       contrasts=contrast_table, decomposition=decomp, decomposition_notes=decomp_notes,
                       chosen=bool(var_names))

@@ -329,6 +329,9 @@ def load_model(source: "str | Path | ModelSpec") -> ModelSpec:
         table = tomllib.loads(path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ModelError(f"The model file {text!r} is not valid TOML: {exc}.") from None
+    if not table:
+        raise ModelError(f"The model file {text!r} must set a preset or model options (for example "
+                         f"preset = \"crossed\"); it sets nothing.")
     base_name = table.pop("preset", None)
     if base_name is not None and base_name not in PRESETS:
         raise ModelError(f"The 'preset' in {text!r} must be one of {', '.join(PRESETS)}; got {base_name!r}.")

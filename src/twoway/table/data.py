@@ -184,6 +184,29 @@ def _check_finite_values(values: np.ndarray, labels: tuple) -> None:
         )
 
 
+LARGEST_VALUE = 1e150  # beyond this, squares (variances, sums of squares) overflow double precision
+SMALLEST_SPREAD = 1e-150  # below this, squares underflow to 0
+
+
+def _check_scale(values: np.ndarray, se: np.ndarray | None, labels: tuple) -> None:
+    """Raise DataError when the values (or se) are so large, or vary so little, that their squares leave double precision."""
+    for what, arr in (("values", values), ("standard errors", se)):
+        if arr is None:
+            continue
+        size = np.where(np.isfinite(arr), np.abs(arr), 0.0)  # NaN and inf: the finite checks' to report
+        if size.size and size.max() > LARGEST_VALUE:
+            r, i, j = np.unravel_index(np.argmax(size), size.shape)
+            raise DataError(f"The table's {what} must be at most {LARGEST_VALUE:.0e} in size, or their squares "
+                            f"overflow double precision; got {_number_text(arr[r, i, j])} at "
+                            f"{_cell_text(r, i, j, *labels)}. Rescale them (divide by a power of ten) and fit again.")
+    y = values[~np.isnan(values)]
+    spread = float(np.max(y) - np.min(y)) if y.size else 0.0
+    if 0.0 < spread < SMALLEST_SPREAD:
+        raise DataError(f"The table's values must vary by more than {SMALLEST_SPREAD:.0e}, or their squares "
+                        f"underflow double precision; got a range of {spread:.3g}. Rescale them (multiply by a "
+                        "power of ten) and fit again.")
+
+
 def _check_se_array(se: np.ndarray, mask: np.ndarray, labels: tuple) -> None:
     """Raise DataError unless ``se`` (R, N, K) is finite and >= 0 where ``mask`` (NaN or 0: no known error)."""
     observed = se[mask]
@@ -319,6 +342,7 @@ class TwoWayData:
         )
         names = _check_names(self.names, se is not None)
         _check_finite_values(values, labels)
+        _check_scale(values, se, labels)
         mask = ~np.isnan(values)
         if se is not None:
             _check_se_array(se, mask, labels)
@@ -717,8 +741,12 @@ class TwoWayData:
         if replicate_labels is None:
             replicate_labels = [str(k) for k in range(n_rep)]
         if se_arr is not None:
-            _check_zero_se(se_arr, arr, ([str(x) for x in replicate_labels], [str(x) for x in row_labels],
-                                         [str(x) for x in col_labels]), zero_se)
+            str_labels = ([str(x) for x in replicate_labels], [str(x) for x in row_labels],
+                          [str(x) for x in col_labels])
+            _check_zero_se(se_arr, arr, str_labels, zero_se)
+            empty = ~np.isnan(arr) & np.isnan(se_arr)
+            tables.warn_missing_se([_cell_text(r, i, j, *str_labels) for r, i, j in np.argwhere(empty)[:3]],
+                                   int(empty.sum()), int((~np.isnan(arr)).sum()))
         return cls(
             values=arr,
             se=se_arr,

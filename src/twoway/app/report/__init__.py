@@ -49,6 +49,7 @@ import pandas as pd
 from twoway._version import __version__
 from twoway.errors import ConvergenceWarning, DataError, FitError, TwowayError
 from twoway.fit import Fit
+from twoway.results.contrasts import SIDES, parse_contrast
 from twoway.results.recovery import recovery
 from twoway.results.stats import hdi
 from twoway.results.summary import ESS_LIMIT, RHAT_LIMIT
@@ -61,15 +62,15 @@ from twoway.table.io.outputs import write_text_atomic
 __all__ = ["write_report", "render_report", "SECTION_IDS"]
 
 #: Section ids, in page order (per-fit ones repeat with a suffix for later fits).
-SECTION_IDS = ("overview", "data", "comparison", "model", "fitted", "predictions", "variance", "effects", "scales",
-               "covariance", "traces", "diagnostics", "checks", "recovery")
+SECTION_IDS = ("overview", "data", "comparison", "model", "fitted", "predictions", "variance", "effects",
+               "contrasts", "scales", "covariance", "traces", "diagnostics", "checks", "recovery")
 _TITLES = {
     "overview": "Overview", "data": "The data", "comparison": "Model comparison", "model": "Model",
     "fitted": "Fitted means and residuals", "predictions": "Predicted table",
     "variance": "Variance decomposition", "effects": "Row and column effects", "scales": "Scales",
     "covariance": "Row and column covariance", "traces": "Traces and rank plots",
     "diagnostics": "Sampling diagnostics", "checks": "Posterior predictive checks",
-    "recovery": "Recovery of the true values",
+    "recovery": "Recovery of the true values", "contrasts": "Contrasts",
 }
 INTERVAL = 0.94
 MAX_TRACE_SERIES = 10
@@ -337,6 +338,69 @@ def _forest_panel(post, name: str, title: str, truth, *, ref=None) -> dict | Non
             "truth": _truth_vector(truth, name, labels), "ref": ref}
 
 
+def default_contrasts(fit) -> list[tuple[str, str]]:
+    """The contrasts a report shows when none are asked for.
+
+    For a table shaped like a network meta-analysis (known standard errors and fixed row
+    effects, as in the ``common-effect`` preset: rows are studies, columns treatments), each
+    column against the first column; otherwise none.
+
+    Parameters
+    ----------
+    fit : Fit
+
+    Returns
+    -------
+    list of (str, str)
+        ``(side, reference label)`` pairs.
+    """
+    data, spec = fit.data, fit.model
+    if data.has_se and spec.row_effect == "fixed" and spec.col_effect != "none" and len(data.col_labels) > 1:
+        return [("col", str(data.col_labels[0]))]
+    return []
+
+
+def _check_contrasts(contrasts, data) -> list[tuple[str, str]]:
+    """The asked-for contrasts as ``(side, label)`` pairs, each once; a label not in the table is a FitError."""
+    pairs = list(dict.fromkeys(parse_contrast(c) for c in contrasts))
+    for side, ref in pairs:
+        labels = [str(v) for v in (data.row_labels if side == "row" else data.col_labels)]
+        if ref not in labels:
+            shown = ", ".join(labels[:6]) + (f" and {len(labels) - 6} more" if len(labels) > 6 else "")
+            raise FitError(f"The contrast {side}={ref} names no {SIDES[side]} of the table ({shown}).")
+    return pairs
+
+
+def _contrasts_section(sid: str, fit, pairs: Sequence[tuple[str, str]], ci_prob: float, asked: bool) -> str:
+    """Differences of row (column) means against reference levels, with intervals and P(difference > 0)."""
+    pct = f"{100 * ci_prob:g}%"
+    body = ""
+    for side, ref in pairs:
+        what = SIDES[side]
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", ConvergenceWarning)
+                c = fit.contrasts(**{side: ref}, ci_prob=ci_prob)
+        except FitError as exc:
+            body += _note(f"Contrasts against the {what} {ref!r}: {exc}", "warn")
+            continue
+        summary = c.summary
+        lo, hi = summary.columns[2], summary.columns[3]  # hdi_L%, hdi_U%
+        draws = np.asarray(c.draws.transpose(..., "contrast")).reshape(-1, summary.shape[0])
+        positive = (draws > 0).mean(axis=0)
+        table = pd.DataFrame({"difference": summary["mean"].to_numpy(), "sd": summary["sd"].to_numpy(),
+                              f"{pct} low": summary[lo].to_numpy(), f"{pct} high": summary[hi].to_numpy(),
+                              "P(difference > 0)": positive}, index=summary.index)
+        body += (f"<h3>each {what} mean minus the mean of {what} {_e(ref)}</h3>"
+                 + _table(table, digits=4, index_name="contrast"))
+    how = ("as asked (--contrast)" if asked else
+           "by default for a table of known standard errors with fixed row effects: each column "
+           "(treatment) against the first")
+    lede = (f"Differences of posterior means against a reference level, {how}; intervals are {pct} "
+            "highest-density intervals of the difference, drawn jointly.")
+    return _section(sid, _TITLES["contrasts"], body, lede)
+
+
 def _effects_section(sid: str, fit, truth) -> str:
     from twoway.app.report.figures import forest_png
 
@@ -493,14 +557,15 @@ def _checks_section(sid: str, fit) -> str:
             sub = table.loc[rows]
             panels.append({"title": title, "labels": [str(i)[len(key) + 1:-1] for i in rows],
                            "observed": sub["observed"], "rep_mean": sub["rep_mean"], "rep_sd": sub["rep_sd"],
-                           "flag": extreme.loc[rows]})
+                           "flag": extreme.loc[rows], "nonnegative": key.endswith("_var")})
     n_flag = int(extreme.sum())
     lede = (f"Each statistic of the observed table against the same statistic of {PPC_DRAWS} tables "
             "replicated from the fit; p = P(replicated >= observed).")
     body = ""
     if panels:
         body += _img(checks_png(panels), "posterior predictive checks of row and column statistics",
-                     "Grey bars: replicated mean +- 2 sd; dots: observed (red when p < 0.025 or p > 0.975).")
+                     "Grey bars: replicated mean +- 2 sd (for variances, cut at 0); dots: observed "
+                     "(red when p < 0.025 or p > 0.975).")
     kind = "ok" if n_flag == 0 else "warn"
     body += _note(f"{n_flag} of {int(p.notna().sum())} statistics fall outside the central 95% of their "
                   "replicated distribution (highlighted)." if n_flag else
@@ -513,7 +578,7 @@ def _checks_section(sid: str, fit) -> str:
 
 def _comparison_section(sid: str, named: Mapping[str, Any]) -> str:
     try:
-        from twoway.results.compare import compare, preferred
+        from twoway.results.compare import compare, fits_table, pointwise_differences, preferred
     except ImportError:
         return _section(sid, _TITLES["comparison"], _note(
             "Model comparison is not available in this version of twoway.", "warn"))
@@ -526,11 +591,22 @@ def _comparison_section(sid: str, named: Mapping[str, Any]) -> str:
         return _section(sid, _TITLES["comparison"], _note(
             f"The fits could not be compared: {exc or type(exc).__name__}", "warn"))
     best = table.index[0]
-    body = (f'<div class="note ok"><strong>{_e(sentence)}</strong></div>'
+    same = bool(table.attrs.get("same"))
+    diffs = pointwise_differences(table)
+    body = (f'<div class="note {"warn" if same else "ok"}"><strong>{_e(sentence)}</strong></div>'
+            + "<h3>The fits side by side</h3>"
+            + _table(fits_table(named, table), digits=2, row_class=lambda i, r: "best" if i == best else "")
+            + "<h3>Leave-one-out comparison</h3>"
             + _table(table, digits=2, row_class=lambda i, r: "best" if i == best else "")
             + _note("elpd: expected log predictive density, leave-one-out (PSIS); higher predicts better. "
                     "elpd_diff and dse: the difference from the best fit and its standard error. "
-                    "weight: stacking weight. pareto_k_bad: units whose leave-one-out estimate is unreliable."))
+                    "weight: stacking weight. pareto_k_bad: units whose leave-one-out estimate is unreliable. "
+                    "p_loo: effective number of parameters. variance: posterior medians of the scale parameters.")
+            + f"<h3>Pointwise table: {_e(table.index[0])} minus {_e(table.index[1])}</h3>"
+            + _table(diffs.head(10), digits=2, index_name=str(diffs.index.name))
+            + (f"<details><summary>every {_e(diffs.index.name)} ({len(diffs)})</summary>"
+               + _table(diffs, digits=2, scroll=True, index_name=str(diffs.index.name)) + "</details>"
+               if len(diffs) > 10 else ""))
     return _section(sid, _TITLES["comparison"], body)
 
 
@@ -595,9 +671,11 @@ def _same_table(a, b) -> bool:
 
 def render_report(fits, *, names: Sequence[str] | None = None, truth: Mapping[str, Any] | None = None,
                   title: str | None = None, ci_prob: float = INTERVAL,
-                  var_names: Sequence[str] | None = None) -> str:
+                  var_names: Sequence[str] | None = None,
+                  contrasts: "Sequence[str | tuple[str, str]] | None" = None) -> str:
     """The report as one HTML string; see :func:`write_report`."""
     items, labels, truth = _check_inputs(fits, names, truth)
+    asked = _check_contrasts(contrasts, items[0].data) if contrasts else None
     several = len(items) > 1
     summaries = [_summary(f, ci_prob, var_names) for f in items]
     first_data = items[0].data
@@ -643,6 +721,10 @@ def render_report(fits, *, names: Sequence[str] | None = None, truth: Mapping[st
         add(f"predictions{suffix}", _predictions_section(f"predictions{suffix}", f, ci_prob), f"predictions{tag}")
         add(f"variance{suffix}", _variance_section(f"variance{suffix}", f, s), f"variance{tag}")
         add(f"effects{suffix}", _effects_section(f"effects{suffix}", f, truth), f"effects{tag}")
+        pairs = asked if asked is not None else default_contrasts(f)
+        if pairs:
+            add(f"contrasts{suffix}", _contrasts_section(f"contrasts{suffix}", f, pairs, ci_prob, asked is not None),
+                f"contrasts{tag}")
         add(f"scales{suffix}", _scales_section(f"scales{suffix}", f, truth), f"scales{tag}")
         add(f"covariance{suffix}", _covariance_section(f"covariance{suffix}", f), f"covariance{tag}")
         add(f"traces{suffix}", _traces_section(f"traces{suffix}", f), f"traces{tag}")
@@ -666,7 +748,8 @@ def render_report(fits, *, names: Sequence[str] | None = None, truth: Mapping[st
 
 def write_report(fits, path: "str | os.PathLike[str]", *, names: Sequence[str] | None = None,
                  truth: Mapping[str, Any] | None = None, title: str | None = None,
-                 ci_prob: float = INTERVAL, var_names: Sequence[str] | None = None) -> Path:
+                 ci_prob: float = INTERVAL, var_names: Sequence[str] | None = None,
+                 contrasts: "Sequence[str | tuple[str, str]] | None" = None) -> Path:
     """Write one self-contained HTML report of one or more fits of a table.
 
     Parameters
@@ -688,6 +771,11 @@ def write_report(fits, path: "str | os.PathLike[str]", *, names: Sequence[str] |
         Probability of the intervals in the tables (default 0.94).
     var_names : sequence of str, optional
         Variables (names or prefixes) in the diagnostics' parameter table (default: all).
+    contrasts : sequence of str or (str, str), optional
+        Contrasts to show, each ``"row=LABEL"`` / ``"col=LABEL"`` (or ``(side, label)``): every
+        level's mean minus the reference level's, with intervals. Default: see
+        :func:`default_contrasts` (each column against the first for a table of known standard
+        errors with fixed row effects; none otherwise).
 
     Returns
     -------
@@ -703,7 +791,8 @@ def write_report(fits, path: "str | os.PathLike[str]", *, names: Sequence[str] |
     path = Path(path)
     if not path.parent.exists():
         raise FitError(f"The folder {str(path.parent)!r} for the report does not exist.")
-    text = render_report(fits, names=names, truth=truth, title=title, ci_prob=ci_prob, var_names=var_names)
+    text = render_report(fits, names=names, truth=truth, title=title, ci_prob=ci_prob, var_names=var_names,
+                         contrasts=contrasts)
     try:
         write_text_atomic(path, text)
     except OSError as exc:

@@ -16,7 +16,7 @@ from twoway.table.labels import shorten_index, shorten_labels
 # Deferred imports: matplotlib, scipy (heavy to import) are imported inside the functions that use them, so
 # importing this module stays light.
 
-__all__ = ["png_bytes", "heatmap_png", "forest_png", "trace_rank_png", "checks_png", "DPI"]
+__all__ = ["png_bytes", "heatmap_png", "forest_png", "trace_rank_png", "checks_png", "check_intervals", "DPI"]
 
 DPI = 90
 MISSING_COLOUR = "#e6e6e6"
@@ -207,6 +207,26 @@ def trace_rank_png(series: Sequence[tuple[str, np.ndarray]], *, bins: int = 20) 
     return png_bytes(fig)
 
 
+def check_intervals(panel: dict) -> tuple[np.ndarray, np.ndarray]:
+    """The bars of a predictive-check panel: replicated mean +- 2 sd, cut at 0 for a statistic that cannot be negative.
+
+    Parameters
+    ----------
+    panel : dict
+        With ``rep_mean``, ``rep_sd`` (L,) and optionally ``nonnegative`` (bool, default false).
+
+    Returns
+    -------
+    (low, high) : numpy.ndarray, numpy.ndarray
+        Each (L,).
+    """
+    m, s = (np.asarray(panel[k], dtype=float) for k in ("rep_mean", "rep_sd"))
+    low, high = m - 2 * s, m + 2 * s
+    if panel.get("nonnegative", False):
+        low, high = np.maximum(low, 0.0), np.maximum(high, 0.0)
+    return low, high
+
+
 def checks_png(panels: Sequence[dict]) -> bytes:
     """Observed statistics against their replicated distribution, one panel per statistic family.
 
@@ -214,7 +234,9 @@ def checks_png(panels: Sequence[dict]) -> bytes:
     ----------
     panels : sequence of dict
         Each with ``title``, ``labels`` (L,), ``observed``, ``rep_mean``,
-        ``rep_sd`` (L,) and ``flag`` (L,) bools marking extreme p-values.
+        ``rep_sd`` (L,) and ``flag`` (L,) bools marking extreme p-values;
+        optionally ``nonnegative`` (bool): a statistic that cannot be negative
+        (a variance), whose bars stop at 0 (see :func:`check_intervals`).
 
     Returns
     -------
@@ -229,9 +251,10 @@ def checks_png(panels: Sequence[dict]) -> bytes:
     for ax, p in zip(axes[0], panels):
         labels = shorten_index([str(x) for x in p["labels"]])  # long labels cut in the middle
         y = np.arange(len(labels))[::-1]
-        m, s, obs = (np.asarray(p[k], dtype=float) for k in ("rep_mean", "rep_sd", "observed"))
+        obs = np.asarray(p["observed"], dtype=float)
+        low, high = check_intervals(p)
         flag = np.asarray(p["flag"], dtype=bool)
-        ax.hlines(y, m - 2 * s, m + 2 * s, color="#b8b8b8", lw=5, label="replicated (mean +- 2 sd)")
+        ax.hlines(y, low, high, color="#b8b8b8", lw=5, label="replicated (mean +- 2 sd)")
         ax.plot(obs[~flag], y[~flag], "o", color="#1f3b66", ms=5, label="observed")
         if flag.any():
             ax.plot(obs[flag], y[flag], "o", color="#cc0000", ms=6, label="observed, extreme")

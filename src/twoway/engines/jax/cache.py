@@ -26,11 +26,12 @@ from __future__ import annotations
 import os
 import shutil
 import threading
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from twoway.errors import TwowayError
+from twoway.errors import TwowayError, TwowayWarning
 
 # Deferred imports: jax (heavy to import) are imported inside the functions that use them, so importing this
 # module stays light.
@@ -75,6 +76,20 @@ def _resolve(path: "str | os.PathLike[str] | None") -> Path:
     return cache_dir() if path is None else Path(path).expanduser().absolute()
 
 
+def _warn_if_not_folder(folder: Path) -> None:
+    """Warn when ``folder`` is a file (or anything but a folder): nothing can be cached there.
+
+    Parameters
+    ----------
+    folder : pathlib.Path
+        The cache folder in use.
+    """
+    if folder.exists() and not folder.is_dir():
+        source = f" (from {ENV_VAR})" if os.environ.get(ENV_VAR, "") else ""
+        warnings.warn(f"The cache folder {str(folder)!r}{source} is a file, not a folder: compiled programs "
+                      f"are not cached; set {ENV_VAR} to a folder.", TwowayWarning, stacklevel=3)
+
+
 def enable_jax_cache(path: "str | os.PathLike[str] | None" = None) -> Path:
     """Create the cache folder and point JAX's persistent compilation cache at it.
 
@@ -106,8 +121,10 @@ def enable_jax_cache(path: "str | os.PathLike[str] | None" = None) -> Path:
         try:
             folder.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
+            why = "a file is there" if folder.exists() and not folder.is_dir() else exc.strerror or type(exc).__name__
             raise TwowayError(f"The cache folder must be a folder twoway can create (set {ENV_VAR} to "
-                              f"another one); got {str(folder)!r} ({exc.strerror or type(exc).__name__}).") from None
+                              f"another one); got {str(folder)!r} ({why}), so compiled programs are not "
+                              "cached on disk.") from None
         import jax
         from jax.experimental.compilation_cache import compilation_cache as jax_cc
 
@@ -184,6 +201,7 @@ def cache_info(path: "str | os.PathLike[str] | None" = None) -> dict[str, Any]:
         programs) and ``bytes`` (total size of the cache's files).
     """
     folder = _resolve(path)
+    _warn_if_not_folder(folder)
     return {"path": str(folder), "exists": folder.is_dir(), "entries": len(cache_entries(folder)),
             "bytes": sum(_size(p) for p in _cache_files(folder))}
 
@@ -210,6 +228,7 @@ def clear_cache(path: "str | os.PathLike[str] | None" = None) -> int:
         When a file cannot be removed.
     """
     folder = _resolve(path)
+    _warn_if_not_folder(folder)
     removed = 0
     for p in _cache_files(folder):
         try:

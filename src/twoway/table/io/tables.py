@@ -25,6 +25,7 @@ import csv
 import difflib
 import gzip
 import re
+import warnings
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from twoway.errors import DataError
+from twoway.errors import DataError, TwowayWarning
 from twoway.table.io._common import list_names as _list_names
 from twoway.table.io._common import number_text as _number_text
 from twoway.table.io._common import quote as _q
@@ -351,6 +352,8 @@ def long_table(
     if "se" in columns:
         se = _parse_numbers(columns["se"], roles["se"], rows, decimal=decimal)
         _check_se_long(se, y, roles["se"], roles["value"], rows, zero_se=zero_se)
+        warn_missing_se([rows.at(int(p)) for p in np.flatnonzero(~np.isnan(y) & np.isnan(se))[:_SHOWN]],
+                        int((~np.isnan(y) & np.isnan(se)).sum()), int((~np.isnan(y)).sum()), roles["se"])
     rep = labels.get("replicate", np.full(len(df), "0", dtype=object))
     codes, uniques = zip(
         *(_pd().factorize(arr, sort=False) for arr in (rep, labels["row"], labels["col"]))
@@ -524,6 +527,41 @@ def _check_se_long(
 
 
 ZERO_SE = ("error", "none")
+
+#: How many cells without an se a warning names.
+_SHOWN = 3
+
+
+def warn_missing_se(shown: list[str], n_missing: int, n_observed: int, column: str | None = "se") -> None:
+    """Warn (once per table) that some observed cells have an se and others have none.
+
+    Parameters
+    ----------
+    shown : list of str
+        The first few cells without an se, named for messages.
+    n_missing : int
+        How many observed cells have no se.
+    n_observed : int
+        How many cells are observed.
+    column : str or None
+        The se column's name, for messages.
+
+    Notes
+    -----
+    Nothing is said when no observed cell lacks an se, or when none has one
+    (a table without known errors).
+    """
+    if n_missing == 0 or n_missing == n_observed:
+        return
+    more = f" and {n_missing - len(shown)} more" if n_missing > len(shown) else ""
+    name = _q(column or "se")
+    warnings.warn(
+        f"The {name} column is empty on {n_missing} of {n_observed} observed cells ({'; '.join(shown)}{more}), "
+        "while the other cells have one: those cells' variance is the model's unknown part alone. "
+        "If that is intended, write 0 there and pass zero_se='none' (--zero-se none).",
+        TwowayWarning,
+        stacklevel=2,
+    )
 
 
 def check_zero_se(zero_se: str) -> None:
