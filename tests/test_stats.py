@@ -66,3 +66,16 @@ def test_hdi_matches_arviz_stats(prob):
         x = da.values
         ref = azs.hdi(x.reshape(-1, *x.shape[2:]), prob, axis=0)
         np.testing.assert_array_equal(hdi(x, prob), ref, err_msg=name)
+
+
+def test_printed_tables_show_ess_whole_and_r_hat_to_three_decimals():
+    import pandas as pd
+
+    from twoway.results.summary import table_text
+
+    table = pd.DataFrame({"mean": [3.14159e-12, 25.6417], "ess_bulk": [463.34, 1200.6], "r_hat": [1.00213, 0.99704]},
+                         index=["tiny", "big"])
+    text = table_text(table)
+    assert "3.142e-12" in text and "25.64" in text
+    assert "463 " in text and "463.3" not in text and "1201" in text
+    assert "1.002" in text and "0.997" in text and "0.9970" not in text

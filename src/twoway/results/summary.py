@@ -87,14 +87,14 @@ class FitSummary:
         table, more = _shorten_long(self.table, 0 if self.chosen else PRINT_LONG if long is None else long)
         table.index = pd.Index(shorten_index(table.index), name=table.index.name)  # long labels cut in the middle
         with pd.option_context("display.max_rows", None, "display.width", 120):
-            lines += ["", table.to_string(float_format=format_number)]
+            lines += ["", table_text(table)]
             lines += [f"  ... {name}: {n:,} more entries not printed (see them with --var {name} or --json)"
                       for name, n in more]
             if self.contrasts is not None:
                 for (side, ref), part in self.contrasts.groupby(["side", "reference"], sort=False):
                     what = "row" if side == "row" else "column"
                     lines += ["", f"contrasts: each {what} mean minus the mean of {what} {ref!r}:",
-                              part.drop(columns=["side", "reference"]).to_string(float_format=format_number)]
+                              table_text(part.drop(columns=["side", "reference"]))]
             if self.decomposition is not None:
                 lines += ["", "variance decomposition (per draw, then summarised):",
                           self.decomposition.to_string(float_format=format_number)]
@@ -145,6 +145,25 @@ def format_number(value: float, digits: int = 4) -> str:
         return f"{value:.{digits - 1}e}"
     decimals = max(digits - 1 - math.floor(math.log10(magnitude)), 0)
     return f"{value:.{decimals}f}"
+
+
+def _whole(value: float) -> str:
+    return str(value) if not math.isfinite(float(value)) else f"{float(value):.0f}"
+
+
+def _rhat(value: float) -> str:
+    return str(value) if not math.isfinite(float(value)) else f"{float(value):.3f}"
+
+
+#: Columns printed in their own terms: effective sample sizes as whole draws, R-hat to 3 decimals.
+COLUMN_FORMATS = {"ess_bulk": _whole, "ess_tail": _whole, "r_hat": _rhat}
+
+
+def table_text(table) -> str:
+    """A statistics table as printed: values with significant digits (:func:`format_number`),
+    ESS as whole numbers and R-hat with three decimals."""
+    formatters = {c: COLUMN_FORMATS[c] for c in table.columns if c in COLUMN_FORMATS}
+    return table.to_string(formatters=formatters, float_format=format_number)
 
 
 PRINT_LONG = 40   # a parameter with more entries than this is printed shortened
