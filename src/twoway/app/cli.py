@@ -19,7 +19,7 @@ from typing import Callable, Sequence
 
 from twoway._version import __version__
 from twoway.app.progress import FitLines, Progress
-from twoway.engines.choose import DEFAULT_ENGINE, ENGINES, choose  # a light module: names only, no engine imported
+from twoway.engines.choose import DEFAULT_ENGINE, NUTS_ENGINES, choose  # a light module: names only, no engine imported
 from twoway.engines.jax.cache import cache_info, clear_cache
 from twoway.errors import ConvergenceWarning, DataError, DegreesOfFreedomWarning, FitError, TwowayError, TwowayWarning
 from twoway.fit import Fit, check_fit_output, check_sampling_options, compile_model
@@ -55,9 +55,6 @@ def _model(args):
         raise TwowayError("--row-structure and --col-structure apply to the kronecker residual "
                           f"(for example --model kronecker); the model {spec.name!r} has a {spec.residual} residual.")
     return dataclasses.replace(spec, **changes) if changes else spec
-
-
-NUTS_ENGINES = tuple(e for e in ENGINES if e != "laplace")
 
 
 class _DefaultEngine(str):
