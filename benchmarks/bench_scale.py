@@ -24,6 +24,16 @@ Cases (``--only NAME``, may be repeated; all by default):
     parameter and every effect) within 30 s and 1 GB; at least 10x Bambi's ESS
     per second; posterior means of the three sds within 3% of the simulated
     values, and their 94% intervals covering them.
+``covariates``
+    The same simulated table with two covariates in the mean: ``service``, a
+    0/1 number that varies by cell (30% ones, coefficient -0.09), and
+    ``group``, a 4-level factor constant within each row (levels g1..g4 at
+    random, coefficients 0, -0.05, 0.03, 0.10 against g1). twoway's
+    ``twoway fit ... --model crossed --covariates "service + C(group)"`` and the
+    same command without ``--covariates`` on the same table, each as a process
+    in the same run: wall and peak memory of the fit with covariates against
+    the fit without (target <= 1.2x each), the coefficients' posterior means
+    and 94% intervals against the simulated values.
 ``many``
     Only when ``benchmarks/scale_many.py`` exists: its ``run_many_case``.
 
@@ -73,12 +83,31 @@ def sparse_table(truth: dict, seed: int):
     return i, j, y
 
 
-def write_csv(path: Path, i, j, y) -> None:
+#: The covariates of the ``covariates`` case: coefficients by term.
+COVARIATE_COEF = {"service": -0.09, "C(group)[T.g2]": -0.05, "C(group)[T.g3]": 0.03, "C(group)[T.g4]": 0.10}
+
+
+def covariate_columns(i, j, n_rows: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``service`` (n,) 0/1 by cell, ``group`` (n,) g1..g4 by row, and their part of the mean (n,)."""
+    rng = np.random.default_rng([seed, 16])
+    service = (rng.random(i.size) < 0.3).astype(int)
+    row_group = rng.integers(0, 4, n_rows)
+    group = np.array(["g1", "g2", "g3", "g4"])[row_group[i]]
+    effect = COVARIATE_COEF["service"] * service
+    for level in ("g2", "g3", "g4"):
+        effect = effect + COVARIATE_COEF[f"C(group)[T.{level}]"] * (group == level)
+    return service, group, effect
+
+
+def write_csv(path: Path, i, j, y, extra: dict | None = None) -> None:
     """Long CSV: ``row,col,value`` with labels r0001.., c0001.."""
+    extra = extra or {}
     with open(path, "w") as fh:
-        fh.write("row,col,value\n")
-        for a, b, v in zip(i, j, y):
-            fh.write(f"r{a + 1:04d},c{b + 1:04d},{v:.6f}\n")
+        fh.write(",".join(["row", "col", "value", *extra]) + "\n")
+        columns = list(extra.values())
+        for k, (a, b, v) in enumerate(zip(i, j, y)):
+            more = "".join(f",{c[k]}" for c in columns)
+            fh.write(f"r{a + 1:04d},c{b + 1:04d},{v:.6f}{more}\n")
 
 
 # -- children ----------------------------------------------------------------------------------
@@ -226,6 +255,62 @@ def run_sparse_case(args) -> dict:
     return figures
 
 
+def run_covariates_case(args) -> dict:
+    """The ``covariates`` case: the sparse table with two covariates, fitted with and without them."""
+    truth = QUICK if args.quick else SPARSE
+    tw = {"chains": 2, "draws": 100} if args.quick else {"chains": 4, "draws": 250}
+    work = Path(tempfile.mkdtemp(prefix="bench_scale_cov_"))
+    i, j, y = sparse_table(truth, args.seed)
+    service, group, effect = covariate_columns(i, j, truth["n_rows"], args.seed)
+    csv = work / "ratings-covariates.csv"
+    write_csv(csv, i, j, y + effect, {"service": service, "group": group})
+    exe = Path(sys.executable).parent / "twoway"
+    sides = {}
+    for label, extra in (("without covariates", []), ("with covariates", ["--covariates", "service + C(group)"])):
+        out = work / f"fit-{len(extra)}.nc"
+        cmd = [str(exe), "fit", str(csv), "--model", "crossed", *extra, "--out", str(out), "--seed", str(args.seed),
+               "--chains", str(tw["chains"]), "--draws", str(tw["draws"]), "--quiet", "--no-progress"]
+        run = run_child(cmd)
+        if run["status"] != 0:
+            sides[label] = {"error": (run["stderr"].strip().splitlines() or ["failed"])[-1]}
+            continue
+        from twoway import Fit
+
+        fit = Fit.load(out)
+        side = {"wall": run["wall"], "peak_bytes": run["peak_bytes"], "engine": fit.info.get("engine"),
+                "path": fit.info.get("likelihood_path")}
+        if "coef" in fit.posterior:
+            coef = fit.posterior["coef"]
+            side["coef"] = {}
+            for t in coef["term"].values:
+                v = coef.sel(term=t).values.ravel()
+                lo, hi = np.quantile(v, [0.03, 0.97])
+                side["coef"][str(t)] = {"mean": float(v.mean()), "lo": float(lo), "hi": float(hi)}
+        sides[label] = side
+    print(f"\n## covariates: {truth['n_rows']} x {truth['n_cols']}, {truth['n_obs']} observed cells, "
+          "service (cell, 0/1) + C(group) (row, 4 levels)\n")
+    print("| fit | wall s | peak GB | engine, path |")
+    print("|---|---:|---:|---|")
+    for label, s in sides.items():
+        if "error" in s:
+            print(f"| {label} | – | – | {s['error']} |")
+        else:
+            print(f"| {label} | {s['wall']:.1f} | {s['peak_bytes'] / 1e9:.2f} | {s['engine']}, {s['path']} |")
+    a, b = sides.get("without covariates", {}), sides.get("with covariates", {})
+    figures = {"sides": sides}
+    if "wall" in a and "wall" in b:
+        wall_ratio, mem_ratio = b["wall"] / a["wall"], b["peak_bytes"] / a["peak_bytes"]
+        figures.update(wall_ratio=wall_ratio, memory_ratio=mem_ratio)
+        print(f"\n  {'PASS' if wall_ratio <= 1.2 else 'FAIL'}  wall with / without covariates <= 1.2: {wall_ratio:.2f}")
+        print(f"  {'PASS' if mem_ratio <= 1.2 else 'FAIL'}  peak memory with / without <= 1.2: {mem_ratio:.2f}")
+        print("\ncoefficients (posterior mean, 94% interval) against the simulated values:")
+        for t, c in b.get("coef", {}).items():
+            want = COVARIATE_COEF.get(t, float("nan"))
+            print(f"  {t:16s} {c['mean']:+.4f} [{c['lo']:+.4f}, {c['hi']:+.4f}]  truth {want:+.4f}"
+                  f"  {'covered' if c['lo'] <= want <= c['hi'] else 'NOT covered'}")
+    return figures
+
+
 def _targets(t: dict, bambi: dict | None, truth: dict) -> dict:
     checks = {
         "full posterior (every sd and every effect)": (t["full_posterior"], "in the fit file" if t["full_posterior"]
@@ -265,7 +350,7 @@ def _many_case():
     return run
 
 
-CASES = {"sparse": run_sparse_case}
+CASES = {"sparse": run_sparse_case, "covariates": run_covariates_case}
 if _many_case() is not None:
     CASES["many"] = _many_case()
 

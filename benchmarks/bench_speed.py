@@ -18,6 +18,15 @@ Cases (``--only NAME``, may be repeated; all by default, in this order):
     default priors and default sampler, in its own virtualenv
     (``benchmarks/.venv-bambi``, made by ``benchmarks/peers/setup-bambi.sh``)
     through ``benchmarks/peers/bambi_crossed.py``, also timed as a process.
+``covariates-cli``
+    The same 24 x 6 crossed table with two covariates in the mean: ``x``, a
+    number that varies by cell (coefficient 0.4 per unit), and ``batch``, a
+    two-level factor constant within each plate (plates ``a``..``l`` in batch
+    ``A``, the others in ``B``; coefficient 0.8 for ``B``). twoway:
+    ``twoway fit ... --covariates "x + C(batch)"``, cold and warm, against the
+    same command without covariates on the table without them, warm, in the
+    same run: covariates must cost little (warm <= 3 s, the wall of the fit
+    without them). No peer.
 ``crossed``
     The same table in this process: ``twoway.fit("crossed", ...)`` twice, the
     first call cold in the process (what a script pays), the second warm
@@ -95,7 +104,7 @@ KRON_TRUTH = {"intercept": 1.0, "row_effect_sd": 0.8, "col_effect_sd": 0.6, "row
 #: Targets of the ratio twoway / peer of ESS per second, by case.
 TARGETS = {"crossed": 30.0, "seed": 10.0, "kronecker": 3.0, "bambi": 100.0}
 CROSSED_SDS = ("row_effect_sd", "col_effect_sd", "sigma")
-CASES = ("crossed-cli", "crossed", "seed", "kronecker", "sbc", "demo")
+CASES = ("crossed-cli", "covariates-cli", "crossed", "seed", "kronecker", "sbc", "demo")
 BAMBI_PYTHON = HERE / ".venv-bambi" / "bin" / "python"
 
 
@@ -228,6 +237,28 @@ def penicillin_table(seed: int) -> pd.DataFrame:
     i, j = np.indices(y.shape)
     return pd.DataFrame({"plate": np.asarray(plates)[i.ravel()], "sample": np.asarray(samples)[j.ravel()],
                          "y": y.ravel()})
+
+
+#: The covariates of the ``covariates-cli`` case and their coefficients.
+COVARIATE_COEF = {"x": 0.4, "C(batch)[T.B]": 0.8}
+
+
+def covariates_table(seed: int) -> pd.DataFrame:
+    """:func:`penicillin_table` plus a cell-level number ``x`` and a plate-level factor ``batch`` in the mean.
+
+    Returns
+    -------
+    pandas.DataFrame (144, 5)
+        Columns ``plate``, ``sample``, ``y``, ``x`` and ``batch`` (``A`` for plates a..l, ``B`` for m..x).
+    """
+    frame = penicillin_table(seed)
+    rng = np.random.default_rng([seed, 16])
+    x = rng.normal(0.0, 1.0, len(frame))
+    batch = np.where(frame["plate"] < "m", "A", "B")
+    frame["x"] = np.round(x, 4)
+    frame["batch"] = batch
+    frame["y"] = frame["y"] + COVARIATE_COEF["x"] * frame["x"] + COVARIATE_COEF["C(batch)[T.B]"] * (batch == "B")
+    return frame
 
 
 def crossed_data(frame: pd.DataFrame):
@@ -515,6 +546,47 @@ def case_crossed_cli(args, work: Path) -> list[Row]:
     return rows
 
 
+def case_covariates_cli(args, work: Path) -> list[Row]:
+    """``twoway fit --covariates`` on the command line, cold and warm, against the same fit without covariates."""
+    settings = sampling(args, 4, 1000, 1000)
+    rows = [Row("crossed 24x6 + 2 covariates, CLI cold", args.engine, wall_target=8.0),
+            Row("crossed 24x6 + 2 covariates, CLI warm", args.engine, wall_target=3.0),
+            Row("crossed 24x6, no covariates, CLI warm (same run)", args.engine, wall_target=3.0)]
+    if args.side not in ("both", "twoway"):
+        return rows
+    import twoway
+
+    frame = covariates_table(args.seed)
+    csv = work / "penicillin-covariates.csv"
+    frame.to_csv(csv, index=False)
+    plain = work / "penicillin-plain.csv"
+    frame[["plate", "sample", "y"]].to_csv(plain, index=False)
+    exe = twoway_exe()
+    env = {**os.environ, "TWOWAY_CACHE_DIR": str(work / "covariates-cache")}
+    base = [str(exe), "fit", "--row", "plate", "--col", "sample", "--value", "y", "--model", "crossed",
+            "--chains", str(settings["chains"]), "--draws", str(settings["draws"]), "--tune", str(settings["tune"]),
+            "--seed", str(args.seed), "--quiet", *cli_engine_args(exe, "fit", args.engine)]
+    runs = [(rows[0], [str(csv), "--covariates", "x + C(batch)"], "cold"),
+            (rows[1], [str(csv), "--covariates", "x + C(batch)"], "warm"),
+            (None, [str(plain)], "cold"),
+            (rows[2], [str(plain)], "warm")]
+    for row, extra, name in runs:
+        out = work / f"cov-{len(extra)}-{name}.nc"
+        wall, _ = timed_process([base[0], base[1], *extra, *base[2:], "--out", str(out)], env)
+        if row is None:
+            continue
+        fit = twoway.Fit.load(out)
+        row.twoway = describe_fit(fit, crossed_quantities, wall, f"twoway fit (CLI, {name} cache)", settings)
+        note = f"process start to saved fit; {row.twoway.note}"
+        if "coef" in fit.posterior:
+            coef = fit.posterior["coef"]
+            means = ", ".join(f"{t} {float(coef.sel(term=t).mean()):.3f} (truth {COVARIATE_COEF.get(t, float('nan')):g})"
+                              for t in coef["term"].values)
+            note += f"; coef {means}"
+        row.twoway.note = note
+    return rows
+
+
 def run_bambi(csv: Path, settings: dict, seed: int) -> Run:
     """Bambi's ``y ~ 1 + (1|plate) + (1|sample)`` in ``benchmarks/.venv-bambi``, timed as a process."""
     label = "Bambi (default sampler), process"
@@ -762,7 +834,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     cases = [c for c in CASES if c in (args.only or CASES)]
-    functions = {"crossed-cli": case_crossed_cli, "crossed": case_crossed, "seed": case_seed,
+    functions = {"crossed-cli": case_crossed_cli, "covariates-cli": case_covariates_cli, "crossed": case_crossed, "seed": case_seed,
                  "kronecker": case_kronecker, "sbc": case_sbc, "demo": case_demo}
     with tempfile.TemporaryDirectory(prefix="bench-speed-") as tmp:
         work = Path(tmp)

@@ -5,8 +5,11 @@ NUTS by default, ``nutpie`` or PyMC's own NUTS when named, ``laplace`` for a tab
 on the sparse path, no sampler when nothing is left to sample), compiles the model,
 samples it and returns a :class:`Fit`. The fit's DataTree holds
 
-* ``posterior``: the parameters a user sees, dims ``row``/``col`` labelled,
-  plus the derived ``row_mean`` and ``col_mean``;
+* ``posterior``: the parameters a user sees, dims ``row``/``col`` labelled
+  (``coef``, the covariates' coefficients, on dim ``term``: the design's column
+  names), plus the derived ``row_mean`` and ``col_mean`` (intercept plus the
+  effects: with covariates, the means at covariate values 0, i.e. every numeric
+  term at 0 and every factor at its reference level);
 * ``sample_stats``: the sampler's per-draw statistics;
 * ``observed_data``: the table itself (``y`` and ``se`` on replicate x row x col);
 * attributes: the model spec, the priors in force, the data summary, the
@@ -18,6 +21,7 @@ A fit is saved to one file (netCDF, or a zarr store when the name ends in
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import secrets
@@ -180,11 +184,15 @@ class Fit:
         return variance_decomposition(self, ci_prob=ci_prob)
 
     def predict(self, *, new_observation: bool = False, ci_prob: float = 0.94, new_rows=(), new_cols=(),
-                max_draws: int | None = None, seed: int | None = 0):
-        """Every cell's mean (or a new observation), fitted and predicted; see :func:`twoway.results.predict.predict`."""
+                max_draws: int | None = None, seed: int | None = 0, at=None):
+        """Every cell's mean (or a new observation), fitted and predicted; see :func:`twoway.results.predict.predict`.
 
+        ``at``, a long table (pandas.DataFrame) of cells (row, col, replicate where the fit has
+        several, and the covariate columns), predicts those cells at those covariate values.
+        """
+        extra = {} if at is None else {"at": at}
         return predict(self, new_observation=new_observation, ci_prob=ci_prob, new_rows=new_rows,
-                       new_cols=new_cols, max_draws=max_draws, seed=seed)
+                       new_cols=new_cols, max_draws=max_draws, seed=seed, **extra)
 
     # -- files ------------------------------------------------------------------
     def save(self, path: "str | os.PathLike[str]") -> Path:
@@ -275,6 +283,7 @@ class CompiledModel:
             raise FitError("The table must have the layout the model was compiled for "
                            "(shape, missing cells and standard errors); compile again for this one.")
         new = resolve(self.spec, data, likelihood=self.plan.likelihood)  # the option the compiled plan was chosen with
+        _check_same_covariates(new, self.plan)
         if engine_for(new, self.engine).reuses_priors:
             if {k: p.dist for k, p in new.priors.items()} != {k: p.dist for k, p in self.plan.priors.items()}:
                 raise FitError("The table's priors are of other families than the compiled model's; "
@@ -441,9 +450,41 @@ def _phase_reporter(progress: bool, chains: int, draws: int, extra: dict, on_pro
     return report
 
 
+def _check_same_covariates(new: Plan, compiled: Plan) -> None:
+    """Raise :class:`FitError` unless ``new`` has the covariates' design and prior sds of ``compiled``.
+
+    A compiled program holds the design (its scale and centring; on the integrated
+    paths the design and the coefficients' prior covariance too), so another table must
+    have the same covariate values on the same cells, and the same ``coef`` prior sds.
+    """
+    a, b = new.covariates, compiled.covariates
+    if a is None and b is None:
+        return
+    same = (a is not None and b is not None and tuple(a.terms) == tuple(b.terms)
+            and np.array_equal(np.asarray(a.X), np.asarray(b.X)))
+    if not same:
+        raise FitError("The table must have the covariate values the model was compiled for (the same terms and "
+                       "values on the same cells); compile again for this one.")
+    if not np.array_equal(np.asarray(new.coef_sd), np.asarray(compiled.coef_sd)):
+        raise FitError("The table's prior for 'coef' differs from the compiled model's (the default scales with "
+                       "the data); give the coef prior explicitly in the model to reuse a compiled model, or "
+                       "compile again for this table.")
+
+
+def _with_covariates(model: "ModelSpec | str", covariates: str | None) -> ModelSpec:
+    """The model read by :func:`~twoway.spec.model.load_model`, its covariate formula set when one is given."""
+    spec = load_model(model)
+    if covariates is None:
+        return spec
+    if not isinstance(covariates, str):
+        raise FitError("The covariates must be a formula's right-hand side as text, for example 'x + C(group)'; "
+                       f"got {covariates!r}.")
+    return dataclasses.replace(spec, covariates=covariates)
+
+
 def compile_model(model: "ModelSpec | str", data: TwoWayData, *, engine: str | None = None,
                   backend: str | None = None, progress: bool | None = None, likelihood: str = "auto",
-                  choice: Choice | None = None) -> CompiledModel:
+                  choice: Choice | None = None, covariates: str | None = None) -> CompiledModel:
     """Build (and compile, where the engine compiles) ``model`` for tables laid out like ``data``.
 
     Parameters
@@ -459,8 +500,11 @@ def compile_model(model: "ModelSpec | str", data: TwoWayData, *, engine: str | N
         The likelihood option (see :func:`twoway.plan.resolve`); a fit records it.
     choice : Choice, optional
         The engine already chosen for this model and table (:func:`twoway.engines.choose.choose`,
-        as the command line does to name it first); then ``engine``, ``backend`` and
-        ``likelihood`` are not read and the table is not resolved again.
+        as the command line does to name it first); then ``engine``, ``backend``,
+        ``likelihood`` and ``covariates`` are not read and the table is not resolved again.
+    covariates : str, optional
+        A covariate formula's right-hand side (``"x + C(group)"``) over the table's
+        covariate columns; it replaces the model's ``covariates`` (see :func:`fit`).
 
     Returns
     -------
@@ -469,7 +513,8 @@ def compile_model(model: "ModelSpec | str", data: TwoWayData, *, engine: str | N
     if not isinstance(data, TwoWayData):
         raise FitError(f"The data must be a TwoWayData; got {type(data).__name__}.")
     if choice is None:
-        choice = choose(load_model(model), data, engine=engine, backend=backend, likelihood=likelihood)
+        choice = choose(_with_covariates(model, covariates), data, engine=engine, backend=backend,
+                        likelihood=likelihood)
     return compile_choice(choice, progress=progress)
 
 
@@ -514,6 +559,7 @@ def fit(
     progress: bool | None = None,
     cores: int | None = None,
     likelihood: str = "auto",
+    covariates: str | None = None,
 ) -> Fit:
     """Fit ``model`` to ``data``: NUTS, or the laplace engine for a table on the sparse path.
 
@@ -541,13 +587,20 @@ def fit(
     likelihood : {"auto", "dense", "sparse", "nuts"}
         The likelihood option (see :func:`twoway.plan.resolve`); the fit records it, and
         :attr:`Fit.plan` gives back the plan it was sampled with.
+    covariates : str, optional
+        The right-hand side of a model formula over the table's covariate columns
+        (``"dose + C(site)"``; the table read with ``covariates=`` naming its variables,
+        :func:`twoway.table.covariates.required_variables`): its terms enter the mean,
+        ``X @ coef``, and the posterior gets ``coef`` on dim ``term``. It replaces the
+        model's own ``covariates``. Default: the model's.
 
     Returns
     -------
     Fit
     """
     check_sampling_options(chains, draws, tune, seed, engine_name(engine, backend))
-    compiled = compile_model(model, data, engine=engine, backend=backend, progress=progress, likelihood=likelihood)
+    compiled = compile_model(model, data, engine=engine, backend=backend, progress=progress, likelihood=likelihood,
+                             covariates=covariates)
     return compiled.sample(chains=chains, draws=draws, tune=tune, seed=seed, progress=progress, cores=cores)
 
 
@@ -579,14 +632,16 @@ def check_draws_memory(plan: Plan, chains: int, draws: int) -> None:
     ------
     FitError
         When :func:`twoway.likelihood.memory.draws_bytes` (the sampled and drawn-back
-        values and the derived ones, 8 bytes each) exceeds both
-        :func:`twoway.likelihood.memory.available_memory` and
+        values and the derived ones, 8 bytes each), plus the covariates' p coefficients,
+        exceeds both :func:`twoway.likelihood.memory.available_memory` and
         :data:`twoway.likelihood.memory.DRAWS_FLOOR`.
     """
-    need = memory.draws_bytes(plan.spec, plan.data, chains, draws, stored_cov=MAX_STORED_COV)
+    p = plan.n_coef
+    need = (memory.draws_bytes(plan.spec, plan.data, chains, draws, stored_cov=MAX_STORED_COV)
+            + memory.COPIES * 8 * int(chains) * int(draws) * p)
     available = memory.available_memory()
     if need > max(available, memory.DRAWS_FLOOR):
-        values = memory.draws_values(plan.spec, plan.data, stored_cov=MAX_STORED_COV)
+        values = memory.draws_values(plan.spec, plan.data, stored_cov=MAX_STORED_COV) + p
         fitting = max(1, int(draws * available / need))
         raise FitError(f"The draws must fit in memory; got {chains} chains x {draws} draws x {values} stored values, "
                        f"about {memory.gib(need)}, and {memory.gib(available)} is available: ask for fewer draws "
@@ -603,7 +658,8 @@ def _make_fit(raw: _xr().DataTree, plan: Plan, info: dict[str, Any],
     post = raw["posterior"].to_dataset()
     if plan.integrated and not description.draws_effects:
         post = _draw_back(post, plan, seed=info.get("seed"))
-    drawn = [n for n in ("intercept", "row_effect", "col_effect") if n in post]
+    post = _term_coords(post, plan)
+    drawn = [n for n in ("intercept", "row_effect", "col_effect", "coef") if n in post]
     names = [n for n in public_names(spec) if n in plan.var_names + drawn]
     names += [n for n in plan.var_names if n not in names]
     names += [n for n in ("row_shock", "col_shock", "cell_effect") if n in post]
@@ -641,6 +697,16 @@ def _inputs_dataset(plan: Plan) -> _xr().Dataset:
     return out
 
 
+def _term_coords(post: _xr().Dataset, plan: Plan) -> _xr().Dataset:
+    """``coef`` on the dim ``term``, labelled with the design's term names (whatever dim an engine gave it)."""
+    if "coef" not in post.data_vars or plan.covariates is None:
+        return post
+    dim = post["coef"].dims[-1]
+    if dim != "term":
+        post = post.rename_dims({dim: "term"}) if dim not in ("chain", "draw") else post
+    return post.assign_coords(term=list(plan.covariates.terms))
+
+
 def _draw_back(post: _xr().Dataset, plan: Plan, *, seed: int | None) -> _xr().Dataset:
     """Add the integrated-out effects, drawn from their exact conditional law given each draw."""
 
@@ -656,7 +722,7 @@ def _draw_back(post: _xr().Dataset, plan: Plan, *, seed: int | None) -> _xr().Da
         params[name] = np.full(S, value)
     # the draws of the effects get their own stream, derived from the fit's seed
     rng = np.random.default_rng([0 if seed is None else int(seed), 0x7E57])
-    drawn = draw_effects(spec, plan.layout, plan.design, params, rng)
+    drawn = draw_effects(spec, plan.layout, plan.design, params, rng, n_draws=S)
     if spec.residual == "latent":
         drawn.update(draw_shocks(spec, plan.layout, plan.design, params, drawn, rng))
     if spec.cell_effect == "random":
@@ -664,7 +730,9 @@ def _draw_back(post: _xr().Dataset, plan: Plan, *, seed: int | None) -> _xr().Da
         drawn.update(draw_cell_effects(spec, plan.layout, params, drawn, rng))
     rows, cols, reps = plan.labels
     out = post.copy().assign_coords(row=list(rows), col=list(cols), replicate=list(reps))
-    dims = {"intercept": (), "row_effect": ("row",), "col_effect": ("col",),
+    if plan.covariates is not None:
+        out = out.assign_coords(term=list(plan.covariates.terms))
+    dims = {"intercept": (), "row_effect": ("row",), "col_effect": ("col",), "coef": ("term",),
             "row_shock": ("replicate", "row"), "col_shock": ("replicate", "col"), "cell_effect": ("row", "col")}
     for name, value in drawn.items():
         out[name] = (("chain", "draw") + dims[name], value.reshape((n_chain, n_draw) + value.shape[1:]))
@@ -672,7 +740,14 @@ def _draw_back(post: _xr().Dataset, plan: Plan, *, seed: int | None) -> _xr().Da
 
 
 def _public_posterior(post: _xr().Dataset, names: list[str]) -> _xr().Dataset:
-    """Keep the user-facing parameters and add the derived row and column means."""
+    """Keep the user-facing parameters (``coef`` among them) and add the derived row and column means.
+
+    ``row_mean[i] = intercept + row_effect[i] + mean(col_effect)`` (and the same for columns):
+    the mean of a row over the table's columns. With covariates it is that mean at
+    covariate values 0 (numeric terms at 0, factors at their reference levels); the
+    covariates' part, ``X @ coef``, is not in it (the predictions and the results that
+    use the cells' means add it, :mod:`twoway.results`).
+    """
     keep = [n for n in names if n in post.data_vars]
     out = post[keep]
     row_mean, col_mean = row_col_means(

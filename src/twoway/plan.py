@@ -3,9 +3,10 @@
 ``plan = resolve(spec, data)`` is where the table enters. It fixes the priors
 in force (the model's, scaled to the data, and the Kronecker structures'),
 the integration constants (the intercept's prior mean and the fixed effects'
-prior sds), the residual parts (a full covariance, the row and column
-structures), the layout of the observed cells, the integrated effects'
-design (with known relationship matrices) and the exact likelihood path.
+prior sds), the covariates' design and their coefficients' prior sds, the
+residual parts (a full covariance, the row and column structures), the layout
+of the observed cells, the integrated effects' design (with known relationship
+matrices) and the exact likelihood path.
 Engines (PyMC, nutpie, JAX) build their log-density from a plan; the
 draw-back of effects, moments and covariances read it; nothing re-resolves.
 """
@@ -26,7 +27,7 @@ from twoway.likelihood.paths import choose_path
 from twoway.spec.covariance import load_full_covariance
 from twoway.spec.model import ModelSpec
 from twoway.spec.names import EFFECTS, STANDARD_PARAMETERS, public_names
-from twoway.spec.priors import Prior, resolve_priors
+from twoway.spec.priors import Prior, check_coef_prior, resolve_priors
 from twoway.spec.structures import Structure, parse_structure
 from twoway.table.data import TwoWayData, _cell_text
 from twoway.table.io.matrices import read_labelled_matrix
@@ -34,6 +35,7 @@ from twoway.table.io.matrices import read_labelled_matrix
 if TYPE_CHECKING:  # pragma: no cover
     from twoway.likelihood.marginal import EffectsDesign, Layout
     from twoway.likelihood.sparse import SparseDesign
+    from twoway.table.covariates import CovariateDesign
 
 #: The integrated effects of a plan: dense, or sparse (which builds a dense twin only when asked,
 #: :meth:`~twoway.likelihood.sparse.SparseDesign.dense`). Both have ``m``, ``blocks``, ``dense()`` and
@@ -41,7 +43,7 @@ if TYPE_CHECKING:  # pragma: no cover
 Design = Union["EffectsDesign", "SparseDesign"]
 
 __all__ = ["Plan", "resolve", "integration_constants", "residual_parts",
-           "known_relationships", "LIKELIHOODS", "MAX_STORED_COV"]
+           "known_relationships", "covariates_of", "check_confounding", "LIKELIHOODS", "MAX_STORED_COV"]
 
 LIKELIHOODS = ("auto", "dense", "sparse", "nuts")
 MAX_STORED_COV = 30  # row_cov / col_cov are stored per draw only up to this many levels
@@ -86,6 +88,15 @@ class Plan:
     likelihood : str
         The likelihood option the plan was resolved with (see :func:`resolve`); a fit
         records it, and another table of the same layout is resolved with it.
+    covariates : CovariateDesign or None
+        The design of the spec's covariate formula on the table
+        (:func:`twoway.table.covariates.covariate_design`): ``X`` (n_observed, p), rows
+        in :meth:`~twoway.table.data.TwoWayData.observed_index` order, its ``terms`` (p,)
+        (the coordinate ``term`` of ``coef``) and ``scale`` (p,), each column's sd over
+        the observed cells. None without covariates.
+    coef_sd : numpy.ndarray or None
+        (p,): the prior sd of each coefficient, ``sigma / scale`` with ``sigma`` the
+        ``coef`` prior's (per one sd of each term). None without covariates.
     """
 
     spec: ModelSpec
@@ -101,6 +112,13 @@ class Plan:
     design: "Design | None" = None
     inputs: dict = field(default_factory=dict)
     likelihood: str = "auto"
+    covariates: "CovariateDesign | None" = None
+    coef_sd: "np.ndarray | None" = None
+
+    @property
+    def n_coef(self) -> int:
+        """p, the number of covariate terms (0 without covariates)."""
+        return 0 if self.covariates is None else len(self.covariates.terms)
 
     @property
     def integrated(self) -> bool:
@@ -120,11 +138,75 @@ class Plan:
         return {k: self.priors[k] for k in st.prior_names(unit_scale=side == "col") if k in self.priors}
 
     def with_data(self, data: TwoWayData) -> "Plan":
-        """The same plan read against another table of the same layout (priors kept)."""
+        """The same plan read against another table of the same layout (priors kept).
+
+        The covariates' design is kept too: the other table is one of the same cells with
+        the same covariate values (a compiled model checks that before it calls this).
+        """
         if not self.integrated:
             return dataclasses.replace(self, data=data)
 
-        return dataclasses.replace(self, data=data, layout=layout(data, self.m0, self.parts))
+        x = None if self.covariates is None else self.covariates.X
+        return dataclasses.replace(self, data=data, layout=layout(data, self.m0, self.parts, x=x))
+
+
+def covariates_of(spec: ModelSpec, data: TwoWayData, priors: dict[str, Prior]):
+    """The covariates' design of ``spec`` on ``data`` and their coefficients' prior sds.
+
+    Parameters
+    ----------
+    spec : ModelSpec
+        With ``covariates``, a formula's right-hand side (or None).
+    data : TwoWayData
+        The table, with the formula's variables among its covariate columns.
+    priors : dict of str to Prior
+        The model's priors; ``coef`` (normal, mu 0) when there are covariates.
+
+    Returns
+    -------
+    design : CovariateDesign or None
+    coef_sd : numpy.ndarray (p,) or None
+        ``priors["coef"].sigma / design.scale``: the prior sd of each coefficient.
+
+    Raises
+    ------
+    ModelError
+        For a bad formula, a term fixed row (column) effects absorb (:func:`check_confounding`),
+        a ``coef`` prior that is not normal with mu 0; :class:`~twoway.errors.DataError` for a
+        variable the table lacks.
+    """
+    if not spec.covariates:
+        return None, None
+    from twoway.table.covariates import covariate_design  # formulaic: only for models with covariates
+
+    design = covariate_design(spec.covariates, data, intercept=spec.intercept)
+    check_confounding(spec, design)
+    prior = priors.get("coef")
+    if prior is None:
+        raise ModelError("The model has covariates, so it needs a prior for 'coef' (normal, mu = 0); the priors "
+                         "given have none.")
+    check_coef_prior(prior)
+    coef_sd = prior.kwargs["sigma"] / np.asarray(design.scale, dtype=float)
+    coef_sd.setflags(write=False)
+    return design, coef_sd
+
+
+def check_confounding(spec: ModelSpec, design) -> None:
+    """Raise :class:`ModelError` for a covariate term that fixed row or column effects absorb.
+
+    A term constant within every row (``level`` ``row``) is a function of the row: fixed
+    row effects, each with a wide prior of its own, fit any such function, so the term's
+    coefficient would be decided by the priors alone (and the sum-to-zero constraint).
+    Random row effects are shrunk towards 0, which keeps it identified. The same for
+    columns.
+    """
+    for term, level in zip(design.terms, design.level):
+        for side, words in (("row", "row"), ("col", "column")):
+            if level == side and getattr(spec, f"{side}_effect") == "fixed":
+                raise ModelError(
+                    f"The covariate term {term!r} is constant within every {words}, so fixed {words} effects "
+                    f"absorb it (its coefficient is not identified); use random {words} effects "
+                    f"({side}_effect = \"random\"), which keep it identified, or drop the term from the formula.")
 
 
 def integration_constants(spec: ModelSpec, priors: dict[str, Prior]) -> tuple[float, dict[str, float]]:
@@ -287,10 +369,11 @@ def resolve(spec: ModelSpec, data: TwoWayData, *, likelihood: str = "auto",
     for side, kind in (("row", spec.row_effect), ("col", spec.col_effect)):
         if kind == "fixed":
             check_fixed_prior(model_priors[f"{side}_effect"], side)
+    cov, coef_sd = covariates_of(spec, data, model_priors)
     if spec.effects != "integrate":
         path = "dense" if likelihood == "dense" else "diagonal"
         return Plan(spec=spec, data=data, priors=dict(model_priors), model_priors=model_priors, path=path,
-                    var_names=public_names(spec), likelihood=likelihood)
+                    var_names=public_names(spec), likelihood=likelihood, covariates=cov, coef_sd=coef_sd)
 
 
     m0, constants = integration_constants(spec, model_priors)
@@ -323,22 +406,24 @@ def resolve(spec: ModelSpec, data: TwoWayData, *, likelihood: str = "auto",
         if unknown:
             raise ModelError(f"The priors must name parameters of this model ({', '.join(priors)}); "
                              f"got {', '.join(unknown)}.")
-    lay = layout(data, m0, parts)
+    lay = layout(data, m0, parts, x=None if cov is None else cov.X)
     known = known_relationships(spec, data, inputs=inputs)
-    design = _design(spec, data, known, likelihood)
+    design = _design(spec, data, known, likelihood, coef_sd)
     path = choose_path(spec, lay, design, likelihood=likelihood)
     names = [n for n in public_names(spec) if n not in EFFECTS] + extra
     return Plan(spec=spec, data=data, priors=priors, model_priors=model_priors, path=path, var_names=names,
                 m0=m0, constants=constants, parts=parts, layout=lay, design=design,
-                inputs=plan_inputs(spec, parts, known), likelihood=likelihood)
+                inputs=plan_inputs(spec, parts, known), likelihood=likelihood, covariates=cov, coef_sd=coef_sd)
 
 
-def _design(spec: ModelSpec, data: TwoWayData, known: dict, likelihood: str):
+def _design(spec: ModelSpec, data: TwoWayData, known: dict, likelihood: str, coef_sd=None):
     """The integrated effects' design: sparse (large sparse crossed tables, or asked) or dense.
 
     A dense design whose paths would need more memory than is available is
     refused here, before it is built, rather than after a long silent run.
+    ``coef_sd`` (p,), the covariates' coefficients' prior sds, adds their block.
     """
+    extra = {} if coef_sd is None else {"coef_sd": coef_sd}
 
     fits_sparse = sp.sparse_applies(spec)
     if likelihood == "sparse":
@@ -346,22 +431,22 @@ def _design(spec: ModelSpec, data: TwoWayData, known: dict, likelihood: str):
             raise ModelError("The sparse likelihood path fits random row and/or column effects with an independent "
                              "residual without row or column scales (one sigma and/or known se); "
                              f"got the model {spec.name!r}.")
-        return sp.SparseDesign(spec, data, known)
+        return sp.SparseDesign(spec, data, known, **extra)
     if likelihood == "auto" and fits_sparse and sp.prefers_sparse(spec, data):
-        return sp.SparseDesign(spec, data, known)
-    need = memory.dense_path_bytes(spec, data)
+        return sp.SparseDesign(spec, data, known, **extra)
+    need = memory.dense_path_bytes(spec, data, n_cov=0 if coef_sd is None else len(coef_sd))
     if likelihood == "dense" or spec.residual == "full":
         need += 3 * 8 * data.n_observed ** 2  # the whole covariance of the observed cells, and its factor
     available = memory.available_memory()
     if need > available:
         if likelihood == "auto" and fits_sparse:
-            return sp.SparseDesign(spec, data, known)
+            return sp.SparseDesign(spec, data, known, **extra)
         which = "dense" if likelihood == "dense" else "integrated (NUTS)"
         hint = (" The sparse path (likelihood=\"sparse\", the laplace engine) needs memory in proportion to the "
                 "observed cells." if fits_sparse else "")
         raise ModelError(f"The {which} likelihood path for this {data.n_rows} x {data.n_cols} table would need about "
                          f"{memory.gib(need)} of memory; {memory.gib(available)} is available.{hint}")
-    return effects_design(spec, data, known=known)
+    return effects_design(spec, data, known=known, **extra)
 
 
 def anova_vector(stats) -> np.ndarray:

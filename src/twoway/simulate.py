@@ -2,11 +2,21 @@
 
 Simulating first is how a model is understood before it meets data: draw
 parameters, draw a table, fit it, and see what comes back.
+
+A model with covariates (``ModelSpec.covariates``, a formula's right-hand side)
+needs their values on every cell: given (a mapping of column name to values on
+the grid, or the covariate columns of a template table), or drawn
+(:func:`draw_covariates`). The coefficients are drawn from their prior,
+``coef[j] ~ normal(0, (sigma / sd_j)^2)`` with ``sd_j`` the sd of the design's
+column j over the simulated table's observed cells (the prior a fit of that
+table uses), or given; the truth holds them by term name.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import re
 import warnings
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
@@ -24,7 +34,7 @@ from twoway.spec.priors import resolve_priors
 from twoway.table.data import TwoWayData
 from twoway.table.io.outputs import write_json_atomic
 
-__all__ = ["Simulation", "simulate", "draw_parameters"]
+__all__ = ["Simulation", "simulate", "draw_parameters", "draw_covariates", "covariate_grid_values"]
 
 
 @dataclass(frozen=True)
@@ -37,13 +47,18 @@ class Simulation:
         The table, shape (R, N, K).
     truth : dict of str to float or array
         Every parameter (scalars as floats, per-row arrays (N,), per-column
-        arrays (K,)), plus the derived ``row_mean`` and ``col_mean``.
+        arrays (K,), ``coef`` (p,) in the order of ``terms``), plus the derived
+        ``row_mean`` and ``col_mean`` (intercept plus effects: the means at covariate
+        values 0, as a fit's).
     model : ModelSpec
+    terms : tuple of str
+        The covariates' terms (the design's column names), p of them; empty without covariates.
     """
 
     data: TwoWayData
     truth: dict[str, Any]
     model: ModelSpec
+    terms: tuple[str, ...] = ()
 
     def truth_dict(self) -> dict[str, Any]:
         """The truth as JSON-ready values: scalars, or ``{label: value}`` per row/column."""
@@ -52,6 +67,8 @@ class Simulation:
             arr = np.asarray(value, dtype=float)
             if arr.ndim == 0:
                 out[name] = float(arr)
+            elif name == "coef":
+                out[name] = {term: float(v) for term, v in zip(self.terms, arr)}
             elif arr.ndim == 2 and name.endswith("_shock"):
                 labels = self.data.row_labels if name.startswith("row_") else self.data.col_labels
                 out[name] = {rep: {lab: float(v) for lab, v in zip(labels, row)}
@@ -119,7 +136,7 @@ def draw_parameters(spec: ModelSpec, n_rows: int, n_cols: int, *, rng: np.random
     ModelError
         For a given value of the wrong shape, not finite, or a negative scale.
     """
-    names = set(public_names(spec))
+    names = set(public_names(spec)) - {"coef"}  # coefficients need the table's design: see simulate()
     given = _check_params(spec, {k: v for k, v in (given or {}).items() if k in names}, n_rows, n_cols)
     priors = resolve_priors(spec.parameter_names(), location, spread, spec.model_prior_overrides)
     out: dict[str, Any] = {}
@@ -380,6 +397,7 @@ def simulate(
     spread: float = 1.0,
     row_labels: Sequence[str] | None = None,
     col_labels: Sequence[str] | None = None,
+    covariates: "Mapping[str, Any] | TwoWayData | None" = None,
 ) -> Simulation:
     """Draw a table from a model.
 
@@ -398,7 +416,8 @@ def simulate(
         used as they are, except a Kronecker column structure's, which are put on
         the unit scale the model fixes (with a warning when that changes them).
         The parameters not given are drawn from the same random stream as without
-        ``params``.
+        ``params``. ``coef`` (with covariates): an array (p,) in the design's term
+        order, or a mapping of term name to value (every term).
     seed : int, optional
         Seed of the random generator; the same seed gives the same table.
     se : float or array broadcastable to (R, N, K), optional
@@ -408,10 +427,21 @@ def simulate(
     location, spread : float
         The data scale the default priors are set for when drawing from them.
     row_labels, col_labels : sequence of str, optional
+    covariates : mapping or TwoWayData, optional
+        Covariate values. A mapping of column name to values broadcastable to the grid
+        (R, N, K): numbers, or text for a factor; an array (N, 1) is constant within
+        rows, (K,) within columns. Or a table (TwoWayData) of this shape whose covariate
+        columns are used, its labels too (unless given), and its missing cells stay
+        missing. Without them, a model with covariates gets values drawn for the
+        formula's variables (:func:`draw_covariates`, from a stream of their own, so the
+        other draws are those of the same seed without covariates). Values given for a
+        model without covariates are kept as columns of the table (the mean ignores
+        them).
 
     Returns
     -------
     Simulation
+        Its table holds the covariate columns on its observed cells.
     """
     spec = load_model(model)
     n_rows, n_cols, n_replicates = (_whole(n, what) for n, what in (
@@ -422,10 +452,21 @@ def simulate(
     shape = (int(n_replicates), int(n_rows), int(n_cols))
     if min(shape) < 1 or n_rows < 2 or n_cols < 2:
         raise ModelError(f"A simulated table needs at least 2 rows, 2 columns and 1 replicate; got {shape[1]} x {shape[2]} x {shape[0]}.")
+    template = covariates if isinstance(covariates, TwoWayData) else None
+    if template is not None:
+        if template.values.shape != shape:
+            raise ModelError(f"The template table must have the simulated shape (replicates, rows, cols) = {shape}; "
+                             f"got {template.values.shape}.")
+        row_labels = list(template.row_labels) if row_labels is None else row_labels
+        col_labels = list(template.col_labels) if col_labels is None else col_labels
     row_labels = [f"row{i + 1}" for i in range(n_rows)] if row_labels is None else list(row_labels)
     col_labels = [f"col{j + 1}" for j in range(n_cols)] if col_labels is None else list(col_labels)
     parts = _residual_parts(spec, row_labels, col_labels)
-    given = _check_params(spec, params or {}, n_rows, n_cols, parts)
+    params = dict(params or {})
+    given_coef = params.pop("coef", None)
+    if given_coef is not None and not spec.covariates:
+        raise ModelError("The parameter 'coef' needs a model with covariates; the model has none.")
+    given = _check_params(spec, params, n_rows, n_cols, parts)
     # the given parameters are in force before anything that depends on them is drawn
     known = known_matrices(spec, row_labels, col_labels)
     truth = draw_parameters(spec, n_rows, n_cols, rng=rng, location=location, spread=spread, given=given,
@@ -450,6 +491,15 @@ def simulate(
         mu = mu + truth["cell_effect"]
     values = mu + draw_residual(spec, truth, shape, 0.0 if se_arr is None else se_arr, rng)
     miss = _missing_mask(rng, shape, missing)
+    grids = None
+    if template is not None:
+        miss = miss | ~template.mask
+        grids = covariate_grid_values(template)
+    elif covariates is not None:
+        grids = _grids_from_mapping(covariates, shape)
+    elif spec.covariates:
+        cov_rng = np.random.default_rng(None if seed is None else [int(seed), 0xC0F])
+        grids = draw_covariates(spec.covariates, shape, cov_rng)
     values[miss] = np.nan
     if se_arr is not None:
         se_arr[miss] = np.nan
@@ -460,4 +510,128 @@ def simulate(
     if col_mean is not None:
         truth["col_mean"] = col_mean
     data = TwoWayData.from_array(values, se=se_arr, row_labels=row_labels, col_labels=col_labels)
-    return Simulation(data=data, truth=truth, model=spec)
+    terms: tuple[str, ...] = ()
+    if grids is not None:
+        data = dataclasses.replace(data, covariates={k: v[data.mask] for k, v in grids.items()})
+    if spec.covariates:
+        data, truth["coef"], terms = _add_covariates(spec, data, given_coef, rng, location, spread)
+    return Simulation(data=data, truth=truth, model=spec, terms=terms)
+
+
+def _add_covariates(spec: ModelSpec, data: TwoWayData, given_coef, rng: np.random.Generator,
+                    location: float, spread: float) -> tuple[TwoWayData, np.ndarray, tuple[str, ...]]:
+    """``data`` with ``X @ coef`` added to its observed values; ``coef`` (p,) and the terms (p,).
+
+    The coefficients are ``given_coef`` (an array (p,) or a mapping term -> value), or drawn
+    from their prior: ``normal(0, sigma / scale_j)`` with the ``coef`` prior's sigma (for this
+    ``location`` and ``spread``, the spec's override kept) and ``scale_j`` the sd of the
+    design's column j over the observed cells.
+    """
+    from twoway.plan import check_confounding
+    from twoway.table.covariates import covariate_design
+
+    design = covariate_design(spec.covariates, data, intercept=spec.intercept)
+    check_confounding(spec, design)
+    terms = tuple(design.terms)
+    p = len(terms)
+    prior = resolve_priors(spec.parameter_names(), location, spread, spec.model_prior_overrides)["coef"]
+    drawn = rng.standard_normal(p) * (prior.kwargs["sigma"] / np.asarray(design.scale, dtype=float))
+    if given_coef is None:
+        coef = drawn
+    elif isinstance(given_coef, Mapping):
+        unknown = [k for k in given_coef if k not in terms]
+        missing = [t for t in terms if t not in given_coef]
+        if unknown or missing:
+            raise ModelError(f"The parameter 'coef' must give every term of the covariates ({', '.join(terms)}); "
+                             f"got {', '.join(map(repr, given_coef))}.")
+        coef = np.array([float(given_coef[t]) for t in terms])
+    else:
+        coef = np.array(given_coef, dtype=float).reshape(-1) if np.ndim(given_coef) else np.array([given_coef], float)
+        if coef.shape != (p,):
+            raise ModelError(f"The parameter 'coef' must have one value per term ({p}: {', '.join(terms)}); "
+                             f"got shape {np.shape(given_coef)}.")
+    if not np.all(np.isfinite(coef)):
+        raise ModelError(f"The parameter 'coef' must be finite; got {coef.tolist()!r}.")
+    values = np.array(data.values)
+    values[data.mask] += np.asarray(design.X, dtype=float) @ coef
+    return data.with_values(values), coef, terms
+
+
+def _grid(value: Any, shape: tuple[int, int, int], name: str) -> np.ndarray:
+    """One covariate's values on the (R, N, K) grid: float64 for numbers, an object array of str for text."""
+    arr = np.asarray(value)
+    if arr.dtype.kind == "b" or arr.dtype.kind not in "iuf":
+        arr = arr.astype(str).astype(object)
+    else:
+        arr = arr.astype(float)
+    try:
+        return np.array(np.broadcast_to(arr, shape))
+    except ValueError:
+        raise ModelError(f"The covariate {name!r} must have values broadcastable to the table's grid "
+                         f"(replicates, rows, cols) = {shape}; got shape {arr.shape}.") from None
+
+
+def _grids_from_mapping(covariates: Mapping[str, Any], shape: tuple[int, int, int]) -> dict[str, np.ndarray]:
+    if not isinstance(covariates, Mapping):
+        raise ModelError("The covariates must be a mapping of column name to values, or a TwoWayData; "
+                         f"got {type(covariates).__name__}.")
+    return {str(k): _grid(v, shape, str(k)) for k, v in covariates.items()}
+
+
+def covariate_grid_values(data: TwoWayData) -> dict[str, np.ndarray]:
+    """A table's covariate columns on its (R, N, K) grid (missing cells: NaN, or None for text).
+
+    Parameters
+    ----------
+    data : TwoWayData
+
+    Returns
+    -------
+    dict of str to numpy.ndarray (R, N, K)
+        Empty when the table has no covariate columns.
+    """
+    out = {}
+    for name, col in (getattr(data, "covariates", None) or {}).items():
+        col = np.asarray(col)
+        numeric = col.dtype.kind in "iuf"
+        grid = np.full(data.values.shape, np.nan if numeric else None, dtype=float if numeric else object)
+        grid[data.mask] = col
+        out[name] = grid
+    return out
+
+
+#: Levels of a factor drawn by :func:`draw_covariates`.
+DRAWN_LEVELS = ("a", "b", "c")
+
+
+def draw_covariates(formula: str, shape: tuple[int, int, int], rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Values of a formula's variables on every cell of an (R, N, K) grid, for simulating.
+
+    A variable the formula reads as a factor (``C(g)``) gets levels ``a``, ``b``, ``c``
+    in about equal numbers, at random cells (each level present on 3 cells or more); any other a positive number, log-normal(0, 0.5) (positive so that
+    transforms such as ``np.log(x)`` apply). Each cell (and replicate) gets its own
+    value; give values for covariates constant within rows or columns.
+
+    Parameters
+    ----------
+    formula : str
+        The right-hand side (see :func:`twoway.table.covariates.required_variables`).
+    shape : (int, int, int)
+    rng : numpy.random.Generator
+
+    Returns
+    -------
+    dict of str to numpy.ndarray (R, N, K)
+        float64 values, or object arrays of str for factors, in the order the formula reads them.
+    """
+    from twoway.table.covariates import required_variables
+
+    factors = set(re.findall(r"\bC\(\s*([A-Za-z_][A-Za-z0-9_.]*)", formula))
+    out = {}
+    for name in required_variables(formula):
+        if name in factors:
+            codes = rng.permutation(np.arange(int(np.prod(shape))) % len(DRAWN_LEVELS)).reshape(shape)
+            out[name] = np.asarray(DRAWN_LEVELS, dtype=object)[codes]
+        else:
+            out[name] = rng.lognormal(0.0, 0.5, shape)
+    return out

@@ -45,8 +45,20 @@ def _model_arg(p: argparse.ArgumentParser, default: str = "additive") -> None:
     p.add_argument("--col-structure", default=None, help="Kronecker column factor (as --row-structure)")
 
 
+def _covariates_arg(p: argparse.ArgumentParser, what: str) -> None:
+    """``--covariates FORMULA``: a formula's right-hand side over the table's columns."""
+    p.add_argument("--covariates", default=None, metavar="FORMULA",
+                   help="covariates in the mean: a formula's right-hand side over the table's columns, such as "
+                        "\"dose + C(site)\" (numbers, factors with C() or text columns, interactions a:b, "
+                        f"transforms np.log(x)); no intercept term (the model has its own). {what} "
+                        "Replaces the model file's 'covariates'")
+
+
 def _model(args):
-    """The model named by --model, with --row-structure / --col-structure applied."""
+    """The model named by --model, with --row-structure / --col-structure and --covariates applied.
+
+    A covariate formula is checked here (its syntax, no intercept term), before any table is read.
+    """
 
     spec = load_model(args.model)
     changes = {k: v for k, v in (("row_structure", getattr(args, "row_structure", None)),
@@ -54,7 +66,26 @@ def _model(args):
     if changes and spec.residual != "kronecker":
         raise TwowayError("--row-structure and --col-structure apply to the kronecker residual "
                           f"(for example --model kronecker); the model {spec.name!r} has a {spec.residual} residual.")
-    return dataclasses.replace(spec, **changes) if changes else spec
+    if getattr(args, "covariates", None) is not None:
+        changes["covariates"] = args.covariates
+    spec = dataclasses.replace(spec, **changes) if changes else spec
+    _covariate_columns(spec)
+    return spec
+
+
+def _covariate_columns(spec) -> tuple[str, ...]:
+    """The table columns the model's covariate formula reads (none without one); ModelError for a bad formula."""
+    if not spec.covariates:
+        return ()
+    from twoway.table.covariates import required_variables  # light: formulaic is imported inside
+
+    return tuple(required_variables(spec.covariates))
+
+
+def _covariate_kwargs(spec) -> dict:
+    """``covariates=`` for :meth:`TwoWayData.from_csv`: the formula's columns (nothing without covariates)."""
+    names = _covariate_columns(spec)
+    return {"covariates": names} if names else {}
 
 
 class _DefaultEngine(str):
@@ -169,11 +200,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--missing", type=float, default=0.0, help="fraction of cells to drop at random")
     p.add_argument("--out", required=True, help="CSV file for the table (long form)")
     p.add_argument("--truth", default=None, help="JSON file for the true parameters")
+    _covariates_arg(p, "Each variable gets a value per cell, drawn: levels a, b, c for a factor (C(g)), a "
+                       "positive number otherwise; they are columns of the table written. The coefficients "
+                       "are drawn from their prior.")
 
     p = sub.add_parser("fit", help="fit a model to a long-form CSV table")
     p.add_argument("data", help="CSV file, one line per cell")
     _table_args(p)
     _model_arg(p)
+    _covariates_arg(p, "Its variables are read from the table's columns.")
     _sampling_args(p)
     p.add_argument("--out", required=True, help="file for the fit (.nc, or .zarr)")
     p.add_argument("--quiet", action="store_true", help="do not print the summary")
@@ -236,6 +271,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also predict a column with no data, from the column effects' law; repeatable")
     p.add_argument("--max-draws", type=int, default=None,
                    help="use this many posterior draws, chosen at random (default: all)")
+    p.add_argument("--at", default=None, metavar="FILE",
+                   help="predict the cells of this long table instead of the grid: one line per cell with its "
+                        "row and col (and replicate when the fit has several), and the columns the covariates' "
+                        "formula reads; rows and columns not in the fitted table are new levels")
     p.add_argument("--seed", type=int, default=0, help="seed for the choice of draws (default: %(default)s)")
 
     p = sub.add_parser("sbc", help="simulation-based calibration: simulate from the prior, fit, rank the truth",
@@ -253,6 +292,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--se", type=float, default=None, help="attach this known standard error to every cell")
     p.add_argument("--alpha", type=float, default=0.01,
                    help="family-wise false-alarm rate, Bonferroni over parameters (default: %(default)s)")
+    _covariates_arg(p, "Their values are drawn once (as 'twoway simulate' draws them) and kept for every "
+                       "simulation; the coefficients are drawn from their prior each time and ranked per term.")
     p.add_argument("--out", required=True, help="folder for the results; a rerun with the same settings resumes")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     _engine_args(p)
@@ -270,6 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--by", default=None, metavar="COL", help="split each table into one table per value of COL")
     _table_args(p)
     _model_arg(p)
+    _covariates_arg(p, "Its variables are read from each table's columns.")
     _sampling_args(p)
     p.set_defaults(seed=0)
     p.add_argument("--out", required=True, metavar="DIR",
@@ -325,9 +367,10 @@ def cmd_simulate(args) -> int:
     sim = simulate(spec, args.rows, args.cols, args.replicates, seed=args.seed, se=args.se,
                    missing=args.missing)
     sim.data.to_csv(args.out)
+    with_cov = f", covariates {', '.join(sim.data.covariates)}" if getattr(sim.data, "covariates", None) else ""
     print(f"wrote a {args.rows} x {args.cols} table"
           f"{f' x {args.replicates} replicates' if args.replicates > 1 else ''} "
-          f"({sim.data.n_observed} observed cells) to {args.out}")
+          f"({sim.data.n_observed} observed cells{with_cov}) to {args.out}")
     if args.truth:
         sim.write_truth(args.truth)
         print(f"wrote the true parameters to {args.truth}")
@@ -381,17 +424,18 @@ def cmd_fit(args) -> int:
     check_fit_output(args.out, inputs=[args.data] + _model_inputs(args, spec))
     se, replicate, notes = _default_columns(args, lambda: csv_header(args.data))
     data = TwoWayData.from_csv(args.data, row=args.row, col=args.col, value=args.value,
-                               se=se, replicate=replicate, zero_se=args.zero_se)
+                               se=se, replicate=replicate, zero_se=args.zero_se, **_covariate_kwargs(spec))
     _say(notes)  # only now: an error in the table is one line
-    dof = degrees_of_freedom(spec, data.n_rows, data.n_cols, data.n_replicates, n_observed=data.n_observed)
-    if dof.overparameterised:
-        print(f"warning: the model uses {dof.n_parameters} parameters on {dof.n_observed} observed cells; "
-              "the priors will decide what the data cannot.", file=sys.stderr)
     progress = _progress(args)
     chains = f"{args.chains} chain{'s' if args.chains != 1 else ''}"
     engine = _named_engine(args)
 
     choice = choose(spec, data, engine=engine)  # the engine that will run: the label reads it, never re-derives it
+    dof = degrees_of_freedom(spec, data.n_rows, data.n_cols, data.n_replicates, n_observed=data.n_observed,
+                             n_coef=choice.plan.n_coef)
+    if dof.overparameterised:
+        print(f"warning: the model uses {dof.n_parameters} parameters on {dof.n_observed} observed cells; "
+              "the priors will decide what the data cannot.", file=sys.stderr)
     progress.phase("fitting", f"the {spec.label} model ({choice.label}): {chains} x {args.draws} draws "
                               f"after {args.tune} tuning")
     # The phase lines are the CLI's (the same for every engine, in a log too); the library shows only
@@ -433,16 +477,40 @@ def cmd_predict(args) -> int:
     _check_ci_prob(args.ci_prob)
     if args.max_draws is not None and args.max_draws < 1:
         raise TwowayError(f"The --max-draws option must be at least 1; got {args.max_draws!r}.")
-    out = check_output(args.out, endings=(".csv",), inputs=[args.fit], what="predictions file")
+    inputs = [args.fit] + ([args.at] if args.at else [])
+    out = check_output(args.out, endings=(".csv",), inputs=inputs, what="predictions file")
+    if args.at is not None and (args.new_row or args.new_col):
+        raise TwowayError("Give the cells to predict with --at (its rows and columns may be new), or new levels "
+                          "with --new-row / --new-col, not both.")
+    at = _cells_table(args.at) if args.at is not None else None
     fit = Fit.load(args.fit)
+    extra = {} if at is None else {"at": at}
     table = fit.predict(new_observation=args.new_observation, ci_prob=args.ci_prob, max_draws=args.max_draws,
-                        seed=args.seed, new_rows=args.new_row or (), new_cols=args.new_col or ())
+                        seed=args.seed, new_rows=args.new_row or (), new_cols=args.new_col or (), **extra)
     with atomic_output(out) as tmp:
         table.to_csv(tmp, index=False, na_rep="")
-    n_missing = int((table["kind"] == "predicted").sum())
     what = "a new observation of each cell" if args.new_observation else "each cell's mean"
+    if at is not None:
+        print(f"wrote {what} at the {len(table)} cells of {args.at} to {out}")
+        return 0
+    n_missing = int((table["kind"] == "predicted").sum())
     print(f"wrote {what} ({len(table)} cells, {n_missing} of them missing from the table) to {out}")
     return 0
+
+
+def _cells_table(path: str):
+    """The long table of cells ``predict --at`` reads: text fields, an empty field as missing (NaN).
+
+    Raises :class:`~twoway.errors.DataError` for a file that cannot be read as a table.
+    """
+    from twoway.table.io.tables import read_csv
+
+    df, _ = read_csv(path)
+    for column in df.columns:
+        values = df[column]
+        if values.dtype == object:
+            df[column] = values.where(values.astype(str).str.strip() != "", None)
+    return df
 
 
 def cmd_dof(args) -> int:

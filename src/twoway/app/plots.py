@@ -56,7 +56,7 @@ def trace_plot(fit, path, *, var_names: list[str] | None = None, max_levels: int
     """Trace (left) and per-chain density (right) of the main parameters; save to ``path``."""
     plt = _pyplot()
     post = fit.posterior
-    names = var_names or [n for n in ("intercept", "row_mean", "col_mean", "row_sd", "col_sd", "sigma",
+    names = var_names or [n for n in ("intercept", "coef", "row_mean", "col_mean", "row_sd", "col_sd", "sigma",
                                       "row_effect_sd", "col_effect_sd") if n in post]
     series = []
     for name in names:

@@ -132,7 +132,7 @@ class LaplaceEngine:
         t0 = time.perf_counter()
         _check_sparse(plan)  # another table of the compiled layout is planned with the compiled likelihood option
         system = plan.design.system(plan.spec, plan.layout)
-        names = [vp for _, vp, _, _ in system.blocks if vp not in plan.constants]
+        names = [vp for vp in system.var_params if vp not in plan.constants]  # not the coef block: fixed prior
         if plan.spec.sigma:
             names.append("sigma")
         ev = _Evaluator(system, plan.priors, plan.constants, names)
@@ -340,7 +340,8 @@ def _psis(log_w):
 
 
 def _raw_tree(plan, system, names, us, effects, lp, log_w, idx, chains, draws, info):
-    """The resampled draws as the NUTS engines' raw DataTree (effects included)."""
+    """The resampled draws as the NUTS engines' raw DataTree (effects included; covariates' ``coef``
+    with dims (chain, draw, term))."""
     import xarray as xr
 
     shape = (int(chains), int(draws))
@@ -352,6 +353,8 @@ def _raw_tree(plan, system, names, us, effects, lp, log_w, idx, chains, draws, i
         block = effects[:, start:stop]
         if name == "intercept":
             post["intercept"] = (("chain", "draw"), (plan.layout.m0 + block[:, 0]).reshape(shape))
+        elif name == "coef":
+            post["coef"] = (("chain", "draw", "term"), block.reshape(shape + (stop - start,)))
         else:
             dim = name.split("_")[0]
             post[name] = (("chain", "draw", dim), block.reshape(shape + (stop - start,)))
@@ -360,6 +363,10 @@ def _raw_tree(plan, system, names, us, effects, lp, log_w, idx, chains, draws, i
         coords["row"] = list(rows)
     if "col_effect" in post:
         coords["col"] = list(cols)
+    if "coef" in post:
+        covariates = getattr(plan, "covariates", None)
+        coords["term"] = (list(covariates.terms) if covariates is not None
+                          else [f"x{k + 1}" for k in range(post["coef"][1].shape[-1])])
     posterior = xr.Dataset(post, coords=coords)
     stats = xr.Dataset({
         "lp": (("chain", "draw"), lp.reshape(shape)),

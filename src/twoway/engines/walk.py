@@ -21,8 +21,11 @@ parameters, and one potential ``_loglik`` holds the exact marginal
 log-density of the plan's likelihood path,
 :func:`twoway.likelihood.paths.marginal_logp`, against the builder's ops.
 Sampled effects: non-centred random effects, zero-sum fixed effects, the grand
-mean in place of the intercept (see :func:`_sampled`) and the diagonal
-likelihood of the observed cells.
+mean in place of the intercept (see :func:`_sampled`), the covariates'
+coefficients ``coef = coef_sd * z`` (z standard normal, dim ``term``) and the
+diagonal likelihood of the observed cells. With integrated effects the
+covariates' coefficients are integrated out with them (the plan's design
+carries them), so nothing of them appears here.
 
 Names starting with an underscore are sampling devices (non-centred offsets,
 raw values behind a deterministic); the others are the posterior's public
@@ -101,9 +104,12 @@ class Builder(Protocol):
 
 
 def coords(plan: Plan) -> dict[str, list]:
-    """The coordinates of every dim the walk may use: ``row``, ``col``, and the structures' dims."""
+    """The coordinates of every dim the walk may use: ``row``, ``col``, ``term`` (the covariates'
+    terms, with covariates) and the structures' dims."""
     d = plan.data
     out = {"row": list(d.row_labels), "col": list(d.col_labels)}
+    if plan.covariates is not None:
+        out["term"] = list(plan.covariates.terms)
     for side in ("row", "col"):
         st = plan.parts.get(side)
         if st is not None:
@@ -119,10 +125,15 @@ def tables(plan: Plan) -> dict[str, np.ndarray]:
     -------
     dict of str to numpy.ndarray
         ``anova_ss`` (5,) on the ``anova`` path, ``residual_grid`` (R, N, K) on
-        the other integrated paths, ``y_observed`` (C,) with sampled effects.
+        the other integrated paths, ``y_observed`` (C,) with sampled effects, and
+        with covariates ``covariate_design`` (C, p), the design's rows in the same
+        order as ``y_observed`` (C order over (replicate, row, col)).
     """
     if not plan.integrated:
-        return {"y_observed": np.asarray(plan.data.observed_values(), dtype=float)}
+        out = {"y_observed": np.asarray(plan.data.observed_values(), dtype=float)}
+        if plan.covariates is not None:
+            out["covariate_design"] = np.asarray(plan.covariates.X, dtype=float)
+        return out
     if plan.path == "anova":
         return {"anova_ss": anova_vector(plan.layout.anova)}
     return {"residual_grid": np.asarray(plan.layout.r, dtype=float)}
@@ -195,6 +206,14 @@ def _sampled(b: Builder, plan: Plan) -> None:
     is left to the priors alone. This is a change of variables with unit
     Jacobian (the intercept's prior is kept as a potential), so the posterior
     is exactly the same; only the geometry the sampler meets is better.
+
+    Covariates (``plan.covariates``, design X (C, p)): ``coef = coef_sd * z``, with
+    ``coef_sd = sigma / scale`` (the ``coef`` prior's sigma per one sd of each term,
+    a number of the prior: an argument of a compiled JAX program) and z standard
+    normal, adds ``X @ coef`` to the mean. Next to the grand mean the design enters
+    centred, ``(X - xbar) @ coef`` with ``xbar`` its mean over the observed cells, and
+    the intercept is ``grand - mean(effects) - xbar @ coef``: the same change of
+    variables, so the grand mean does not trade against the coefficients either.
     """
     spec, data, ops = plan.spec, plan.data, b.ops
     rr, ii, jj = data.observed_index()
@@ -210,14 +229,27 @@ def _sampled(b: Builder, plan: Plan) -> None:
             sigma = b.prior_number(f"{side}_effect", "sigma")
             effects[side] = centred[side] = b.zero_sum(f"{side}_effect", n, sigma, (side,))
     random_sides = [s for s, k in (("row", spec.row_effect), ("col", spec.col_effect)) if k == "random"]
+    cov = plan.covariates
+    if cov is not None:
+        X = b.table("covariate_design")
+        z = b.std_normal("_coef_z", (len(cov.terms),), ("term",))
+        per_sd = ops.asarray(1.0 / np.asarray(cov.scale, dtype=float))  # coef_sd = sigma / scale
+        coef = b.deterministic("coef", b.prior_number("coef", "sigma") * (z * per_sd), ("term",))
     if spec.intercept and random_sides:
         grand = b.flat("_grand_mean")
-        intercept = b.deterministic("intercept", grand - sum(ops.mean(effects[s]) for s in random_sides))
-        b.potential("_intercept_prior", b.prior_logp("intercept", intercept))
+        intercept = grand - sum(ops.mean(effects[s]) for s in random_sides)
         mu = grand
+        if cov is not None:
+            shift = ops.sum(ops.asarray(np.mean(np.asarray(cov.X, dtype=float), axis=0)) * coef)
+            intercept = intercept - shift
+            mu = mu + X @ coef - shift
+        intercept = b.deterministic("intercept", intercept)
+        b.potential("_intercept_prior", b.prior_logp("intercept", intercept))
     else:
         mu = b.prior("intercept") if spec.intercept else 0.0
         centred = effects
+        if cov is not None:
+            mu = mu + X @ coef
     if "row" in centred:
         mu = mu + centred["row"][ii]
     if "col" in centred:

@@ -40,8 +40,9 @@ def dense_table_projections(ops, r_obs, obs_flat, indicators, table_cov, noise_v
         For each replicate, the residuals of its observed cells.
     obs_flat : list of int arrays (n_r,)
         For each replicate, the flat (row-major) indices of its observed cells.
-    indicators : list of arrays (n_r, N+K)
-        For each replicate, the row and column indicators of its observed cells.
+    indicators : list of arrays (n_r, N+K+p)
+        For each replicate, the augmented indicators ``[rows | cols | X]`` of its
+        observed cells (p = 0 without covariates).
     table_cov : array (N K, N K)
         Covariance of one complete table (shared by the replicates).
     noise_var_obs : list of arrays (n_r,)

@@ -12,14 +12,16 @@ column indicators needs only N x N and K x K algebra:
 
 Tables with missing cells or known per-cell se fall back to the dense path per
 replicate (:mod:`twoway.likelihood.dense`). All functions accept leading batch
-dimensions with NumPy.
+dimensions with NumPy. With covariates (a grid X (R, N, K, p)) each replicate's
+covariate k is one more (N, K) "indicator" matrix ``X_rk``, seen through
+``U^-1 X_rk V^-1`` (or the eigenbases), which augments P and b by p.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from twoway.likelihood.woodbury import Projections
+from twoway.likelihood.woodbury import Projections, augment
 
 # Deferred imports: scipy (heavy to import) are imported inside the functions that use them, so importing
 # this module stays light.
@@ -63,7 +65,17 @@ def _assemble(ops, rows, cross, cols):
     return ops.concatenate([top, bottom], axis=-2)
 
 
-def kron_precision_projections(ops, r, u_inv, v_inv, logdet_u, logdet_v, n_rep: int) -> Projections:
+def _covariates_last(ops, Xt):
+    """(..., R, p, N, K) -> (..., R, N, K, p)."""
+    return ops.swapaxes(ops.swapaxes(Xt, -3, -2), -2, -1)
+
+
+def _covariate_products(ops, T, Xt):
+    """``sum_r <T_rk, Xt_rl>`` (..., p, p) of two (..., R, p, N, K) stacks of matrices."""
+    return ops.sum(ops.sum(ops.swapaxes(T, -3, -2) @ _covariates_last(ops, Xt), axis=-3), axis=-3)
+
+
+def kron_precision_projections(ops, r, u_inv, v_inv, logdet_u, logdet_v, n_rep: int, X=None) -> Projections:
     """Projections of ``I_R (x) U (x) V`` given the factors' inverses and log-determinants.
 
     Parameters
@@ -74,6 +86,8 @@ def kron_precision_projections(ops, r, u_inv, v_inv, logdet_u, logdet_v, n_rep: 
     v_inv : array (..., K, K)
     logdet_u, logdet_v : scalar (...,)
     n_rep : int
+    X : array (R, N, K, p), optional
+        The covariates on the grid: P and b are augmented through ``T_rk = U^-1 X_rk V^-1``.
     """
     N, K = u_inv.shape[-1], v_inv.shape[-1]
     a = ops.sum(u_inv, axis=-1)                  # U^-1 1, (..., N)
@@ -93,6 +107,14 @@ def kron_precision_projections(ops, r, u_inv, v_inv, logdet_u, logdet_v, n_rep: 
     EV = r @ v_inv[..., None, :, :]                # (..., R, N, K)
     quad = ops.sum(ops.sum(ops.sum(UE * EV, axis=-1), axis=-1), axis=-1)
     logdet = n_rep * (K * logdet_u + N * logdet_v)
+    if X is not None:
+        Xt = ops.asarray(np.moveaxis(X, -1, -3))                                     # (R, p, N, K)
+        T = u_inv[..., None, None, :, :] @ Xt @ v_inv[..., None, None, :, :]          # (..., R, p, N, K)
+        T_sum = ops.sum(T, axis=-4)                                                  # (..., p, N, K)
+        P_rX = _mT(ops.sum(T_sum, axis=-1))
+        P_cX = _mT(ops.sum(T_sum, axis=-2))
+        b_X = ops.sum(ops.sum(ops.sum(T * r[..., :, None, :, :], axis=-1), axis=-1), axis=-2)
+        P, b = augment(ops, P, b, (P_rX, P_cX, _covariate_products(ops, T, Xt), b_X))
     return Projections(logdet=logdet, quad=quad, P=P, b=b, n_obs=-1)
 
 
@@ -128,7 +150,7 @@ def factor_eigh(ops, a, structure):
 
 
 def kron_eigen_projections(ops, r, u, v, nugget, n_rep: int, row_structure=None,
-                           col_structure=None) -> Projections:
+                           col_structure=None, X=None) -> Projections:
     """Projections of ``I_R (x) (U (x) V + nugget I)`` through the eigen-decompositions of U and V.
 
     Parameters
@@ -137,6 +159,8 @@ def kron_eigen_projections(ops, r, u, v, nugget, n_rep: int, row_structure=None,
     u : array (..., N, N)
     v : array (..., K, K)
     nugget : scalar (...,)
+    X : array (R, N, K, p), optional
+        The covariates on the grid: P and b are augmented through ``Qu' X_rk Qv``.
     """
     lam, qu = factor_eigh(ops, u, row_structure)
     mu, qv = factor_eigh(ops, v, col_structure)
@@ -160,4 +184,13 @@ def kron_eigen_projections(ops, r, u, v, nugget, n_rep: int, row_structure=None,
     b = ops.concatenate([b_rows[..., 0], b_cols[..., 0]], axis=-1)
     quad = ops.sum(ops.sum(ops.sum(om[..., None, :, :] * Et * Et, axis=-1), axis=-1), axis=-1)
     logdet = n_rep * ops.sum(ops.sum(ops.log(lm), axis=-1), axis=-1)
+    if X is not None:
+        Xt = ops.asarray(np.moveaxis(X, -1, -3))                                     # (R, p, N, K)
+        Xe = _mT(qu)[..., None, None, :, :] @ Xt @ qv[..., None, None, :, :]          # (..., R, p, N, K)
+        OX = om[..., None, None, :, :] * Xe
+        OX_sum = ops.sum(OX, axis=-4)                                                # (..., p, N, K)
+        P_rX = qu @ _mT(ops.sum(OX_sum * qq[..., None, None, :], axis=-1))           # (..., N, p)
+        P_cX = qv @ _mT(ops.sum(OX_sum * p[..., None, :, None], axis=-2))            # (..., K, p)
+        b_X = ops.sum(ops.sum(ops.sum(OX * Et[..., :, None, :, :], axis=-1), axis=-1), axis=-2)
+        P, b = augment(ops, P, b, (P_rX, P_cX, _covariate_products(ops, OX, Xe), b_X))
     return Projections(logdet=logdet, quad=quad, P=P, b=b, n_obs=-1)

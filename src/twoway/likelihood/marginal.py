@@ -1,17 +1,19 @@
 """The pieces of the marginal Gaussian law of the observed cells, written once against the ops protocol.
 
-A fitted model's cells are ``y = intercept + row_effect + col_effect + e``.
-With a Gaussian residual e and Gaussian priors on the effects, the effects are
-integrated out: ``y ~ N(m0, B + Z G Z')`` where B is the residual covariance
-(block-diagonal over replicates) and ``Z G Z'`` the effects'. This module
+A fitted model's cells are ``y = intercept + row_effect + col_effect + X coef + e``.
+With a Gaussian residual e and Gaussian priors on the effects and on the
+covariates' coefficients, both are integrated out: ``y ~ N(m0, B + Z G Z')``
+where B is the residual covariance (block-diagonal over replicates) and
+``Z G Z'`` the effects' and coefficients'. This module
 
 * lays the data out once (:class:`Layout`): residuals from the prior mean on
   the full (R, N, K) grid with zeros at missing cells, the mask, the known se,
-  the balanced-design sums of squares when they apply;
+  the covariates' design X, the balanced-design sums of squares when they apply;
 * describes the integrated effects (:class:`EffectsDesign`): which
-  coordinates, how they map onto the row and column indicators, their prior
-  covariance as a sum of scaled constant blocks;
-* sees the residual through the row and column indicators
+  coordinates, how they map onto the augmented indicators ``[rows | cols | X]``,
+  their prior covariance as a sum of scaled constant blocks (the coefficients'
+  block fixed, not scaled);
+* sees the residual through the augmented indicators
   (:func:`base_projections`), eliminates one side's iid effects
   (:func:`schur_logp`, :func:`schur_draw`), builds the dense covariance
   (:func:`dense_covariance`) and draws latent shocks back (:func:`draw_shocks`).
@@ -41,6 +43,8 @@ from twoway.likelihood.woodbury import (
     _assemble,
     cell_effect_projections,
     collapse_cells,
+    collapse_covariates,
+    covariate_pieces,
     diagonal_projections,
     eliminate_side,
     eliminated_side_logp,
@@ -55,7 +59,8 @@ from twoway.table.data import TwoWayData
 # Deferred imports: scipy (heavy to import) are imported inside the functions that use them, so importing
 # this module stays light.
 
-__all__ = ["Layout", "EffectsDesign", "layout", "effects_design", "base_projections", "noise_variance",
+__all__ = ["Layout", "EffectsDesign", "layout", "covariate_grid", "effects_design", "effects_map",
+           "base_projections", "noise_variance",
            "eliminated_block", "schur_logp", "schur_draw", "dense_covariance", "draw_shocks", "kronecker_factors",
            "point_parameters", "cell_variance", "draw_cell_effects"]
 
@@ -78,6 +83,10 @@ class Layout:
         Observed (replicate, row, col) indices, C order.
     anova : AnovaStats or None
         Balanced sums of squares when the table is complete and the se constant.
+    x : array (n_obs, p) or None
+        The covariates' design, rows in the order of ``obs``; None without covariates.
+    x_grid : array (R, N, K, p) or None
+        ``x`` on the full grid, 0 at missing cells (derived from ``x``; see :func:`covariate_grid`).
     """
 
     r: np.ndarray
@@ -91,6 +100,27 @@ class Layout:
     anova: AnovaStats | None
     shape: tuple = (0, 0, 0)
     parts: dict = field(default_factory=dict)
+    x: np.ndarray | None = None
+    x_grid: np.ndarray | None = field(default=None, init=False, repr=False, compare=False)
+
+    def __post_init__(self):
+        x = None if self.x is None else np.asarray(self.x, dtype=float)
+        if x is not None and (x.ndim != 2 or x.shape[0] != self.n_obs):
+            raise ModelError(f"The covariates' design must have one row per observed cell ({self.n_obs}); "
+                             f"got an array of shape {x.shape}.")
+        if x is not None and x.shape[1] == 0:
+            x = None
+        object.__setattr__(self, "x", x)
+        grid = None
+        if x is not None:
+            grid = np.zeros(tuple(self.shape) + (x.shape[1],))
+            grid[self.obs] = x
+        object.__setattr__(self, "x_grid", grid)
+
+    @property
+    def n_cov(self) -> int:
+        """p, the number of covariate columns (0 without covariates)."""
+        return 0 if self.x is None else int(self.x.shape[1])
 
     @property
     def obs_flat(self) -> list[np.ndarray]:
@@ -101,24 +131,35 @@ class Layout:
 
     @property
     def indicators(self) -> list[np.ndarray]:
-        """For each replicate, the (n_r, N+K) row and column indicators of its observed cells."""
+        """For each replicate, the (n_r, N+K+p) augmented indicators ``[rows | cols | X]`` of its observed cells."""
         R, N, K = self.shape
         rr, ii, jj = self.obs
+        p = self.n_cov
         out = []
         for k in range(R):
-            i, j = ii[rr == k], jj[rr == k]
-            X = np.zeros((i.size, N + K))
+            sel = rr == k
+            i, j = ii[sel], jj[sel]
+            X = np.zeros((i.size, N + K + p))
             X[np.arange(i.size), i] = 1.0
             X[np.arange(i.size), N + j] = 1.0
+            if p:
+                X[:, N + K:] = self.x[sel]
             out.append(X)
         return out
 
 
-def layout(data: TwoWayData, m0: float, parts: dict | None = None) -> Layout:
+def covariate_grid(lay: Layout) -> np.ndarray | None:
+    """The covariates' design on the full grid, (R, N, K, p) with zeros at missing cells; None without covariates."""
+    return lay.x_grid
+
+
+def layout(data: TwoWayData, m0: float, parts: dict | None = None, *, x: np.ndarray | None = None) -> Layout:
     """Lay ``data`` out for the likelihood paths, relative to the prior mean ``m0``.
 
     ``parts`` holds what the residual needs beyond parameters: the ``full``
-    covariance, the Kronecker ``row``/``col`` structures.
+    covariance, the Kronecker ``row``/``col`` structures. ``x`` (n_obs, p) is the
+    covariates' design, rows in ``data.observed_index()`` order (None, or p = 0:
+    no covariates).
     """
     mask = data.mask.astype(float)
     r = np.where(data.mask, np.nan_to_num(data.values) - m0, 0.0)
@@ -130,8 +171,8 @@ def layout(data: TwoWayData, m0: float, parts: dict | None = None) -> Layout:
     with np.errstate(over="ignore", invalid="ignore"):  # data far from an extreme prior mean: the start-up check says so
         stats = anova_stats(r) if complete and se_constant is not None else None
     return Layout(r=r, mask=mask, se=se, m0=float(m0), obs=obs, n_obs=int(obs[0].size),
-                  complete=complete, se_constant=se_constant, anova=stats, shape=tuple(int(x) for x in r.shape),
-                  parts=dict(parts or {}))
+                  complete=complete, se_constant=se_constant, anova=stats, shape=tuple(int(d) for d in r.shape),
+                  parts=dict(parts or {}), x=x)
 
 
 @dataclass(frozen=True)
@@ -140,11 +181,13 @@ class EffectsDesign:
 
     Attributes
     ----------
-    E : array (N+K, m)
-        Maps u onto the coefficients of the row and column indicators.
+    E : array (N+K+p, m)
+        Maps u onto the coefficients of the augmented indicators ``[rows | cols | X]``
+        (p = 0 without covariates).
     blocks : tuple of (name, var_param, start, stop)
-        Each block of u: what it is (``intercept``, ``row_effect``, ``col_effect``),
-        the name of the parameter holding its variance scale (a sd), and its slice.
+        Each block of u: what it is (``intercept``, ``row_effect``, ``col_effect``,
+        ``coef``), the name of the parameter holding its variance scale (a sd; None
+        for ``coef``, whose prior covariance is fixed: ``var_b = 1``), and its slice.
     base_cov : tuple of arrays (m, m)
         G_b: the block's constant covariance (identity or a known matrix), embedded.
     base_prec : tuple of arrays (m, m)
@@ -167,6 +210,11 @@ class EffectsDesign:
     def m(self) -> int:
         return self.E.shape[1]
 
+    @property
+    def n_cov(self) -> int:
+        """p, the covariates' coefficients integrated with the effects (the ``coef`` block; 0 without)."""
+        return sum(stop - start for name, _, start, stop in self.blocks if name == "coef")
+
     def dense(self) -> "EffectsDesign":
         """This design: it is dense already (a sparse design builds one on request)."""
         return self
@@ -178,28 +226,57 @@ class EffectsDesign:
                 return float(np.mean(np.diag(self.base_cov[k])[start:stop]))
         return 1.0
 
+    def without_covariates(self) -> "EffectsDesign":
+        """The same effects without the ``coef`` block (E on the row and column indicators alone).
+
+        What a table's covariance is given the coefficients: the covariates' part
+        needs their values at every cell, unknown off the observed cells.
+        """
+        if not self.n_cov:
+            return self
+        keep = [k for k, (name, *_) in enumerate(self.blocks) if name != "coef"]
+        m = self.blocks[keep[-1]][3] if keep else 0
+        n = self.E.shape[0] - self.n_cov
+        return EffectsDesign(E=self.E[:n, :m], blocks=tuple(self.blocks[k] for k in keep),
+                             base_cov=tuple(self.base_cov[k][:m, :m] for k in keep),
+                             base_prec=tuple(self.base_prec[k][:m, :m] for k in keep),
+                             base_logdet=tuple(self.base_logdet[k] for k in keep), bases=self.bases)
+
     def without_effects(self) -> "EffectsDesign":
         """The same layout with nothing integrated: the residual law alone."""
         return EffectsDesign(E=self.E[:, :0], blocks=(), base_cov=(), base_prec=(), base_logdet=())
 
     def prior(self, ops, params):
-        """``(G^-1, log|G|)`` for parameter values ``params`` (batched over leading dims)."""
+        """``(G^-1, log|G|)`` for parameter values ``params`` (batched over leading dims).
+
+        A block without a variance parameter (``coef``) adds its fixed precision and log-determinant.
+        """
         if self.m == 0:
             return None, 0.0
         g_inv = 0.0
         logdet = 0.0
+        fixed = [(prec, ld) for (_, var_param, _, _), prec, ld in zip(self.blocks, self.base_prec, self.base_logdet)
+                 if var_param is None]
         for (name, var_param, start, stop), prec, ld in zip(self.blocks, self.base_prec, self.base_logdet):
+            if var_param is None:
+                continue
             sd = params[var_param]
             var = sd * sd
             g_inv = g_inv + (1.0 / var)[..., None, None] * prec if hasattr(var, "ndim") and var.ndim else \
                 g_inv + prec / var
             logdet = logdet + (stop - start) * ops.log(var) + ld
+        for prec, ld in fixed:  # added last: a scaled block's parameter sets the type of the sum
+            g_inv = g_inv + prec
+            logdet = logdet + ld
         return g_inv, logdet
 
     def covariance(self, ops, params):
         """G for parameter values ``params`` (no batch)."""
         g = 0.0
         for (name, var_param, start, stop), cov in zip(self.blocks, self.base_cov):
+            if var_param is None:
+                g = g + cov
+                continue
             sd = params[var_param]
             g = g + sd * sd * cov
         return g
@@ -212,15 +289,22 @@ def _sum_to_zero_basis(n: int) -> np.ndarray:
     return helmert(n, full=False).T.copy()
 
 
-def effects_design(spec: ModelSpec, data: TwoWayData, *, known: dict | None = None) -> EffectsDesign:
+def effects_design(spec: ModelSpec, data: TwoWayData, *, known: dict | None = None,
+                   coef_sd: np.ndarray | None = None) -> EffectsDesign:
     """Which effects ``spec`` integrates out on ``data``, and their prior structure.
 
     Parameters
     ----------
     known : dict, optional
         ``row``/``col`` -> a known relationship matrix (n, n) for random effects.
+    coef_sd : array (p,), optional
+        Prior sds of the covariates' coefficients: with them E has p more rows
+        (the covariates' columns of the augmented indicators) and a last block
+        ``("coef", None, m - p, m)`` with the fixed prior covariance ``diag(coef_sd^2)``.
     """
     N, K = data.n_rows, data.n_cols
+    coef_sd = None if coef_sd is None else np.asarray(coef_sd, dtype=float).reshape(-1)
+    p = 0 if coef_sd is None else coef_sd.size
     known = known or {}
     cols: list[np.ndarray] = []
     blocks = []
@@ -231,22 +315,28 @@ def effects_design(spec: ModelSpec, data: TwoWayData, *, known: dict | None = No
     start = 0
     if spec.effects != "integrate":
         return EffectsDesign(E=np.zeros((N + K, 0)), blocks=(), base_cov=(), base_prec=(), base_logdet=())
+    if p and not np.all(np.isfinite(coef_sd) & (coef_sd > 0)):
+        raise ModelError(f"The covariates' coefficients need positive finite prior sds; got {coef_sd}.")
     parts = []
     if spec.intercept:
-        e = np.concatenate([np.ones(N), np.zeros(K)])[:, None]
+        e = np.concatenate([np.ones(N), np.zeros(K + p)])[:, None]
         parts.append(("intercept", "intercept_sd", e, np.eye(1)))
     for side, kind, n, offset in (("row", spec.row_effect, N, 0), ("col", spec.col_effect, K, N)):
         if kind == "none":
             continue
         basis = np.eye(n) if kind == "random" else _sum_to_zero_basis(n)
         bases[side] = basis
-        e = np.zeros((N + K, basis.shape[1]))
+        e = np.zeros((N + K + p, basis.shape[1]))
         e[offset:offset + n] = basis
         rel = known.get(side) if kind == "random" else None
         cov = np.eye(basis.shape[1]) if rel is None else np.asarray(rel, dtype=float)
         var_param = f"{side}_effect_sd" if kind == "random" else f"{side}_fixed_sd"
         parts.append((f"{side}_effect", var_param, e, cov))
-    m = sum(p[2].shape[1] for p in parts)
+    if p:
+        e = np.zeros((N + K + p, p))
+        e[N + K:] = np.eye(p)
+        parts.append(("coef", None, e, np.diag(coef_sd * coef_sd)))
+    m = sum(part[2].shape[1] for part in parts)
     for name, var_param, e, cov in parts:
         stop = start + e.shape[1]
         cols.append(e)
@@ -259,9 +349,26 @@ def effects_design(spec: ModelSpec, data: TwoWayData, *, known: dict | None = No
         precs.append(full_prec)
         lds.append(float(np.linalg.slogdet(cov)[1]))
         start = stop
-    E = np.concatenate(cols, axis=1) if cols else np.zeros((N + K, 0))
+    E = np.concatenate(cols, axis=1) if cols else np.zeros((N + K + p, 0))
     return EffectsDesign(E=E, blocks=tuple(blocks), base_cov=tuple(covs), base_prec=tuple(precs),
                          base_logdet=tuple(lds), bases=bases)
+
+
+def effects_map(lay: Layout, design) -> np.ndarray:
+    """``design.E`` on the layout's augmented indicators: (N+K+p, m), p = ``lay.n_cov``.
+
+    A design without the covariates' block on a layout with covariates ignores
+    them (zero rows); a design with the block needs the layout's covariates.
+    """
+    N, K = lay.shape[1], lay.shape[2]
+    E = design.E
+    want = N + K + lay.n_cov
+    if E.shape[0] == want:
+        return E
+    if E.shape[0] == N + K:
+        return np.concatenate([E, np.zeros((lay.n_cov, E.shape[1]))], axis=0)
+    raise ModelError(f"The effects' design has {E.shape[0] - N - K} covariate columns and the layout "
+                     f"{lay.n_cov}; lay the data out with the covariates' design (layout(..., x=X)).")
 
 
 # -- residual pieces ------------------------------------------------------------------------
@@ -302,7 +409,8 @@ def noise_variance(ops, spec: ModelSpec, lay: Layout, params):
 
 
 def base_projections(ops, spec: ModelSpec, lay: Layout, params) -> Projections:
-    """The residual covariance seen through the row and column indicators."""
+    """The residual covariance seen through the augmented indicators ``[rows | cols | X]`` (X: the layout's
+    covariates, when it has them)."""
     var = noise_variance(ops, spec, lay, params)
     if spec.residual == "kronecker":   # the noise may be zero there; its own path handles it
         return _kronecker(ops, spec, lay, params, var)
@@ -310,13 +418,15 @@ def base_projections(ops, spec: ModelSpec, lay: Layout, params) -> Projections:
         return _dense_table(ops, spec, lay, params, var)
     w = lay.mask / var
     logdet = ops.sum(ops.sum(ops.sum(lay.mask * ops.log(var), axis=-1), axis=-1), axis=-1)
+    X = covariate_grid(lay)
     if spec.residual == "independent":
         if spec.cell_effect == "random":
-            return cell_effect_projections(ops, lay.r, w, logdet, cell_variance(params))
-        return diagonal_projections(ops, lay.r, w, logdet)
+            return cell_effect_projections(ops, lay.r, w, logdet, cell_variance(params), X)
+        return diagonal_projections(ops, lay.r, w, logdet, X)
     if spec.residual == "latent":
         shock_var, index = _shock_variances(ops, spec, lay, params)
-        return shock_projections(ops, lay.r, w, logdet, shock_var, index, lay.shape[0], lay.shape[1] + lay.shape[2])
+        return shock_projections(ops, lay.r, w, logdet, shock_var, index, lay.shape[0], lay.shape[1] + lay.shape[2],
+                                 X)
     raise ModelError(f"No projection path for the {spec.residual!r} residual.")  # pragma: no cover
 
 
@@ -336,9 +446,10 @@ def _kronecker(ops, spec, lay, params, var):
     if path == "dense-table":
         return _dense_table(ops, spec, lay, params, var)
     U, V = params["_row_cov"], params["_col_cov"]
+    X = covariate_grid(lay)
     if path == "kronecker-eigen":
         return kr.kron_eigen_projections(ops, lay.r, U, V, params["sigma"] ** 2, R,
-                                         lay.parts["row"], lay.parts["col"])
+                                         lay.parts["row"], lay.parts["col"], X=X)
     v_inv, ld_v = kr.inverse_and_logdet(ops, V)
     if path == "kronecker-ar1" and not ops.batched:
 
@@ -347,7 +458,7 @@ def _kronecker(ops, spec, lay, params, var):
         u_inv, ld_u = ar1_precision(params["row_rho"], sd2, N), ar1_logdet(params["row_rho"], sd2, N)
     else:
         u_inv, ld_u = kr.inverse_and_logdet(ops, U)
-    return kr.kron_precision_projections(ops, lay.r, u_inv, v_inv, ld_u, ld_v, R)
+    return kr.kron_precision_projections(ops, lay.r, u_inv, v_inv, ld_u, ld_v, R, X=X)
 
 
 def kronecker_factors(spec: ModelSpec, lay: Layout, params) -> dict:
@@ -449,6 +560,8 @@ def _eliminated(ops, spec: ModelSpec, lay: Layout, design: EffectsDesign, params
     k, side = eliminated_block(spec, lay, design)
     _, var_param, start, stop = design.blocks[k]
     keep = np.r_[0:start, stop:design.m]
+    X = covariate_grid(lay)
+    cov = None
     g_inv, logdet_g = design.prior(ops, params)
     g_inv_rest = g_inv[..., keep, :][..., keep]
     sd = params[var_param]
@@ -460,6 +573,9 @@ def _eliminated(ops, spec: ModelSpec, lay: Layout, design: EffectsDesign, params
         w_sum, wr_sum = lay.mask.sum(axis=0), ops.sum(r, axis=-3)
         quad0 = ops.sum(ops.sum(ops.sum(r * r, axis=-1), axis=-1), axis=-1) / v
         logdet_base = lay.n_obs * ops.log(v)
+        if X is not None:  # constant patterns (X is 0 at missing cells); only b_X sees the data
+            b_X = ops.sum(ops.sum(ops.sum(r[..., None] * ops.asarray(X), axis=-2), axis=-2), axis=-2)
+            cov = (X.sum(axis=(0, 2)), X.sum(axis=(0, 1)), np.einsum("rnkp,rnkq->pq", X, X), b_X)
     else:
         var = noise_variance(ops, spec, lay, params)
         w = lay.mask / var
@@ -469,11 +585,17 @@ def _eliminated(ops, spec: ModelSpec, lay: Layout, design: EffectsDesign, params
         if spec.cell_effect == "random":
             w_sum, wr_sum, quad0, extra = collapse_cells(ops, lay.r, w, cell_variance(params))
             logdet_base = logdet_base + extra
+            if X is not None:
+                cov = collapse_covariates(ops, lay.r, w, cell_variance(params), X)
         else:
             w_sum, wr_sum = ops.sum(w, axis=-3), ops.sum(wr, axis=-3)
             quad0 = ops.sum(ops.sum(ops.sum(wr * lay.r, axis=-1), axis=-1), axis=-1)
+            if X is not None:
+                P_rX, P_cX, P_XX, b_X = covariate_pieces(ops, w, wr, X)
+                cov = (ops.sum(P_rX, axis=-3), ops.sum(P_cX, axis=-3), ops.sum(P_XX, axis=-3), ops.sum(b_X, axis=-2))
     parts = eliminate_side(ops, w_sum=w_sum, wr_sum=wr_sum, scale=scale, n_rows=lay.shape[1], side=side,
-                           side_var=sd * sd, E_rest=design.E[:, keep], g_inv_rest=g_inv_rest)
+                           side_var=sd * sd, E_rest=effects_map(lay, design)[:, keep], g_inv_rest=g_inv_rest,
+                           cov=cov, n_cov=lay.n_cov)
     return parts, quad0, logdet_base, logdet_g
 
 
@@ -506,7 +628,10 @@ def indicator_matrix(lay: Layout) -> np.ndarray:
 
 
 def dense_covariance(ops, spec: ModelSpec, lay: Layout, design: EffectsDesign, params):
-    """The (n_obs, n_obs) covariance of the observed cells (one parameter point, no batch)."""
+    """The (n_obs, n_obs) covariance of the observed cells (one parameter point, no batch).
+
+    The integrated part is ``Z G Z'`` with ``Z = [rows | cols | X] E`` (X: the layout's covariates).
+    """
     rr, ii, jj = lay.obs
     var = noise_variance(ops, spec, lay, params)[rr, ii, jj]
     cov = ops.diag(var)
@@ -529,7 +654,8 @@ def dense_covariance(ops, spec: ModelSpec, lay: Layout, design: EffectsDesign, p
         same_cell = ((ii[:, None] == ii[None, :]) & (jj[:, None] == jj[None, :])).astype(float)
         cov = cov + cell_variance(params) * ops.asarray(same_cell)
     if design.m:
-        Z = ops.asarray(X @ design.E)
+        A = X if lay.x is None else np.concatenate([X, lay.x], axis=1)
+        Z = ops.asarray(A @ effects_map(lay, design))
         cov = cov + Z @ design.covariance(ops, params) @ Z.T
     return cov
 
@@ -574,7 +700,8 @@ def draw_shocks(spec: ModelSpec, lay: Layout, design: EffectsDesign, params, eff
 
 
 def _residual_after_effects(lay: Layout, effects: dict, S: int) -> np.ndarray:
-    """The centred table minus the drawn intercept, row and column effects, zero at missing cells (S, R, N, K)."""
+    """The centred table minus the drawn intercept, row and column effects and ``X @ coef``, zero at missing
+    cells (S, R, N, K)."""
     mean = np.zeros((S, 1, 1, 1))
     if "intercept" in effects:
         mean = mean + (effects["intercept"] - lay.m0)[:, None, None, None]
@@ -582,6 +709,8 @@ def _residual_after_effects(lay: Layout, effects: dict, S: int) -> np.ndarray:
         mean = mean + effects["row_effect"][:, None, :, None]
     if "col_effect" in effects:
         mean = mean + effects["col_effect"][:, None, None, :]
+    if "coef" in effects and lay.x is not None:
+        mean = mean + np.einsum("rnkp,sp->srnk", covariate_grid(lay), effects["coef"])
     return (lay.r[None] - mean) * lay.mask
 
 

@@ -34,34 +34,37 @@ def available_memory() -> int:
         return 1 << 62
 
 
-def _coordinates(spec, data) -> tuple[int, int]:
-    """(m, blocks): the integrated coordinates and their blocks (intercept, row and column effects)."""
+def _coordinates(spec, data, n_cov: int = 0) -> tuple[int, int]:
+    """(m, blocks): the integrated coordinates and their blocks (intercept, row and column effects, and the
+    covariates' ``n_cov`` coefficients)."""
     _, N, K = data.values.shape
     m = int(spec.intercept) + (N if spec.row_effect != "none" else 0) + (K if spec.col_effect != "none" else 0)
     n_blocks = int(spec.intercept) + (spec.row_effect != "none") + (spec.col_effect != "none")
-    return m, n_blocks
+    return m + int(n_cov), n_blocks + int(n_cov > 0)
 
 
-def dense_design_bytes(spec, data) -> int:
-    """Bytes of the dense effects' design of ``spec`` on ``data``: 2 m x m blocks per effect, the (N + K, m) map.
+def dense_design_bytes(spec, data, *, n_cov: int = 0) -> int:
+    """Bytes of the dense effects' design of ``spec`` on ``data``: 2 m x m blocks per effect, the (N + K + p, m) map.
 
     m is the number of integrated coordinates (see
-    :class:`twoway.likelihood.marginal.EffectsDesign`).
+    :class:`twoway.likelihood.marginal.EffectsDesign`), ``n_cov`` (p) the covariates'
+    coefficients integrated with them.
     """
     _, N, K = data.values.shape
-    m, n_blocks = _coordinates(spec, data)
-    return int(8 * (2 * n_blocks * m * m + (N + K) * m))
+    m, n_blocks = _coordinates(spec, data, n_cov)
+    return int(8 * (2 * n_blocks * m * m + (N + K + n_cov) * m))
 
 
-def dense_path_bytes(spec, data) -> int:
+def dense_path_bytes(spec, data, *, n_cov: int = 0) -> int:
     """A lower estimate of the bytes a dense (NUTS) path holds for ``spec`` on ``data``.
 
     The effects' design (:func:`dense_design_bytes`), then a few m x m working arrays
-    under the gradient and a few (R, N, K) grids.
+    under the gradient and a few (R, N, K) grids (with p = ``n_cov`` covariates, a few
+    (R, N, K, p) grids too).
     """
     R, N, K = data.values.shape
-    m, _ = _coordinates(spec, data)
-    return int(dense_design_bytes(spec, data) + 8 * (4 * m * m + 8 * R * N * K))
+    m, _ = _coordinates(spec, data, n_cov)
+    return int(dense_design_bytes(spec, data, n_cov=n_cov) + 8 * (4 * m * m + 8 * R * N * K * (1 + n_cov)))
 
 
 def draws_values(spec, data, *, stored_cov: int = 30) -> int:

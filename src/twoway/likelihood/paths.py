@@ -14,7 +14,7 @@ path                   applies when
 ``sparse``             crossed random effects on a large sparse table (the
                        plan chose it: :mod:`twoway.likelihood.sparse`)
 ``diagonal``           independent residual, nothing integrated
-``anova``              complete table, one residual variance, exchangeable effects
+``anova``              complete table, one residual variance, exchangeable effects, no covariates
 ``woodbury-schur``     independent residual, iid random effects on one side
 ``woodbury``           independent residual otherwise
 ``woodbury-latent``    latent residual (per-replicate row and column shocks)
@@ -37,6 +37,7 @@ from twoway.likelihood.kronecker import kronecker_path
 from twoway.likelihood.marginal import (
     base_projections,
     dense_covariance,
+    effects_map,
     eliminated_block,
     kronecker_factors,
     noise_variance,
@@ -73,7 +74,7 @@ class LikelihoodPath:
         if design.m == 0:
             return gaussian_logp_from(lay.n_obs, proj.logdet, proj.quad)
         g_inv, logdet_g = design.prior(ops, params)
-        return woodbury_logp(ops, proj, design.E, g_inv, logdet_g, lay.n_obs)
+        return woodbury_logp(ops, proj, effects_map(lay, design), g_inv, logdet_g, lay.n_obs)
 
     def draw_coordinates(self, spec, lay, design, params, rng, chunk: int) -> np.ndarray:
         """Exact draws (S, m) of the effects' coordinates given S parameter draws (NumPy, in chunks)."""
@@ -85,7 +86,7 @@ class LikelihoodPath:
             sub = {k: v[sl] for k, v in params.items()}
             proj = base_projections(NUMPY, spec, lay, sub)
             g_inv, _ = design.prior(NUMPY, sub)
-            u[sl] = effects_posterior(proj, design.E, g_inv, rng)
+            u[sl] = effects_posterior(proj, effects_map(lay, design), g_inv, rng, sl.stop - sl.start)
         return u
 
 
@@ -121,12 +122,15 @@ class Diagonal(LikelihoodPath):
 
 
 class Anova(LikelihoodPath):
-    """Balanced crossed table, one residual variance: four eigenvalues, sums of squares computed once."""
+    """Balanced crossed table, one residual variance: four eigenvalues, sums of squares computed once.
+
+    Not with covariates: their coefficients break the eigen-spaces' balance.
+    """
 
     name = "anova"
 
     def applies(self, spec, lay, design):
-        if spec.residual != "independent" or design.m == 0 or lay.anova is None:
+        if spec.residual != "independent" or design.m == 0 or lay.anova is None or design.n_cov:
             return False
         if spec.row_scale == "hetero" or spec.col_scale == "hetero":
             return False
@@ -227,7 +231,7 @@ class DenseTable(LikelihoodPath):
             sub = {k: v[s] for k, v in params.items()}
             proj = base_projections(NUMPY, spec, lay, sub)
             g_inv, _ = design.prior(NUMPY, sub)
-            u[s] = effects_posterior(proj, design.E, g_inv, rng)
+            u[s] = effects_posterior(proj, effects_map(lay, design), g_inv, rng)
         return u
 
 
@@ -272,20 +276,29 @@ def marginal_logp(ops, spec, lay, design, params, path: str):
     return PATHS[path].log_density(ops, spec, lay, design, params)
 
 
-def draw_effects(spec, lay, design, params, rng: np.random.Generator, chunk: int = 256) -> dict[str, np.ndarray]:
+def draw_effects(spec, lay, design, params, rng: np.random.Generator, chunk: int = 256, *,
+                 n_draws: int | None = None) -> dict[str, np.ndarray]:
     """Exact draws of the integrated effects given each posterior draw of the other parameters.
 
     Parameters
     ----------
     params : dict of str to arrays (S, ...)
         Posterior draws flattened over chains, S of them.
+    n_draws : int, optional
+        S, needed only when ``params`` is empty (nothing sampled and no constant:
+        a model whose only unknowns are the covariates' coefficients, with known se).
 
     Returns
     -------
-    dict with ``intercept`` (S,), ``row_effect`` (S, N), ``col_effect`` (S, K) for those integrated.
+    dict with ``intercept`` (S,), ``row_effect`` (S, N), ``col_effect`` (S, K) and ``coef`` (S, p)
+    for those integrated.
     """
     if design.m == 0:
         return {}
+    if not params:
+        if n_draws is None:
+            raise ModelError("draw_effects needs n_draws when no parameter has draws.")
+        params = {"_draws": np.zeros(int(n_draws))}  # carries S only
     path = path_named(choose_path(spec, lay, design))
     u = path.draw_coordinates(spec, lay, design, params, rng, chunk)
     out = {}
@@ -293,6 +306,8 @@ def draw_effects(spec, lay, design, params, rng: np.random.Generator, chunk: int
         coords = u[:, start:stop]
         if name == "intercept":
             out["intercept"] = lay.m0 + coords[:, 0]
+        elif name == "coef":
+            out["coef"] = coords
         else:
             out[name] = coords if path.identity_basis else coords @ design.bases[name.split("_")[0]].T
     return out

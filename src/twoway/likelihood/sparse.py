@@ -1,9 +1,10 @@
 """The ``sparse`` path: crossed effects on a large, sparse table, through a sparse Cholesky factor.
 
 The observed cells are ``r = y - m0 = Z u + e`` with ``u`` the integrated
-effects (intercept, row effects, column effects), ``Z`` the (n, m) indicator
-design (at most three ones per row, held by :mod:`scipy.sparse`),
-``u ~ N(0, G)`` and ``e ~ N(0, D)``, D diagonal. With ``b = Z' D^-1 r`` and
+effects (intercept, row effects, column effects, covariates' coefficients),
+``Z`` the (n, m) design (at most three ones per row, held by :mod:`scipy.sparse`,
+then the covariates' p dense columns), ``u ~ N(0, G)`` and ``e ~ N(0, D)``, D
+diagonal. The coefficients' prior precision ``diag(1/coef_sd^2)`` is fixed. With ``b = Z' D^-1 r`` and
 the effects' precision ``Q = G^-1 + Z' D^-1 Z`` (sparse, m x m),
 
     log p(r) = -1/2 [n log 2 pi + log|D| + log|G| + log|Q| + r' D^-1 r - b' Q^-1 b]
@@ -96,18 +97,27 @@ class SparseDesign:
     Attributes
     ----------
     blocks : tuple of (name, var_param, start, stop)
-        As :class:`twoway.likelihood.marginal.EffectsDesign`: intercept, row_effect, col_effect.
+        As :class:`twoway.likelihood.marginal.EffectsDesign`: intercept, row_effect, col_effect,
+        and ``("coef", None, m - p, m)`` with covariates.
     known : dict
         ``row``/``col`` -> known relationship matrix (n, n) of that side's effects.
+    coef_sd : array (p,) or None
+        Prior sds of the covariates' coefficients (fixed).
 
     It stays sparse: it has no ``E``, ``base_cov`` or ``prior``. Code that needs the
     dense :class:`~twoway.likelihood.marginal.EffectsDesign` asks for it by name
     (:meth:`dense`), which refuses when it would not fit in memory.
     """
 
-    def __init__(self, spec, data, known: dict | None = None):
+    def __init__(self, spec, data, known: dict | None = None, coef_sd: np.ndarray | None = None):
         self._spec, self._data = spec, data
         self.known = dict(known or {})
+        coef_sd = None if coef_sd is None else np.asarray(coef_sd, dtype=float).reshape(-1)
+        if coef_sd is not None and coef_sd.size == 0:
+            coef_sd = None
+        if coef_sd is not None and not np.all(np.isfinite(coef_sd) & (coef_sd > 0)):
+            raise ModelError(f"The covariates' coefficients need positive finite prior sds; got {coef_sd}.")
+        self.coef_sd = coef_sd
         blocks, start = [], 0
         if spec.intercept:
             blocks.append(("intercept", "intercept_sd", 0, 1))
@@ -116,6 +126,9 @@ class SparseDesign:
             if getattr(spec, f"{side}_effect") == "random":
                 blocks.append((f"{side}_effect", f"{side}_effect_sd", start, start + n))
                 start += n
+        if coef_sd is not None:
+            blocks.append(("coef", None, start, start + coef_sd.size))
+            start += coef_sd.size
         self.blocks = tuple(blocks)
         self._m = start
         self._dense = None
@@ -124,6 +137,11 @@ class SparseDesign:
     @property
     def m(self) -> int:
         return self._m
+
+    @property
+    def n_cov(self) -> int:
+        """p, the covariates' coefficients integrated with the effects (0 without)."""
+        return 0 if self.coef_sd is None else int(self.coef_sd.size)
 
     def dense(self):
         """The dense :class:`~twoway.likelihood.marginal.EffectsDesign` of the same effects (built once).
@@ -136,7 +154,7 @@ class SparseDesign:
         """
         if self._dense is None:
 
-            need = memory.dense_design_bytes(self._spec, self._data)
+            need = memory.dense_design_bytes(self._spec, self._data, n_cov=self.n_cov)
             available = memory.available_memory()
             if need > available:
                 d = self._data
@@ -146,7 +164,7 @@ class SparseDesign:
                     "The sparse path keeps them sparse: use what it gives (the posterior, its summary and "
                     "the effects' draws), or ask for the dense quantity on a smaller table or a machine with "
                     "more memory.")
-            self._dense = effects_design(self._spec, self._data, known=self.known)
+            self._dense = effects_design(self._spec, self._data, known=self.known, coef_sd=self.coef_sd)
         return self._dense
 
     def relationship_scale(self, side: str) -> float:
@@ -173,6 +191,7 @@ class SparseSystem:
     m : int
         Effects' coordinates.
     Z : scipy.sparse.csc_matrix (n, m)
+        The indicators' ones, then the covariates' columns.
     r : array (n,)
         ``y - m0`` at the observed cells.
     se : array (n,)
@@ -182,10 +201,12 @@ class SparseSystem:
     pair_pos, pair_obs : int arrays
         Each (observation, pair of its columns) contribution to ``Z' D^-1 Z``: its
         position in ``pattern.data`` and its observation.
+    pair_val : array or None
+        Each contribution's ``z_a z_b`` (None: all 1, no covariates).
     counts : array (nnz,)
         ``Z' Z`` on the pattern (used when every cell has the same variance).
     prior_data : list of arrays (nnz,)
-        Each block's base precision on the pattern.
+        Each block's base precision on the pattern (the ``coef`` block's: its fixed precision).
     blocks, base_logdet : as the design
     uniform : bool
         Whether every cell has the same variance (no se, or one constant se).
@@ -208,10 +229,12 @@ class SparseSystem:
     combine: str
     Ztr: np.ndarray
     rr: float
+    pair_val: np.ndarray | None = None
 
     @property
     def var_params(self) -> list[str]:
-        return [vp for _, vp, _, _ in self.blocks]
+        """The blocks' variance parameters (the ``coef`` block has none)."""
+        return [vp for _, vp, _, _ in self.blocks if vp is not None]
 
     def noise_variance(self, params) -> np.ndarray:
         """Variance of each observed cell, (n,) (or (1,) when uniform)."""
@@ -232,12 +255,17 @@ class SparseSystem:
             logdet_d = self.n * math.log(v)
         else:
             w = 1.0 / var
-            data = np.bincount(self.pair_pos, weights=w[self.pair_obs], minlength=self.pattern.nnz)
+            weights = w[self.pair_obs] if self.pair_val is None else w[self.pair_obs] * self.pair_val
+            data = np.bincount(self.pair_pos, weights=weights, minlength=self.pattern.nnz)
             b = self.Z.T @ (w * self.r)
             quad0 = float(np.dot(w * self.r, self.r))
             logdet_d = float(np.sum(np.log(var)))
         logdet_g = 0.0
         for (_, vp, start, stop), pd, ld in zip(self.blocks, self.prior_data, self.base_logdet):
+            if vp is None:  # fixed prior (the covariates' coefficients)
+                data = data + pd
+                logdet_g += ld
+                continue
             sd = float(params[vp])
             data = data + pd / (sd * sd)
             logdet_g += (stop - start) * math.log(sd * sd) + ld
@@ -291,6 +319,10 @@ def build_system(spec, lay, design: SparseDesign) -> SparseSystem:
     rr_, ii, jj = lay.obs
     n = int(ii.size)
     m = design.m
+    p = design.n_cov
+    if p != lay.n_cov:
+        raise ModelError(f"The sparse design has {p} covariate columns and the layout {lay.n_cov}; lay the data "
+                         "out with the covariates' design (layout(..., x=X)).")
     cols = []
     start_of = {name: start for name, _, start, _ in design.blocks}
     if "intercept" in start_of:
@@ -299,15 +331,26 @@ def build_system(spec, lay, design: SparseDesign) -> SparseSystem:
         cols.append(start_of["row_effect"] + ii.astype(np.int64))
     if "col_effect" in start_of:
         cols.append(start_of["col_effect"] + jj.astype(np.int64))
-    C = np.stack(cols, axis=1)  # (n, c) column of each observation's ones
+    if p:
+        start = start_of["coef"]
+        cols += [np.full(n, start + k, dtype=np.int64) for k in range(p)]
+    C = np.stack(cols, axis=1)  # (n, c) column of each observation's nonzeros: its ones, then its covariates
     c = C.shape[1]
-    Z = sps.csc_matrix((np.ones(n * c), (np.repeat(np.arange(n), c), C.ravel())), shape=(n, m))
+    V = np.ones((n, c))
+    if p:
+        V[:, c - p:] = lay.x
+    Z = sps.csc_matrix((V.ravel(), (np.repeat(np.arange(n), c), C.ravel())), shape=(n, m))
     # the prior precision of each block, embedded (identity, or the inverse of a known matrix)
     prior_mats = []
     base_logdet = []
     for name, _, start, stop in design.blocks:
         side = name.split("_")[0]
-        if name != "intercept" and side in design.known:
+        if name == "coef":
+            var = design.coef_sd ** 2
+            base_logdet.append(float(np.sum(np.log(var))))
+            idx = np.arange(start, stop)
+            prior_mats.append(sps.csc_matrix((1.0 / var, (idx, idx)), shape=(m, m)))
+        elif name != "intercept" and side in design.known:
             K = np.asarray(design.known[side], dtype=float)
             prec = np.linalg.inv(K)
             prec = 0.5 * (prec + prec.T)
@@ -318,16 +361,21 @@ def build_system(spec, lay, design: SparseDesign) -> SparseSystem:
             base_logdet.append(0.0)
             idx = np.arange(start, stop)
             prior_mats.append(sps.csc_matrix((np.ones(stop - start), (idx, idx)), shape=(m, m)))
-    ZtZ = (Z.T @ Z).tocsc()
-    pattern = (abs(ZtZ) + sum(abs(p) for p in prior_mats)).tocsc()
-    pattern.sort_indices()
-    pattern.data[:] = 1.0
-    # every observation adds w to (a, b) for each pair of its columns
+    # every observation adds w z_a z_b to (a, b) for each pair of its columns
     pa = np.repeat(C, c, axis=1).ravel()
     pb = np.tile(C, (1, c)).ravel()
+    if p:  # the pattern from the pairs themselves: a product of covariates may be 0 (not kept by Z' Z)
+        ZtZ = sps.csc_matrix((np.ones(pa.size), (pa, pb)), shape=(m, m))
+        pair_val = (np.repeat(V, c, axis=1) * np.tile(V, (1, c))).ravel()
+    else:
+        ZtZ = (Z.T @ Z).tocsc()
+        pair_val = None
+    pattern = (abs(ZtZ) + sum(abs(P) for P in prior_mats)).tocsc()
+    pattern.sort_indices()
+    pattern.data[:] = 1.0
     pair_pos = _positions(pattern, pa, pb)
     pair_obs = np.repeat(np.arange(n), c * c)
-    counts = np.bincount(pair_pos, minlength=pattern.nnz).astype(float)
+    counts = np.bincount(pair_pos, weights=pair_val, minlength=pattern.nnz).astype(float)
     prior_data = []
     for P in prior_mats:
         P = P.tocoo()
@@ -339,7 +387,8 @@ def build_system(spec, lay, design: SparseDesign) -> SparseSystem:
         raise ModelError("The sparse path needs an independent residual.")
     return SparseSystem(n=n, m=m, Z=Z, r=r, se=se, pattern=pattern, pair_pos=pair_pos, pair_obs=pair_obs,
                         counts=counts, prior_data=prior_data, blocks=design.blocks, base_logdet=base_logdet,
-                        uniform=uniform, combine=spec.combine, Ztr=np.asarray(Z.T @ r), rr=float(r @ r))
+                        uniform=uniform, combine=spec.combine, Ztr=np.asarray(Z.T @ r), rr=float(r @ r),
+                        pair_val=pair_val)
 
 
 def sparse_logp(spec, lay, design: SparseDesign, params) -> np.ndarray:

@@ -8,7 +8,9 @@ Every base reports its *projections* onto the row and column indicators
 
     P = X' B^-1 X  (N+K, N+K),  b = X' B^-1 r  (N+K,),  q = r' B^-1 r,  log|B|
 
-where r is the residual from the prior mean. With ``Z = X E`` (E maps the
+where r is the residual from the prior mean. With covariates (a design
+``X_c``, (n_obs, p)) the indicators are augmented, ``X = [rows | cols | X_c]``,
+and P and b grow by p (:func:`covariate_pieces`, :func:`augment`). With ``Z = X E`` (E maps the
 effects' coordinates to indicator coefficients) the log-density follows from
 ``M = G^-1 + E' P E`` alone:
 
@@ -29,7 +31,7 @@ import numpy as np
 from twoway.linalg.ops import NUMPY
 
 __all__ = ["Projections", "sandwich", "diagonal_projections", "shock_projections", "collapse_cells",
-           "cell_effect_projections", "woodbury_logp",
+           "cell_effect_projections", "covariate_pieces", "collapse_covariates", "augment", "woodbury_logp",
            "gaussian_logp_from", "effects_posterior", "effects_conditional", "EliminatedSide",
            "eliminate_side", "eliminated_side_logp", "eliminated_side_posterior"]
 
@@ -38,7 +40,7 @@ LOG_2PI = math.log(2.0 * math.pi)
 
 @dataclass(frozen=True)
 class Projections:
-    """A base covariance seen through the row and column indicators.
+    """A base covariance seen through the row and column indicators (and the covariates' columns).
 
     Attributes
     ----------
@@ -46,8 +48,8 @@ class Projections:
         log|B| over the observed cells.
     quad : scalar (...,)
         r' B^-1 r.
-    P : array (..., N+K, N+K)
-    b : array (..., N+K)
+    P : array (..., N+K+p, N+K+p)
+    b : array (..., N+K+p)
     n_obs : int
     """
 
@@ -74,7 +76,55 @@ def _assemble(ops, w_rows, w_cols, cross):
     return ops.concatenate([top, bottom], axis=-2)
 
 
-def diagonal_projections(ops, r, w, logdet) -> Projections:
+def covariate_pieces(ops, w, wr, X):
+    """The covariates' part of the projections of a diagonal residual, one table (or a batch of them).
+
+    Parameters
+    ----------
+    w : array (..., N, K)
+        Cell precisions, 0 at missing cells.
+    wr : array (..., N, K)
+        Precision-weighted residuals.
+    X : array (..., N, K, p)
+        The covariates on the grid (a constant; 0 at missing cells); its leading
+        dims broadcast against w's (a replicate axis, say).
+
+    Returns
+    -------
+    (P_rX (..., N, p), P_cX (..., K, p), P_XX (..., p, p), b_X (..., p))
+        Row-indicator x covariate, column-indicator x covariate and covariate x
+        covariate blocks of ``X' B^-1 X``, and the covariates' part of ``X' B^-1 r``.
+    """
+    Xc = ops.asarray(X)
+    wX = w[..., None] * Xc                                          # (..., N, K, p)
+    P_rX = ops.sum(wX, axis=-2)
+    P_cX = ops.sum(wX, axis=-3)
+    P_XX = ops.sum(_mT(ops, wX) @ Xc, axis=-3)                      # (..., N, p, p) summed over rows
+    b_X = ops.sum(ops.sum(wr[..., None] * Xc, axis=-2), axis=-2)
+    return P_rX, P_cX, P_XX, b_X
+
+
+def _sum_replicates(ops, pieces):
+    """:func:`covariate_pieces` of (..., R, N, K) tables summed over the replicate axis."""
+    P_rX, P_cX, P_XX, b_X = pieces
+    return ops.sum(P_rX, axis=-3), ops.sum(P_cX, axis=-3), ops.sum(P_XX, axis=-3), ops.sum(b_X, axis=-2)
+
+
+def augment(ops, P, b, pieces):
+    """P (..., N+K, N+K) and b (..., N+K) with the covariates' rows and columns added (see :func:`covariate_pieces`).
+
+    Returns
+    -------
+    (P (..., N+K+p, N+K+p), b (..., N+K+p))
+    """
+    P_rX, P_cX, P_XX, b_X = pieces
+    side = ops.concatenate([P_rX, P_cX], axis=-2)                   # (..., N+K, p)
+    top = ops.concatenate([P, side], axis=-1)
+    bottom = ops.concatenate([_mT(ops, side), P_XX], axis=-1)
+    return ops.concatenate([top, bottom], axis=-2), ops.concatenate([b, b_X], axis=-1)
+
+
+def diagonal_projections(ops, r, w, logdet, X=None) -> Projections:
     """Projections of an independent (diagonal) residual.
 
     Parameters
@@ -85,6 +135,8 @@ def diagonal_projections(ops, r, w, logdet) -> Projections:
         Precision of each cell (1 / variance), 0 at missing cells.
     logdet : scalar (...,)
         Sum of log variances over the observed cells.
+    X : array (R, N, K, p), optional
+        The covariates on the grid (0 at missing cells): P and b are augmented.
     """
     wr = w * r
     w_sum = ops.sum(w, axis=-3)                                     # (..., N, K)
@@ -92,6 +144,8 @@ def diagonal_projections(ops, r, w, logdet) -> Projections:
     wr_sum = ops.sum(wr, axis=-3)
     b = ops.concatenate([ops.sum(wr_sum, axis=-1), ops.sum(wr_sum, axis=-2)], axis=-1)
     quad = ops.sum(ops.sum(ops.sum(wr * r, axis=-1), axis=-1), axis=-1)
+    if X is not None:
+        P, b = augment(ops, P, b, _sum_replicates(ops, covariate_pieces(ops, w, wr, X)))
     return Projections(logdet=logdet, quad=quad, P=P, b=b, n_obs=-1)
 
 
@@ -134,15 +188,54 @@ def collapse_cells(ops, r, w, cell_var):
     return W * f, m * f, quad, logdet_extra
 
 
-def cell_effect_projections(ops, r, w, logdet, cell_var) -> Projections:
-    """Projections of an independent residual plus a random cell effect (see :func:`collapse_cells`)."""
+def collapse_covariates(ops, r, w, cell_var, X):
+    """The covariates' part of the projections of :func:`collapse_cells`' residual (Sherman-Morrison per cell).
+
+    With ``m_X = sum_r w X`` (the cell's precision-weighted covariates),
+    ``m = sum_r w r`` and ``f = 1 / (1 + cell_var W)``: a cell's indicator sees
+    ``m_X f``, ``X' B^-1 X = sum w X X' - cell_var sum f m_X m_X'`` and
+    ``X' B^-1 r = sum w X r - cell_var sum f m_X m``.
+
+    Parameters
+    ----------
+    r, w : arrays (..., R, N, K)
+    cell_var : scalar (...,)
+    X : array (R, N, K, p)
+        The covariates on the grid (a constant; 0 at missing cells).
+
+    Returns
+    -------
+    (P_rX (..., N, p), P_cX (..., K, p), P_XX (..., p, p), b_X (..., p)), as :func:`covariate_pieces`.
+    """
+    batched = bool(getattr(cell_var, "ndim", 0))
+    cv = cell_var[..., None, None] if batched else cell_var        # against (..., N, K) and (..., p, p)
+    cv1 = cell_var[..., None] if batched else cell_var              # against (..., p)
+    wr = w * r
+    W = ops.sum(w, axis=-3)
+    m = ops.sum(wr, axis=-3)
+    f = 1.0 / (1.0 + cv * W)                                        # (..., N, K)
+    Xc = ops.asarray(X)
+    _, _, P_XX, b_X = _sum_replicates(ops, covariate_pieces(ops, w, wr, X))
+    m_X = ops.sum(w[..., None] * Xc, axis=-4)                       # (..., N, K, p)
+    fm_X = f[..., None] * m_X
+    P_XX = P_XX - cv * ops.sum(_mT(ops, fm_X) @ m_X, axis=-3)
+    b_X = b_X - cv1 * ops.sum(ops.sum(fm_X * m[..., None], axis=-2), axis=-2)
+    return ops.sum(fm_X, axis=-2), ops.sum(fm_X, axis=-3), P_XX, b_X
+
+
+def cell_effect_projections(ops, r, w, logdet, cell_var, X=None) -> Projections:
+    """Projections of an independent residual plus a random cell effect (see :func:`collapse_cells`;
+    with covariates ``X`` (R, N, K, p), :func:`collapse_covariates`)."""
     w_sum, wr_sum, quad, logdet_extra = collapse_cells(ops, r, w, cell_var)
     P = _assemble(ops, ops.sum(w_sum, axis=-1), ops.sum(w_sum, axis=-2), w_sum)
     b = ops.concatenate([ops.sum(wr_sum, axis=-1), ops.sum(wr_sum, axis=-2)], axis=-1)
+    if X is not None:
+        P, b = augment(ops, P, b, collapse_covariates(ops, r, w, cell_var, X))
     return Projections(logdet=logdet + logdet_extra, quad=quad, P=P, b=b, n_obs=-1)
 
 
-def shock_projections(ops, r, w, logdet, shock_var, shock_index, n_rep: int, n_total: int) -> Projections:
+def shock_projections(ops, r, w, logdet, shock_var, shock_index, n_rep: int, n_total: int,
+                      X=None) -> Projections:
     """Projections of a diagonal residual plus per-replicate row and column shocks.
 
     Within each replicate, shocks ``s ~ N(0, diag(shock_var))`` act through the
@@ -162,29 +255,38 @@ def shock_projections(ops, r, w, logdet, shock_var, shock_index, n_rep: int, n_t
         R, the number of replicate tables.
     n_total : int
         N + K.
+    X : array (R, N, K, p), optional
+        The covariates on the grid (0 at missing cells): each replicate's P_r and
+        b_r are augmented before its shocks are eliminated.
     """
     idx = np.asarray(shock_index)
     if ops.loop_replicates:
         # one replicate at a time: small 2-d factorizations compile far faster than batched ones
-        parts = [_shock_block(ops, r[k], w[k], shock_var, idx, n_total) for k in range(n_rep)]
+        parts = [_shock_block(ops, r[k], w[k], shock_var, idx, n_total, None if X is None else X[k])
+                 for k in range(n_rep)]
         P = sum(p[0] for p in parts)
         b = sum(p[1] for p in parts)
         quad = sum(p[2] for p in parts)
         logdet_m = sum(p[3] for p in parts)
     else:
-        P, b, quad, logdet_m = _shock_block(ops, r, w, shock_var[..., None, :], idx)
+        P, b, quad, logdet_m = _shock_block(ops, r, w, shock_var[..., None, :], idx, None, X)
         P, b, quad, logdet_m = (ops.sum(P, axis=-3), ops.sum(b, axis=-2), ops.sum(quad, axis=-1),
                                 ops.sum(logdet_m, axis=-1))
     logdet_total = logdet + n_rep * ops.sum(ops.log(shock_var), axis=-1) + logdet_m
     return Projections(logdet=logdet_total, quad=quad, P=P, b=b, n_obs=-1)
 
 
-def _shock_block(ops, r, w, shock_var, idx, n_total=None):
-    """Woodbury inside one replicate (or a batch of them along the leading dims of r, w)."""
+def _shock_block(ops, r, w, shock_var, idx, n_total=None, X=None):
+    """Woodbury inside one replicate (or a batch of them along the leading dims of r, w); X (..., N, K, p)
+    the covariates of the same replicates, or None."""
     wr = w * r
     P_r = _assemble(ops, ops.sum(w, axis=-1), ops.sum(w, axis=-2), w)            # (..., N+K, N+K)
     b_r = ops.concatenate([ops.sum(wr, axis=-1), ops.sum(wr, axis=-2)], axis=-1)  # (..., N+K)
-    sel = np.eye(n_total if n_total is not None else r.shape[-2] + r.shape[-1])[:, idx]
+    n = n_total if n_total is not None else r.shape[-2] + r.shape[-1]
+    if X is not None:
+        P_r, b_r = augment(ops, P_r, b_r, covariate_pieces(ops, w, wr, X))        # (..., N+K+p, N+K+p)
+        n = n + X.shape[-1]
+    sel = np.eye(n)[:, idx]
     Ps = P_r @ ops.asarray(sel)                # (..., N+K, m)
     Pss = ops.asarray(sel.T) @ Ps              # (..., m, m)
     bs = b_r @ ops.asarray(sel)                # (..., m)
@@ -305,15 +407,19 @@ def effects_conditional(proj: Projections, E, g_inv):
     return mean, L
 
 
-def effects_posterior(proj: Projections, E, g_inv, rng: np.random.Generator) -> np.ndarray:
+def effects_posterior(proj: Projections, E, g_inv, rng: np.random.Generator, size: int | None = None) -> np.ndarray:
     """Draw the effects' coordinates from their exact conditional law (NumPy, batched).
+
+    ``size``: the number of draws when the law has no batch dimension (no parameter
+    varies over draws: known se and fixed priors only); otherwise the batch's.
 
     Returns
     -------
     array (..., m)
     """
     mean, L = effects_conditional(proj, E, g_inv)
-    z = rng.standard_normal(mean.shape)
+    shape = mean.shape if size is None or mean.ndim > 1 else (int(size),) + mean.shape
+    z = rng.standard_normal(shape)
     # L L' = M, so L'^-1 z has covariance M^-1
     dev = np.linalg.solve(np.swapaxes(L, -1, -2), z[..., None])[..., 0]
     return mean + dev
@@ -344,8 +450,8 @@ class EliminatedSide:
     t: Any
 
 
-def eliminate_side(ops, *, w_sum, wr_sum, scale=1.0, n_rows: int, side: str, side_var, E_rest, g_inv_rest
-                   ) -> EliminatedSide:
+def eliminate_side(ops, *, w_sum, wr_sum, scale=1.0, n_rows: int, side: str, side_var, E_rest, g_inv_rest,
+                   cov=None, n_cov: int = 0) -> EliminatedSide:
     """Split ``M`` for a diagonal residual whose cell precisions are ``scale * w_sum``.
 
     For a diagonal residual and effects ``u = (a, o)``, where ``a`` are iid
@@ -372,16 +478,27 @@ def eliminate_side(ops, *, w_sum, wr_sum, scale=1.0, n_rows: int, side: str, sid
         The eliminated side.
     side_var : scalar (...,)
         Prior variance of the eliminated effects.
-    E_rest : array (N+K, m_o)
-        The other coordinates' map onto the indicators (a constant).
+    E_rest : array (N+K+p, m_o)
+        The other coordinates' map onto the augmented indicators (a constant).
     g_inv_rest : array (..., m_o, m_o)
         Their inverse prior covariance.
+    cov : tuple, optional
+        With covariates, ``(P_rX (..., N, p), P_cX (..., K, p), P_XX (..., p, p), b_X (..., p))``
+        up to ``scale`` (see :func:`covariate_pieces`): the covariates' blocks of P and b.
+    n_cov : int
+        p, the covariates' rows at the end of ``E_rest`` (0 without ``cov``).
     """
     W = w_sum
+    n_ind = E_rest.shape[0] - n_cov
     E_row = np.ascontiguousarray(E_rest[:n_rows])          # (N, m_o)
-    E_col = np.ascontiguousarray(E_rest[n_rows:])          # (K, m_o)
+    E_col = np.ascontiguousarray(E_rest[n_rows:n_ind])     # (K, m_o)
+    E_X = np.ascontiguousarray(E_rest[n_ind:])             # (p, m_o)
+    if cov is not None:
+        P_rX, P_cX, P_XX, b_X = (ops.asarray(piece) for piece in cov)
     if side == "col":  # transpose the table: the columns play the rows' part
         W, wr_sum, E_row, E_col = _mT(ops, W), _mT(ops, wr_sum), E_col, E_row
+        if cov is not None:
+            P_rX, P_cX = P_cX, P_rX
     sc = _expand(scale)                                    # (..., 1), or a scalar without batch
     sc2 = sc[..., None] if getattr(sc, "ndim", 0) else sc  # (..., 1, 1)
     a_prec = ops.sum(W, axis=-1)                           # (..., n): the diagonal of P's block
@@ -391,11 +508,22 @@ def eliminate_side(ops, *, w_sum, wr_sum, scale=1.0, n_rows: int, side: str, sid
     D = sc * a_prec + _expand(1.0 / side_var)
     WE = W @ E_col                                         # (..., n, m_o)
     M_ao_unit = a_prec[..., :, None] * E_row + WE
+    if cov is not None:
+        AX = P_rX @ ops.asarray(E_X)                       # (..., n, m_o): the eliminated side x covariates
+        OX = P_cX @ ops.asarray(E_X)                       # (..., k, m_o): the other side x covariates
+        M_ao_unit = M_ao_unit + AX
     M_ao = sc2 * M_ao_unit
-    M_oo = sc2 * (ops.asarray(E_row.T) @ M_ao_unit + _mT(ops, WE) @ E_row
-                  + ops.asarray(E_col.T) @ (o_prec[..., :, None] * E_col)) + g_inv_rest
+    M_oo_unit = (ops.asarray(E_row.T) @ M_ao_unit + _mT(ops, WE) @ E_row
+                 + ops.asarray(E_col.T) @ (o_prec[..., :, None] * E_col))
+    if cov is not None:
+        M_oo_unit = (M_oo_unit + ops.asarray(E_col.T) @ OX + _mT(ops, AX) @ ops.asarray(E_row)
+                     + _mT(ops, OX) @ ops.asarray(E_col) + ops.asarray(E_X.T) @ P_XX @ ops.asarray(E_X))
+    M_oo = sc2 * M_oo_unit + g_inv_rest
     c_a = sc * b_a
-    c_o = sc * (ops.sum(b_a[..., :, None] * E_row, axis=-2) + ops.sum(b_o[..., :, None] * E_col, axis=-2))
+    c_o_unit = ops.sum(b_a[..., :, None] * E_row, axis=-2) + ops.sum(b_o[..., :, None] * E_col, axis=-2)
+    if cov is not None:
+        c_o_unit = c_o_unit + ops.sum(b_X[..., :, None] * E_X, axis=-2)
+    c_o = sc * c_o_unit
     scaled = M_ao / D[..., :, None]
     S = M_oo - _mT(ops, M_ao) @ scaled
     t = c_o - ops.sum(scaled * c_a[..., :, None], axis=-2)

@@ -7,6 +7,13 @@ see :mod:`twoway.spec.derived`), which are defined whenever the model has that
 side's effect (random or fixed; the effects are drawn back after sampling when
 they were integrated out). The difference of two row means is the difference
 of their effects: the intercept and the other side cancel draw by draw.
+
+A factor covariate of the mean (``C(g)`` in the model's covariates formula) is
+contrasted the same way: with treatment coding its coefficient ``C(g)[T.b]`` is
+level ``b``'s difference from the coding's reference level, so the contrast of
+level ``b`` against a reference ``a`` is ``coef[b] - coef[a]`` draw by draw (the
+coding's reference contributing 0). Where the factor also enters interactions
+the contrast is the one at zero of the other variables (their reference level).
 """
 
 from __future__ import annotations
@@ -15,6 +22,8 @@ import warnings
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
+import numpy as np
+
 from twoway.errors import FitError, ModelError, TwowayWarning
 from twoway.results.stats import statistics_table
 from twoway.table.connectivity import components
@@ -22,9 +31,12 @@ from twoway.table.connectivity import components
 # Deferred imports: pandas, xarray (heavy to import) are imported inside the functions that use them, so
 # importing this module stays light.
 
-__all__ = ["Contrasts", "contrasts", "parse_contrast", "SIDES"]
+__all__ = ["Contrasts", "contrasts", "parse_contrast", "covariate_contrasts", "contrast_name", "SIDES",
+           "COVARIATE"]
 
 SIDES = {"row": "row", "col": "column"}
+#: The prefix of a contrast's side that names a factor covariate: ``"covariate:g"``.
+COVARIATE = "covariate:"
 
 
 @dataclass(frozen=True)
@@ -33,7 +45,8 @@ class Contrasts:
 
     Attributes
     ----------
-    side : {"row", "col"}
+    side : str
+        ``"row"``, ``"col"`` or ``"covariate:VAR"`` (the levels of a factor covariate ``VAR``).
     reference : str
         The reference level's label.
     draws : xarray.DataArray
@@ -56,29 +69,60 @@ class Contrasts:
 
 
 def parse_contrast(text: "str | tuple[str, str]") -> tuple[str, str]:
-    """``"col=Placebo"`` (or ``("col", "Placebo")``) -> ``("col", "Placebo")``; :class:`FitError` otherwise."""
+    """A requested contrast as ``(side, reference)``; :class:`FitError` for text that is none.
+
+    ``"col=Placebo"`` (or ``("col", "Placebo")``) -> ``("col", "Placebo")``; a factor covariate
+    ``g``: ``"covariate:g"`` or ``"g"`` -> ``("covariate:g", "")`` (against the coding's
+    reference level), ``"covariate:g=b"`` or ``"g=b"`` -> ``("covariate:g", "b")``. Whether
+    ``g`` is a factor covariate of the model is checked against the fit
+    (:func:`contrast_tables`).
+    """
     if isinstance(text, tuple) and len(text) == 2:
         side, ref = text
+        sep = "="
     else:
         side, sep, ref = str(text).partition("=")
-        if not sep:
-            raise FitError(f"A contrast must be given as row=LABEL or col=LABEL; got {text!r}.")
-    side = str(side).strip()
-    if side not in SIDES:
-        raise FitError(f"A contrast's side must be 'row' or 'col'; got {side!r} (in {text!r}).")
-    if not str(ref):
+    side, ref = str(side).strip(), str(ref).strip() if sep else ""
+    if side.startswith(COVARIATE) or side not in SIDES:
+        name = side[len(COVARIATE):].strip() if side.startswith(COVARIATE) else side
+        if not name or not _is_name(name):
+            raise FitError(f"A contrast must be given as row=LABEL or col=LABEL, or as covariate:NAME[=LEVEL] for "
+                           f"a factor covariate; got {text!r}.")
+        return COVARIATE + name, ref
+    if not sep:
+        raise FitError(f"A contrast must be given as row=LABEL or col=LABEL; got {text!r}.")
+    if not ref:
         raise FitError(f"A contrast needs a reference label after '{side}='; got {text!r}.")
-    return side, str(ref)
+    return side, ref
 
 
-def contrasts(fit, *, row: str | None = None, col: str | None = None, ci_prob: float = 0.94) -> Contrasts:
-    """Each row (or column) mean minus the mean of the reference level ``row`` (or ``col``).
+def _is_name(text: str) -> bool:
+    """A plausible column name: no spaces or operators of a formula."""
+    return bool(text) and not any(ch in text for ch in " \t+*~()[]:,")
+
+
+def contrast_name(side: str) -> str:
+    """The contrasted things in words: ``row``, ``column``, ``level of g``."""
+    if side.startswith(COVARIATE):
+        return f"level of {side[len(COVARIATE):]}"
+    return SIDES[side]
+
+
+def contrasts(fit, *, row: str | None = None, col: str | None = None, covariate: str | None = None,
+              reference: str | None = None, ci_prob: float = 0.94) -> Contrasts:
+    """Each row (or column) mean minus the mean of the reference level ``row`` (or ``col``); or the
+    levels of a factor covariate against a reference level.
 
     Parameters
     ----------
     fit : Fit
     row, col : str
-        The reference level's label; give exactly one of them.
+        The reference level's label; give exactly one of ``row``, ``col`` and ``covariate``.
+    covariate : str
+        A factor covariate of the model's formula (``g`` for ``C(g)``): each of its levels'
+        coefficient minus the reference level's (see :func:`covariate_contrasts`).
+    reference : str, optional
+        With ``covariate``: the reference level (default: the coding's reference, the first level).
     ci_prob : float
         Probability of the summary's highest-density intervals.
 
@@ -102,10 +146,107 @@ def contrasts(fit, *, row: str | None = None, col: str | None = None, ci_prob: f
         When some contrasts come from the priors alone (a disconnected design, random
         effects): they are flagged in the summary's ``prior_only`` column.
     """
-    if (row is None) == (col is None):
-        raise FitError("Give the reference level of exactly one side: contrasts(row=LABEL) or contrasts(col=LABEL).")
+    if sum(x is not None for x in (row, col, covariate)) != 1:
+        raise FitError("Give the reference level of exactly one side, or one factor covariate: "
+                       "contrasts(row=LABEL), contrasts(col=LABEL) or contrasts(covariate=NAME).")
+    if covariate is not None:
+        return covariate_contrasts(fit, str(covariate), reference=reference, ci_prob=ci_prob)
+    if reference is not None:
+        raise FitError("The option 'reference' goes with 'covariate'; for rows and columns give the reference "
+                       "level as row=LABEL or col=LABEL.")
     side, reference = ("row", row) if row is not None else ("col", col)
     return _contrasts(fit, side, str(reference), ci_prob)
+
+
+def covariate_contrasts(fit, variable: str, *, reference: str | None = None, ci_prob: float = 0.94) -> Contrasts:
+    """Each level of the factor covariate ``variable`` against a reference level, draw by draw.
+
+    With treatment coding the coefficient ``C(g)[T.b]`` is level ``b``'s difference from the
+    coding's reference level ``a``; the contrast ``b - r`` against another reference ``r`` is
+    ``coef[b] - coef[r]`` (``coef[a]`` = 0).
+
+    Parameters
+    ----------
+    fit : Fit
+    variable : str
+        A factor covariate of the model's formula (the table's column, e.g. ``g`` for ``C(g)``).
+    reference : str, optional
+        The reference level (default: the coding's reference level).
+    ci_prob : float
+        Probability of the summary's highest-density intervals.
+
+    Returns
+    -------
+    Contrasts
+        ``side`` ``"covariate:VAR"``; draws (chain, draw, L-1) for a factor of L levels, each
+        ``"LEVEL - REF"``; the summary as for rows and columns (``prior_only`` all False).
+
+    Raises
+    ------
+    FitError
+        For a model without covariates, a name that is not a factor covariate, or a level
+        the factor does not have.
+
+    Warns
+    -----
+    TwowayWarning
+        When the factor also enters interactions: the contrasts are those at zero of the
+        other variables in them.
+    """
+    import xarray as xr
+
+    from twoway.results.covariates import coef_draws, fit_design
+
+    design = fit_design(fit)
+    factors = dict(getattr(design, "factors", None) or {})
+    if variable not in factors and design is not None and variable in design.variables:
+        raise FitError(f"The covariate {variable!r} is not a factor (its term is a number), so it has no levels "
+                       "to contrast; its coefficient is in the coefficient table"
+                       + (f" (factor covariates: {', '.join(map(repr, factors))})." if factors else "."))
+    if variable not in factors:
+        what = (f"the model's factor covariates are {', '.join(map(repr, factors))}" if factors else
+                "the model has no factor covariate" if design is not None else "the model has no covariates")
+        raise FitError(f"A contrast's side must be 'row' or 'col', or a factor covariate of the model ({what}); "
+                       f"got {variable!r}.")
+    levels_of = factors[variable]
+    levels = [str(v) for v in levels_of.levels]
+    coding_ref = levels_of.reference
+    coding_ref = levels[0] if coding_ref is None else str(coding_ref)
+    reference = coding_ref if reference in (None, "") else str(reference)
+    if reference not in levels:
+        raise FitError(f"The reference level of '{variable}' must be one of its levels ({_few(levels)}); "
+                       f"got {reference!r}.")
+    term_of = {str(k): str(v) for k, v in levels_of.terms.items()}
+    terms = list(design.terms)
+    coef = coef_draws(fit, design)                                  # (chains, draws, p)
+    if coef is None:
+        raise FitError("The fit has no draws of 'coef' to contrast the levels of a covariate with.")
+
+    def effect(level: str) -> np.ndarray:
+        if level not in term_of:       # the coding's reference level (or a level without a coefficient)
+            return np.zeros(coef.shape[:2])
+        return coef[..., terms.index(term_of[level])]
+
+    others = [lv for lv in levels if lv != reference]
+    diff = np.stack([effect(lv) - effect(reference) for lv in others], axis=-1)
+    names = [f"{lv} - {reference}" for lv in others]
+    side = COVARIATE + variable
+    post = fit.posterior
+    draws = xr.DataArray(diff, dims=("chain", "draw", "contrast"),
+                         coords={"chain": post.coords["chain"].values, "draw": post.coords["draw"].values,
+                                 "contrast": names},
+                         name="covariate_contrast", attrs={"side": side, "reference": reference})
+    table = statistics_table(xr.Dataset({"difference": draws}), ["difference"], ci_prob)
+    table.index = names
+    table.index.name = "contrast"
+    table["prior_only"] = False
+    main = set(term_of.values())
+    shared = [t for t in terms if t not in main and any(m in t for m in main)]
+    if shared:
+        warnings.warn(f"The factor '{variable}' also enters the term(s) {_few(shared, 4)}: its contrasts are those "
+                      "where the other variables of those terms are zero (at their reference level).",
+                      TwowayWarning, stacklevel=3)
+    return Contrasts(side=side, reference=reference, draws=draws, summary=table)
 
 
 def _contrasts(fit, side: str, reference: str, ci_prob: float) -> Contrasts:
@@ -174,7 +315,11 @@ def contrast_tables(fit, specs: Iterable["str | tuple[str, str]"], ci_prob: floa
     parts = []
     for text in specs:
         side, ref = parse_contrast(text)
-        c = _contrasts(fit, side, ref, ci_prob)
+        if side.startswith(COVARIATE):
+            c = covariate_contrasts(fit, side[len(COVARIATE):], reference=ref or None, ci_prob=ci_prob)
+            ref = c.reference
+        else:
+            c = _contrasts(fit, side, ref, ci_prob)
         table = c.summary.copy()
         table.insert(0, "reference", ref)
         table.insert(0, "side", side)

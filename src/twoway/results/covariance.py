@@ -28,8 +28,10 @@ def covariance_tensor(fit, *, chain: int = 0, draw: int = 0, include_effects: bo
     complete = TwoWayData.from_array(np.zeros((1, N, K)), se=se, row_labels=data.row_labels,
                                      col_labels=data.col_labels, zero_se="none")
     if spec.effects == "integrate":
-        plan = fit.plan.with_data(complete)
-        lay, design, constants = plan.layout, plan.design.dense(), plan.constants  # an (NK, NK) covariance: dense
+        plan = fit.plan
+        # an (NK, NK) covariance: dense; given the covariates' coefficients (their part needs X at every cell)
+        lay = layout(complete, plan.m0, plan.parts)
+        design, constants = plan.design.dense().without_covariates(), plan.constants
     else:  # sampled effects: the residual's covariance alone
 
         lay = layout(complete, 0.0, residual_parts(spec, data.row_labels, data.col_labels))

@@ -7,6 +7,9 @@ For each posterior draw the variance of one cell of the table is split into
   variance of the drawn effects over the table's rows for fixed effects (a
   finite-population variance);
 * ``col_effect``: the same for columns;
+* ``covariates``: with covariates in the mean, the variance over the observed
+  cells of their part ``x[r,i,j]' coef`` (a finite-population variance, like
+  fixed effects'): the variance the covariates explain;
 * ``cell``: a random cell effect's variance ``cell_sd^2``, when the model has one;
 * ``residual``: the unknown residual variance (row and column scales, sigma,
   latent shocks, a Kronecker or full covariance's diagonal); with
@@ -21,8 +24,9 @@ average cell variance. Shares are each component over that total, per draw,
 then summarised (so they sum to 1 in every draw).
 
 Intraclass correlations are given where the residual is independent or latent
-(a Kronecker or full residual correlates cells in other ways): the row ICC
-``row_effect / total`` is the correlation of two cells of one row in different
+(a Kronecker or full residual correlates cells in other ways); they are
+conditional on the covariates (the ``covariates`` share is left out of their
+denominator, ``total - covariates``): the row ICC ``row_effect / total`` is the correlation of two cells of one row in different
 columns (different replicate tables for the latent residual), the column ICC
 likewise, and with replicate tables the cell ICC ``(row_effect + col_effect +
 cell) / total`` the correlation of two replicates of one cell.
@@ -37,6 +41,7 @@ import numpy as np
 from twoway.likelihood.marginal import kronecker_factors, layout, table_covariance
 from twoway.linalg.ops import NUMPY
 from twoway.plan import residual_parts
+from twoway.results.covariates import fit_design, flat_coef
 from twoway.results.stats import statistics_table
 
 # Deferred imports: xarray (heavy to import) are imported inside the functions that use them, so importing
@@ -105,6 +110,29 @@ def _effect_variance(spec, side: str, params, plan, S: int) -> np.ndarray | None
     if kind == "random":
         return params[f"{side}_effect_sd"].reshape(S) ** 2 * _relationship_scale(plan, side)
     return np.var(params[f"{side}_effect"].reshape(S, -1), axis=-1)
+
+
+def covariate_variance(X: np.ndarray, coef: np.ndarray) -> np.ndarray:
+    """The variance over the observed cells of ``X @ coef``, per draw.
+
+    Parameters
+    ----------
+    X : array (n_obs, p)
+        The covariate design at the observed cells.
+    coef : array (S, p)
+        Draws of the coefficients.
+
+    Returns
+    -------
+    array (S,)
+        ``coef' C coef`` per draw, C the (p, p) covariance of X's columns over the cells (ddof 0).
+    """
+    X = np.asarray(X, dtype=float)
+    if X.shape[0] == 0:
+        return np.zeros(coef.shape[0])
+    centred = X - X.mean(axis=0)
+    C = centred.T @ centred / X.shape[0]
+    return np.maximum(np.einsum("sp,pq,sq->s", coef, C, coef), 0.0)
 
 
 def _relationship_scale(plan, side: str) -> float:
@@ -193,6 +221,10 @@ def variance_decomposition(fit, *, ci_prob: float = 0.94) -> VarianceDecompositi
             params.setdefault(name, np.full(S, value))
     rr, ii, jj = lay.obs
     comps: dict[str, np.ndarray] = {}
+    design = fit_design(fit)
+    coef = None if design is None else flat_coef(fit, design)
+    if coef is not None:
+        comps["covariates"] = covariate_variance(design.X, coef)
     for side in ("row", "col"):
         v = _effect_variance(spec, side, params, plan, S)
         if v is not None:
@@ -216,22 +248,29 @@ def variance_decomposition(fit, *, ci_prob: float = 0.94) -> VarianceDecompositi
     share_da = xr.DataArray(shares.reshape(shape), dims=("chain", "draw", "component"), coords=coords)
     notes = ["components are averaged over the observed cells; shares are per draw (they sum to 1), "
              "then summarised"]
+    if "covariates" in comps:
+        notes.append(f"covariates: the variance over the observed cells of the covariates' part x'coef "
+                     f"(formula '{design.formula}'), the share of a cell's variance the covariates explain")
+    # the intraclass correlations are conditional on the covariates: their variance is not a cell's to share
+    icc_total = total - comps["covariates"] if "covariates" in comps else total
     icc_da = None
     if spec.residual in ("independent", "latent"):
         iccs: dict[str, np.ndarray] = {}
         for side in ("row", "col"):
             if getattr(spec, f"{side}_effect") == "random":
-                iccs[side] = comps[f"{side}_effect"] / total
+                iccs[side] = comps[f"{side}_effect"] / icc_total
         if lay.shape[0] > 1:
             shared = sum(comps[n] for n in ("row_effect", "col_effect", "cell") if n in comps)
             if not np.isscalar(shared):
-                iccs["cell"] = shared / total
+                iccs["cell"] = shared / icc_total
         if iccs:
             icc_da = xr.DataArray(np.stack(list(iccs.values()), axis=-1).reshape(n_chain, n_draw, len(iccs)),
                                   dims=("chain", "draw", "icc"),
                                   coords={"chain": coords["chain"], "draw": coords["draw"], "icc": list(iccs)})
             notes.append("icc[row]: correlation of two cells of one row in different columns; icc[col] likewise"
-                         + ("; icc[cell]: of two replicates of one cell" if "cell" in iccs else ""))
+                         + ("; icc[cell]: of two replicates of one cell" if "cell" in iccs else "")
+                         + ("; given the covariates (their variance left out of the total)"
+                            if "covariates" in comps else ""))
     else:
         notes.append(f"no intraclass correlation: the {spec.residual} residual correlates cells by its own structure")
     ds = xr.Dataset({"variance": variances,

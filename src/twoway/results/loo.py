@@ -38,7 +38,6 @@ from twoway.errors import FitError
 from twoway.fit import Fit
 from twoway.fit import fit as fit_model
 from twoway.results.moments import iter_moments
-from twoway.table.data import TwoWayData
 
 # Deferred imports: arviz_stats, scipy (heavy to import) are imported inside the functions that use them, so
 # importing this module stays light.
@@ -508,10 +507,7 @@ def _without_cell(data, r: int, i: int, j: int):
     mask[r, i, j] = False
     if not mask[:, i, :].any() or not mask[:, :, j].any() or not mask[r].any():
         return None
-    values = np.where(mask, data.values, np.nan)
-    se = None if data.se is None else np.where(mask, data.se_or_zero(), np.nan)
-    return TwoWayData(values=values, se=se, row_labels=data.row_labels, col_labels=data.col_labels,
-                      replicate_labels=data.replicate_labels, names=data.names)
+    return data.with_values(np.where(mask, data.values, np.nan))  # se and covariates of the cells kept
 
 
 def refit_loo(fit, elpd, *, k_threshold: float = 0.7, max_refits: int = 10,

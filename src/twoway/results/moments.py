@@ -5,9 +5,12 @@ posterior draw, the Gaussian law of the observed cells: a mean vector and a
 covariance. :func:`iter_moments` gives them for any fitted model, in the
 order of :meth:`TwoWayData.observed_index` (replicate, row, col; C order).
 
-``conditional=True`` conditions on the drawn row and column effects (the
-residual law only); ``conditional=False`` integrates the random effects out
-(the marginal law the likelihood of an integrated model uses). For models
+``conditional=True`` conditions on the drawn row and column effects and
+covariate coefficients (the residual law only); ``conditional=False`` integrates
+the random effects out (the marginal law the likelihood of an integrated model
+uses; there the covariates' coefficients, integrated out with the effects, are
+integrated out too). The mean includes the covariates' part ``X @ coef`` of
+every draw where the coefficients are conditioned on. For models
 whose cells are independent given the parameters the covariance is diagonal
 and ``cov`` is None.
 """
@@ -22,6 +25,7 @@ import numpy as np
 from twoway.likelihood.diagonal import residual_sd
 from twoway.likelihood.marginal import dense_covariance, point_parameters
 from twoway.linalg.ops import NUMPY
+from twoway.results.covariates import coef_draws, fit_design
 
 __all__ = ["DrawMoments", "iter_moments", "draw_indices"]
 
@@ -89,8 +93,11 @@ def iter_moments(fit, draws: list[tuple[int, int]] | None = None, *,
     intercept, row_eff, col_eff = get("intercept"), get("row_effect"), get("col_effect")
     row_sd, col_sd, sigma = get("row_sd"), get("col_sd"), get("sigma")
     row_esd, col_esd = get("row_effect_sd"), get("col_effect_sd")
+    X, coef = _covariates(fit)
     for c, d in draws:
         mean = np.zeros(ii.size) if intercept is None else np.full(ii.size, intercept[c, d])
+        if X is not None:   # sampled coefficients: a parameter of the draw, conditional or not
+            mean = mean + X @ coef[c, d]
         random_terms = []
         if row_eff is not None:
             if conditional or spec.row_effect != "random":
@@ -115,6 +122,15 @@ def iter_moments(fit, draws: list[tuple[int, int]] | None = None, *,
         yield DrawMoments(chain=c, draw=d, mean=mean, var=var, cov=cov)
 
 
+def _covariates(fit) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """The covariate design's X (n_obs, p) and the coefficients' draws (chains, draws, p); (None, None) without."""
+    design = fit_design(fit)
+    coef = None if design is None else coef_draws(fit, design)
+    if coef is None:
+        return None, None
+    return np.asarray(design.X, dtype=float), coef
+
+
 def _integrated_moments(fit, draws, *, conditional: bool) -> Iterator[DrawMoments]:
     """Moments for models whose effects were integrated out (any residual)."""
 
@@ -127,6 +143,7 @@ def _integrated_moments(fit, draws, *, conditional: bool) -> Iterator[DrawMoment
     rr, ii, jj = lay.obs
     post = fit.posterior
     draws = draw_indices(fit) if draws is None else draws
+    X, coef = _covariates(fit) if conditional else (None, None)
     for c, d in draws:
         params = point_parameters(spec, lay, post, c, d, constants)
         cov = dense_covariance(NUMPY, spec, lay, design, params)
@@ -136,6 +153,8 @@ def _integrated_moments(fit, draws, *, conditional: bool) -> Iterator[DrawMoment
                 mean = mean + params["row_effect"][ii]
             if "col_effect" in params:
                 mean = mean + params["col_effect"][jj]
+            if X is not None:   # the coefficients drawn back with the effects
+                mean = mean + X @ coef[c, d]
         else:
             mean = np.full(ii.size, m0)
         # a random cell effect (integrated out) ties the replicates of a cell together even given the effects

@@ -11,7 +11,8 @@ import numpy as np
 import pandas as pd
 
 from twoway.errors import ConvergenceWarning, FitError
-from twoway.results.contrasts import contrast_tables
+from twoway.results.contrasts import COVARIATE, contrast_tables
+from twoway.results.covariates import coefficient_table, fit_design, mean_formula
 from twoway.results.decomposition import variance_decomposition
 from twoway.results.diagnostics import MODE_SDS, separated_chains
 from twoway.results.stats import statistics_table
@@ -49,6 +50,13 @@ class FitSummary:
     decomposition : pandas.DataFrame or None
         Variance components, their shares of the total and the intraclass
         correlations (see :mod:`twoway.results.decomposition`), the parameters' columns.
+    coefficients : pandas.DataFrame or None
+        With covariates in the mean: one line per term of the formula (index ``term``),
+        ``level`` (``row``, ``column``, ``cell``: what the term is constant within), the
+        parameters' columns and ``prior_sd`` (see
+        :func:`twoway.results.covariates.coefficient_table`); None without covariates.
+    formula : str or None
+        The covariates' formula (None without covariates).
     """
 
     table: pd.DataFrame
@@ -60,6 +68,8 @@ class FitSummary:
     decomposition_notes: list[str] = field(default_factory=list)
     #: the variables were chosen (``var_names``): print every row of the table
     chosen: bool = False
+    coefficients: pd.DataFrame | None = None
+    formula: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         out = {"parameters": _rows(self.table),
@@ -70,6 +80,8 @@ class FitSummary:
         if self.decomposition is not None:
             out["variance_decomposition"] = {"components": _rows(self.decomposition),
                                              "notes": list(self.decomposition_notes)}
+        if self.coefficients is not None:
+            out["coefficients"] = {"formula": self.formula, "terms": _rows(self.coefficients)}
         return out
 
     def format(self, *, long: int | None = None) -> str:
@@ -90,11 +102,22 @@ class FitSummary:
             lines += ["", table_text(table)]
             lines += [f"  ... {name}: {n:,} more entries not printed (see them with --var {name} or --json)"
                       for name, n in more]
+            if self.coefficients is not None:
+                lines += ["", (f"covariates: coefficients of the terms of '{self.formula}' (the change in the "
+                               "mean per unit of each term; level: what the term is constant within):"),
+                          table_text(self.coefficients)]
             if self.contrasts is not None:
                 for (side, ref), part in self.contrasts.groupby(["side", "reference"], sort=False):
-                    what = "row" if side == "row" else "column"
-                    lines += ["", f"contrasts: each {what} mean minus the mean of {what} {ref!r}:",
-                              table_text(part.drop(columns=["side", "reference"]))]
+                    drop = ["side", "reference"]
+                    if str(side).startswith(COVARIATE):
+                        variable = str(side)[len(COVARIATE):]
+                        head = (f"contrasts: each level of the covariate {variable!r} minus its level {ref!r} "
+                                "(a difference in the mean, the other terms held fixed):")
+                        drop.append("prior_only")   # coefficients: never from a disconnected design's priors
+                    else:
+                        what = "row" if side == "row" else "column"
+                        head = f"contrasts: each {what} mean minus the mean of {what} {ref!r}:"
+                    lines += ["", head, table_text(part.drop(columns=[c for c in drop if c in part]))]
             if self.decomposition is not None:
                 lines += ["", "variance decomposition (per draw, then summarised):",
                           self.decomposition.to_string(float_format=format_number)]
@@ -213,7 +236,9 @@ def summarize(fit, *, var_names: "list[str] | str | None" = None, ci_prob: float
         Probability of the highest-density intervals (default 0.94), in (0, 1).
     contrasts : list of str or (side, label), optional
         Contrasts against reference levels, ``"col=Placebo"`` or ``("col", "Placebo")``:
-        each other level's mean minus the reference's (see :func:`twoway.results.contrasts.contrasts`).
+        each other level's mean minus the reference's; a factor covariate ``g``:
+        ``"covariate:g"`` (against its reference level) or ``"covariate:g=b"`` (see
+        :func:`twoway.results.contrasts.contrasts`).
     decomposition : bool
         Add the variance decomposition (see :func:`twoway.results.decomposition.variance_decomposition`).
     """
@@ -252,8 +277,16 @@ def summarize(fit, *, var_names: "list[str] | str | None" = None, ci_prob: float
         warnings.warn(note, ConvergenceWarning, stacklevel=3)
     spec = fit.model
     how = description.describe({**fit.info, "engine": fit.engine})
-    header = [f"model: {spec.describe()}", how,
-              "priors:"] + [f"  {k} ~ {p}" for k, p in fit.priors.items()]
+    design = fit_design(fit)
+    header = [f"model: {spec.describe()}"]
+    if design is not None:
+        header.append(f"mean: {mean_formula(spec, design)}")
+    header += [how, "priors:"] + [f"  {k} ~ {p}" for k, p in fit.priors.items()]
+    coefficients = None if design is None else coefficient_table(fit, ci_prob=ci_prob, design=design)
+    if coefficients is not None and "prior_sd" in coefficients:
+        header.append("  coef per term (the coef prior's sigma is per one sd of the term): "
+                      + _few([f"{t} ~ Normal(0, {format_number(v)})"
+                              for t, v in coefficients["prior_sd"].items()], 8))
     note = cell_effect_note(spec, fit.data.n_replicates)
     if note:
         header.append(f"note: {note}")
@@ -263,7 +296,8 @@ def summarize(fit, *, var_names: "list[str] | str | None" = None, ci_prob: float
                       "parts, so comparisons across them come from the priors alone.")
     return FitSummary(table=table, diagnostics=diagnostics, warnings=notes, header=header,
                       contrasts=contrast_table, decomposition=decomp, decomposition_notes=decomp_notes,
-                      chosen=bool(var_names))
+                      chosen=bool(var_names), coefficients=coefficients,
+                      formula=None if design is None else design.formula)
 
 
 def default_variables(fit, post=None) -> list[str]:

@@ -32,6 +32,7 @@ it to fit one model to many tables and keep one fit file per table, and
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import glob
 import hashlib
 import json
@@ -483,14 +484,22 @@ def fit_diagnostics(fit) -> dict[str, float]:
 
 
 def scalar_moments(fit) -> dict[str, tuple[float, float]]:
-    """Posterior mean and sd of each scalar parameter (no dimension besides chain and draw)."""
+    """Posterior mean and sd of each scalar parameter (no dimension besides chain and draw), and of each
+    covariate coefficient, as ``coef[TERM]``."""
     post = fit.posterior
     out = {}
+
+    def moments(x) -> tuple[float, float]:
+        x = np.asarray(x, dtype=float).ravel()
+        return float(x.mean()), float(x.std(ddof=1)) if x.size > 1 else float("nan")
+
     for name in post.data_vars:
         da = post[name]
         if set(da.dims) <= {"chain", "draw"}:
-            x = np.asarray(da.values, dtype=float).ravel()
-            out[str(name)] = (float(x.mean()), float(x.std(ddof=1)) if x.size > 1 else float("nan"))
+            out[str(name)] = moments(da.values)
+        elif name == "coef" and "term" in da.dims:
+            for term in da["term"].values:
+                out[f"coef[{term}]"] = moments(da.sel(term=term).values)
     return out
 
 
@@ -743,6 +752,7 @@ def fit_many(
     scheduler: str | None = None,
     progress: bool | None = None,
     on_result: Callable[[str], None] | None = None,
+    covariates: str | None = None,
 ) -> BatchResult:
     """Fit one model to many tables, one fit file per table, on one or more workers.
 
@@ -780,6 +790,10 @@ def fit_many(
         Counts of done, failed and running fits on stderr (default: when stderr is a terminal).
     on_result : callable, optional
         Called with a table's name after its result was written (not for reused ones).
+    covariates : str, optional
+        A covariate formula's right-hand side (``"dose + C(site)"``); it replaces the model's
+        ``covariates``. Each table is read with the formula's variables as covariate columns
+        (:func:`twoway.table.covariates.required_variables`) and fitted with them.
 
     Returns
     -------
@@ -797,8 +811,16 @@ def fit_many(
     check_count("workers", workers, 1)
     check_sampling_options(chains, draws, tune, seed, engine)
     spec = load_model(model)
+    if covariates is not None:
+        if not isinstance(covariates, str):
+            raise FitError(f"The covariates must be a formula's right-hand side as text; got {covariates!r}.")
+        spec = dataclasses.replace(spec, covariates=covariates)
     out = Path(out)
     columns = {"row": row, "col": col, "value": value, "se": se, "replicate": replicate, "zero_se": zero_se}
+    if spec.covariates:  # only then: the configurations of runs without covariates stay as they were
+        from twoway.table.covariates import required_variables
+
+        columns["covariates"] = list(required_variables(spec.covariates))
     sampling = {"chains": int(chains), "draws": int(draws), "tune": int(tune), "engine": engine}
     config = json_normal({"kind": "fit-many", "model": spec.to_dict(), "columns": columns, "by": by,
                       "seed": seed, **sampling})

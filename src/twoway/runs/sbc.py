@@ -14,6 +14,12 @@ How twoway runs it (:func:`sbc`):
   make the prior depend on the simulated table. SBC therefore first fixes every
   prior at the value the defaults take for location 0 and spread 1 (the spec's
   own overrides kept), then simulates from that spec and fits that same spec.
+* **Covariates.** A model with covariates (``ModelSpec.covariates``) is
+  calibrated conditionally on their values: one set of values (given, or drawn
+  once from the run's seed by :func:`twoway.simulate.draw_covariates`) serves
+  every replication and is part of the configuration; each replication draws
+  ``coef`` from its fixed prior (sigma 2.5 per one sd of each term) and the
+  ranks cover every term (``coef[x]``, ``coef[C(g)[T.b]]``).
 * **One compile.** Each process compiles the model once for the layout of the
   first table it gets and re-runs it on every other table (nutpie's ``with_data``).
 * **Thinning.** The chains are concatenated (chain after chain) and every k-th
@@ -51,6 +57,7 @@ How twoway runs it (:func:`sbc`):
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import os
 import sys
@@ -69,7 +76,7 @@ from twoway.fit import check_sampling_options, compile_model
 from twoway.plan import residual_parts
 from twoway.runs.batch import BatchProgress, check_record, config_digest, fit_diagnostics, prepare_folder, run_jobs
 from twoway.runs.common import check_count, json_normal, read_json_object
-from twoway.simulate import simulate
+from twoway.simulate import draw_covariates, simulate
 from twoway.spec.model import load_model
 from twoway.spec.priors import resolve_priors
 from twoway.table.io.outputs import folder_lock, remove_stale_temporaries, write_json_atomic
@@ -415,7 +422,11 @@ def _replication(spec, config: Mapping[str, Any], key: str, index: int, cores: i
     """Simulate, fit and rank replication ``index`` (runs on a worker; compiles once per process)."""
 
     rseed = _replication_seed(config["seed"], index)
-    sim = simulate(spec, config["n_rows"], config["n_cols"], config["n_replicates"], seed=rseed, se=config["se"])
+    values = config.get("covariate_values")
+    shape = (config["n_replicates"], config["n_rows"], config["n_cols"])
+    covariates = None if values is None else {k: np.asarray(v).reshape(shape) for k, v in values.items()}
+    sim = simulate(spec, config["n_rows"], config["n_cols"], config["n_replicates"], seed=rseed, se=config["se"],
+                   covariates=covariates)
     compiled = _COMPILED.get(key)
     if compiled is None:
         compiled = compile_model(spec, sim.data, engine=config["engine"], progress=False)
@@ -463,6 +474,8 @@ def sbc(
     backend: str | None = None,
     workers: int = 1,
     scheduler: str | None = None,
+    covariates: str | None = None,
+    covariate_values: Mapping[str, Any] | None = None,
 ) -> SBCResult:
     """Simulation-based calibration of ``model`` on (n_replicates, n_rows, n_cols) tables.
 
@@ -509,6 +522,14 @@ def sbc(
         Dask cluster of N worker processes (one thread each).
     scheduler : str, optional
         Address of a running Dask scheduler instead.
+    covariates : str, optional
+        A covariate formula's right-hand side; it replaces the model's ``covariates``.
+    covariate_values : mapping, optional
+        With covariates: each of the formula's variables on the grid, values
+        broadcastable to (n_replicates, n_rows, n_cols) (numbers, or text for a factor).
+        Default: drawn once from ``seed`` (:func:`twoway.simulate.draw_covariates`). Every
+        replication uses them (the calibration is conditional on them); they are part of
+        the configuration.
 
     Returns
     -------
@@ -536,12 +557,24 @@ def sbc(
     if se is not None and not (isinstance(se, (int, float)) and not isinstance(se, bool)
                                and math.isfinite(se) and se > 0):
         raise FitError(f"The known standard error must be a positive number; got {se!r}.")
-    spec = sbc_spec(model, n_rows, n_cols)
-    config = json_normal({
+    spec = load_model(model)
+    if covariates is not None:
+        if not isinstance(covariates, str):
+            raise FitError(f"The covariates must be a formula's right-hand side as text; got {covariates!r}.")
+        spec = dataclasses.replace(spec, covariates=covariates)
+    spec = sbc_spec(spec, n_rows, n_cols)
+    config = {
         "model": spec.to_dict(), "n_rows": n_rows, "n_cols": n_cols, "n_replicates": n_replicates,
         "chains": int(chains), "draws": int(draws), "tune": int(tune), "seed": seed,
         "se": None if se is None else float(se), "n_thin": n_thin, "engine": engine,
-    })
+    }
+    if spec.covariates:  # only then: the configurations (and digests) of runs without covariates stay as they were
+        config["covariate_values"] = _covariate_values(spec.covariates, covariate_values,
+                                                       (n_replicates, n_rows, n_cols), seed)
+    elif covariate_values is not None:
+        raise FitError("Covariate values were given for a model without covariates; give the formula too "
+                       "(covariates=...).")
+    config = json_normal(config)
     digest = config_digest(config)
     out_path = None if out is None else Path(out)
     if out_path is not None:
@@ -587,6 +620,31 @@ def sbc(
             raise FitError(f"{len(failures)} of {n_sims} SBC replications failed ({failures[0]}"
                            f"{' and others' if len(failures) > 1 else ''}){kept}.")
     return _assemble(records, config, reused)
+
+
+def _covariate_values(formula: str, given: Mapping[str, Any] | None, shape: tuple[int, int, int],
+                      seed: int) -> dict[str, list]:
+    """The covariates' values of an SBC run, flattened in C order over (replicate, row, col), as JSON lists."""
+    if given is None:
+        grids = draw_covariates(formula, shape, np.random.default_rng([int(seed), 0xC0F, 0x5BC]))
+    else:
+        if not isinstance(given, Mapping):
+            raise FitError(f"The covariate values must be a mapping of column name to values; got {type(given).__name__}.")
+        grids = {}
+        for name, value in given.items():
+            arr = np.asarray(value)
+            try:
+                arr = np.broadcast_to(arr, shape)
+            except ValueError:
+                raise FitError(f"The covariate {name!r} must have values broadcastable to (replicates, rows, cols) = "
+                               f"{shape}; got shape {arr.shape}.") from None
+            grids[str(name)] = arr
+    out = {}
+    for name, arr in grids.items():
+        arr = np.asarray(arr)
+        out[name] = ([float(v) for v in arr.reshape(-1)] if arr.dtype.kind in "iuf"
+                     else [str(v) for v in arr.reshape(-1)])
+    return out
 
 
 def _assemble(records: Mapping[int, Mapping[str, Any]], config: dict[str, Any],

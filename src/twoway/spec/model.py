@@ -7,9 +7,10 @@ it (see :mod:`twoway.simulate`).
 
 The model::
 
-    y[r,i,j] = intercept + row_effect[i] + col_effect[j] + e[r,i,j]
+    y[r,i,j] = intercept + x[r,i,j]' coef + row_effect[i] + col_effect[j] + e[r,i,j]
 
-with independent residuals whose variance mixes the known standard error with
+where ``x`` are the terms of a covariate formula over the long table's columns
+(``covariates``, optional) and with independent residuals whose variance mixes the known standard error with
 unknown row, column and cell scales:
 
 * ``combine="variance"``: ``Var e = se^2 + row_sd[i]^2 + col_sd[j]^2 + sigma^2``;
@@ -29,7 +30,7 @@ from typing import Any, Mapping
 from twoway.errors import ModelError
 from twoway.spec.covariance import is_callable_source
 from twoway.spec.names import STANDARD_PARAMETERS, prior_names
-from twoway.spec.priors import Prior, check_support
+from twoway.spec.priors import Prior, check_coef_prior, check_support
 from twoway.spec.structures import parse_structure
 
 __all__ = [
@@ -93,6 +94,15 @@ class ModelSpec:
         For ``residual="full"``: a CSV file with the (N K) x (N K) covariance of
         the table in row-major order, or ``module:function``, a Python callable
         of named parameters returning it.
+    covariates : str or None
+        The right-hand side of a model formula over the long table's columns
+        (``"x + C(g)"``, ``"np.log(dose) + site:x"``; formulaic's syntax, factors in
+        treatment coding): its terms enter the mean, ``X @ coef``, with ``coef``
+        (dim ``term``) a Gaussian term of the mean like the intercept (prior
+        ``coef``, normal with mu 0, its sigma per one sd of each term). The model has
+        its own intercept, so the formula must not write one (``1 +``, ``0 +``, ``- 1``).
+        A term constant within rows needs random (not fixed) row effects, one constant
+        within columns random column effects: fixed ones would absorb it.
     priors : tuple of (str, Prior)
         Overrides of the default priors, by parameter name.
     name : str
@@ -114,6 +124,7 @@ class ModelSpec:
     row_effect_cov: str | None = None
     col_effect_cov: str | None = None
     covariance: str | None = None
+    covariates: str | None = None
     priors: tuple[tuple[str, Prior], ...] = field(default_factory=tuple)
     name: str = "custom"
 
@@ -144,6 +155,15 @@ class ModelSpec:
                 raise ModelError(f"The '{name}' option must be 'known:FILE'; got {value!r}.")
         if not isinstance(self.sigma, bool) or not isinstance(self.intercept, bool):
             raise ModelError("The 'sigma' and 'intercept' options must be true or false.")
+        if self.covariates is not None:
+            if not isinstance(self.covariates, str):
+                raise ModelError("The 'covariates' option must be a formula's right-hand side as text, for example "
+                                 f"covariates = \"x + C(group)\"; got {self.covariates!r}.")
+            formula = self.covariates.strip()
+            if formula.startswith("~"):  # a formula written with its tilde: the right-hand side is meant
+                formula = formula[1:].strip()
+            # an empty formula is no covariates (the same model, compared and stored the same)
+            object.__setattr__(self, "covariates", formula or None)
         names = self.parameter_names()
         for key, prior in self.priors:
             if self.residual == "kronecker" and key.startswith(("row_", "col_")) and key not in names:
@@ -155,6 +175,8 @@ class ModelSpec:
             if not isinstance(prior, Prior):
                 raise ModelError(f"The prior for {key!r} must be a Prior; got {prior!r}.")
             check_support(key, prior)
+            if key == "coef":
+                check_coef_prior(prior)
 
     # -- what the model contains -------------------------------------------------
     def parameter_names(self) -> tuple[str, ...]:
@@ -208,19 +230,28 @@ class ModelSpec:
             return []
         base = ModelSpec(**{**PRESETS[self.name], "name": self.name})
         out = [f"{key} {getattr(self, key)}" for key in self.__dataclass_fields__
-               if key not in ("name", "priors") and getattr(self, key) != getattr(base, key)]
+               if key not in ("name", "priors", "covariates") and getattr(self, key) != getattr(base, key)]
         return out + [f"{key} prior" for key, _ in self.priors]
 
     @property
     def label(self) -> str:
-        """The model's name as shown, a changed preset named as such: ``crossed (modified: sigma prior)``."""
+        """The model's name as shown, a changed preset named as such: ``crossed (modified: sigma prior)``.
+
+        Covariates are named after it: ``crossed with covariates x + C(g)`` (a preset with
+        covariates is that preset's model of what the covariates leave).
+        """
         changes = self.changes_from_preset()
-        return f"{self.name} (modified: {', '.join(changes)})" if changes else self.name
+        out = f"{self.name} (modified: {', '.join(changes)})" if changes else self.name
+        return f"{out} with covariates {self.covariates}" if self.covariates else out
 
     # -- serialisation ------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["priors"] = {k: p.to_dict() for k, p in self.priors}
+        if d["covariates"] is None:
+            # a model without covariates is stored as before they existed: fit files, SBC and fit-many
+            # configurations (and their digests) written earlier stay the same
+            del d["covariates"]
         return d
 
     def to_json(self) -> str:
@@ -311,6 +342,7 @@ def load_model(source: "str | Path | ModelSpec") -> ModelSpec:
         preset = "additive"
         row_effect = "fixed"
         col_scale = "homo"
+        covariates = "dose + C(site)"
 
         [priors]
         sigma = { dist = "halfnormal", sigma = 0.5 }
@@ -427,12 +459,14 @@ class DegreesOfFreedom:
 
 
 def degrees_of_freedom(spec: ModelSpec, n_rows: int, n_cols: int, n_replicates: int = 1,
-                       n_observed: int | None = None) -> DegreesOfFreedom:
+                       n_observed: int | None = None, *, n_coef: int | None = None) -> DegreesOfFreedom:
     """Count the parameters ``spec`` uses on an (R, N, K) table.
 
     Random effects count one per level plus their sd; fixed effects one per
     level less the sum-to-zero constraint; heterogeneous scales one per level
-    plus the two hyper-parameters of their log-normal population.
+    plus the two hyper-parameters of their log-normal population. A model with
+    covariates counts ``n_coef`` coefficients (the design's terms, known only on a
+    table: :attr:`twoway.plan.Plan.covariates`); not counted when not given.
     """
     for what, n in (("rows", n_rows), ("columns", n_cols), ("replicates", n_replicates)):
         if int(n) != n or n < 1:
@@ -444,6 +478,8 @@ def degrees_of_freedom(spec: ModelSpec, n_rows: int, n_cols: int, n_replicates: 
     parts: list[tuple[str, int]] = []
     if spec.intercept:
         parts.append(("intercept", 1))
+    if spec.covariates and n_coef:
+        parts.append(("coef", int(n_coef)))
     for side, kind, n in (("row", spec.row_effect, n_rows), ("col", spec.col_effect, n_cols)):
         if kind == "random":
             parts += [(f"{side}_effect", n), (f"{side}_effect_sd", 1)]
@@ -475,7 +511,7 @@ def degrees_of_freedom(spec: ModelSpec, n_rows: int, n_cols: int, n_replicates: 
     if spec.residual == "full":
         extra = [p for p in spec.parameter_names() if p not in dict(parts) and p not in (
             "row_log_sd_loc", "row_log_sd_scale", "col_log_sd_loc", "col_log_sd_scale", "row_effect_sd",
-            "col_effect_sd", "intercept", "sigma", "row_sd", "col_sd", "row_effect", "col_effect")]
+            "col_effect_sd", "intercept", "sigma", "row_sd", "col_sd", "row_effect", "col_effect", "coef")]
         for p in extra:
             parts.append((p, 1))
     return DegreesOfFreedom(n_cells, n_obs, tuple(parts))

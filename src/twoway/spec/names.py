@@ -13,15 +13,16 @@ SIDES = ("row", "col")
 
 #: Every parameter name a model can have besides a full covariance's own (and Kronecker structures').
 STANDARD_PARAMETERS = frozenset(
-    ["intercept", "sigma", "cell_sd"]
+    ["intercept", "coef", "sigma", "cell_sd"]
     + [f"{side}_{what}" for side in SIDES for what in ("effect", "effect_sd", "sd", "log_sd_loc", "log_sd_scale")])
 
 #: Scales: their priors must be positive families.
 POSITIVE_PARAMETERS = ("row_effect_sd", "col_effect_sd", "row_sd", "col_sd", "row_log_sd_scale",
                        "col_log_sd_scale", "sigma", "cell_sd")
 
-#: The mean's Gaussian terms (integrated out and drawn back on the integrated paths).
-EFFECTS = ("intercept", "row_effect", "col_effect")
+#: The mean's Gaussian terms (integrated out and drawn back on the integrated paths): the intercept, the
+#: effects, and ``coef``, the coefficients of a covariate formula's terms (``ModelSpec.covariates``).
+EFFECTS = ("intercept", "row_effect", "col_effect", "coef")
 
 
 def prior_names(spec) -> list[str]:
@@ -44,6 +45,8 @@ def prior_names(spec) -> list[str]:
             out.append(f"{side}_effect_sd")
         elif kind == "fixed":
             out.append(f"{side}_effect")
+    if spec.covariates:
+        out.append("coef")
     for side, kind in zip(SIDES, (spec.row_scale, spec.col_scale)):
         if kind == "homo":
             out.append(f"{side}_sd")
@@ -66,8 +69,9 @@ def public_names(spec) -> list[str]:
     Returns
     -------
     list of str
-        Effects, their sds, the residual scales, ``sigma``, ``cell_sd`` and the hierarchical
-        scales' hyperparameters (structures' parameters are added by the plan).
+        Effects, ``coef`` (a covariate formula's coefficients, dim ``term``), the effects' sds,
+        the residual scales, ``sigma``, ``cell_sd`` and the hierarchical scales' hyperparameters
+        (structures' parameters are added by the plan).
     """
     out: list[str] = []
     if spec.intercept:
@@ -75,6 +79,8 @@ def public_names(spec) -> list[str]:
     for side, kind in zip(SIDES, (spec.row_effect, spec.col_effect)):
         if kind != "none":
             out.append(f"{side}_effect")
+    if spec.covariates:
+        out.append("coef")
     for side, kind in zip(SIDES, (spec.row_effect, spec.col_effect)):
         if kind == "random":
             out.append(f"{side}_effect_sd")

@@ -23,7 +23,7 @@ import numpy as np
 from twoway.errors import ModelError
 from twoway.spec.names import POSITIVE_PARAMETERS
 
-__all__ = ["Prior", "FAMILIES", "default_priors", "resolve_priors", "check_support"]
+__all__ = ["Prior", "FAMILIES", "default_priors", "resolve_priors", "check_support", "check_coef_prior"]
 
 # family -> (parameter names, positive support?)
 FAMILIES: dict[str, tuple[tuple[str, ...], bool]] = {
@@ -196,6 +196,7 @@ def default_priors(location: float, spread: float) -> dict[str, Prior]:
     =====================  ==========================================
     intercept              normal(mu=m, sigma=2.5 s)
     row_effect (fixed)     normal(mu=0, sigma=2.5 s), sum to zero
+    coef                   normal(mu=0, sigma=2.5 s), per one sd of each term
     row_effect_sd          halfnormal(sigma=s)
     row_sd (homogeneous)   halfnormal(sigma=s)
     row_log_sd_loc         normal(mu=log(s/2), sigma=1)
@@ -206,6 +207,13 @@ def default_priors(location: float, spread: float) -> dict[str, Prior]:
 
     and the same for columns. Heterogeneous scales are hierarchical on the log
     scale: ``log row_sd[i] ~ normal(row_log_sd_loc, row_log_sd_scale)``.
+
+    ``coef`` are the coefficients of a covariate formula's terms (``ModelSpec.covariates``).
+    Its sigma is the prior sd of the effect of ONE STANDARD DEVIATION of each term: term j,
+    whose column of the design has sd ``sd_j`` over the observed cells, has the prior
+    ``coef[j] ~ normal(0, (sigma / sd_j)^2)`` (:attr:`twoway.plan.Plan.coef_sd`), so that the
+    prior does not depend on the units of the covariates. It must be normal with mu = 0
+    (:func:`check_coef_prior`).
     """
     m = float(location)
     s = float(spread)
@@ -218,6 +226,7 @@ def default_priors(location: float, spread: float) -> dict[str, Prior]:
         out[f"{side}_sd"] = Prior.make("halfnormal", sigma=s)
         out[f"{side}_log_sd_loc"] = Prior.make("normal", mu=math.log(s / 2.0), sigma=1.0)
         out[f"{side}_log_sd_scale"] = Prior.make("halfnormal", sigma=0.5)
+    out["coef"] = Prior.make("normal", mu=0.0, sigma=2.5 * s)
     out["sigma"] = Prior.make("halfnormal", sigma=s / 2.0)
     out["cell_sd"] = Prior.make("halfnormal", sigma=s / 2.0)
     return out
@@ -251,6 +260,8 @@ def resolve_priors(
                              f"for example {name} = {{ dist = \"normal\", mu = 0, sigma = 1 }}.")
         prior = overrides.get(name, defaults.get(name))
         check_support(name, prior)
+        if name == "coef":
+            check_coef_prior(prior)
         out[name] = prior
     return out
 
@@ -265,3 +276,13 @@ def check_support(name: str, prior: Prior) -> None:
             f"exponential, lognormal); got {prior.dist}."
         )
 
+
+def check_coef_prior(prior: Prior) -> None:
+    """Raise :class:`ModelError` unless ``prior``, the prior of ``coef``, is normal with mu = 0.
+
+    The covariates' coefficients are Gaussian terms of the mean, integrated out (and drawn
+    back) like the intercept; the prior's sigma is per one standard deviation of each term.
+    """
+    if prior.dist != "normal" or prior.kwargs["mu"] != 0.0:
+        raise ModelError(f"The prior for 'coef' must be normal with mu = 0 (its sigma is per one standard deviation "
+                         f"of each term), for example coef = {{ dist = \"normal\", mu = 0, sigma = 2.5 }}; got {prior}.")

@@ -9,6 +9,9 @@ or an :class:`xarray.Dataset`, and every way in goes through the same checks in
 :class:`twoway.errors.DataError` with a one-sentence message that names the
 column, the row of the table or the cell at fault.
 
+A table may also carry covariate columns (for a formula in the mean, see
+:mod:`twoway.table.covariates`): one value per observed cell, numeric or text.
+
 Reading CSV files, long frames and wide arrays is done by
 :mod:`twoway.table.io.tables`; this module holds the container and its checks.
 """
@@ -16,7 +19,7 @@ Reading CSV files, long frames and wide arrays is done by
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -281,6 +284,134 @@ def _check_coverage(mask: np.ndarray, labels: tuple, names: dict) -> None:
             )
 
 
+def _long_names(names: dict, n_replicates: int) -> dict[str, str | int]:
+    """Role -> column name that :meth:`TwoWayData.to_long` writes (replicate only when R > 1 or named)."""
+    out: dict[str, str | int] = {}
+    if n_replicates > 1 or names["replicate"] is not None:
+        out["replicate"] = names["replicate"] or "replicate"
+    out["row"] = names["row"]
+    out["col"] = names["col"]
+    out["value"] = names["value"]
+    if names["se"] is not None:
+        out["se"] = names["se"]
+    return out
+
+
+def _covariate_values(column: Any, name: str, index: tuple, labels: tuple) -> np.ndarray:
+    """One covariate column checked and normalised.
+
+    Parameters
+    ----------
+    column : array_like, shape (n_observed,)
+        Values in observed-cell order; numbers, or text.
+    name : str
+        The covariate's name, for messages.
+    index : tuple of three numpy.ndarray, each shape (n_observed,)
+        (replicate, row, col) of each observed cell, to name cells in messages.
+    labels : tuple
+        ``(replicate_labels, row_labels, col_labels)``.
+
+    Returns
+    -------
+    numpy.ndarray, shape (n_observed,), read-only
+        float64 when every value is a number (numbers written as text included),
+        else an object array of stripped str (booleans become ``"True"``/``"False"``).
+    """
+    n = len(index[0])
+    try:
+        arr = np.asarray(column)
+    except (ValueError, TypeError) as exc:
+        raise DataError(f"The covariate {_q(name)} must be a 1-D array of values; got {exc}.") from None
+    if arr.ndim != 1 or arr.shape[0] != n:
+        raise DataError(
+            f"The covariate {_q(name)} must have one value per observed cell ({n}), in (replicate, row, col) "
+            f"order; got shape {arr.shape}."
+        )
+
+    def cell(pos: int) -> str:
+        return _cell_text(int(index[0][pos]), int(index[1][pos]), int(index[2][pos]), *labels)
+
+    if arr.dtype.kind == "c":
+        raise DataError(f"The covariate {_q(name)} must hold numbers or text; got complex numbers.")
+    if arr.dtype.kind in "iuf":
+        numbers = arr.astype(np.float64)
+    else:
+        # each distinct entry is read once (a text column has few distinct values)
+        codes, uniques = _pd().factorize(np.asarray(arr, dtype=object).reshape(-1), use_na_sentinel=True)
+        entries = [tables.decode(x) if isinstance(x, bytes) else x for x in uniques.tolist()]
+        missing = codes < 0
+        bad_unique = np.asarray([tables.is_missing_value(x) for x in entries] + [True], dtype=bool)
+        missing |= bad_unique[codes]
+        if missing.any():
+            pos = int(np.argmax(missing))
+            raise DataError(
+                f"The covariate {_q(name)} must have a value at every observed cell; {cell(pos)} has none: "
+                "fill it in or make that cell missing."
+            )
+        parsed = [None if isinstance(x, bool | np.bool_) else tables.parse_number(x) for x in entries]
+        if any(v is None for v in parsed):
+            texts = np.empty(len(entries), dtype=object)
+            texts[:] = [str(x).strip() for x in entries]
+            out = texts[codes]
+            out.setflags(write=False)
+            return out
+        numbers = np.asarray(parsed, dtype=np.float64)[codes]
+    if np.isnan(numbers).any():
+        pos = int(np.argmax(np.isnan(numbers)))
+        raise DataError(
+            f"The covariate {_q(name)} must have a value at every observed cell; {cell(pos)} has none: "
+            "fill it in or make that cell missing."
+        )
+    if np.isinf(numbers).any():
+        pos = int(np.argmax(np.isinf(numbers)))
+        raise DataError(
+            f"The covariate {_q(name)} must be finite; {cell(pos)} has {_number_text(numbers[pos])}."
+        )
+    numbers = np.array(numbers, dtype=np.float64, copy=True)
+    numbers.setflags(write=False)
+    return numbers
+
+
+def _check_covariates(covariates: Any, mask: np.ndarray, labels: tuple, names: dict) -> dict[str, np.ndarray] | None:
+    """Check and normalise the covariate columns (None when there are none).
+
+    Parameters
+    ----------
+    covariates : mapping of str -> array_like, each shape (n_observed,), or None
+    mask : numpy.ndarray, shape (R, N, K), bool
+    labels : tuple
+        ``(replicate_labels, row_labels, col_labels)``.
+    names : dict
+        The source column names; a covariate may not share one.
+
+    Returns
+    -------
+    dict of str -> numpy.ndarray, or None
+    """
+    if covariates is None:
+        return None
+    if not isinstance(covariates, Mapping):
+        raise DataError(
+            f"The covariates must be a dict of column name -> values; got {type(covariates).__name__}."
+        )
+    if not covariates:
+        return None
+    index = tuple(a.astype(np.int64) for a in np.nonzero(mask))
+    taken = {str(column): role for role, column in _long_names(names, mask.shape[0]).items()}
+    out: dict[str, np.ndarray] = {}
+    for key, column in covariates.items():
+        if not isinstance(key, str | int) or str(key).strip() == "":
+            raise DataError(f"The covariates must be named by non-empty strings; got {key!r}.")
+        name = str(key)
+        if name in taken:
+            raise DataError(
+                f"The covariate {_q(name)} has the name of the table's {taken[name]} column; give it a name of "
+                "its own."
+            )
+        out[name] = _covariate_values(column, name, index, labels)
+    return out
+
+
 # --------------------------------------------------------------------------
 # the data class
 # --------------------------------------------------------------------------
@@ -311,6 +442,12 @@ class TwoWayData:
         ``"se"`` (None when there is no se) and ``"replicate"`` (None when the
         source had no replicate column). Missing keys take the defaults
         ``"row"``, ``"col"``, ``"value"``, ``"se"``/None, None.
+    covariates : dict of str -> numpy.ndarray, optional
+        Covariate columns (for a formula in the mean), each shape
+        (n_observed,) in :meth:`observed_index` order (C order over
+        (replicate, row, col)): float64 when every value is a number (numbers
+        written as text included), else an object array of str. Every observed
+        cell needs a value. None when the table has none.
 
     Notes
     -----
@@ -325,6 +462,7 @@ class TwoWayData:
     col_labels: tuple[str, ...]
     replicate_labels: tuple[str, ...]
     names: dict[str, str | None] | None = None
+    covariates: dict[str, np.ndarray] | None = None
 
     def __post_init__(self) -> None:
         values = _as_float3(self.values, "values")
@@ -350,18 +488,22 @@ class TwoWayData:
             se = np.where(mask, np.nan_to_num(se, nan=0.0), np.nan)
             se.setflags(write=False)
         _check_coverage(mask, labels, names)
+        covariates = _check_covariates(self.covariates, mask, labels, names)
         object.__setattr__(self, "values", values)
         object.__setattr__(self, "se", se)
         object.__setattr__(self, "replicate_labels", labels[0])
         object.__setattr__(self, "row_labels", labels[1])
         object.__setattr__(self, "col_labels", labels[2])
         object.__setattr__(self, "names", names)
+        object.__setattr__(self, "covariates", covariates)
 
     def __repr__(self) -> str:
         return (
             f"TwoWayData(replicates={self.n_replicates}, rows={self.n_rows}, "
             f"cols={self.n_cols}, observed={self.n_observed}/{self.n_cells}, "
-            f"se={'yes' if self.has_se else 'no'})"
+            f"se={'yes' if self.has_se else 'no'}"
+            + (f", covariates={len(self.covariates)}" if self.covariates else "")
+            + ")"
         )
 
     # ---- sizes and masks -------------------------------------------------
@@ -478,9 +620,10 @@ class TwoWayData:
             Keys ``n_replicates``, ``n_rows``, ``n_cols``, ``n_observed``,
             ``n_missing``, ``has_se``, ``location``, ``spread``,
             ``row_labels``, ``col_labels``, ``replicate_labels`` (lists of
-            str) and ``names`` (dict).
+            str) and ``names`` (dict); ``covariates`` (list of names) when the
+            table has covariate columns.
         """
-        return {
+        out = {
             "n_replicates": self.n_replicates,
             "n_rows": self.n_rows,
             "n_cols": self.n_cols,
@@ -494,20 +637,31 @@ class TwoWayData:
             "replicate_labels": list(self.replicate_labels),
             "names": dict(self.names),
         }
+        if self.covariates:
+            out["covariates"] = list(self.covariates)
+        return out
 
     def with_values(self, values: Any) -> TwoWayData:
-        """A copy with new values and the same labels, se and names.
+        """A copy with new values and the same labels, se, names and covariates.
 
         Parameters
         ----------
         values : array_like, shape (R, N, K)
             NaN marks a missing cell. Where ``has_se``, every non-NaN value
             needs a standard error, so values may only be given at cells
-            observed in this table.
+            observed in this table. With covariates, the same holds: a cell
+            made missing drops its covariate values; a cell not observed here
+            has none, so it cannot be given a value.
 
         Returns
         -------
         TwoWayData
+
+        Raises
+        ------
+        twoway.errors.DataError
+            For a wrong shape, or a value at a cell this table does not observe
+            when the table has covariates.
         """
         try:
             arr = np.asarray(values, dtype=np.float64)
@@ -518,21 +672,27 @@ class TwoWayData:
                 f"The new values must have shape (replicate, row, col) = "
                 f"{self.values.shape}; got {arr.shape}."
             )
-        return replace(self, values=arr)
+        covariates = self.covariates
+        if covariates:
+            new_mask = ~np.isnan(arr)
+            added = new_mask & ~self.mask
+            if added.any():
+                r, i, j = np.argwhere(added)[0]
+                raise DataError(
+                    f"The new values must be missing where this table has no covariate values; "
+                    f"{_cell_text(r, i, j, self.replicate_labels, self.row_labels, self.col_labels)} has a value "
+                    "but no covariates (build a table with covariate values there instead)."
+                )
+            keep = new_mask[self.mask]
+            if not keep.all():
+                covariates = {name: column[keep] for name, column in covariates.items()}
+        return replace(self, values=arr, covariates=covariates)
 
     # ---- long tables and CSV ----------------------------------------------
 
     def _long_columns(self) -> dict[str, str | int]:
         """Map role -> output column name for :meth:`to_long`."""
-        out: dict[str, str | int] = {}
-        if self.n_replicates > 1 or self.names["replicate"] is not None:
-            out["replicate"] = self.names["replicate"] or "replicate"
-        out["row"] = self.names["row"]
-        out["col"] = self.names["col"]
-        out["value"] = self.names["value"]
-        if self.has_se:
-            out["se"] = self.names["se"]
-        return out
+        return _long_names(self.names, self.n_replicates)
 
     def to_long(self) -> _pd().DataFrame:
         """The observed cells as a long table, one line per cell.
@@ -542,7 +702,8 @@ class TwoWayData:
         pandas.DataFrame, n_observed lines
             Columns, named from ``names``: replicate (only when R > 1 or the
             source had a replicate column), row, col, value, se (only when
-            ``has_se``); lines in (replicate, row, col) C order.
+            ``has_se``), then the covariate columns; lines in (replicate, row,
+            col) C order.
         """
         r, i, j = self.observed_index()
         columns = self._long_columns()
@@ -554,6 +715,8 @@ class TwoWayData:
         data[columns["value"]] = self.values[r, i, j]
         if self.se is not None:
             data[columns["se"]] = self.se[r, i, j]
+        for name, column in (self.covariates or {}).items():
+            data[name] = np.array(column)
         return _pd().DataFrame(data)
 
     def to_csv(self, path: str | Path) -> None:
@@ -573,10 +736,14 @@ class TwoWayData:
         Returns
         -------
         dict
-            ``{"row": ..., "col": ..., "value": ..., "se": ..., "replicate": ...}``.
+            ``{"row": ..., "col": ..., "value": ..., "se": ..., "replicate": ...}``,
+            and ``"covariates"`` (a tuple of names) when the table has covariates.
         """
         columns = self._long_columns()
-        return {key: columns.get(key) for key in _NAME_KEYS}
+        out: dict[str, Any] = {key: columns.get(key) for key in _NAME_KEYS}
+        if self.covariates:
+            out["covariates"] = tuple(self.covariates)
+        return out
 
     @classmethod
     def from_long(
@@ -589,6 +756,7 @@ class TwoWayData:
         se: str | None = None,
         replicate: str | None = None,
         zero_se: str = "error",
+        covariates: Sequence[str] = (),
     ) -> TwoWayData:
         """Build a table from a long data frame, one line per cell.
 
@@ -611,6 +779,11 @@ class TwoWayData:
         zero_se : {"error", "none"}
             What an se of exactly 0 means: a mistake (default) or, like an
             empty se, no known error for that cell.
+        covariates : sequence of str
+            Columns to keep as covariates (for a formula in the mean), one
+            value per line with a value (lines with a missing value need
+            none). A column whose values all read as numbers is numeric,
+            otherwise text.
 
         Returns
         -------
@@ -623,13 +796,16 @@ class TwoWayData:
         twoway.errors.DataError
             For a missing column, an empty label, a non-numeric, infinite or
             (for se) non-positive number, a missing se where the value is
-            present, a duplicated cell, fewer than 2 rows or columns, or a
-            label with no observed value.
+            present, a duplicated cell, fewer than 2 rows or columns, a
+            label with no observed value, a covariate column that is not in
+            the table (suggesting the closest name) or a missing covariate
+            value on a line with a value (naming the line and the cell).
         """
         if not isinstance(df, _pd().DataFrame):
             raise DataError(f"The table must be a pandas DataFrame; got {type(df).__name__}.")
         roles = {"row": row, "col": col, "value": value, "se": se, "replicate": replicate}
-        return cls(**tables.long_table(df, roles=roles, lines=None, source="the table", zero_se=zero_se))
+        return cls(**tables.long_table(df, roles=roles, lines=None, source="the table", zero_se=zero_se,
+                                       covariates=covariates))
 
     @classmethod
     def from_csv(
@@ -642,6 +818,7 @@ class TwoWayData:
         se: str | None = None,
         replicate: str | None = None,
         zero_se: str = "error",
+        covariates: Sequence[str] = (),
     ) -> TwoWayData:
         """Read a long table from a comma-separated UTF-8 text file.
 
@@ -657,6 +834,9 @@ class TwoWayData:
             See :meth:`from_long`.
         zero_se : {"error", "none"}
             See :meth:`from_long`.
+        covariates : sequence of str
+            See :meth:`from_long`; a missing covariate value is reported with
+            its line number in the file.
 
         Returns
         -------
@@ -671,7 +851,8 @@ class TwoWayData:
         """
         df, lines = tables.read_csv(path)
         roles = {"row": row, "col": col, "value": value, "se": se, "replicate": replicate}
-        return cls(**tables.long_table(df, roles=roles, lines=lines, source=str(path), zero_se=zero_se))
+        return cls(**tables.long_table(df, roles=roles, lines=lines, source=str(path), zero_se=zero_se,
+                                       covariates=covariates))
 
     # ---- arrays ------------------------------------------------------------
 
@@ -685,6 +866,7 @@ class TwoWayData:
         col_labels: Sequence[Any] | None = None,
         replicate_labels: Sequence[Any] | None = None,
         zero_se: str = "error",
+        covariates: Mapping[str, Any] | None = None,
     ) -> TwoWayData:
         """Build a table from a wide array.
 
@@ -703,6 +885,10 @@ class TwoWayData:
             Defaults: ``"row1".."rowN"``, ``"col1".."colK"``, ``"0".."R-1"``.
         zero_se : {"error", "none"}
             What an se of exactly 0 means: a mistake (default) or no known error.
+        covariates : mapping of str -> array_like, optional
+            Covariate columns, each either shaped like ``values`` (read at the
+            observed cells; other cells are ignored) or 1-D with one value per
+            observed cell in (replicate, row, col) C order.
 
         Returns
         -------
@@ -754,6 +940,7 @@ class TwoWayData:
             col_labels=col_labels,
             replicate_labels=replicate_labels,
             names=None,
+            covariates=_covariates_at_cells(covariates, ~np.isnan(arr)),
         )
 
     # ---- xarray -----------------------------------------------------------
@@ -766,7 +953,12 @@ class TwoWayData:
         xarray.Dataset
             Dims ``("replicate", "row", "col")`` with label coordinates;
             variables ``"y"`` and, when ``has_se``, ``"se"``; ``names`` as a
-            JSON string in ``attrs["twoway_names"]``.
+            JSON string in ``attrs["twoway_names"]``. Covariates, when there
+            are any, are variables ``"covariate_0"``, ``"covariate_1"``, ...
+            over the dim ``"cell"`` (the observed cells, in
+            :meth:`observed_index` order; text as strings), each named in its
+            ``long_name`` attribute, with the names as a JSON list in
+            ``attrs["twoway_covariates"]``.
         """
         import xarray as xr
 
@@ -779,19 +971,27 @@ class TwoWayData:
             "row": np.array(self.row_labels, dtype=str),
             "col": np.array(self.col_labels, dtype=str),
         }
-        return xr.Dataset(
-            data_vars, coords=coords, attrs={"twoway_names": json.dumps(self.names)}
-        )
+        attrs = {"twoway_names": json.dumps(self.names)}
+        if self.covariates:
+            for k, (name, column) in enumerate(self.covariates.items()):
+                stored = column if column.dtype.kind == "f" else np.array([str(x) for x in column], dtype=str)
+                data_vars[f"{_COVARIATE_PREFIX}{k}"] = (("cell",), np.array(stored), {"long_name": name})
+            attrs["twoway_covariates"] = json.dumps(list(self.covariates))
+        return xr.Dataset(data_vars, coords=coords, attrs=attrs)
 
     @classmethod
-    def from_dataset(cls, ds: Any) -> TwoWayData:
+    def from_dataset(cls, ds: Any, *, covariates: Sequence[str] = ()) -> TwoWayData:
         """Inverse of :meth:`to_dataset`.
 
         Parameters
         ----------
         ds : xarray.Dataset
             With a variable ``"y"`` over dims ``replicate``, ``row``, ``col``
-            (any order), optionally ``"se"`` over the same dims.
+            (any order), optionally ``"se"`` over the same dims, and the
+            covariates :meth:`to_dataset` writes.
+        covariates : sequence of str
+            More covariates: names of data variables over the dims
+            ``replicate``, ``row``, ``col``, read at the observed cells.
 
         Returns
         -------
@@ -812,6 +1012,22 @@ class TwoWayData:
             variables[name] = ds[name].transpose(*dims).values
         labels = {d: [tables.decode(x) for x in np.asarray(ds[d].values)] for d in dims}
         names = _names_from_attrs(ds.attrs.get("twoway_names"))
+        stored = _covariates_from_dataset(ds)
+        mask = ~np.isnan(np.asarray(variables["y"], dtype=np.float64))
+        if isinstance(covariates, str):
+            covariates = [covariates]
+        for name in covariates:
+            if name not in ds.data_vars:
+                raise DataError(
+                    f"The dataset must have a data variable {_q(name)} for that covariate; its variables are "
+                    f"{_list_names([str(v) for v in ds.data_vars])}."
+                )
+            if set(ds[name].dims) != set(dims):
+                raise DataError(
+                    f"The dataset variable {_q(name)} must have dims {dims} to be a covariate; "
+                    f"got {tuple(ds[name].dims)}."
+                )
+            stored[str(name)] = ds[name].transpose(*dims).values[mask]
         return cls(
             values=variables["y"],
             se=variables.get("se"),
@@ -819,12 +1035,78 @@ class TwoWayData:
             col_labels=labels["col"],
             replicate_labels=labels["replicate"],
             names=names,
+            covariates=stored or None,
         )
 
 
 # --------------------------------------------------------------------------
-# helpers for from_dataset
+# helpers for from_array and from_dataset
 # --------------------------------------------------------------------------
+
+_COVARIATE_PREFIX = "covariate_"
+
+
+def _covariates_at_cells(covariates: Mapping[str, Any] | None, mask: np.ndarray) -> dict | None:
+    """Covariates given on the grid of the values, read at the observed cells.
+
+    Parameters
+    ----------
+    covariates : mapping of str -> array_like, or None
+        Each shaped like the values as given ((N, K) or (R, N, K)), or 1-D with one
+        value per observed cell.
+    mask : numpy.ndarray, shape (R, N, K), bool
+
+    Returns
+    -------
+    dict of str -> numpy.ndarray (n_observed,), or None
+    """
+    if covariates is None:
+        return None
+    if not isinstance(covariates, Mapping):
+        raise DataError(
+            f"The covariates must be a dict of column name -> values; got {type(covariates).__name__}."
+        )
+    out = {}
+    for name, column in covariates.items():
+        if isinstance(column, _pd().DataFrame):
+            column = column.to_numpy(dtype=object)
+        arr = np.asarray(column, dtype=object) if not isinstance(column, np.ndarray) else column
+        if arr.ndim == 2 and arr.shape == mask.shape[1:] and mask.shape[0] == 1:
+            arr = arr[None]
+        if arr.ndim == 3:
+            if arr.shape != mask.shape:
+                raise DataError(
+                    f"The covariate {_q(name)} must have the shape of the values {mask.shape}, or one value per "
+                    f"observed cell; got {arr.shape}."
+                )
+            arr = arr[mask]
+        out[name] = arr
+    return out
+
+
+def _covariates_from_dataset(ds: Any) -> dict[str, np.ndarray]:
+    """The covariates :meth:`TwoWayData.to_dataset` stored (empty when none)."""
+    text = ds.attrs.get("twoway_covariates")
+    if text is None:
+        return {}
+    try:
+        names = json.loads(text)
+    except (TypeError, ValueError):
+        names = None
+    if not isinstance(names, list):
+        raise DataError(f"The dataset attribute 'twoway_covariates' must be a JSON list of names; got {text!r}.")
+    out = {}
+    for k, name in enumerate(names):
+        key = f"{_COVARIATE_PREFIX}{k}"
+        if key not in ds.data_vars:
+            raise DataError(f"The dataset must have the variable {_q(key)} for the covariate {_q(name)}; it has none.")
+        values = np.asarray(ds[key].values)
+        if values.dtype.kind in "USO":
+            column = np.empty(values.shape, dtype=object)
+            column[...] = [tables.decode(x) for x in values.reshape(-1).tolist()]
+            values = column
+        out[str(name)] = values
+    return out
 
 
 def _names_from_attrs(text: Any) -> dict | None:

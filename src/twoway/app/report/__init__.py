@@ -12,7 +12,8 @@ id                 content
 ``data``           the table as a heatmap, missing cells hatched
 ``comparison``     with several fits: PSIS-LOO comparison and the preferred model
 ``model``          model description, priors in force, sampler settings
-``fitted``         fitted means (intercept + row effect + column effect) and
+``coefficients``   with covariates in the mean: the formula and its coefficients
+``fitted``         fitted means (intercept + row effect + column effect + x'coef) and
                    residuals (observed minus fitted, averaged over replicates)
 ``predictions``    the observed table beside every cell's predicted mean (missing
                    cells predicted from the observed ones, outlined)
@@ -49,7 +50,8 @@ import pandas as pd
 from twoway._version import __version__
 from twoway.errors import ConvergenceWarning, DataError, FitError, TwowayError
 from twoway.fit import Fit
-from twoway.results.contrasts import SIDES, parse_contrast
+from twoway.results.contrasts import COVARIATE, SIDES, contrast_name, contrasts as _fit_contrasts, parse_contrast
+from twoway.results.covariates import coefficient_table, covariate_grid, fit_design, flat_coef, mean_formula
 from twoway.results.recovery import recovery
 from twoway.results.stats import hdi
 from twoway.results.summary import ESS_LIMIT, RHAT_LIMIT
@@ -62,15 +64,15 @@ from twoway.table.io.outputs import write_text_atomic
 __all__ = ["write_report", "render_report", "SECTION_IDS"]
 
 #: Section ids, in page order (per-fit ones repeat with a suffix for later fits).
-SECTION_IDS = ("overview", "data", "comparison", "model", "fitted", "predictions", "variance", "effects",
-               "contrasts", "scales", "covariance", "traces", "diagnostics", "checks", "recovery")
+SECTION_IDS = ("overview", "data", "comparison", "model", "coefficients", "fitted", "predictions", "variance",
+               "effects", "contrasts", "scales", "covariance", "traces", "diagnostics", "checks", "recovery")
 _TITLES = {
     "overview": "Overview", "data": "The data", "comparison": "Model comparison", "model": "Model",
     "fitted": "Fitted means and residuals", "predictions": "Predicted table",
     "variance": "Variance decomposition", "effects": "Row and column effects", "scales": "Scales",
     "covariance": "Row and column covariance", "traces": "Traces and rank plots",
     "diagnostics": "Sampling diagnostics", "checks": "Posterior predictive checks",
-    "recovery": "Recovery of the true values", "contrasts": "Contrasts",
+    "recovery": "Recovery of the true values", "contrasts": "Contrasts", "coefficients": "Covariates",
 }
 INTERVAL = 0.94
 MAX_TRACE_SERIES = 10
@@ -177,7 +179,11 @@ def _truth_vector(truth: Mapping[str, Any] | None, name: str, labels: Sequence[s
 
 
 def _fitted_means(fit) -> np.ndarray:
-    """(N, K) posterior mean of intercept + row_effect[i] + col_effect[j]."""
+    """(R, N, K) posterior mean of intercept + row_effect[i] + col_effect[j] (+ x[r,i,j]' coef).
+
+    With covariates, NaN at the cells without an observation whose covariate values are unknown
+    (a term that varies by cell).
+    """
     post = fit.posterior
     data = fit.data
     mu = np.zeros((data.n_rows, data.n_cols))
@@ -187,6 +193,12 @@ def _fitted_means(fit) -> np.ndarray:
         mu += post["row_effect"].mean(("chain", "draw")).values[:, None]
     if "col_effect" in post:
         mu += post["col_effect"].mean(("chain", "draw")).values[None, :]
+    mu = np.broadcast_to(mu, data.values.shape).copy()
+    design = fit_design(fit)
+    coef = None if design is None else flat_coef(fit, design)
+    if coef is not None:
+        X, known = covariate_grid(design, data)
+        mu = np.where(known, mu + X @ coef.mean(axis=0), np.nan)
     return mu
 
 
@@ -249,34 +261,72 @@ def _model_section(sid: str, fit, name: str) -> str:
     sampler = _e(fit.description.describe(info))
     timing = (f"compiled in {float(info.get('compile_seconds', float('nan'))):.1f} s, "
               f"sampled in {float(info.get('sampling_seconds', float('nan'))):.1f} s")
+    design = fit_design(fit)
+    formula = ("y[r,i,j] = intercept + row_effect[i] + col_effect[j] + e[r,i,j]" if design is None
+               else mean_formula(spec, design))
     body = (f"<p>{_e(spec.describe())}</p>"
-            "<pre>y[r,i,j] = intercept + row_effect[i] + col_effect[j] + e[r,i,j]</pre>"
+            f"<pre>{_e(formula)}</pre>"
             f'<dl class="kv"><dt>likelihood</dt><dd>{_e(info.get("likelihood_path"))} (exact)</dd>'
             f"<dt>sampler</dt><dd>{sampler}</dd><dt>time</dt><dd>{timing}</dd></dl>"
             f'<details><summary>priors in force ({len(priors)})</summary><dl class="kv">{rows}</dl></details>')
     return _section(sid, f"{_TITLES['model']}: {name}", body)
 
 
+def _coefficients_section(sid: str, fit, ci_prob: float) -> str:
+    """The covariates' formula, where each term lives and the coefficients' table."""
+    design = fit_design(fit)
+    table = None if design is None else coefficient_table(fit, ci_prob=ci_prob, design=design)
+    if table is None:
+        return _section(sid, _TITLES["coefficients"], _note("This model has no covariates in the mean."))
+    pct = f"{100 * ci_prob:g}%"
+    lo, hi = table.columns[3], table.columns[4]     # level, mean, sd, hdi_L%, hdi_U%, ...
+    coef = flat_coef(fit, design)
+    terms = list(design.terms)
+    positive = [float((coef[:, terms.index(t)] > 0).mean()) if t in terms else float("nan") for t in table.index]
+    shown = pd.DataFrame({"level": table["level"], "mean": table["mean"], "sd": table["sd"],
+                          f"{pct} low": table[lo], f"{pct} high": table[hi], "P(coef > 0)": positive,
+                          "ess_bulk": [round(v) if math.isfinite(v) else v for v in table["ess_bulk"]],
+                          "r_hat": table["r_hat"]}, index=table.index)
+    if "prior_sd" in table:
+        shown["prior sd"] = table["prior_sd"]
+    body = (f"<pre>{_e(mean_formula(fit.model, design))}</pre>"
+            + _table(shown, digits=4, index_name="term",
+                     row_class=lambda i, r: "flag" if (math.isfinite(r["r_hat"]) and r["r_hat"] > RHAT_LIMIT)
+                     or r["ess_bulk"] < ESS_LIMIT else "")
+            + _note("Each coefficient is the change in the mean per unit of its term, the other terms held fixed; "
+                    "a factor's term C(g)[T.b] is level b's difference from the reference level. level: what the "
+                    "term is constant within (row, column) or cell when it varies from cell to cell. prior sd: the "
+                    "coef prior's sigma over the term's sd (the prior is per one sd of each term)."))
+    return _section(sid, _TITLES["coefficients"], body,
+                    lede=f"The covariates in the mean, formula '{design.formula}': posterior mean, sd and "
+                         f"{pct} highest-density interval of each coefficient.")
+
+
 def _fitted_section(sid: str, fit) -> str:
     from twoway.app.report.figures import heatmap_png
 
     data = fit.data
-    fitted = _fitted_means(fit)
+    cells = _fitted_means(fit)                     # (R, N, K)
+    fitted = _replicate_mean(cells)
     observed_mean = _replicate_mean(data.values)
-    resid = _replicate_mean(data.values - fitted[None, :, :])
-    finite = np.concatenate([observed_mean[np.isfinite(observed_mean)], fitted.ravel()])
+    resid = _replicate_mean(data.values - cells)
+    finite = np.concatenate([observed_mean[np.isfinite(observed_mean)], fitted[np.isfinite(fitted)]])
     limits = (float(finite.min()), float(finite.max())) if finite.size else None
     if limits and limits[0] == limits[1]:
         limits = (limits[0] - 1, limits[1] + 1)
     names = data.names
     kw = dict(xlabel=names.get("col") or "col", ylabel=names.get("row") or "row")
+    covariates = fit_design(fit) is not None
     png_fit = heatmap_png([("fitted mean", fitted)], data.row_labels, data.col_labels, limits=limits,
                           value_label="posterior mean", annotate_missing=False, **kw)
     png_res = heatmap_png([("residual (observed - fitted)", resid)], data.row_labels, data.col_labels,
                           diverging=True, value_label="residual", **kw)
     rms = float(np.sqrt(np.nanmean(resid ** 2))) if np.isfinite(resid).any() else float("nan")
+    what = ("intercept + row_effect[i] + col_effect[j] + x[r,i,j]' coef (averaged over replicate tables; blank "
+            "where a cell without data has no covariate values)" if covariates
+            else "intercept + row_effect[i] + col_effect[j]")
     body = (_img(png_fit, "heatmap of fitted means",
-                 "Posterior mean of intercept + row_effect[i] + col_effect[j], on the data's colour scale.")
+                 f"Posterior mean of {what}, on the data's colour scale.")
             + _img(png_res, "heatmap of residuals",
                    "Observed minus fitted, averaged over replicate tables: blue below the fit, red above; "
                    "hatched cells are missing. Blocks or gradients point at structure the model leaves out.")
@@ -291,13 +341,25 @@ def _predictions_section(sid: str, fit, ci_prob: float) -> str:
     from twoway.app.report.figures import heatmap_png
 
     data = fit.data
-    table = fit.predict(ci_prob=ci_prob, max_draws=PREDICTION_DRAWS, seed=0)
+    with warnings.catch_warnings():   # cells left out (no covariate values) are said in the note below
+        warnings.simplefilter("ignore")
+        table = fit.predict(ci_prob=ci_prob, max_draws=PREDICTION_DRAWS, seed=0)
     R, N, K = data.values.shape
-    predicted = table["mean"].to_numpy().reshape(R, N, K).mean(axis=0)
-    width = (table["upper"] - table["lower"]).to_numpy().reshape(R, N, K).mean(axis=0)
+    grid_mean, grid_width = np.full((R, N, K), np.nan), np.full((R, N, K), np.nan)
+    row_at = {str(v): k for k, v in enumerate(data.row_labels)}
+    col_at = {str(v): k for k, v in enumerate(data.col_labels)}
+    rep_at = {str(v): k for k, v in enumerate(data.replicate_labels)}
+    ii = np.array([row_at[str(v)] for v in table["row"]], dtype=np.int64)
+    jj = np.array([col_at[str(v)] for v in table["col"]], dtype=np.int64)
+    rr = (np.array([rep_at[str(v)] for v in table["replicate"]], dtype=np.int64) if "replicate" in table
+          else np.zeros(len(table), np.int64))
+    grid_mean[rr, ii, jj] = table["mean"].to_numpy()
+    grid_width[rr, ii, jj] = (table["upper"] - table["lower"]).to_numpy()
+    predicted = _replicate_mean(grid_mean)
+    width = grid_width[np.isfinite(grid_width)]
     observed = _replicate_mean(data.values)
     missing = ~data.mask.any(axis=0)
-    finite = np.concatenate([observed[np.isfinite(observed)], predicted.ravel()])
+    finite = np.concatenate([observed[np.isfinite(observed)], predicted[np.isfinite(predicted)]])
     limits = (float(finite.min()), float(finite.max())) if finite.size else None
     if limits and limits[0] == limits[1]:
         limits = (limits[0] - 1, limits[1] + 1)
@@ -311,8 +373,10 @@ def _predictions_section(sid: str, fit, ci_prob: float) -> str:
                 "observed cells, on the same colour scale; dashed outlines mark cells with no observation, "
                 "predicted from the others (exactly, under correlated residuals too).")
     body += _note(f"{n_missing} cell(s) predicted; mean width of the {100 * ci_prob:g}% intervals of the cell "
-                  f"means: {float(np.mean(width)):.3g}. Write every cell with "
+                  f"means: {float(np.mean(width)) if width.size else float('nan'):.3g}. Write every cell with "
                   "'twoway predict FIT --out cells.csv'.")
+    if table.attrs.get("note"):
+        body += _note(table.attrs["note"], "warn")
     return _section(sid, _TITLES["predictions"], body)
 
 
@@ -360,10 +424,17 @@ def default_contrasts(fit) -> list[tuple[str, str]]:
     return []
 
 
-def _check_contrasts(contrasts, data) -> list[tuple[str, str]]:
-    """The asked-for contrasts as ``(side, label)`` pairs, each once; a label not in the table is a FitError."""
+def _check_contrasts(contrasts, data, fit=None) -> list[tuple[str, str]]:
+    """The asked-for contrasts as ``(side, label)`` pairs, each once; a label not in the table is a FitError.
+
+    A factor covariate's contrast (``covariate:g``) is checked against ``fit``'s design.
+    """
     pairs = list(dict.fromkeys(parse_contrast(c) for c in contrasts))
     for side, ref in pairs:
+        if side.startswith(COVARIATE):
+            if fit is not None:
+                _check_factor(fit, side[len(COVARIATE):], ref)
+            continue
         labels = [str(v) for v in (data.row_labels if side == "row" else data.col_labels)]
         if ref not in labels:
             shown = ", ".join(labels[:6]) + (f" and {len(labels) - 6} more" if len(labels) > 6 else "")
@@ -371,16 +442,34 @@ def _check_contrasts(contrasts, data) -> list[tuple[str, str]]:
     return pairs
 
 
+def _check_factor(fit, variable: str, ref: str) -> None:
+    """FitError unless ``variable`` is a factor covariate of ``fit`` with the level ``ref`` (any level when empty)."""
+    design = fit_design(fit)
+    factors = dict(getattr(design, "factors", None) or {})
+    if variable not in factors:
+        what = (f"its factor covariates are {', '.join(map(repr, factors))}" if factors else
+                "it has no factor covariate" if design is not None else "it has no covariates")
+        raise FitError(f"A contrast's side must be 'row' or 'col', or a factor covariate of the model ({what}); "
+                       f"got {variable!r}.")
+    levels = [str(v) for v in factors[variable].levels]
+    if ref and ref not in levels:
+        raise FitError(f"The contrast covariate:{variable}={ref} names no level of '{variable}' "
+                       f"({', '.join(levels[:6])}{' ...' if len(levels) > 6 else ''}).")
+
+
 def _contrasts_section(sid: str, fit, pairs: Sequence[tuple[str, str]], ci_prob: float, asked: bool) -> str:
     """Differences of row (column) means against reference levels, with intervals and P(difference > 0)."""
     pct = f"{100 * ci_prob:g}%"
     body = ""
     for side, ref in pairs:
-        what = SIDES[side]
+        what = contrast_name(side)
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", ConvergenceWarning)
-                c = fit.contrasts(**{side: ref}, ci_prob=ci_prob)
+                if side.startswith(COVARIATE):
+                    c = _fit_contrasts(fit, covariate=side[len(COVARIATE):], reference=ref or None, ci_prob=ci_prob)
+                else:
+                    c = fit.contrasts(**{side: ref}, ci_prob=ci_prob)
         except FitError as exc:
             body += _note(f"Contrasts against the {what} {ref!r}: {exc}", "warn")
             continue
@@ -391,8 +480,10 @@ def _contrasts_section(sid: str, fit, pairs: Sequence[tuple[str, str]], ci_prob:
         table = pd.DataFrame({"difference": summary["mean"].to_numpy(), "sd": summary["sd"].to_numpy(),
                               f"{pct} low": summary[lo].to_numpy(), f"{pct} high": summary[hi].to_numpy(),
                               "P(difference > 0)": positive}, index=summary.index)
-        body += (f"<h3>each {what} mean minus the mean of {what} {_e(ref)}</h3>"
-                 + _table(table, digits=4, index_name="contrast"))
+        head = (f"each level of the covariate {_e(side[len(COVARIATE):])} minus its level {_e(c.reference)} "
+                "(a difference in the mean)" if side.startswith(COVARIATE)
+                else f"each {what} mean minus the mean of {what} {_e(ref)}")
+        body += f"<h3>{head}</h3>" + _table(table, digits=4, index_name="contrast")
     how = ("as asked (--contrast)" if asked else
            "by default for a table of known standard errors with fixed row effects: each column "
            "(treatment) against the first")
@@ -485,7 +576,7 @@ def _trace_series(fit) -> list[tuple[str, np.ndarray]]:
     for name in names:  # scalars first: the hyper-parameters that mix slowest
         if post[name].ndim == 2:
             series.append((name, post[name].values))
-    for name in ("row_sd", "col_sd", "row_mean", "col_mean"):
+    for name in ("coef", "row_sd", "col_sd", "row_mean", "col_mean"):
         if name in post and post[name].ndim == 3:
             da = post[name]
             dim = da.dims[2]
@@ -675,7 +766,7 @@ def render_report(fits, *, names: Sequence[str] | None = None, truth: Mapping[st
                   contrasts: "Sequence[str | tuple[str, str]] | None" = None) -> str:
     """The report as one HTML string; see :func:`write_report`."""
     items, labels, truth = _check_inputs(fits, names, truth)
-    asked = _check_contrasts(contrasts, items[0].data) if contrasts else None
+    asked = _check_contrasts(contrasts, items[0].data, items[0]) if contrasts else None
     several = len(items) > 1
     summaries = [_summary(f, ci_prob, var_names) for f in items]
     first_data = items[0].data
@@ -701,8 +792,12 @@ def render_report(fits, *, names: Sequence[str] | None = None, truth: Mapping[st
                         ("sampling", '<span class="badge ok">ok</span>' if ok_all
                          else '<span class="badge warn">see diagnostics</span>')])
                 + "<ul>" + "".join(lines) + "</ul>"
-                + ("<p>The model: <code>y[r,i,j] = intercept + row_effect[i] + col_effect[j] + e[r,i,j]</code>, "
-                   "replicate tables r sharing every parameter; the residual e mixes each cell's known "
+                + ("<p>The model: <code>y[r,i,j] = intercept + row_effect[i] + col_effect[j] "
+                   + ("+ x[r,i,j]' coef " if any(fit_design(f) is not None for f in items) else "")
+                   + "+ e[r,i,j]</code>, replicate tables r sharing every parameter"
+                   + ("; x the covariates of the model's formula" if any(fit_design(f) is not None for f in items)
+                      else "")
+                   + "; the residual e mixes each cell's known "
                    "standard error with the unknown row, column and cell scales.</p>"))
     add("overview", _section("overview", _TITLES["overview"], overview), "overview")
     add("data", _data_section("data", first_data), "data")
@@ -717,6 +812,9 @@ def render_report(fits, *, names: Sequence[str] | None = None, truth: Mapping[st
         if k > 0 and not _same_table(first_data, f.data):
             add(f"data{suffix}", _data_section(f"data{suffix}", f.data, title_suffix=f": {name}"), f"data{tag}")
         add(f"model{suffix}", _model_section(f"model{suffix}", f, name), f"model{tag}")
+        if fit_design(f) is not None:
+            add(f"coefficients{suffix}", _coefficients_section(f"coefficients{suffix}", f, ci_prob),
+                f"covariates{tag}")
         add(f"fitted{suffix}", _fitted_section(f"fitted{suffix}", f), f"fitted{tag}")
         add(f"predictions{suffix}", _predictions_section(f"predictions{suffix}", f, ci_prob), f"predictions{tag}")
         add(f"variance{suffix}", _variance_section(f"variance{suffix}", f, s), f"variance{tag}")
@@ -773,7 +871,8 @@ def write_report(fits, path: "str | os.PathLike[str]", *, names: Sequence[str] |
         Variables (names or prefixes) in the diagnostics' parameter table (default: all).
     contrasts : sequence of str or (str, str), optional
         Contrasts to show, each ``"row=LABEL"`` / ``"col=LABEL"`` (or ``(side, label)``): every
-        level's mean minus the reference level's, with intervals. Default: see
+        level's mean minus the reference level's, with intervals; ``"covariate:g"`` (or
+        ``"covariate:g=LEVEL"``): the levels of the factor covariate ``g`` against its reference. Default: see
         :func:`default_contrasts` (each column against the first for a table of known standard
         errors with fixed row effects; none otherwise).
 

@@ -63,6 +63,11 @@ def program_key(plan) -> str:
     h.update(np.asarray(d.values.shape).tobytes())
     h.update(np.ascontiguousarray(d.mask).tobytes())
     h.update(np.ascontiguousarray(d.se_or_zero()).tobytes())
+    cov = getattr(plan, "covariates", None)
+    if cov is not None:  # the design (its centring and scale are constants of the program) and the coef prior sds
+        h.update(json.dumps(list(cov.terms)).encode())
+        for a in (cov.X, cov.scale, plan.coef_sd):
+            h.update(np.ascontiguousarray(np.asarray(a, dtype=float)).tobytes())
     if plan.integrated:
         h.update(json.dumps(sorted(plan.constants)).encode())
         for a in (plan.design.E, *plan.design.base_cov):

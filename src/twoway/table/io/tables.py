@@ -27,6 +27,7 @@ import gzip
 import re
 import warnings
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -45,7 +46,8 @@ from twoway.table.io._common import read_bytes
 if TYPE_CHECKING:
     import pandas
 
-__all__ = ["csv_header", "read_csv", "long_table", "numeric_array", "align_frame", "decode"]
+__all__ = ["csv_header", "read_csv", "long_table", "numeric_array", "align_frame", "decode", "covariate_column",
+           "is_missing_value", "parse_number"]
 
 
 def _pd():
@@ -305,7 +307,8 @@ class _Rows:
 
 
 def long_table(
-    df: pandas.DataFrame, *, roles: dict, lines: np.ndarray | None, source: str, zero_se: str = "error"
+    df: pandas.DataFrame, *, roles: dict, lines: np.ndarray | None, source: str, zero_se: str = "error",
+    covariates: Sequence[str] = (),
 ) -> dict[str, Any]:
     """The fields of a table read from a long frame, one line per cell.
 
@@ -323,6 +326,9 @@ def long_table(
     zero_se : {"error", "none"}
         What an se of exactly 0 means: a mistake (``error``) or, like an
         empty se, no known error for that cell (``none``).
+    covariates : sequence of str
+        Columns to keep as covariates (for a formula in the mean). Every line
+        with a value needs one in each; lines with a missing value need none.
 
     Returns
     -------
@@ -330,9 +336,13 @@ def long_table(
         Keyword arguments of :class:`~twoway.table.data.TwoWayData`: ``values`` and
         ``se`` (None without an se column), shape (R, N, K) with NaN where no
         line gives a value; ``row_labels``, ``col_labels``,
-        ``replicate_labels`` in order of first appearance; ``names`` (the roles).
+        ``replicate_labels`` in order of first appearance; ``names`` (the roles);
+        ``covariates`` (None without covariates, else name -> (n_observed,) array
+        in (replicate, row, col) C order over the observed cells: float64 when
+        every value is a number, else object array of str).
     """
     _check_roles(roles)
+    covariate_names = _check_covariate_names(covariates, roles)
     if len(df) == 0:
         where = "The table" if source == "the table" else f"The file {_q(source)}"
         raise DataError(f"{where} has no data rows.")
@@ -362,6 +372,15 @@ def long_table(
     shape = tuple(len(u) for u in uniques)
     values = _scatter(codes, y, shape)
     se_grid = None if se is None else _scatter(codes, np.where(np.isnan(y), np.nan, se), shape)
+    covariate_columns = None
+    if covariate_names:
+        observed = np.flatnonzero(~np.isnan(y))
+        flat = (codes[0][observed] * shape[1] + codes[1][observed]) * shape[2] + codes[2][observed]
+        order = observed[np.argsort(flat, kind="stable")]  # the observed lines in (replicate, row, col) C order
+        covariate_columns = {
+            name: covariate_column(_get_column(df, name, "a covariate", source), name, rows, order, decimal=decimal)
+            for name in covariate_names
+        }
     return {
         "values": values,
         "se": se_grid,
@@ -369,7 +388,109 @@ def long_table(
         "col_labels": tuple(uniques[2]),
         "replicate_labels": tuple(uniques[0]),
         "names": dict(roles),
+        "covariates": covariate_columns,
     }
+
+
+def _check_covariate_names(covariates: Any, roles: dict) -> tuple[str, ...]:
+    """The covariate column names, checked: a sequence of names, none of them a role's column."""
+    if isinstance(covariates, str):
+        raise DataError(
+            f"The covariates must be a list of column names; got the string {_q(covariates)} "
+            "(for one column write [name]; twoway.table.covariates.required_variables(formula) lists a formula's)."
+        )
+    try:
+        names = tuple(dict.fromkeys(covariates or ()))
+    except TypeError:
+        raise DataError(f"The covariates must be a list of column names; got {type(covariates).__name__}.") from None
+    for name in names:
+        if not isinstance(name, str | int) or name == "":
+            raise DataError(f"The covariates must be column names; got {name!r}.")
+        for role, column in roles.items():
+            if column is not None and column == name:
+                raise DataError(
+                    f"The covariate column {_q(name)} is the {role} column; a covariate must be a column of its "
+                    "own (copy it under another name to use it in the covariates formula)."
+                )
+    return names
+
+
+def is_missing_value(x: Any) -> bool:
+    """True for None, NaN, pandas.NA, NaT and text that stands for a missing value (``""``, ``NA``, ...)."""
+    if isinstance(x, str):
+        return x.strip() in _NA_TOKENS
+    return _is_missing_scalar(x)
+
+
+def parse_number(x: Any, *, decimal: str = ".") -> float | None:
+    """A number from one entry of a table (NaN for NA); None when it is not one.
+
+    With ``decimal=","`` text with a decimal comma (``-1,25``) is read too.
+    """
+    number = _parse_number(x)
+    if number is None and decimal == "," and isinstance(x, str) and _DECIMAL_COMMA.fullmatch(x.strip()):
+        number = float(x.strip().replace(",", "."))
+    return number
+
+
+def covariate_column(series: Any, column: str, rows: _Rows, order: np.ndarray, *, decimal: str = ".") -> np.ndarray:
+    """One covariate column on the observed lines, in cell order.
+
+    Parameters
+    ----------
+    series : pandas.Series, n lines
+    column : str
+        Its name, for messages.
+    rows : _Rows
+        How to name a line in messages.
+    order : numpy.ndarray, shape (n_observed,), int
+        The lines with a value, in (replicate, row, col) C order of their cells.
+    decimal : {".", ","}
+        The decimal mark of numbers written as text.
+
+    Returns
+    -------
+    numpy.ndarray, shape (n_observed,)
+        float64 when every value is a number (numbers written as text included), else
+        an object array of str (stripped).
+
+    Raises
+    ------
+    twoway.errors.DataError
+        At the first line with a value but no covariate value (naming the line and its
+        cell), or an infinite number.
+    """
+    # each distinct entry is read once (a covariate column has few distinct values, often)
+    codes, uniques = _pd().factorize(series.to_numpy(dtype=object), use_na_sentinel=True)
+    entries = uniques.tolist()
+    bad_unique = np.asarray([is_missing_value(x) for x in entries] + [True], dtype=bool)
+    missing = bad_unique[codes[order]]
+    if missing.any():
+        pos = int(np.min(order[missing]))  # the first such line in the file
+        raise DataError(
+            f"The covariate column {_q(column)} must have a value on every line with a value; "
+            f"{rows.at(pos)} has none: fill it in or drop that line."
+        )
+    dtype = series.dtype
+    numeric = _pd().api.types.is_numeric_dtype(dtype) and not _pd().api.types.is_bool_dtype(dtype)
+    parsed = [None if isinstance(x, bool | np.bool_) else parse_number(x, decimal=decimal) for x in entries]
+    if numeric or all(v is not None for v in parsed):
+        try:
+            numbers = np.asarray(parsed, dtype=np.float64)[codes[order]]
+        except (TypeError, ValueError):  # e.g. complex numbers: text
+            numbers = None
+        if numbers is not None:
+            bad = ~np.isfinite(numbers)
+            if bad.any():
+                pos = int(np.min(order[bad]))
+                raise DataError(
+                    f"The covariate column {_q(column)} must be finite; {rows.at(pos)} has "
+                    f"{_number_text(numbers[int(np.argmax(order == pos))])}."
+                )
+            return numbers
+    texts = np.empty(len(entries), dtype=object)
+    texts[:] = [str(x).strip() for x in entries]
+    return texts[codes[order]]
 
 
 def _check_roles(roles: dict) -> None:
