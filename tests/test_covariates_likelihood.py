@@ -11,7 +11,12 @@ Cholesky):
 * JAX and PyTensor, one case per path and branch (:data:`TRACED`): the value and the exact
   gradient (``jax.grad`` of a jitted program with the residual grid a traced argument, as the
   JAX engine runs it; ``pytensor.grad``) equal the dense twin's (PyTensor's ``pytensor.grad``);
-* the sparse path (NumPy/CHOLMOD): its value, its draws and the laplace engine's ``coef``.
+* the sparse path (NumPy/CHOLMOD): its value, its draws and the laplace engine's ``coef``;
+* the anova path (complete balanced tables): the coefficients through the five eigen-spaces'
+  Gram matrices of ``[r X]`` (checked against explicit projections), with its five sums of
+  squares and the residual's cross products traced as the walk traces them, and a plan with
+  covariates on a complete table choosing it (its JAX and PyMC models against the same plan on
+  the woodbury-schur path).
 
 The coefficients' draw-back follows the exact conditional law (mean and variance of many draws
 against the dense GLS conditional, tolerances from Monte Carlo error), and without covariates
@@ -33,6 +38,7 @@ import pytest
 import test_ops_twins as twins
 
 from twoway import preset, simulate
+from twoway.engines.walk import tables
 from twoway.likelihood import sparse as sp
 from twoway.likelihood.marginal import (
     _residual_after_effects,
@@ -61,7 +67,9 @@ COEF_SD = np.array([0.8, 1.5, 0.6])
 #: ops-twins case -> the path it takes with covariates
 CASES = {
     "no-effects": "woodbury",                       # only the coefficients integrated
-    "crossed-complete": "woodbury-schur",           # not anova: the covariates break its balance
+    "crossed-complete": "anova",                    # the coefficients through the eigen-spaces' Gram matrices
+    "fixed-random-homo-se": "anova",                # fixed rows (no grand-mean variance), known se, replicates
+    "cell-crossed-complete": "anova",               # a random cell effect, three replicates
     "crossed-missing-se": "woodbury-schur",         # one variance for every cell: constant patterns
     "crossed-hetero-missing-se": "woodbury-schur",  # per-cell variances
     "col-eliminated-sd": "woodbury-schur",          # the columns eliminated
@@ -79,7 +87,8 @@ CASES = {
 }
 
 #: the cases JAX and PyTensor trace: every path, each covariate branch once (compiles cost seconds)
-TRACED = ["no-effects", "fixed-fixed-hetero-se", "crossed-missing-se", "cell-additive-missing",
+TRACED = ["no-effects", "crossed-complete", "fixed-random-homo-se", "cell-crossed-complete",
+          "fixed-fixed-hetero-se", "crossed-missing-se", "cell-additive-missing",
           "latent-homo-fixed-missing-se", "kron-ar1-unstructured", "kron-known-diag",
           "kron-unstructured-diag-nugget", "kron-ar1-ar1-missing", "full-file"]
 
@@ -137,19 +146,39 @@ def _numpy(b: Built, theta, path) -> float:
     return float(_logp(NUMPY, b, b.make_params(np.asarray(theta, dtype=float), NUMPY), path))
 
 
+def _data_args(b: Built) -> tuple:
+    """What the walk reads from the table: the five sums of squares and the residual's cross products
+    (5, p) on the anova path, the residual grid otherwise."""
+    if b.path == "anova":
+        st = b.lay.anova
+        return (np.array([st.ss_grand, st.ss_row, st.ss_col, st.ss_inter, st.ss_within]), np.asarray(st.cross))
+    return (np.asarray(b.lay.r),)
+
+
+def _symbolic_layout(b: Built, args):
+    """b's layout reading the table's numbers from ``args`` (traced), as the walk does."""
+    if b.path == "anova":
+        ss, cross = args
+        return dataclasses.replace(b.lay, anova=dataclasses.replace(
+            b.lay.anova, ss_grand=ss[0], ss_row=ss[1], ss_col=ss[2], ss_inter=ss[3], ss_within=ss[4], cross=cross))
+    return dataclasses.replace(b.lay, r=args[0])
+
+
 # -- exact gradients: PyTensor (no rewrites: the graph as built) and JAX (jitted) --------------------------
 @functools.cache
 def _pytensor(case_id: str, folder: str) -> dict:
-    """{"fast"/"dense": (value, gradient)} under the PyTensor ops, the residual grid a shared variable."""
+    """{"fast"/"dense": (value, gradient)} under the PyTensor ops, the table's numbers shared variables
+    (the dense twin reads the residual grid, the fast path what the walk reads)."""
     import pytensor
     import pytensor.tensor as pt
     from pytensor.compile.mode import Mode
 
     b = _built(case_id, folder)
     theta = pt.dvector("theta")
-    lay = dataclasses.replace(b.lay, r=pytensor.shared(np.asarray(b.lay.r), name="grid"))
+    grid = dataclasses.replace(b.lay, r=pytensor.shared(np.asarray(b.lay.r), name="grid"))
+    fast = _symbolic_layout(b, [pytensor.shared(a, name=f"data{k}") for k, a in enumerate(_data_args(b))])
     outputs = []
-    for path in (b.path, "dense"):
+    for path, lay in ((b.path, fast), ("dense", grid)):
         logp = _logp(PYTENSOR, b, b.make_params(theta, PYTENSOR), path, lay)
         outputs += [logp, pytensor.grad(logp, theta)]
     # without rewrites: compiling costs ~0.1 s instead of ~1 s, the algebra is the same
@@ -160,7 +189,7 @@ def _pytensor(case_id: str, folder: str) -> dict:
 
 @functools.cache
 def _jax(case_id: str, folder: str) -> tuple:
-    """(value, gradient) of the fast path under the JAX ops, jitted with the residual grid as an argument."""
+    """(value, gradient) of the fast path under the JAX ops, jitted with the table's numbers as arguments."""
     import jax
 
     from twoway.engines.jax import enable_x64
@@ -168,10 +197,11 @@ def _jax(case_id: str, folder: str) -> tuple:
     enable_x64()
     b = _built(case_id, folder)
 
-    def f(theta, grid):
-        return _logp(JAX, b, b.make_params(theta, JAX), b.path, dataclasses.replace(b.lay, r=grid))
+    def f(theta, args):
+        return _logp(JAX, b, b.make_params(theta, JAX), b.path, _symbolic_layout(b, args))
 
-    value, grad = twins._jit_call(jax.value_and_grad(f), jax.numpy.asarray(b.theta), jax.numpy.asarray(b.lay.r))
+    args = tuple(jax.numpy.asarray(a) for a in _data_args(b))
+    value, grad = twins._jit_call(jax.value_and_grad(f), jax.numpy.asarray(b.theta), args)
     return float(value), np.asarray(grad)
 
 
@@ -182,7 +212,7 @@ def _close_grad(got, want):
 # -- the paths against their dense twins ---------------------------------------------------------------
 def test_the_cases_take_every_integrated_path(built):
     assert {b.path for b in built.values()} == {n for n, p in PATHS.items() if p.every_ops} - {
-        "dense", "diagonal", "anova"}
+        "dense", "diagonal"}
     assert {built[c].path for c in TRACED} == {b.path for b in built.values()}
     for cid, want in CASES.items():
         b = built[cid]
@@ -264,7 +294,8 @@ def _assert_draws_follow(u, mean, cov):
 
 
 @pytest.mark.parametrize("cid", ["fixed-fixed-hetero-se", "crossed-missing-se", "cell-additive-missing",
-                                 "latent-homo-fixed-missing-se", "kron-ar1-unstructured", "full-file"])
+                                 "latent-homo-fixed-missing-se", "kron-ar1-unstructured", "full-file",
+                                 "fixed-random-homo-se", "cell-crossed-complete"])
 def test_coefficients_are_drawn_from_their_exact_conditional(built, cid):
     b = built[cid]
     S = 800 if b.path == "dense-table" else 4000
@@ -315,7 +346,8 @@ def test_residual_after_effects_subtracts_x_coef(built):
 
 # -- without covariates ----------------------------------------------------------------------------------
 def test_without_covariates_nothing_changes(built):
-    for cid in ("crossed-missing-se", "latent-homo-fixed-missing-se", "kron-ar1-unstructured"):
+    for cid in ("crossed-missing-se", "latent-homo-fixed-missing-se", "kron-ar1-unstructured", "crossed-complete",
+                "cell-crossed-complete"):
         b = built[cid]
         plain = effects_design(b.spec, b.data, known=known_relationships(b.spec, b.data))
         assert plain.n_cov == 0 and plain.E.shape[0] == b.data.n_rows + b.data.n_cols
@@ -331,11 +363,113 @@ def test_without_covariates_nothing_changes(built):
         np.testing.assert_allclose(marginal_logp(NUMPY, b.spec, b.lay, plain, params, path), base, rtol=1e-12)
 
 
-def test_anova_does_not_take_covariates(built):
+ANOVA = [cid for cid, path in CASES.items() if path == "anova"]
+
+
+def test_anova_takes_covariates(built):
+    """A complete balanced table chooses the anova path with covariates as without them."""
+    for cid in ANOVA:
+        b = built[cid]
+        plain = effects_design(b.spec, b.data, known=known_relationships(b.spec, b.data))
+        assert choose_path(b.spec, dataclasses.replace(b.lay, x=None), plain) == "anova"
+        assert b.path == "anova" and b.design.n_cov == 3
+        st = b.lay.anova
+        assert st.cross.shape == (5, 3) and st.gram.shape == (5, 3, 3)
+    # without the Gram matrices (a layout whose statistics were computed without covariates) it is not taken
     b = built["crossed-complete"]
-    plain = effects_design(b.spec, b.data)
-    assert choose_path(b.spec, dataclasses.replace(b.lay, x=None), plain) == "anova"
-    assert b.path == "woodbury-schur"
+    bare = dataclasses.replace(b.lay, anova=dataclasses.replace(b.lay.anova, cross=None, gram=None))
+    assert choose_path(b.spec, bare, b.design) == "woodbury-schur"
+
+
+def _projections(R: int, N: int, K: int) -> list[np.ndarray]:
+    """The five eigen-spaces' orthogonal projections (n, n), n = R N K in C order over (replicate, row, col)."""
+    def J(n):
+        return np.full((n, n), 1.0 / n)
+
+    def Q(n):
+        return np.eye(n) - J(n)
+
+    return [np.kron(np.kron(J(R), a), b) for a, b in ((J(N), J(K)), (Q(N), J(K)), (J(N), Q(K)), (Q(N), Q(K)))] + [
+        np.kron(np.kron(Q(R), np.eye(N)), np.eye(K))]
+
+
+@pytest.mark.parametrize("cid", ANOVA)
+def test_anova_grams_are_the_eigenspaces_projections(built, cid):
+    """``r' P_k X`` and ``X' P_k X`` against explicit projections; they sum to ``r' X`` and ``X' X``."""
+    b = built[cid]
+    R, N, K = b.lay.shape
+    P = _projections(R, N, K)
+    np.testing.assert_allclose(sum(P), np.eye(R * N * K), atol=1e-12)
+    r, X = b.lay.r.reshape(-1), b.lay.x_grid.reshape(-1, 3)
+    st = b.lay.anova
+    np.testing.assert_allclose(st.cross, [r @ Pk @ X for Pk in P], rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(st.gram, [X.T @ Pk @ X for Pk in P], rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose([st.ss_grand, st.ss_row, st.ss_col, st.ss_inter, st.ss_within],
+                               [r @ Pk @ r for Pk in P], rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(st.gram.sum(axis=0), X.T @ X, rtol=1e-12)
+    np.testing.assert_allclose(st.cross.sum(axis=0), r @ X, rtol=1e-12, atol=1e-12)
+
+
+def test_anova_value_does_not_depend_on_batching(built):
+    """NumPy draws batch over leading dims: S = 3 draws at once equal three single evaluations."""
+    b = built["cell-crossed-complete"]
+    thetas = [b.theta * f for f in (0.8, 1.0, 1.3)]
+    ps = [b.make_params(t, NUMPY) for t in thetas]
+    batch = {k: np.stack([np.asarray(p[k], dtype=float) for p in ps]) for k in ps[0]}
+    got = _logp(NUMPY, b, batch, "anova")
+    assert got.shape == (3,)
+    np.testing.assert_allclose(got, [_numpy(b, t, "anova") for t in thetas], rtol=1e-12)
+    np.testing.assert_allclose(got, [_numpy(b, t, "woodbury") for t in thetas], rtol=RTOL_VALUE)
+
+
+@functools.cache
+def _anova_plan():
+    """A plan with covariates (a cell-level and a row-level term) on a complete 5 x 4 table with 2 replicates."""
+    rng = np.random.default_rng(12)
+    N, K, R = 5, 4, 2
+    cov = {"x": rng.normal(size=(N, K)), "u": rng.normal(size=(N, 1))}
+    spec = preset("crossed", covariates="x + u")
+    sims = [simulate(spec, N, K, R, seed=s, covariates=cov,
+                     params={"row_effect_sd": 0.5, "col_effect_sd": 0.7, "sigma": 0.6, "coef": [0.8, -0.5]})
+            for s in (13, 14)]
+    return resolve(spec, sims[0].data), sims[1].data
+
+
+def test_plan_with_covariates_on_a_complete_table_takes_anova():
+    plan, _ = _anova_plan()
+    assert plan.path == "anova" and plan.design.n_cov == 2
+    got = tables(plan)
+    assert set(got) == {"anova_ss", "anova_cross"} and got["anova_cross"].shape == (5, 2)
+    np.testing.assert_allclose(got["anova_cross"], plan.layout.anova.cross)
+    assert set(tables(dataclasses.replace(plan, path="woodbury-schur"))) == {"residual_grid"}
+
+
+def test_walk_on_the_anova_path_with_covariates_equals_woodbury_schur():
+    """The JAX and PyMC models the walk builds on the anova path (the sums of squares and cross products
+    arguments or data containers) against the same plan on the woodbury-schur path, at the same points,
+    on the plan's table and, with the compiled program's arguments, on another table of the same cells."""
+    from twoway.engines.jax.model import describe, model_args
+    from twoway.engines.pymc.model import build_pymc_model, data_updates
+
+    plan, other = _anova_plan()
+    schur = dataclasses.replace(plan, path="woodbury-schur")
+    jm, js = describe(plan), describe(schur)
+    assert jm.sites == js.sites
+    rng = np.random.default_rng(3)
+    points = [{site: rng.normal(0.0, 0.5, size=shape) for site, shape in jm.sites.items()} for _ in range(3)]
+    for table in (plan, plan.with_data(other)):
+        args, args_s = model_args(table), model_args(dataclasses.replace(table, path="woodbury-schur"))
+        for theta in points:
+            np.testing.assert_allclose(float(jm.log_density(theta, args)), float(js.log_density(theta, args_s)),
+                                       rtol=1e-10)
+    model, model_s = build_pymc_model(plan).model, build_pymc_model(schur).model
+    assert "anova_cross" in model.named_vars
+    logp, logp_s = model.compile_logp(mode="FAST_COMPILE"), model_s.compile_logp(mode="FAST_COMPILE")
+    point = model.initial_point()
+    np.testing.assert_allclose(float(logp(point)), float(logp_s(point)), rtol=1e-10)
+    updates = data_updates(plan, other)
+    np.testing.assert_allclose(updates["anova_cross"], plan.with_data(other).layout.anova.cross)
+    assert not np.allclose(updates["anova_cross"], tables(plan)["anova_cross"])
 
 
 # -- the sparse path -------------------------------------------------------------------------------------
@@ -400,3 +534,36 @@ def test_memory_estimates_count_the_coefficients(built):
     assert memory.dense_path_bytes(b.spec, b.data, n_cov=0) == memory.dense_path_bytes(b.spec, b.data)
     assert memory.dense_path_bytes(b.spec, b.data, n_cov=3) > memory.dense_path_bytes(b.spec, b.data)
     assert memory.dense_design_bytes(b.spec, b.data, n_cov=3) > memory.dense_design_bytes(b.spec, b.data)
+
+
+@pytest.mark.parametrize("ops_name", ["numpy", "jax"])
+def test_anova_unrolled_and_lapack_factorisations_agree(built, monkeypatch, ops_name):
+    """The anova path factors ``S^-1 + X' C^-1 X`` entry by entry up to SMALL_P terms and with ``ops.cholesky``
+    above: both give the dense twin's value (batched draws for NumPy; value and gradient for JAX)."""
+    import jax
+
+    from twoway.likelihood import anova
+
+    b = built["cell-crossed-complete"]
+    thetas = [b.theta * f for f in (0.8, 1.0, 1.3)]
+    want = [_numpy(b, t, "dense") for t in thetas]
+    for small in (anova.SMALL_P, 0):
+        monkeypatch.setattr(anova, "SMALL_P", small)
+        if ops_name == "numpy":
+            ps = [b.make_params(t, NUMPY) for t in thetas]
+            batch = {k: np.stack([np.asarray(p[k], dtype=float) for p in ps]) for k in ps[0]}
+            np.testing.assert_allclose(_logp(NUMPY, b, batch, "anova"), want, rtol=RTOL_VALUE)
+        else:
+            from twoway.engines.jax import enable_x64
+            from twoway.linalg.ops import JAX
+
+            enable_x64()
+
+            def f(t):
+                return _logp(JAX, b, b.make_params(t, JAX), "anova")
+
+            value, grad = jax.value_and_grad(f)(jax.numpy.asarray(b.theta))
+            np.testing.assert_allclose(float(value), want[1], rtol=RTOL_VALUE)
+            g_want = twins._central_differences(lambda t: _numpy(b, t, "dense"), b.theta)
+            np.testing.assert_allclose(np.asarray(grad), g_want, rtol=RTOL_FD,
+                                       atol=RTOL_FD * max(1.0, np.max(np.abs(g_want))))

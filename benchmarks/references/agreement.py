@@ -45,7 +45,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 
 #: lme4's names of the terms -> twoway's.
-TERMS = {"insteval": {"service": "service", "studage4": "C(studage)[T.4]", "studage6": "C(studage)[T.6]",
+TERMS = {"insteval": {"service1": "service", "studage4": "C(studage)[T.4]", "studage6": "C(studage)[T.6]",
                       "studage8": "C(studage)[T.8]"},
          "oats": {"nitro": "nitro"},
          "bcg": {"ablat": "vaccinated:ablat"}}

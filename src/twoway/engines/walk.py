@@ -124,10 +124,12 @@ def tables(plan: Plan) -> dict[str, np.ndarray]:
     Returns
     -------
     dict of str to numpy.ndarray
-        ``anova_ss`` (5,) on the ``anova`` path, ``residual_grid`` (R, N, K) on
-        the other integrated paths, ``y_observed`` (C,) with sampled effects, and
-        with covariates ``covariate_design`` (C, p), the design's rows in the same
-        order as ``y_observed`` (C order over (replicate, row, col)).
+        ``anova_ss`` (5,) on the ``anova`` path (with covariates also ``anova_cross``
+        (5, p), the residual against the covariates in each eigen-space; their Gram
+        matrices depend on the covariates alone and stay constants of the layout),
+        ``residual_grid`` (R, N, K) on the other integrated paths, ``y_observed`` (C,)
+        with sampled effects, and with covariates ``covariate_design`` (C, p), the
+        design's rows in the same order as ``y_observed`` (C order over (replicate, row, col)).
     """
     if not plan.integrated:
         out = {"y_observed": np.asarray(plan.data.observed_values(), dtype=float)}
@@ -135,7 +137,10 @@ def tables(plan: Plan) -> dict[str, np.ndarray]:
             out["covariate_design"] = np.asarray(plan.covariates.X, dtype=float)
         return out
     if plan.path == "anova":
-        return {"anova_ss": anova_vector(plan.layout.anova)}
+        out = {"anova_ss": anova_vector(plan.layout.anova)}
+        if plan.covariates is not None and plan.layout.anova.cross is not None:
+            out["anova_cross"] = np.asarray(plan.layout.anova.cross, dtype=float)
+        return out
     return {"residual_grid": np.asarray(plan.layout.r, dtype=float)}
 
 
@@ -189,8 +194,11 @@ def _integrated(b: Builder, plan: Plan) -> None:
     lay = plan.layout
     if plan.path == "anova":
         ss = b.table("anova_ss")
+        extra = {}
+        if plan.covariates is not None and lay.anova.cross is not None:
+            extra["cross"] = b.table("anova_cross")  # the Gram matrices (X alone) stay constants
         lay = dataclasses.replace(lay, anova=dataclasses.replace(
-            lay.anova, ss_grand=ss[0], ss_row=ss[1], ss_col=ss[2], ss_inter=ss[3], ss_within=ss[4]))
+            lay.anova, ss_grand=ss[0], ss_row=ss[1], ss_col=ss[2], ss_inter=ss[3], ss_within=ss[4], **extra))
     else:
         lay = dataclasses.replace(lay, r=b.table("residual_grid"))
     b.potential("_loglik", marginal_logp(b.ops, spec, lay, plan.design, params, plan.path))

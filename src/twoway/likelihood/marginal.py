@@ -153,6 +153,16 @@ def covariate_grid(lay: Layout) -> np.ndarray | None:
     return lay.x_grid
 
 
+def _anova_grid(x, obs, shape) -> np.ndarray | None:
+    """The covariates (n_obs, p) on the grid for :func:`anova_stats` (None without, or when misshapen:
+    :class:`Layout` says so)."""
+    if x is None or np.ndim(x) != 2 or np.shape(x)[1] == 0 or np.shape(x)[0] != obs[0].size:
+        return None
+    grid = np.zeros(tuple(shape) + (np.shape(x)[1],))
+    grid[obs] = np.asarray(x, dtype=float)
+    return grid
+
+
 def layout(data: TwoWayData, m0: float, parts: dict | None = None, *, x: np.ndarray | None = None) -> Layout:
     """Lay ``data`` out for the likelihood paths, relative to the prior mean ``m0``.
 
@@ -169,7 +179,7 @@ def layout(data: TwoWayData, m0: float, parts: dict | None = None, *, x: np.ndar
     se_obs = se[data.mask]
     se_constant = float(se_obs[0]) if se_obs.size and np.all(se_obs == se_obs[0]) else None
     with np.errstate(over="ignore", invalid="ignore"):  # data far from an extreme prior mean: the start-up check says so
-        stats = anova_stats(r) if complete and se_constant is not None else None
+        stats = anova_stats(r, x=_anova_grid(x, obs, r.shape)) if complete and se_constant is not None else None
     return Layout(r=r, mask=mask, se=se, m0=float(m0), obs=obs, n_obs=int(obs[0].size),
                   complete=complete, se_constant=se_constant, anova=stats, shape=tuple(int(d) for d in r.shape),
                   parts=dict(parts or {}), x=x)

@@ -14,7 +14,7 @@ path                   applies when
 ``sparse``             crossed random effects on a large sparse table (the
                        plan chose it: :mod:`twoway.likelihood.sparse`)
 ``diagonal``           independent residual, nothing integrated
-``anova``              complete table, one residual variance, exchangeable effects, no covariates
+``anova``              complete table, one residual variance, exchangeable effects
 ``woodbury-schur``     independent residual, iid random effects on one side
 ``woodbury``           independent residual otherwise
 ``woodbury-latent``    latent residual (per-replicate row and column shocks)
@@ -122,15 +122,19 @@ class Diagonal(LikelihoodPath):
 
 
 class Anova(LikelihoodPath):
-    """Balanced crossed table, one residual variance: four eigenvalues, sums of squares computed once.
+    """Balanced crossed table, one residual variance: five eigenvalues, sums of squares computed once.
 
-    Not with covariates: their coefficients break the eigen-spaces' balance.
+    With covariates the coefficients are integrated out through the eigen-spaces'
+    Gram matrices of ``[r X]`` (computed once; see :mod:`twoway.likelihood.anova`):
+    one p x p Cholesky per evaluation. The draw-back is the shared Woodbury one.
     """
 
     name = "anova"
 
     def applies(self, spec, lay, design):
-        if spec.residual != "independent" or design.m == 0 or lay.anova is None or design.n_cov:
+        if spec.residual != "independent" or design.m == 0 or lay.anova is None:
+            return False
+        if design.n_cov and (lay.anova.gram is None or lay.anova.gram.shape[-1] != design.n_cov):
             return False
         if spec.row_scale == "hetero" or spec.col_scale == "hetero":
             return False
@@ -140,8 +144,17 @@ class Anova(LikelihoodPath):
 
     def log_density(self, ops, spec, lay, design, params):
         var = noise_variance(ops, spec, lay, params)
+        return anova_logp(ops, lay.anova, var[..., 0, 0, 0], **self._variances(spec, design, params))
+
+    @staticmethod
+    def _variances(spec, design, params) -> dict:
+        """anova_logp's keyword arguments: each block's variance, and the coefficients' fixed prior."""
         kw = {}
-        for name, var_param, _, _ in design.blocks:
+        for k, (name, var_param, start, stop) in enumerate(design.blocks):
+            if name == "coef":
+                kw["coef_prec"] = design.base_prec[k][start:stop, start:stop]
+                kw["coef_logdet"] = design.base_logdet[k]
+                continue
             sd = params[var_param]
             if name == "intercept":
                 kw["grand_var"] = sd * sd
@@ -152,7 +165,7 @@ class Anova(LikelihoodPath):
                     kw[f"{side}_mean_var"] = sd * sd
         if spec.cell_effect == "random":
             kw["cell_var"] = params["cell_sd"] * params["cell_sd"]
-        return anova_logp(ops, lay.anova, var[..., 0, 0, 0], **kw)
+        return kw
 
 
 class WoodburySchur(LikelihoodPath):
