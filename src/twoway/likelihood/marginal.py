@@ -101,7 +101,6 @@ class Layout:
     shape: tuple = (0, 0, 0)
     parts: dict = field(default_factory=dict)
     x: np.ndarray | None = None
-    x_grid: np.ndarray | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self):
         x = None if self.x is None else np.asarray(self.x, dtype=float)
@@ -111,11 +110,19 @@ class Layout:
         if x is not None and x.shape[1] == 0:
             x = None
         object.__setattr__(self, "x", x)
-        grid = None
-        if x is not None:
-            grid = np.zeros(tuple(self.shape) + (x.shape[1],))
-            grid[self.obs] = x
-        object.__setattr__(self, "x_grid", grid)
+
+    @property
+    def x_grid(self) -> np.ndarray | None:
+        """``x`` on the full grid, (R, N, K, p) with 0 at missing cells; built on first use (the sparse path
+        never asks: its memory grows with the observed cells), then kept."""
+        if self.x is None:
+            return None
+        grid = self.__dict__.get("_x_grid")
+        if grid is None:
+            grid = np.zeros(tuple(self.shape) + (self.x.shape[1],))
+            grid[self.obs] = self.x
+            object.__setattr__(self, "_x_grid", grid)
+        return grid
 
     @property
     def n_cov(self) -> int:

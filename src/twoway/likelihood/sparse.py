@@ -201,8 +201,14 @@ class SparseSystem:
     pair_pos, pair_obs : int arrays
         Each (observation, pair of its columns) contribution to ``Z' D^-1 Z``: its
         position in ``pattern.data`` and its observation.
-    pair_val : array or None
-        Each contribution's ``z_a z_b`` (None: all 1, no covariates).
+    x : array (n, p) or None
+        The covariates' design at the observed cells (None without covariates).
+    Zi : scipy.sparse.csc_matrix (n, m - p) or None
+        The indicators' ones alone (with covariates): ``Z = [Zi | x]``.
+    pos_ax, pos_xa, pos_xx : int arrays or None
+        Positions in ``pattern.data`` of the dense blocks ``Zi' D^-1 x`` ((m - p) x p, and its
+        transpose) and ``x' D^-1 x`` (p x p), in C order: the covariates' columns are dense, so
+        their part of ``Z' D^-1 Z`` is two matrix products, not one entry per observation and pair.
     counts : array (nnz,)
         ``Z' Z`` on the pattern (used when every cell has the same variance).
     prior_data : list of arrays (nnz,)
@@ -229,7 +235,11 @@ class SparseSystem:
     combine: str
     Ztr: np.ndarray
     rr: float
-    pair_val: np.ndarray | None = None
+    x: np.ndarray | None = None
+    Zi: object = None
+    pos_ax: np.ndarray | None = None
+    pos_xa: np.ndarray | None = None
+    pos_xx: np.ndarray | None = None
 
     @property
     def var_params(self) -> list[str]:
@@ -244,6 +254,13 @@ class SparseSystem:
         sd = cell_sd(se, None, None, None if sigma is None else float(sigma), combine=self.combine)
         return sd * sd
 
+    def _add_covariate_blocks(self, data: np.ndarray, wx: np.ndarray) -> None:
+        """Add ``Zi' W x``, its transpose and ``x' W x`` to Q's values ``data`` (nnz,), given ``wx = W x`` (n, p)."""
+        ax = np.asarray(self.Zi.T @ wx)           # (m - p, p)
+        data[self.pos_ax] += ax.ravel()
+        data[self.pos_xa] += ax.ravel()
+        data[self.pos_xx] += (self.x.T @ wx).ravel()
+
     def precision(self, params):
         """``(Q, b, r'D^-1 r, log|D|, log|G|)`` at scalar parameter values ``params``."""
         var = self.noise_variance(params)
@@ -255,8 +272,9 @@ class SparseSystem:
             logdet_d = self.n * math.log(v)
         else:
             w = 1.0 / var
-            weights = w[self.pair_obs] if self.pair_val is None else w[self.pair_obs] * self.pair_val
-            data = np.bincount(self.pair_pos, weights=weights, minlength=self.pattern.nnz)
+            data = np.bincount(self.pair_pos, weights=w[self.pair_obs], minlength=self.pattern.nnz)
+            if self.x is not None:
+                self._add_covariate_blocks(data, w[:, None] * self.x)
             b = self.Z.T @ (w * self.r)
             quad0 = float(np.dot(w * self.r, self.r))
             logdet_d = float(np.sum(np.log(var)))
@@ -331,15 +349,15 @@ def build_system(spec, lay, design: SparseDesign) -> SparseSystem:
         cols.append(start_of["row_effect"] + ii.astype(np.int64))
     if "col_effect" in start_of:
         cols.append(start_of["col_effect"] + jj.astype(np.int64))
-    if p:
-        start = start_of["coef"]
-        cols += [np.full(n, start + k, dtype=np.int64) for k in range(p)]
-    C = np.stack(cols, axis=1)  # (n, c) column of each observation's nonzeros: its ones, then its covariates
+    m_ind = m - p   # the indicators' coordinates come first, the coef block last
+    C = np.stack(cols, axis=1) if cols else np.zeros((n, 0), dtype=np.int64)  # (n, c): each observation's ones
     c = C.shape[1]
-    V = np.ones((n, c))
+    Zi = sps.csc_matrix((np.ones(n * c), (np.repeat(np.arange(n), c), C.ravel())), shape=(n, m_ind))
     if p:
-        V[:, c - p:] = lay.x
-    Z = sps.csc_matrix((V.ravel(), (np.repeat(np.arange(n), c), C.ravel())), shape=(n, m))
+        X = np.ascontiguousarray(lay.x, dtype=float)
+        Z = sps.hstack([Zi, sps.csc_matrix(X)], format="csc")
+    else:
+        X, Z = None, sps.csc_matrix(Zi, shape=(n, m))
     # the prior precision of each block, embedded (identity, or the inverse of a known matrix)
     prior_mats = []
     base_logdet = []
@@ -361,21 +379,27 @@ def build_system(spec, lay, design: SparseDesign) -> SparseSystem:
             base_logdet.append(0.0)
             idx = np.arange(start, stop)
             prior_mats.append(sps.csc_matrix((np.ones(stop - start), (idx, idx)), shape=(m, m)))
-    # every observation adds w z_a z_b to (a, b) for each pair of its columns
+    # every observation adds w to (a, b) for each pair of its indicator columns
     pa = np.repeat(C, c, axis=1).ravel()
     pb = np.tile(C, (1, c)).ravel()
-    if p:  # the pattern from the pairs themselves: a product of covariates may be 0 (not kept by Z' Z)
-        ZtZ = sps.csc_matrix((np.ones(pa.size), (pa, pb)), shape=(m, m))
-        pair_val = (np.repeat(V, c, axis=1) * np.tile(V, (1, c))).ravel()
-    else:
-        ZtZ = (Z.T @ Z).tocsc()
-        pair_val = None
-    pattern = (abs(ZtZ) + sum(abs(P) for P in prior_mats)).tocsc()
+    ZtZ = (Zi.T @ Zi).tocsc()
+    ZtZ.resize((m, m))
+    blocks = []
+    if p:  # the covariates' columns are dense: their rows and columns of Q are kept whole
+        ax_r, ax_c = np.repeat(np.arange(m_ind), p), m_ind + np.tile(np.arange(p), m_ind)
+        xx_r, xx_c = m_ind + np.repeat(np.arange(p), p), m_ind + np.tile(np.arange(p), p)
+        rows, cols_ = np.concatenate([ax_r, ax_c, xx_r]), np.concatenate([ax_c, ax_r, xx_c])
+        blocks.append(sps.csc_matrix((np.ones(rows.size), (rows, cols_)), shape=(m, m)))
+    pattern = (abs(ZtZ) + sum(abs(P) for P in prior_mats) + sum(blocks)).tocsc()
     pattern.sort_indices()
     pattern.data[:] = 1.0
     pair_pos = _positions(pattern, pa, pb)
     pair_obs = np.repeat(np.arange(n), c * c)
-    counts = np.bincount(pair_pos, weights=pair_val, minlength=pattern.nnz).astype(float)
+    counts = np.bincount(pair_pos, minlength=pattern.nnz).astype(float)
+    extra = {}
+    if p:
+        extra = dict(x=X, Zi=Zi, pos_ax=_positions(pattern, ax_r, ax_c), pos_xa=_positions(pattern, ax_c, ax_r),
+                     pos_xx=_positions(pattern, xx_r, xx_c))
     prior_data = []
     for P in prior_mats:
         P = P.tocoo()
@@ -385,10 +409,12 @@ def build_system(spec, lay, design: SparseDesign) -> SparseSystem:
     uniform = bool(np.all(se == se[0])) if n else True
     if spec.residual != "independent":  # pragma: no cover - guarded by sparse_applies
         raise ModelError("The sparse path needs an independent residual.")
-    return SparseSystem(n=n, m=m, Z=Z, r=r, se=se, pattern=pattern, pair_pos=pair_pos, pair_obs=pair_obs,
-                        counts=counts, prior_data=prior_data, blocks=design.blocks, base_logdet=base_logdet,
-                        uniform=uniform, combine=spec.combine, Ztr=np.asarray(Z.T @ r), rr=float(r @ r),
-                        pair_val=pair_val)
+    system = SparseSystem(n=n, m=m, Z=Z, r=r, se=se, pattern=pattern, pair_pos=pair_pos, pair_obs=pair_obs,
+                          counts=counts, prior_data=prior_data, blocks=design.blocks, base_logdet=base_logdet,
+                          uniform=uniform, combine=spec.combine, Ztr=np.asarray(Z.T @ r), rr=float(r @ r), **extra)
+    if p:
+        system._add_covariate_blocks(system.counts, X)
+    return system
 
 
 def sparse_logp(spec, lay, design: SparseDesign, params) -> np.ndarray:
