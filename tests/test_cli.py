@@ -984,11 +984,11 @@ def test_fit_with_the_jax_engine_reports_phases_and_reuses_the_cache(tmp_path):
         lines = [line for line in err.splitlines() if line.startswith("twoway: ")]  # not the dof warning
         assert lines[0] == "twoway: fitting the additive model (jax): 1 chain x 50 draws after 50 tuning ...", err
         assert lines[1] == "twoway: compiling the model ...", err
-        assert re.fullmatch(rf"twoway: compiling done in [\d.]+ s \({cache_note}\)", lines[2]), err
+        assert re.fullmatch(rf"twoway: compiling done in ([\d.]+ s|\d+ min \d+ s) \({cache_note}\)", lines[2]), err
         assert lines[3:6] == ["twoway: sampling ...",  # 100 iterations in segments of 64
                               "twoway: sampling: 64% (64/100 iterations, warm-up included)",
                               "twoway: sampling: 100% (100/100 iterations, warm-up included)"], err
-        assert re.fullmatch(r"twoway: sampling done in [\d.]+ s", lines[6]), err
+        assert re.fullmatch(r"twoway: sampling done in ([\d.]+ s|\d+ min \d+ s)", lines[6]), err
         assert lines[7:] == ["twoway: drawing the integrated effects back ...",
                              f"twoway: writing the fit to {tmp_path / f'f{k}.nc'} ..."], err
         assert "\r" not in err  # not a terminal: lines, no redrawn bar
