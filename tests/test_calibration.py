@@ -35,11 +35,27 @@ def test_holm_and_case_pvalue():
     p, name = cal.case_pvalue(pd.Series([0.2, 0.004, 0.9], index=["a", "b", "c"]))
     assert (p, name) == (pytest.approx(0.012), "b")
     table = cal.markdown([{"name": "kronecker fa:1", "side": "row", "table": "6 x 5 x 2", "sims": 40, "params": 3,
-                           "p_case": 0.002, "worst": "row_psi[row1]", "divergences": 0},
+                           "p_case": 0.002, "worst": "row_psi[row1]", "divergences": 0, "power": 0.834,
+                           "needed": 37},
                           {"name": "latent", "side": "-", "table": "6 x 5 x 2", "sims": 40, "params": 3,
                            "p_case": 0.8, "worst": "sigma", "divergences": 0}], alpha=0.01)
-    assert "| kronecker fa:1 | row | 6 x 5 x 2 | 40 | 3 | 0.002 | 0.004 | `row_psi[row1]` | 0 | FAIL |" in table
+    assert ("| kronecker fa:1 | row | 6 x 5 x 2 | 40 | 3 | 83% | 37 | 0.002 | 0.004 | `row_psi[row1]` | 0 | FAIL |"
+            in table)
+    assert "| latent | - | 6 x 5 x 2 | 40 | 3 | - | - | 0.8 | 0.8 | `sigma` | 0 | pass |" in table
     assert "1 failing" in table
+
+
+def test_case_power_is_stated_at_the_tables_level():
+    """A case's power is its shift test's at alpha / (cases x parameters x 2), and sims_needed reaches 80% there."""
+    from twoway.runs.sbc import rank_test_power
+
+    cal = _runner()
+    assert cal.case_level(50, 20, 0.01) == pytest.approx(0.01 / 2000)
+    needed = cal.sims_needed(100, 50, 20, 0.01)
+    assert cal.case_power(needed, 100, 50, 20, 0.01) >= 0.8 > cal.case_power(needed - 5, 100, 50, 20, 0.01)
+    assert cal.case_power(40, 100, 50, 20, 0.01) == pytest.approx(rank_test_power(40, 100, 0.01 / 2000, shift=0.5))
+    # fewer cases or parameters in the family: fewer replications for the same power
+    assert cal.sims_needed(100, 15, 6, 0.01) < needed
 
 
 def test_fa1_rows_cs_cols_calibrated_and_the_test_has_power(tmp_path):

@@ -48,9 +48,9 @@ def test_posterior_has_labelled_public_parameters(result, table):
     assert post.sizes["chain"] == 2 and post.sizes["draw"] == 300
     assert not [v for v in post.data_vars if v.startswith("_")]
     assert "replicate" not in post.dims  # replicate tables share the parameters
-    obs = result.tree["observed_data"].to_dataset()
-    assert obs["y"].dims == ("replicate", "row", "col")
-    np.testing.assert_array_equal(obs["y"].values, table.values)
+    obs = result.tree["observed_data"].to_dataset()  # the observed cells only, long
+    assert obs["y"].dims == ("cell",) and obs.sizes["cell"] == table.n_observed
+    np.testing.assert_array_equal(result.data.values, table.values)
     # effects integrated out (and drawn back); the random row effects are eliminated by their Schur complement
     assert result.info["likelihood_path"] == "woodbury-schur" and result.info["engine"] == "jax"
     assert json.loads(result.tree.attrs["twoway_data_summary"])["n_observed"] == table.n_observed

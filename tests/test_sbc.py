@@ -1,8 +1,8 @@
-"""Tests of simulation-based calibration (src/twoway/sbc.py) and ``twoway sbc``.
+"""Tests of simulation-based calibration (src/twoway/runs/sbc.py) and ``twoway sbc``.
 
 The statistical tests are seeded. A calibrated setup passes the uniformity
-test with probability at least 1 - alpha = 0.99 (family-wise over the
-parameters, Bonferroni; up to the chi-square approximation), so a correct
+tests with probability at least 1 - alpha = 0.99 (family-wise over the
+parameters, Bonferroni; the rank tests are exact), so a correct
 model fails ``test_additive_is_calibrated`` at most 1% of the time for a
 fresh seed; with the fixed seed the outcome is reproducible. The power test
 ranks the same draws against true values shifted by one posterior standard

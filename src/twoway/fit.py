@@ -7,16 +7,26 @@ samples it and returns a :class:`Fit`. The fit's DataTree holds
 
 * ``posterior``: the parameters a user sees, dims ``row``/``col`` labelled
   (``coef``, the covariates' coefficients, on dim ``term``: the design's column
-  names), plus the derived ``row_mean`` and ``col_mean`` (intercept plus the
-  effects: with covariates, the means at covariate values 0, i.e. every numeric
-  term at 0 and every factor at its reference level);
+  names); :attr:`Fit.posterior` adds the derived ``row_mean`` and ``col_mean``
+  (intercept plus the effects: with covariates, the means at covariate values 0,
+  i.e. every numeric term at 0 and every factor at its reference level),
+  computed when read, never stored;
 * ``sample_stats``: the sampler's per-draw statistics;
-* ``observed_data``: the table itself (``y`` and ``se`` on replicate x row x col);
+* ``observed_data``: the observed cells of the table (``y`` and ``se`` on the dim
+  ``cell``, with their replicate, row and column positions and the covariates;
+  :meth:`twoway.table.data.TwoWayData.to_dataset`, layout ``cells``);
 * attributes: the model spec, the priors in force, the data summary, the
   likelihood path and option, the engine and its description, seed and timings.
 
 A fit is saved to one file (netCDF, or a zarr store when the name ends in
-``.zarr``) and loads back whole.
+``.zarr``) and loads back whole. The file grows with the observed cells and the
+distinct draws, not the grid: where an engine repeats draws (the ``laplace``
+engine resamples a few hundred proposals into every chain), the posterior group
+holds each distinct draw once, on the dim ``unique_draw``, with
+``unique_draw_index`` (chain, draw) saying which (:meth:`Fit.load` puts every
+draw back); float64 throughout, zlib-compressed in netCDF where it saves at
+least a fifth (a zarr store uses zarr's default compressor). Files written by
+earlier versions (the observed grid, stored ``row_mean``/``col_mean``) load too.
 """
 
 from __future__ import annotations
@@ -72,7 +82,7 @@ from twoway.engines.choose import (
 from twoway.engines.description import EngineDescription, description_from_info
 from twoway.errors import FitError
 from twoway.plan import MAX_STORED_COV, Plan, resolve
-from twoway.spec.derived import row_col_means
+from twoway.spec.derived import DERIVED_MEANS, MEAN_SOURCES, row_col_means
 from twoway.spec.model import ModelSpec, load_model
 from twoway.spec.names import public_names
 from twoway.spec.priors import Prior
@@ -103,7 +113,32 @@ class Fit:
     # -- what it holds --------------------------------------------------------
     @property
     def posterior(self) -> _xr().Dataset:
-        return self.tree["posterior"].to_dataset()
+        """The posterior group, with the derived ``row_mean`` (chain, draw, row) and ``col_mean`` (chain,
+        draw, col) after the stored parameters (see :mod:`twoway.spec.derived`).
+
+        The means are computed from the draws once per Fit (and again only when the tree's
+        intercept or effects are replaced); a file that stores them is read as it is.
+        """
+        post = self.tree["posterior"].to_dataset()
+        derived = self._derived_means(post)
+        return post.assign(derived) if derived else post
+
+    @cached_property
+    def _memo(self) -> dict[str, Any]:
+        """Values computed once per Fit from its tree (the derived means with the arrays they came from)."""
+        return {}
+
+    def _derived_means(self, post: _xr().Dataset) -> dict[str, Any]:
+        """The derived means ``post`` does not hold, as DataArrays by name (empty when it holds them)."""
+        if all(name in post.data_vars for name in DERIVED_MEANS):
+            return {}
+        sources = tuple(post[n].data if n in post.data_vars else None for n in MEAN_SOURCES)
+        memo = self._memo.get("means")
+        if memo is not None and all(a is b for a, b in zip(memo[0], sources, strict=True)):
+            return memo[1]
+        derived = _derived_means(post)
+        self._memo["means"] = (sources, derived)
+        return derived
 
     @property
     def sample_stats(self) -> _xr().Dataset:
@@ -118,8 +153,10 @@ class Fit:
         raw = json.loads(self.tree.attrs["twoway_priors"])
         return {k: Prior.from_mapping(k, v) for k, v in raw.items()}
 
-    @property
+    @cached_property
     def data(self) -> TwoWayData:
+        """The table fitted, read once per Fit from ``observed_data`` (either layout, see
+        :meth:`twoway.table.data.TwoWayData.from_dataset`)."""
         return TwoWayData.from_dataset(self.tree["observed_data"].to_dataset())
 
     @property
@@ -184,15 +221,20 @@ class Fit:
         return variance_decomposition(self, ci_prob=ci_prob)
 
     def predict(self, *, new_observation: bool = False, ci_prob: float = 0.94, new_rows=(), new_cols=(),
-                max_draws: int | None = None, seed: int | None = 0, at=None):
-        """Every cell's mean (or a new observation), fitted and predicted; see :func:`twoway.results.predict.predict`.
+                max_draws: int | None = None, seed: int | None = 0, at=None, cells=None, grid: bool | None = None,
+                sink=None, progress=None):
+        """Cells' means (or a new observation), fitted and predicted; see :func:`twoway.results.predict.predict`.
 
-        ``at``, a long table (pandas.DataFrame) of cells (row, col, replicate where the fit has
-        several, and the covariate columns), predicts those cells at those covariate values.
+        ``cells`` (``at`` is its older name), a long table (pandas.DataFrame) of cells (row, col,
+        replicate where the fit has several, and the covariate columns), predicts those cells at
+        those covariate values; ``grid`` True predicts every cell of the grid, False the observed
+        cells (and new levels' cells), None (default) the grid up to a size and the observed cells
+        above it; ``sink`` receives the lines chunk by chunk (then totals are returned);
+        ``progress(done, total)`` is called after each chunk.
         """
-        extra = {} if at is None else {"at": at}
         return predict(self, new_observation=new_observation, ci_prob=ci_prob, new_rows=new_rows,
-                       new_cols=new_cols, max_draws=max_draws, seed=seed, **extra)
+                       new_cols=new_cols, max_draws=max_draws, seed=seed, at=at, cells=cells, grid=grid,
+                       sink=sink, progress=progress)
 
     # -- files ------------------------------------------------------------------
     def save(self, path: "str | os.PathLike[str]") -> Path:
@@ -202,9 +244,12 @@ class Fit:
         over it only when complete, so a run killed while writing leaves the previous file whole.
         The file is self-contained: known matrices and full covariances the model read are stored
         in it (group ``inputs``), so it loads, summarises and compares with those files gone.
+        Its size follows the observed cells and the distinct draws (see the module's docstring):
+        the derived means are not written, the observed cells are written alone, repeated draws once.
         """
 
         path = check_fit_output(path)
+        stored = _file_tree(self.tree)
         try:
             if path.suffix.lower() == ".zarr":
                 with warnings.catch_warnings():
@@ -212,17 +257,17 @@ class Fit:
                     # format's specification; xarray reads it back, so the warning says nothing to a user.
                     warnings.filterwarnings("ignore", category=UserWarning,
                                             message=r"Consolidated metadata is currently not part")
-                    _replace_folder(path, lambda tmp: self.tree.to_zarr(tmp, mode="w"))
+                    _replace_folder(path, lambda tmp: stored.to_zarr(tmp, mode="w"))
             else:
                 with atomic_output(path) as tmp:
-                    self.tree.to_netcdf(tmp, engine="h5netcdf")
+                    stored.to_netcdf(tmp, engine="h5netcdf", encoding=_compression(stored))
         except OSError as exc:
             raise FitError(f"The fit could not be written to {str(path)!r}: {exc.strerror or exc}.") from None
         return path
 
     @classmethod
     def load(cls, path: "str | os.PathLike[str]") -> "Fit":
-        """Read a fit written by :meth:`save`."""
+        """Read a fit written by :meth:`save` (by this version or an earlier one), every draw in place."""
         path = Path(path)
         if not path.exists():
             raise FitError(f"The fit file {str(path)!r} does not exist.")
@@ -236,6 +281,10 @@ class Fit:
             raise FitError(f"The file {str(path)!r} is not a twoway fit ({type(exc).__name__}: {exc}).") from None
         if "twoway_model" not in tree.attrs or "posterior" not in tree.children:
             raise FitError(f"The file {str(path)!r} is not a twoway fit (it has no twoway model or posterior).")
+        post = tree["posterior"].to_dataset()
+        if UNIQUE_DRAW_INDEX in post.variables:
+            post = unpack_draws(post)
+        tree["posterior"] = _xr().DataTree(_in_order(post, tree.attrs.get("twoway_parameters")))
         return cls(tree)
 
 
@@ -510,12 +559,17 @@ def compile_model(model: "ModelSpec | str", data: TwoWayData, *, engine: str | N
     -------
     CompiledModel
     """
-    if not isinstance(data, TwoWayData):
-        raise FitError(f"The data must be a TwoWayData; got {type(data).__name__}.")
+    _check_data(data)
     if choice is None:
         choice = choose(_with_covariates(model, covariates), data, engine=engine, backend=backend,
                         likelihood=likelihood)
     return compile_choice(choice, progress=progress)
+
+
+def _check_data(data) -> None:
+    """Raise :class:`FitError` unless ``data`` is a :class:`TwoWayData`."""
+    if not isinstance(data, TwoWayData):
+        raise FitError(f"The data must be a TwoWayData; got {type(data).__name__}.")
 
 
 def compile_choice(choice: Choice, *, progress: bool | None = None) -> CompiledModel:
@@ -599,8 +653,10 @@ def fit(
     Fit
     """
     check_sampling_options(chains, draws, tune, seed, engine_name(engine, backend))
-    compiled = compile_model(model, data, engine=engine, backend=backend, progress=progress, likelihood=likelihood,
-                             covariates=covariates)
+    _check_data(data)
+    choice = choose(_with_covariates(model, covariates), data, engine=engine, backend=backend, likelihood=likelihood)
+    check_draws_memory(choice.plan, chains, draws)  # before compiling, for every engine
+    compiled = compile_choice(choice, progress=progress)
     return compiled.sample(chains=chains, draws=draws, tune=tune, seed=seed, progress=progress, cores=cores)
 
 
@@ -618,8 +674,11 @@ def check_sampling_options(chains, draws, tune, seed, engine: str | None = DEFAU
         raise FitError(f"The seed must be a non-negative whole number; got {seed!r}.")
 
 
-def check_draws_memory(plan: Plan, chains: int, draws: int) -> None:
+def check_draws_memory(plan: Plan, chains: int, draws: int, *, fits_at_once: int = 1) -> None:
     """Raise :class:`FitError` when the draws of a fit of ``plan`` would not fit in the memory available.
+
+    Called before anything is compiled or sampled, for every engine (:func:`fit`, the command
+    line's ``fit``; :meth:`CompiledModel.sample` checks again for a compiled model given new options).
 
     Parameters
     ----------
@@ -627,6 +686,8 @@ def check_draws_memory(plan: Plan, chains: int, draws: int) -> None:
         The model resolved on its table; its spec and table size the draws.
     chains, draws : int
         Chains, and kept draws per chain.
+    fits_at_once : int
+        Fits held at the same time (workers of a batch on this machine).
 
     Raises
     ------
@@ -634,18 +695,10 @@ def check_draws_memory(plan: Plan, chains: int, draws: int) -> None:
         When :func:`twoway.likelihood.memory.draws_bytes` (the sampled and drawn-back
         values and the derived ones, 8 bytes each), plus the covariates' p coefficients,
         exceeds both :func:`twoway.likelihood.memory.available_memory` and
-        :data:`twoway.likelihood.memory.DRAWS_FLOOR`.
+        :data:`twoway.likelihood.memory.DRAWS_FLOOR` (see :func:`twoway.likelihood.memory.check_draws`).
     """
-    p = plan.n_coef
-    need = (memory.draws_bytes(plan.spec, plan.data, chains, draws, stored_cov=MAX_STORED_COV)
-            + memory.COPIES * 8 * int(chains) * int(draws) * p)
-    available = memory.available_memory()
-    if need > max(available, memory.DRAWS_FLOOR):
-        values = memory.draws_values(plan.spec, plan.data, stored_cov=MAX_STORED_COV) + p
-        fitting = max(1, int(draws * available / need))
-        raise FitError(f"The draws must fit in memory; got {chains} chains x {draws} draws x {values} stored values, "
-                       f"about {memory.gib(need)}, and {memory.gib(available)} is available: ask for fewer draws "
-                       f"(at most about {fitting} per chain with {chains} chains) or fewer chains.")
+    memory.check_draws(plan.spec, plan.data.values.shape, chains, draws, n_cov=plan.n_coef,
+                       stored_cov=MAX_STORED_COV, fits_at_once=fits_at_once)
 
 
 def _make_fit(raw: _xr().DataTree, plan: Plan, info: dict[str, Any],
@@ -664,14 +717,14 @@ def _make_fit(raw: _xr().DataTree, plan: Plan, info: dict[str, Any],
     names += [n for n in plan.var_names if n not in names]
     names += [n for n in ("row_shock", "col_shock", "cell_effect") if n in post]
     posterior = _public_posterior(post, names)
-    shown = [n for n in posterior.data_vars if n not in ("row_mean", "col_mean")]
+    shown = list(posterior.data_vars)
     stats = raw["sample_stats"].to_dataset()
     stats = stats.drop_vars([v for v in stats.data_vars if stats[v].dtype == object])
     stats.attrs = {}
     groups = {
         "posterior": posterior,
         "sample_stats": stats,
-        "observed_data": data.to_dataset(),
+        "observed_data": data.to_dataset(layout="cells"),
     }
     if plan.inputs:
         groups[INPUTS_GROUP] = _inputs_dataset(plan)
@@ -740,24 +793,181 @@ def _draw_back(post: _xr().Dataset, plan: Plan, *, seed: int | None) -> _xr().Da
 
 
 def _public_posterior(post: _xr().Dataset, names: list[str]) -> _xr().Dataset:
-    """Keep the user-facing parameters (``coef`` among them) and add the derived row and column means.
+    """Keep the user-facing parameters (``coef`` among them), in the order of ``names``.
 
-    ``row_mean[i] = intercept + row_effect[i] + mean(col_effect)`` (and the same for columns):
-    the mean of a row over the table's columns. With covariates it is that mean at
-    covariate values 0 (numeric terms at 0, factors at their reference levels); the
-    covariates' part, ``X @ coef``, is not in it (the predictions and the results that
-    use the cells' means add it, :mod:`twoway.results`).
+    The derived ``row_mean`` and ``col_mean`` are not among them: :attr:`Fit.posterior`
+    adds them when read (:func:`_derived_means`).
     """
     keep = [n for n in names if n in post.data_vars]
     out = post[keep]
-    row_mean, col_mean = row_col_means(
-        out["intercept"].values if "intercept" in out else 0.0,
-        out["row_effect"].values if "row_effect" in out else None,
-        out["col_effect"].values if "col_effect" in out else None,
-    )
-    if row_mean is not None:
-        out["row_mean"] = (("chain", "draw", "row"), row_mean)
-    if col_mean is not None:
-        out["col_mean"] = (("chain", "draw", "col"), col_mean)
     out.attrs = {}
+    return out
+
+
+def _derived_means(post: _xr().Dataset) -> dict[str, Any]:
+    """The derived means of a posterior, as DataArrays by name (those it does not hold already).
+
+    ``row_mean[i] = intercept + row_effect[i] + mean(col_effect)`` (chain, draw, row), and the
+    same for columns (chain, draw, col): the mean of a row over the table's columns. With
+    covariates it is that mean at covariate values 0 (numeric terms at 0, factors at their
+    reference levels); the covariates' part, ``X @ coef``, is not in it (the predictions and the
+    results that use the cells' means add it, :mod:`twoway.results`). A mean whose effect the
+    model does not have is left out.
+    """
+    xr = _xr()
+    row_mean, col_mean = row_col_means(
+        post["intercept"].values if "intercept" in post else 0.0,
+        post["row_effect"].values if "row_effect" in post else None,
+        post["col_effect"].values if "col_effect" in post else None,
+    )
+    out = {}
+    for name, value, axis in (("row_mean", row_mean, "row"), ("col_mean", col_mean, "col")):
+        if value is not None and name not in post.data_vars:
+            dims = ("chain", "draw", axis)
+            out[name] = xr.DataArray(value, dims=dims, coords={d: post[d] for d in dims if d in post.coords})
+    return out
+
+
+# -- fit files ------------------------------------------------------------------
+
+#: The dim of a file's posterior holding each distinct draw once, and the variable (chain, draw) -> its position.
+UNIQUE_DRAW = "unique_draw"
+UNIQUE_DRAW_INDEX = "unique_draw_index"
+
+#: Repeated draws are stored once when the distinct ones are at most this share of all the draws.
+UNIQUE_SHARE = 0.9
+
+#: A netCDF variable is zlib-compressed (level 1, byte shuffle) when a sample of it shrinks to at most this
+#: share: measured on the 73,421-cell crossed fit, the effects' float64 draws shrink to 0.87-0.91 (for 2-3x the
+#: read time), the per-draw statistics and cell positions to 0.1-0.4.
+COMPRESS_BELOW = 0.8
+_COMPRESS_MIN_BYTES = 16_384   # smaller variables are stored as they are (chunking costs more than it saves)
+_SAMPLE_BYTES = 1 << 20        # the bytes of a variable compressed to decide
+
+
+def _file_tree(tree: _xr().DataTree) -> _xr().DataTree:
+    """The tree a fit file holds: the posterior without the derived means (repeated draws packed once,
+    :func:`pack_draws`), the observed cells alone (layout ``cells``, an earlier grid converted); the rest
+    as it is."""
+    xr = _xr()
+    out = tree.copy()
+    post = tree["posterior"].to_dataset().drop_vars([n for n in DERIVED_MEANS if n in tree["posterior"].data_vars])
+    out["posterior"] = xr.DataTree(pack_draws(post))
+    if "observed_data" in tree.children and tree["observed_data"]["y"].dims != ("cell",):   # an earlier grid
+        data = TwoWayData.from_dataset(tree["observed_data"].to_dataset())
+        out["observed_data"] = xr.DataTree(data.to_dataset(layout="cells"))
+    return out
+
+
+def unique_draws(arrays: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct draws of a posterior, exactly (bit for bit).
+
+    Parameters
+    ----------
+    arrays : list of numpy.ndarray, each shape (S, ...)
+        Every variable of the posterior, chains and draws flattened to S.
+
+    Returns
+    -------
+    (first, index) : numpy.ndarray (U,) and (S,), int64
+        ``first``: the first draw of each distinct one, in order of appearance; ``index[s]``:
+        the position in ``first`` of the draw equal to draw s in every variable.
+    """
+    S = int(arrays[0].shape[0]) if arrays else 0
+    flat = [np.ascontiguousarray(a).reshape(S, -1).view(np.uint8) for a in arrays]
+    # a draw cannot repeat more than any one of its values does: skip the comparisons when the first
+    # value of some variable has nearly S distinct values (continuous draws of a Markov chain)
+    for a, source in zip(flat, arrays, strict=True):
+        width = source.dtype.itemsize
+        if a.shape[1] and np.unique(a[:, :width].copy().view(np.dtype((np.void, width)))).size > UNIQUE_SHARE * S:
+            return np.arange(S, dtype=np.int64), np.arange(S, dtype=np.int64)
+    import hashlib
+
+    seen: dict[bytes, int] = {}
+    first: list[int] = []
+    index = np.empty(S, dtype=np.int64)
+    for s in range(S):
+        digest = hashlib.blake2b(digest_size=16)
+        for a in flat:
+            digest.update(a[s])
+        key = digest.digest()
+        k = seen.get(key)
+        if k is None or not all(np.array_equal(a[s], a[first[k]]) for a in flat):   # new (or a hash collision)
+            k = len(first)
+            first.append(s)
+            seen.setdefault(key, k)
+        index[s] = k
+    return np.asarray(first, dtype=np.int64), index
+
+
+def pack_draws(post: _xr().Dataset) -> _xr().Dataset:
+    """``post`` with each distinct draw once, when the draws repeat (see :data:`UNIQUE_SHARE`).
+
+    Parameters
+    ----------
+    post : xarray.Dataset
+        Every variable on dims (chain, draw, ...).
+
+    Returns
+    -------
+    xarray.Dataset
+        ``post`` itself when the draws do not repeat enough; otherwise each variable on dims
+        (unique_draw, ...) (U,...), and ``unique_draw_index`` (chain, draw), int32: the
+        position of each draw in ``unique_draw``.
+    """
+    names = list(post.data_vars)
+    if not names or any(post[n].dims[:2] != ("chain", "draw") for n in names):
+        return post
+    C, D = post.sizes["chain"], post.sizes["draw"]
+    arrays = [post[n].values.reshape((C * D,) + post[n].shape[2:]) for n in names]
+    first, index = unique_draws(arrays)
+    if first.size > UNIQUE_SHARE * C * D:
+        return post
+    out = post.drop_vars(names)
+    for name, values in zip(names, arrays, strict=True):
+        out[name] = ((UNIQUE_DRAW,) + post[name].dims[2:], values[first], post[name].attrs)
+    out[UNIQUE_DRAW_INDEX] = (("chain", "draw"), index.reshape(C, D).astype(np.int32))
+    return out
+
+
+def unpack_draws(post: _xr().Dataset) -> _xr().Dataset:
+    """Inverse of :func:`pack_draws`: every variable back on (chain, draw, ...), in the stored order."""
+    index = np.asarray(post[UNIQUE_DRAW_INDEX].values, dtype=np.int64)
+    out = post.drop_vars([UNIQUE_DRAW_INDEX, *[n for n in post.data_vars if n != UNIQUE_DRAW_INDEX]])
+    for name in post.data_vars:
+        if name != UNIQUE_DRAW_INDEX:
+            var = post[name]
+            out[name] = (("chain", "draw") + var.dims[1:], np.asarray(var.values)[index], var.attrs)
+    return out
+
+
+def _in_order(post: _xr().Dataset, parameters: str | None) -> _xr().Dataset:
+    """``post`` with its variables in the order the fit lists its parameters (``twoway_parameters``, JSON),
+    the others after them as stored (a zarr store gives its variables back sorted by name)."""
+    listed = json.loads(parameters) if parameters else []
+    names = [n for n in listed if n in post.data_vars]
+    names += [n for n in post.data_vars if n not in names]
+    return post[names]
+
+
+def _pays_to_compress(values: np.ndarray) -> bool:
+    """Whether zlib (level 1, bytes shuffled) shrinks a sample of ``values`` to :data:`COMPRESS_BELOW` or less."""
+    import zlib
+
+    if values.ndim == 0 or values.dtype.kind not in "biuf" or values.nbytes < _COMPRESS_MIN_BYTES:
+        return False
+    sample = np.ascontiguousarray(values.reshape(-1)[: _SAMPLE_BYTES // values.itemsize])
+    shuffled = sample.view(np.uint8).reshape(-1, values.itemsize).T.tobytes()
+    return len(zlib.compress(shuffled, 1)) <= COMPRESS_BELOW * len(shuffled)
+
+
+def _compression(tree: _xr().DataTree) -> dict[str, dict[str, dict]]:
+    """The netCDF encoding of a fit file: zlib level 1 with byte shuffle for each variable where it pays."""
+    out: dict[str, dict[str, dict]] = {}
+    for node in tree.subtree:
+        ds = node.to_dataset(inherit=False)
+        chosen = {str(name): {"zlib": True, "complevel": 1, "shuffle": True}
+                  for name, var in ds.variables.items() if _pays_to_compress(np.asarray(var.values))}
+        if chosen:
+            out[node.path] = chosen
     return out

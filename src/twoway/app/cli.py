@@ -2,9 +2,13 @@
 
 Errors caused by the input print one line, ``twoway: error: ...``, and exit
 with status 2; no traceback. Commands that fit say on stderr what they are
-doing, a line per phase (``--no-progress``: nothing). This module imports no
-numerical library at its top, so that ``twoway --help`` can be quick; each
-command imports what it needs.
+doing, a line per phase (``--no-progress``: nothing). Commands that read fits
+(summary, predict, compare, report) size their work first
+(:class:`~twoway.app.progress.Estimate`): work that will not fit in memory is
+refused in one line before it starts, and large work (a big fit file, seconds of
+work or a lot of memory) is said with its size and its phases (``--progress``:
+always; ``--no-progress``: never). This module imports no numerical library at
+its top, so that ``twoway --help`` can be quick; each command imports what it needs.
 """
 
 from __future__ import annotations
@@ -18,11 +22,12 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from twoway._version import __version__
-from twoway.app.progress import FitLines, Progress
+from twoway.app.progress import Estimate, FitLines, Progress
 from twoway.engines.choose import DEFAULT_ENGINE, NUTS_ENGINES, choose  # a light module: names only, no engine imported
 from twoway.engines.jax.cache import cache_info, clear_cache
 from twoway.errors import ConvergenceWarning, DataError, DegreesOfFreedomWarning, FitError, TwowayError, TwowayWarning
-from twoway.fit import Fit, check_fit_output, check_sampling_options, compile_model
+from twoway.fit import Fit, check_draws_memory, check_fit_output, check_sampling_options, compile_model
+from twoway.likelihood import memory
 from twoway.runs.batch import fit_many, table_files
 from twoway.simulate import simulate
 from twoway.spec.model import FILE_OPTIONS, degrees_of_freedom, load_model
@@ -126,6 +131,14 @@ def _engine_args(p: argparse.ArgumentParser) -> None:
                         "the bars only when stderr is a terminal)")
 
 
+def _progress_arg(p: argparse.ArgumentParser) -> None:
+    """``--progress`` of the commands that read fits: the size of the work, its phases, a bar on a terminal."""
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="report on stderr the size of the work before it starts, a line per phase, and a progress "
+                        "bar on a terminal (default: only for large work: a fit file over 64 MiB, or work of more "
+                        "than a few seconds or 1 GiB of memory)")
+
+
 def _worker_args(p: argparse.ArgumentParser) -> None:
     """``--workers`` and ``--scheduler``: where many fits run."""
     p.add_argument("--workers", type=int, default=1,
@@ -218,6 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     _estimand_args(p)
     _contrast_arg(p)
+    _progress_arg(p)
 
     p = sub.add_parser("dof", help="degrees of freedom a model uses on a table: a data file, or its shape",
                        description="Degrees of freedom a model uses on a table. Give the data file (its observed "
@@ -243,6 +257,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pointwise", action="store_true",
                    help="print every unit's elpd difference between the two best fits (default: the 5 largest)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    _progress_arg(p)
+
+    p = sub.add_parser("loo", help="leave-one-out predictive density of one fit (PSIS-LOO)",
+                       description="The expected log predictive density of a fit by PSIS leave-one-out: elpd, its "
+                                   "standard error, the effective number of parameters p_loo and the units whose "
+                                   "Pareto k is above 0.7 (their estimate is rough). 'twoway compare' ranks fits "
+                                   "by it.")
+    p.add_argument("fit", help="a fit file written by 'twoway fit'")
+    p.add_argument("--by", choices=["cell", "row", "col"], default="cell",
+                   help="leave out one cell, or a whole row or column, at a time (default: %(default)s)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    _progress_arg(p)
+
+    p = sub.add_parser("ppc", help="posterior predictive checks of one fit: the table's statistics against "
+                                   "replicated tables",
+                       description="Draw replicated tables from the fitted model and compare the observed table's "
+                                   "statistics (mean, sd, row and column means and variances, the cell means' "
+                                   "variance, row and column correlations) with theirs: p_value is "
+                                   "P(T(y_rep) >= T(y)); values near 0 or 1 mark what the model does not "
+                                   "reproduce.")
+    p.add_argument("fit", help="a fit file written by 'twoway fit'")
+    p.add_argument("--draws", type=int, default=500, help="replicated tables (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the replicated tables (default: %(default)s)")
+    p.add_argument("--all", action="store_true",
+                   help="print every statistic (default: the overall ones and the 10 most extreme of the others)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    _progress_arg(p)
 
     p = sub.add_parser("report", help="write one self-contained HTML report of one or more fits")
     p.add_argument("fits", nargs="+", metavar="FIT", help="fit files written by 'twoway fit' (of one table)")
@@ -252,6 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
     _estimand_args(p)
     _contrast_arg(p, " (default: for a table of known se with fixed row effects, e.g. the common-effect "
                      "preset, each column against the first column)")
+    _progress_arg(p)
 
     p = sub.add_parser("predict", help="every cell's mean (or a new observation), observed and missing, to a CSV",
                        description="Write one line per cell of the full grid (per replicate table when the fit "
@@ -271,11 +313,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also predict a column with no data, from the column effects' law; repeatable")
     p.add_argument("--max-draws", type=int, default=None,
                    help="use this many posterior draws, chosen at random (default: all)")
-    p.add_argument("--at", default=None, metavar="FILE",
-                   help="predict the cells of this long table instead of the grid: one line per cell with its "
-                        "row and col (and replicate when the fit has several), and the columns the covariates' "
-                        "formula reads; rows and columns not in the fitted table are new levels")
+    p.add_argument("--cells", "--at", dest="at", default=None, metavar="FILE",
+                   help="predict the cells of this long table: one line per cell with its row and col (and "
+                        "replicate when the fit has several), and the columns the covariates' formula reads; rows "
+                        "and columns not in the fitted table are new levels (--at is its older name)")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--grid", dest="grid", action="store_const", const=True, default=None,
+                       help="predict every cell of the grid, streamed to the output (default: the grid up to "
+                            "100,000 cells, the observed cells above)")
+    which.add_argument("--observed", dest="grid", action="store_const", const=False,
+                       help="predict the observed cells (and the new levels' cells) only")
     p.add_argument("--seed", type=int, default=0, help="seed for the choice of draws (default: %(default)s)")
+    _progress_arg(p)
 
     p = sub.add_parser("sbc", help="simulation-based calibration: simulate from the prior, fit, rank the truth",
                        description="Simulation-based calibration. Exit status 0 when every parameter's ranks "
@@ -431,6 +480,7 @@ def cmd_fit(args) -> int:
     engine = _named_engine(args)
 
     choice = choose(spec, data, engine=engine)  # the engine that will run: the label reads it, never re-derives it
+    check_draws_memory(choice.plan, args.chains, args.draws)  # before compiling or sampling, for every engine
     dof = degrees_of_freedom(spec, data.n_rows, data.n_cols, data.n_replicates, n_observed=data.n_observed,
                              n_coef=choice.plan.n_coef)
     if dof.overparameterised:
@@ -438,6 +488,7 @@ def cmd_fit(args) -> int:
               "the priors will decide what the data cannot.", file=sys.stderr)
     progress.phase("fitting", f"the {spec.label} model ({choice.label}): {chains} x {args.draws} draws "
                               f"after {args.tune} tuning")
+    _say_draws_size(progress, choice.plan, args.chains, args.draws)
     # The phase lines are the CLI's (the same for every engine, in a log too); the library shows only
     # the sampler's own progress bar, on a terminal (engines without a bar report phase lines: not twice).
     bars = _sampler_progress(args) and choice.engine.description.progress_bar
@@ -455,10 +506,95 @@ def cmd_fit(args) -> int:
     return 0
 
 
+def _say_draws_size(progress: Progress, plan, chains: int, draws: int) -> None:
+    """Say how much memory the draws will hold when it is large (more than :data:`memory.LARGE_BYTES`)."""
+    shape = plan.data.values.shape
+    need = memory.draws_bytes_shape(plan.spec, shape, chains, draws, n_cov=plan.n_coef)
+    if need > memory.LARGE_BYTES:
+        values = memory.draws_values_shape(plan.spec, shape, n_cov=plan.n_coef)
+        progress.message(f"the draws will hold about {memory.size_text(need)} ({chains} x {draws:,} draws x "
+                         f"{values:,} stored values; {memory.gib(memory.available_memory())} is available)")
+
+
+# -- commands that read fits: their size said and checked before the work ------------------------------------
+
+#: Fit files larger than this are said as they are read (reading one takes seconds).
+READ_SAY_BYTES = 64 * 2**20
+
+
+def _file_bytes(path: str) -> int:
+    """Bytes of a file, or of every file under a folder (a zarr store); 0 when it cannot be read."""
+    p = Path(path)
+    try:
+        if p.is_dir():
+            return sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
+        return p.stat().st_size
+    except OSError:
+        return 0
+
+
+def _read_fits(paths: Sequence[str], args) -> list:
+    """Read fit files; each is said on stderr as it is read when it is large, or always with --progress."""
+    said = Progress(enabled=args.progress is not False)
+    fits = []
+    for path in paths:
+        size = _file_bytes(path)
+        if args.progress or (args.progress is None and size > READ_SAY_BYTES):
+            with said.step("reading", f"{path} ({_bytes(size)})"):
+                fits.append(Fit.load(path))
+        else:
+            fits.append(Fit.load(path))
+    return fits
+
+
+def _before(args, estimates: Sequence[Estimate]) -> Progress:
+    """Check that the work fits in memory, then say how big it is; the progress of its phases.
+
+    Every estimate is checked before anything is said, so that a refusal is one line
+    (:class:`~twoway.errors.FitError`: what it would need, what is available, what to do
+    instead). The estimates are said when large (all of them with ``--progress``, none
+    with ``--no-progress``).
+
+    Returns
+    -------
+    Progress
+        Enabled with ``--progress``, or by default when some estimate is large.
+    """
+    for estimate in estimates:
+        estimate.check()
+    large = [e for e in estimates if e.large()]
+    progress = Progress(enabled=bool(args.progress) or (args.progress is None and bool(large)))
+    for estimate in (estimates if args.progress else large):
+        progress.message(estimate.line())
+    return progress
+
+
+def _progress_keyword(func: Callable, progress: Progress, label: str) -> dict:
+    """``{"progress": callback}`` for a library function that reports its loop through a ``progress`` keyword.
+
+    The callback is ``callback(done, total)`` (:meth:`Progress.counter`: a bar on a terminal, a line
+    per tenth in a log); nothing is passed when progress is not shown or ``func`` takes no such keyword.
+    """
+    import inspect
+
+    if not progress.enabled:
+        return {}
+    try:
+        takes = "progress" in inspect.signature(func).parameters
+    except (TypeError, ValueError):  # pragma: no cover - a builtin without a signature
+        return {}
+    return {"progress": progress.counter(label)} if takes else {}
+
+
 def cmd_summary(args) -> int:
+    from twoway.app.progress import summary_estimate
+
     _check_ci_prob(args.ci_prob)
-    summary = Fit.load(args.fit).summary(var_names=args.var, ci_prob=args.ci_prob,
-                                          contrasts=_contrasts(args))
+    fit = _read_fits([args.fit], args)[0]
+    progress = _before(args, [summary_estimate(fit, name=args.fit)])
+    with progress.step("summarising", args.fit):
+        summary = fit.summary(var_names=args.var, ci_prob=args.ci_prob, contrasts=_contrasts(args),
+                              **_progress_keyword(fit.summary, progress, "summarising:"))
     if args.json:
         out = summary.to_dict()
         keep = ("parameters", "contrasts", "variance_decomposition", "diagnostics", "warnings")
@@ -474,27 +610,45 @@ def _check_ci_prob(value: float) -> None:
 
 
 def cmd_predict(args) -> int:
+    from twoway.app.progress import predict_estimate
+    from twoway.results.predict import prediction_size
+    from twoway.table.io.outputs import TABLE_FORMATS, table_writer
+
     _check_ci_prob(args.ci_prob)
     if args.max_draws is not None and args.max_draws < 1:
         raise TwowayError(f"The --max-draws option must be at least 1; got {args.max_draws!r}.")
     inputs = [args.fit] + ([args.at] if args.at else [])
-    out = check_output(args.out, endings=(".csv",), inputs=inputs, what="predictions file")
+    out = check_output(args.out, endings=tuple(TABLE_FORMATS), inputs=inputs, what="predictions file")
     if args.at is not None and (args.new_row or args.new_col):
-        raise TwowayError("Give the cells to predict with --at (its rows and columns may be new), or new levels "
+        raise TwowayError("Give the cells to predict with --cells (its rows and columns may be new), or new levels "
                           "with --new-row / --new-col, not both.")
-    at = _cells_table(args.at) if args.at is not None else None
-    fit = Fit.load(args.fit)
-    extra = {} if at is None else {"at": at}
-    table = fit.predict(new_observation=args.new_observation, ci_prob=args.ci_prob, max_draws=args.max_draws,
-                        seed=args.seed, new_rows=args.new_row or (), new_cols=args.new_col or (), **extra)
-    with atomic_output(out) as tmp:
-        table.to_csv(tmp, index=False, na_rep="")
+    if args.at is not None and args.grid is not None:
+        raise TwowayError("Give the cells to predict with --cells, or ask for the whole grid (--grid) or the "
+                          "observed cells (--observed), not both.")
+    cells = _cells_table(args.at) if args.at is not None else None
+    fit = _read_fits([args.fit], args)[0]
+    new_rows, new_cols = args.new_row or (), args.new_col or ()
+    progress = _before(args, [predict_estimate(fit, name=args.fit, n_cells=None if cells is None else len(cells),
+                                               max_draws=args.max_draws, new_rows=new_rows, new_cols=new_cols)])
+    size = prediction_size(fit, cells=cells, grid=args.grid, new_rows=new_rows, new_cols=new_cols,
+                           max_draws=args.max_draws)
+    progress.message(size.describe())
+    with progress.step("predicting", f"the cells of {args.fit}"), table_writer(
+            out, what="predictions file",
+            advice="predict the observed cells (without --grid), or give the cells wanted with --cells FILE") as write:
+        totals = fit.predict(new_observation=args.new_observation, ci_prob=args.ci_prob, max_draws=args.max_draws,
+                             seed=args.seed, new_rows=new_rows, new_cols=new_cols, cells=cells, grid=args.grid,
+                             sink=write, **_progress_keyword(fit.predict, progress, "predicting:"))
     what = "a new observation of each cell" if args.new_observation else "each cell's mean"
-    if at is not None:
-        print(f"wrote {what} at the {len(table)} cells of {args.at} to {out}")
+    if cells is not None:
+        print(f"wrote {what} at the {totals.lines} cells of {args.at} to {out}")
         return 0
-    n_missing = int((table["kind"] == "predicted").sum())
-    print(f"wrote {what} ({len(table)} cells, {n_missing} of them missing from the table) to {out}")
+    print(f"wrote {what} ({totals.lines} cells, {totals.predicted} of them missing from the table) to {out}")
+    if totals.cells == "observed" and args.grid is None:
+        print("twoway: the grid has more cells than these; wrote the observed cells (and new levels' cells); "
+              "--grid writes every cell", file=sys.stderr)
+    if totals.note:
+        print(f"twoway: {totals.note}", file=sys.stderr)
     return 0
 
 
@@ -537,13 +691,17 @@ def cmd_dof(args) -> int:
 
 
 def cmd_compare(args) -> int:
+    from twoway.app.progress import loo_estimate
     from twoway.results.compare import compare, pointwise_differences, preferred, unique_names
 
     if len(args.fits) < 2:
         raise FitError(f"A comparison needs at least 2 fit files; got {len(args.fits)}.")
-    fits = [Fit.load(path) for path in args.fits]
+    fits = _read_fits(args.fits, args)
     names = unique_names([Path(path).stem for path in args.fits])
-    table = compare(dict(zip(names, fits)), by=args.by, refit=args.refit)
+    progress = _before(args, [loo_estimate(f, name=path, by=args.by) for f, path in zip(fits, args.fits)])
+    with progress.step("leave-one-out", f"of {len(fits)} fits, one {args.by} at a time"):
+        table = compare(dict(zip(names, fits)), by=args.by, refit=args.refit,
+                        **_progress_keyword(compare, progress, "leave-one-out:"))
     sentence = preferred(table)
     diffs = pointwise_differences(table)
     if args.json:
@@ -573,7 +731,83 @@ def cmd_compare(args) -> int:
     return 0
 
 
+#: Pareto k above which a unit's leave-one-out estimate is rough (as 'twoway compare' counts them).
+K_THRESHOLD = 0.7
+
+
+def cmd_loo(args) -> int:
+    import numpy as np
+
+    from twoway.app.progress import loo_estimate
+    from twoway.results.loo import loo
+
+    fit = _read_fits([args.fit], args)[0]
+    progress = _before(args, [loo_estimate(fit, name=args.fit, by=args.by)])
+    with progress.step("leave-one-out", f"of {args.fit}, one {args.by} at a time"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # ArviZ's Pareto k warning: counted below instead
+        e = loo(fit, by=args.by, pointwise=True, **_progress_keyword(loo, progress, "leave-one-out:"))
+    k = np.asarray(e.pareto_k, dtype=float).ravel()
+    bad = int(np.count_nonzero(k > K_THRESHOLD))
+    units = {"cell": "cells", "row": "rows", "col": "columns"}[args.by]
+    if args.json:
+        print(json.dumps({"by": args.by, "elpd": float(e.elpd), "se": float(e.se), "p_loo": float(e.p),
+                          "n_units": int(k.size), "pareto_k_bad": bad,
+                          "pareto_k_max": float(k.max()) if k.size else 0.0}, indent=2))
+        return 0
+    print(f"leave-one-{args.by}-out of {args.fit} (PSIS-LOO): elpd {float(e.elpd):.2f} (se {float(e.se):.2f}), "
+          f"p_loo {float(e.p):.2f}, {k.size} {units}")
+    if bad:
+        print(f"{bad} of {k.size} {units} have Pareto k above {K_THRESHOLD}: their predictive densities are rough "
+              "and the elpd may be off ('twoway compare --refit' refits without them).")
+    return 0
+
+
+#: The statistics 'twoway ppc' prints besides the overall ones (the most extreme p-values), unless --all.
+PPC_SHOWN = 10
+
+
+def cmd_ppc(args) -> int:
+    import numpy as np
+
+    from twoway.app.progress import ppc_estimate
+    from twoway.results.ppc import predictive_checks
+
+    if args.draws < 1:
+        raise TwowayError(f"The --draws option must be at least 1; got {args.draws!r}.")
+    fit = _read_fits([args.fit], args)[0]
+    estimate = ppc_estimate(fit, name=args.fit, draws=args.draws)
+    progress = _before(args, [estimate])
+    with progress.step("predictive checks", f"of {args.fit}: {estimate.size}"):
+        table = predictive_checks(fit, draws=args.draws, seed=args.seed,
+                                  **_progress_keyword(predictive_checks, progress, "replicated tables:"))
+    note = table.attrs.get("note")
+    if args.json:
+        rows = [{"statistic": str(name), **{c: (None if np.isnan(v) else float(v)) for c, v in row.items()}}
+                for name, row in table.iterrows()]
+        print(json.dumps({"draws": args.draws, "statistics": rows, **({"note": note} if note else {})}, indent=2))
+        return 0
+    shown = table
+    if not args.all:
+        overall = ~table.index.str.contains(r"\[", regex=True)
+        p = table["p_value"].to_numpy(dtype=float)
+        extremity = np.where(np.isnan(p), -np.inf, np.abs(p - 0.5))
+        rest = np.flatnonzero(~overall)
+        keep = rest[np.argsort(-extremity[rest], kind="stable")[:PPC_SHOWN]]
+        shown = table.iloc[np.sort(np.concatenate([np.flatnonzero(overall), keep]))]
+    print(f"posterior predictive checks of {args.fit} ({args.draws} replicated tables; p_value is "
+          "P(T(y_rep) >= T(y)), near 0 or 1 where the model does not reproduce the table):")
+    print(shown.to_string(float_format=lambda v: f"{v:.4g}"))
+    if len(shown) < len(table):
+        print(f"({len(shown)} of {len(table)} statistics: the overall ones and the {PPC_SHOWN} most extreme of the "
+              "others; --all prints every one)")
+    if note:
+        print(note)
+    return 0
+
+
 def cmd_report(args) -> int:
+    from twoway.app import report
+    from twoway.app.progress import report_estimate
     from twoway.app.report import write_report
 
     check_output(args.out, endings=(".html", ".htm"), inputs=list(args.fits) + [args.truth], what="report")
@@ -591,14 +825,17 @@ def cmd_report(args) -> int:
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise DataError(f"The truth file {args.truth!r} is not readable JSON ({type(exc).__name__}).") from None
     _check_ci_prob(args.ci_prob)
-    fits = [Fit.load(path) for path in args.fits]
+    fits = _read_fits(args.fits, args)
     if truth is not None:
         from twoway.results.recovery import check_truth
 
         for fit in fits:
             truth = check_truth(truth, fit, source=f"the truth file {args.truth!r}")
-    path = write_report(fits, args.out, names=names, truth=truth, ci_prob=args.ci_prob, var_names=args.var,
-                        contrasts=_contrasts(args))
+    progress = _before(args, [report_estimate(fits, list(args.fits), ppc_draws=getattr(report, "PPC_DRAWS", 400),
+                                              prediction_draws=getattr(report, "PREDICTION_DRAWS", 500))])
+    with progress.step("writing the report", f"to {args.out}"):
+        path = write_report(fits, args.out, names=names, truth=truth, ci_prob=args.ci_prob, var_names=args.var,
+                            contrasts=_contrasts(args), **_progress_keyword(write_report, progress, "report:"))
     print(f"wrote the report to {path}")
     return 0
 
@@ -608,9 +845,11 @@ def cmd_sbc(args) -> int:
 
     if not 0 < args.alpha < 1:
         raise TwowayError(f"The --alpha option must be between 0 and 1; got {args.alpha!r}.")
+    spec = _model(args)
+    _check_sbc_draws(args, spec)
     # Progress is sbc's own line (one per replication), so that bad options still end in one line on stderr;
     # on by default, in a log too (a line per tenth of the replications), as for fit and fit-many.
-    result = sbc(_model(args), args.rows, args.cols, args.sims, n_replicates=args.replicates, chains=args.chains,
+    result = sbc(spec, args.rows, args.cols, args.sims, n_replicates=args.replicates, chains=args.chains,
                  draws=args.draws, tune=args.tune, seed=args.seed, out=args.out, se=args.se, engine=args.engine,
                  progress=args.progress is not False, workers=args.workers, scheduler=args.scheduler)
     if args.json:
@@ -621,9 +860,44 @@ def cmd_sbc(args) -> int:
     return 0 if result.passes(args.alpha) else 1
 
 
+def _check_sbc_draws(args, spec) -> None:
+    """Before any simulation or compiling: the draws of the fits held at once must fit in memory.
+
+    With ``--workers N`` here, N fits are held at once; on a scheduler's cluster, each machine
+    checks its own. Large draws are said (unless ``--no-progress``).
+    """
+    if min(args.rows, args.cols) < 2 or min(args.replicates, args.chains, args.draws) < 1:
+        return  # sbc itself says which option is wrong
+    shape = (args.replicates, args.rows, args.cols)
+    at_once = args.workers if args.scheduler is None and args.workers > 1 else 1
+    n_cov = len(_covariate_columns(spec))  # a lower bound: each variable has one coefficient or more
+    memory.check_draws(spec, shape, args.chains, args.draws, n_cov=n_cov, fits_at_once=at_once)
+    need = at_once * memory.draws_bytes_shape(spec, shape, args.chains, args.draws, n_cov=n_cov)
+    if need > memory.LARGE_BYTES and args.progress is not False:
+        fits = f" ({at_once} fits at once)" if at_once > 1 else ""
+        Progress().message(f"the draws of each simulation's fit will hold about {memory.size_text(need)}{fits}")
+
+
+def _check_fit_many_draws(args, spec) -> None:
+    """Before any table is read: the draws of the smallest table (2 x 2) must fit in memory, ``--workers`` at once.
+
+    Each table's own draws are checked by its fit before it samples; this refuses, at once and
+    in one line, before any table is read or model compiled, draws that no table could hold.
+    """
+    at_once = args.workers if args.scheduler is None and args.workers > 1 else 1
+    least = at_once * memory.draws_bytes_shape(spec, (1, 2, 2), args.chains, args.draws)
+    available = memory.available_memory()
+    if least > max(available, memory.DRAWS_FLOOR):
+        workers = f" x {at_once} fits at once" if at_once > 1 else ""
+        raise FitError(f"The draws must fit in memory; got {args.chains} chains x {args.draws} draws{workers}, at "
+                       f"least {memory.gib(least)} for the smallest table, and {memory.gib(available)} is "
+                       f"available: ask for fewer draws or fewer chains{' or workers' if at_once > 1 else ''}.")
+
+
 def cmd_fit_many(args) -> int:
     check_sampling_options(args.chains, args.draws, args.tune, args.seed, args.engine)
     spec = _model(args)
+    _check_fit_many_draws(args, spec)
 
     def first_header() -> list[str]:  # columns named se / replicate in the first table, as 'twoway fit' does
         first = table_files(args.tables)[0]
@@ -724,7 +998,7 @@ def _model_inputs(args, spec=None) -> list[str]:
 
 
 COMMANDS = {"demo": cmd_demo, "simulate": cmd_simulate, "fit": cmd_fit, "summary": cmd_summary, "dof": cmd_dof,
-            "compare": cmd_compare,
+            "compare": cmd_compare, "loo": cmd_loo, "ppc": cmd_ppc,
             "report": cmd_report, "sbc": cmd_sbc, "fit-many": cmd_fit_many, "predict": cmd_predict, "cache": cmd_cache}
 
 

@@ -1,4 +1,9 @@
-"""Figures: the table as a heatmap, trace plots of the main parameters."""
+"""Figures: the table as a heatmap, trace plots of the main parameters.
+
+Missing cells are hatched by one patch behind the image and long chains are thinned
+(:func:`twoway.app.report.figures.thin`), so that a large table or a long run costs no
+more objects to draw than a small one.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from twoway.app.report.figures import thin
 from twoway.table.io.outputs import atomic_output
 from twoway.table.labels import shorten_labels
 
@@ -31,10 +37,11 @@ def table_heatmap(data, path, *, replicate: int = 0, title: str | None = None):
     n, k = values.shape
     fig, ax = plt.subplots(figsize=(min(2 + 0.5 * k, 16), min(1.5 + 0.4 * n, 14)))
     masked = np.ma.masked_invalid(values)
-    im = ax.imshow(masked, aspect="auto", cmap="viridis")
     ax.set_facecolor("#dddddd")
-    for i, j in zip(*np.nonzero(np.isnan(values))):
-        ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, hatch="xx", edgecolor="#888888", lw=0))
+    if np.isnan(values).any():   # missing cells show one hatched patch behind the image: one object for any number
+        ax.add_patch(plt.Rectangle((-0.5, -0.5), k, n, facecolor="#dddddd", hatch="xx", edgecolor="#888888", lw=0,
+                                   zorder=-1))
+    im = ax.imshow(masked, aspect="auto", cmap=plt.get_cmap("viridis").with_extremes(bad=(0.0, 0.0, 0.0, 0.0)))
     step_r = max(1, n // 30)
     step_c = max(1, k // 30)
 
@@ -70,8 +77,9 @@ def trace_plot(fit, path, *, var_names: list[str] | None = None, max_levels: int
                 series.append((f"{name}[{lab}]", da.sel({extra[0]: lab}).values))
     fig, axes = plt.subplots(len(series), 2, figsize=(10, 1.4 * len(series) + 0.5), squeeze=False)
     for (label, x), (ax_t, ax_d) in zip(series, axes):
+        at = thin(x.shape[1])    # long chains drawn thinned; the densities use every draw
         for c in range(x.shape[0]):
-            ax_t.plot(x[c], lw=0.5, alpha=0.8)
+            ax_t.plot(at, x[c, at], lw=0.5, alpha=0.8)
             hist, edges = np.histogram(x[c], bins=40, density=True)
             ax_d.plot(0.5 * (edges[1:] + edges[:-1]), hist, lw=0.8)
         ax_t.set_ylabel(label, rotation=0, ha="right", fontsize=8)

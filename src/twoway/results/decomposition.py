@@ -76,8 +76,14 @@ class VarianceDecomposition:
     notes: list = field(default_factory=list)
 
 
-def flat_parameters(fit) -> tuple[dict[str, np.ndarray], int, int]:
+def flat_parameters(fit, names=None) -> tuple[dict[str, np.ndarray], int, int]:
     """The posterior's variables with chain and draw flattened into one leading axis of S draws.
+
+    Parameters
+    ----------
+    fit : Fit
+    names : iterable of str, optional
+        Only these variables (those of them in the posterior); default: every variable.
 
     Returns
     -------
@@ -87,10 +93,25 @@ def flat_parameters(fit) -> tuple[dict[str, np.ndarray], int, int]:
     n_chain, n_draw = int(post.sizes["chain"]), int(post.sizes["draw"])
     S = n_chain * n_draw
     params = {}
+    keep = None if names is None else {str(n) for n in names}
     for name in post.data_vars:
+        if keep is not None and str(name) not in keep:
+            continue
         v = post[name].transpose("chain", "draw", ...).values
         params[str(name)] = v.reshape((S,) + v.shape[2:])
     return params, n_chain, n_draw
+
+
+#: Posterior variables the decomposition never reads: derived means, and random effects (their
+#: spread is their sd parameter; fixed effects' drawn values are read).
+_UNREAD = ("row_mean", "col_mean")
+
+
+def _read_names(fit) -> list[str]:
+    """The posterior variables :func:`variance_decomposition` reads (every one but the per-level ones it needs not)."""
+    spec = fit.model
+    skip = set(_UNREAD) | {f"{side}_effect" for side in ("row", "col") if getattr(spec, f"{side}_effect") == "random"}
+    return [str(n) for n in fit.posterior.data_vars if str(n) not in skip]
 
 
 def full_layout(fit):
@@ -178,8 +199,12 @@ def residual_variance(spec, lay, params, S: int) -> np.ndarray:
             cell = (se + scale["row"] + scale["col"] + sigma) ** 2 - se ** 2
         else:   # variances add: the scales (independent), the shocks (latent), the nugget
             cell = scale["row"] ** 2 + scale["col"] ** 2 + sigma ** 2 + np.zeros((m, 1))
-        cell = np.broadcast_to(cell, (m, ii.size))
-        out[sl] = cell.mean(axis=-1) if ii.size else 0.0
+        if not ii.size:
+            out[sl] = 0.0
+        elif cell.shape[-1] == 1:     # the same for every cell: no need to spread it over them
+            out[sl] = cell[:, 0]
+        else:
+            out[sl] = np.broadcast_to(cell, (m, ii.size)).mean(axis=-1)
     if spec.residual == "kronecker":
         factors = kronecker_factors(spec, lay, params)
         u = np.diagonal(factors["_row_cov"], axis1=-2, axis2=-1)
@@ -213,7 +238,7 @@ def variance_decomposition(fit, *, ci_prob: float = 0.94) -> VarianceDecompositi
     import xarray as xr
 
     spec = fit.model
-    params, n_chain, n_draw = flat_parameters(fit)
+    params, n_chain, n_draw = flat_parameters(fit, _read_names(fit))
     S = n_chain * n_draw
     lay, plan = full_layout(fit)
     if plan is not None:

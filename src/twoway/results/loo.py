@@ -21,12 +21,17 @@ them to ArviZ. When the cells are independent the formula reduces to the
 ordinary pointwise log-likelihood, so one definition serves every model.
 
 The pure functions :func:`loo_cell_logpdf` and :func:`loo_block_logpdf` work
-on arrays; the rest reads a :class:`~twoway.fit.Fit` through
-:func:`twoway.results.moments.iter_moments`.
+on arrays (dense covariances); the rest reads a :class:`~twoway.fit.Fit` through
+:func:`twoway.results.structured.iter_laws`, which keeps each draw's covariance
+structured (the residual's own structure plus the effects' low-rank part) and
+gives ``diag(Q)``, ``Q r`` and the blocks ``Q_BB`` without an n x n matrix; draws
+that share their covariance parameters (the ``laplace`` engine's) share one
+precision.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 from collections.abc import Sequence
@@ -37,24 +42,24 @@ import xarray as xr
 from twoway.errors import FitError
 from twoway.fit import Fit
 from twoway.fit import fit as fit_model
-from twoway.results.moments import iter_moments
+from twoway.results.structured import blas_threads_help, iter_laws, single_blas
 
 # Deferred imports: arviz_stats, scipy (heavy to import) are imported inside the functions that use them, so
 # importing this module stays light.
 
 __all__ = [
     "UNITS",
-    "loo_cell_logpdf",
-    "loo_block_logpdf",
+    "add_log_likelihood",
+    "default_conditional",
+    "exact_loo",
     "gaussian_lppd",
+    "loo",
+    "loo_block_logpdf",
+    "loo_cell_logpdf",
+    "pointwise_log_likelihood",
+    "refit_loo",
     "unit_blocks",
     "unit_labels",
-    "default_conditional",
-    "pointwise_log_likelihood",
-    "add_log_likelihood",
-    "loo",
-    "exact_loo",
-    "refit_loo",
 ]
 
 #: What is left out at a time: one cell, one row (all its cells), one column.
@@ -221,9 +226,26 @@ def gaussian_lppd(y, mean, cov, residual_cov, blocks: Sequence[np.ndarray] | Non
     """
     precision, qr = _precision_terms(y, mean, cov)
     resid_precision, _ = _precision_terms(y, mean, residual_cov)
+    return _lppd(qr, _MatrixPrecision(precision), _MatrixPrecision(resid_precision), blocks)
+
+
+class _MatrixPrecision:
+    """A dense precision matrix with the interface of :class:`twoway.results.structured.Precision`."""
+
+    def __init__(self, q: np.ndarray):
+        self.q = q
+        self.diag = np.diagonal(q)
+
+    def block(self, idx) -> np.ndarray:
+        idx = np.asarray(idx, dtype=np.int64).reshape(-1)
+        return self.q[np.ix_(idx, idx)]
+
+
+def _lppd(qr: np.ndarray, precision, resid_precision, blocks) -> np.ndarray:
+    """:func:`gaussian_lppd` from ``Q r`` and the two precisions (their diagonals and blocks)."""
     if blocks is None:
-        p_ii = np.diagonal(resid_precision)
-        q_ii = np.diagonal(precision)
+        p_ii = np.asarray(resid_precision.diag)
+        q_ii = np.asarray(precision.diag)
         centre = qr / p_ii
         var = (2.0 * p_ii - q_ii) / (p_ii * p_ii)
         return -0.5 * (_LOG_2PI + np.log(var) + centre * centre / var)
@@ -233,9 +255,9 @@ def gaussian_lppd(y, mean, cov, residual_cov, blocks: Sequence[np.ndarray] | Non
         if b.size == 0:
             out.append(0.0)
             continue
-        a = np.linalg.inv(resid_precision[np.ix_(b, b)])
+        a = np.linalg.inv(resid_precision.block(b))
         centre = a @ qr[b]
-        c = 2.0 * a - a @ precision[np.ix_(b, b)] @ a
+        c = 2.0 * a - a @ precision.block(b) @ a
         c = 0.5 * (c + c.T)
         chol = np.linalg.cholesky(c)
         z = np.linalg.solve(chol, centre)
@@ -302,7 +324,8 @@ def default_conditional(fit, by: str = "cell") -> bool:
     effects or correlated residuals, the random effects are integrated out
     and the exact leave-one-out density of the marginal law is used. Both
     estimate the same predictive density; integrating out only lowers the
-    Monte Carlo error, at the cost of one dense factorisation per draw.
+    Monte Carlo error, at the cost of one structured precision per distinct draw
+    (:mod:`twoway.results.structured`).
 
     Parameters
     ----------
@@ -333,6 +356,59 @@ def _thinned_draws(n_draws: int, keep: int | None) -> np.ndarray:
     return np.unique(np.linspace(0, n_draws - 1, int(keep)).round().astype(int))
 
 
+def _chunk_logpdf(y: np.ndarray, chunk, blocks) -> np.ndarray:
+    """``log p(y_u | y_-u)`` for each unit and each draw of a :class:`~twoway.results.structured.LawChunk`.
+
+    Parameters
+    ----------
+    y : array (n,)
+    chunk : LawChunk
+        Its means (s, n) (s = 1 when its draws share one) and either one law for every draw or a batch
+        of precisions, one per draw.
+    blocks : list of int arrays, or None (cells)
+
+    Returns
+    -------
+    array (s, n_units)
+    """
+    from scipy.linalg import solve_triangular
+
+    mean = chunk.mean
+    precision = chunk.batch if chunk.batch is not None else chunk.law.precision
+    diagonal = chunk.batch.is_diagonal if chunk.batch is not None else chunk.law.is_diagonal
+    if diagonal:
+        var = chunk.batch.var if chunk.batch is not None else chunk.law.var
+        cell = _diagonal_logpdf(y, mean, var)
+        if blocks is None:
+            return cell
+        return np.stack([cell[:, b].sum(axis=-1) for b in blocks], axis=-1)
+    resid = y - mean                                                       # (s, n)
+    if chunk.batch is not None:
+        qr = precision.apply(np.broadcast_to(resid, (precision.S, resid.shape[-1])))
+    else:
+        qr = precision.apply(resid.T).T
+    if blocks is None:
+        q_ii = precision.diag
+        return -0.5 * (_LOG_2PI - np.log(q_ii) + qr * qr / q_ii)
+    out = np.zeros((qr.shape[0], len(blocks)))
+    for k, b in enumerate(blocks):
+        if b.size == 0:
+            continue
+        if chunk.batch is not None:                                        # one block per draw
+            try:
+                chol = np.linalg.cholesky(precision.block(b))              # (s, |b|, |b|)
+            except np.linalg.LinAlgError:  # pragma: no cover - a principal block of an SPD matrix is SPD
+                raise FitError("A block of the predictive precision is not positive definite.") from None
+            z = np.linalg.solve(chol, qr[:, b][:, :, None])[:, :, 0]
+            logdet = 2.0 * np.log(np.diagonal(chol, axis1=-2, axis2=-1)).sum(axis=-1)
+            out[:, k] = -0.5 * (b.size * _LOG_2PI - logdet + (z * z).sum(axis=-1))
+            continue
+        chol, logdet = precision.block_factor(b)
+        z = solve_triangular(chol, qr[:, b].T, lower=True)                 # (|b|, s)
+        out[:, k] = -0.5 * (b.size * _LOG_2PI - logdet + (z * z).sum(axis=0))
+    return out
+
+
 def pointwise_log_likelihood(fit, *, by: str = "cell", conditional: bool | None = None,
                              draws: int | None = None) -> xr.DataArray:
     """Per-draw leave-one-out log density of each unit, ready for PSIS-LOO.
@@ -350,7 +426,7 @@ def pointwise_log_likelihood(fit, *, by: str = "cell", conditional: bool | None 
         The unit left out.
     conditional : bool, optional
         True: condition on the drawn row and column effects; False: integrate
-        the random effects out (dense covariance per draw). Default: see
+        the random effects out (exact, through the covariance's structure). Default: see
         :func:`default_conditional`.
     draws : int, optional
         Keep this many draws per chain, evenly spaced (default: all). Use all
@@ -378,12 +454,12 @@ def pointwise_log_likelihood(fit, *, by: str = "cell", conditional: bool | None 
     where = {d: k for k, d in enumerate(keep)}
     n_units = y.size if blocks is None else len(blocks)
     out = np.empty((n_chain, keep.size, n_units))
-    for m in iter_moments(fit, pairs, conditional=bool(conditional)):
-        if blocks is None:
-            value = loo_cell_logpdf(y, m.mean, m.cov, var=m.var)
-        else:
-            value = loo_block_logpdf(y, m.mean, m.cov, blocks, var=m.var)
-        out[m.chain, where[m.draw]] = value
+    # small products throughout: one BLAS thread, unless a law has a large dense block
+    with contextlib.nullcontext() if blas_threads_help(fit) else single_blas():
+        for chunk in iter_laws(fit, pairs, conditional=bool(conditional)):
+            cs = np.array([c for c, _ in chunk.pairs], dtype=np.int64)
+            ds = np.array([where[d] for _, d in chunk.pairs], dtype=np.int64)
+            out[cs, ds] = _chunk_logpdf(y, chunk, blocks)
     coords = {
         "chain": post["chain"].values,
         "draw": post["draw"].values[keep],
@@ -490,10 +566,10 @@ def exact_loo(fit, *, by: str = "cell", pointwise: bool = True):
     ll = pointwise_log_likelihood(fit, by=by, conditional=False, draws=1)
     elpd_i = ll.isel(chain=0, draw=0, drop=True).rename("elpd_i")
     first = [(0, 0)]
-    marginal = next(iter_moments(fit, first, conditional=False))
-    residual = next(iter_moments(fit, first, conditional=True))
-    lppd = gaussian_lppd(fit.data.observed_values(), marginal.mean, marginal.dense_cov(), residual.dense_cov(),
-                         unit_blocks(fit.data, by))
+    marginal = next(iter_laws(fit, first, conditional=False))
+    residual = next(iter_laws(fit, first, conditional=True))
+    qr = marginal.law.precision.apply(fit.data.observed_values() - marginal.mean[0])
+    lppd = _lppd(qr, marginal.law.precision, residual.law.precision, unit_blocks(fit.data, by))
     p_i = (xr.zeros_like(elpd_i) + (lppd - elpd_i.values)).rename("p_loo_i")
     zero = xr.zeros_like(elpd_i)
     n_samples = fit.posterior.sizes["chain"] * fit.posterior.sizes["draw"]

@@ -21,7 +21,14 @@ Each comes with its observed value, the mean of the replicated values, and the
 posterior predictive p-value ``P(T(y_rep) >= T(y))`` (ties count half).
 
 The statistics are pure functions of arrays ``(..., R, N, K)`` with NaN at
-missing cells, so they apply to one table or to a stack of replicates alike.
+missing cells, so they apply to one table or to a stack of replicates alike;
+:func:`cell_statistics` computes the same from the observed cells alone
+(``(..., n_obs)`` values and their indices), which is what
+:func:`predictive_checks` uses: its memory and time grow with the observed cells
+and the replicated tables, never with the grid (a chunk of replicated tables at a
+time). The correlations between rows and between columns need the dense grid and
+``N^2 K + K^2 N`` operations per table: they are computed when that is cheap
+(:func:`correlations_affordable`) and left NaN otherwise, with a note.
 """
 
 from __future__ import annotations
@@ -46,9 +53,19 @@ __all__ = [
     "statistic_names",
     "flatten_statistics",
     "ppp_values",
+    "cell_statistics",
+    "checks_size",
+    "correlations_affordable",
     "posterior_predictive",
     "predictive_checks",
+    "CORRELATION_BUDGET",
 ]
+
+#: The most operations the row and column correlations of the replicated tables may cost in all
+#: (``draws x R (N^2 K + K^2 N)``); beyond it they are left out of the checks (NaN).
+CORRELATION_BUDGET = 2e9
+#: Values (replicated tables x observed cells) held at once by :func:`predictive_checks`.
+CHUNK_VALUES = 4_000_000
 
 
 # ---------------------------------------------------------------------------
@@ -303,6 +320,170 @@ def ppp_values(observed, replicated) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------
+# the same statistics from the observed cells alone (long form)
+# ---------------------------------------------------------------------------
+
+
+class _Groups:
+    """Which group each of n members belongs to, as a sparse (G, n) indicator, and the group sizes."""
+
+    def __init__(self, groups: np.ndarray, n_groups: int):
+        from scipy import sparse
+
+        self.groups = np.asarray(groups, dtype=np.int64)
+        n = self.groups.size
+        self.count = np.bincount(self.groups, minlength=n_groups).astype(float)[:, None]     # (G, 1)
+        self.member = sparse.csr_matrix((np.ones(n), (self.groups, np.arange(n))), shape=(n_groups, n))
+
+    def mean_var(self, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Mean and variance (ddof=1) of each group of the rows of ``y`` (n, S): arrays (G, S),
+        NaN where a group has no member (mean) or fewer than two (var)."""
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mean = np.asarray(self.member @ y) / self.count
+            centred = y - np.nan_to_num(mean)[self.groups]
+            centred *= centred
+            var = np.asarray(self.member @ centred) / (self.count - 1)
+        mean[self.count[:, 0] == 0] = np.nan
+        var[self.count[:, 0] <= 1] = np.nan
+        return mean, var
+
+
+def _all_mean_var(y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and variance (ddof=1) of each column of ``y`` (n, S): arrays (S,), NaN as :func:`masked_mean_var`."""
+    n = y.shape[0]
+    if n == 0:
+        return np.full(y.shape[1], np.nan), np.full(y.shape[1], np.nan)
+    mean = y.mean(axis=0)
+    if n < 2:
+        return mean, np.full(y.shape[1], np.nan)
+    centred = y - mean
+    centred *= centred
+    return mean, centred.sum(axis=0) / (n - 1)
+
+
+class _Layout:
+    """The observed cells' groups (rows, columns, cells and the cells' rows and columns), built once."""
+
+    def __init__(self, index, shape):
+        self.rr, self.ii, self.jj = (np.asarray(a, dtype=np.int64) for a in index)
+        self.shape = tuple(int(v) for v in shape)
+        R, N, K = self.shape
+        self.rows = _Groups(self.ii, N)
+        self.cols = _Groups(self.jj, K)
+        cell_id, cell_of = np.unique(self.ii * K + self.jj, return_inverse=True)
+        self.cell_of = cell_of.reshape(-1)
+        self.unique_cells = cell_id.size == self.ii.size      # one replicate per cell: each cell its own mean
+        self.cells = None if self.unique_cells else _Groups(self.cell_of, cell_id.size)
+        self.cell_rows = _Groups(cell_id // K, N)
+        self.cell_cols = _Groups(cell_id % K, K)
+
+    def statistics(self, y: np.ndarray, correlations: bool) -> dict[str, np.ndarray]:
+        """The statistics of tables given as the columns of ``y`` (n, S); each value (S,) or (S, levels)."""
+        R, N, K = self.shape
+        S = y.shape[1]
+        mean, var = _all_mean_var(y)
+        row_mean, row_var = self.rows.mean_var(y)
+        col_mean, col_var = self.cols.mean_var(y)
+        if self.unique_cells:
+            cell = np.empty_like(y)
+            cell[self.cell_of] = y
+        else:
+            cell, _ = self.cells.mean_var(y)                                       # (C, S)
+        rm, _ = self.cell_rows.mean_var(cell)
+        cm, _ = self.cell_cols.mean_var(cell)
+        grand, _ = _all_mean_var(cell)
+        inter = cell - rm[self.cell_rows.groups] - cm[self.cell_cols.groups] + grand
+        _, inter_var = _all_mean_var(inter)
+        row_corr = np.full(S, np.nan)
+        col_corr = np.full(S, np.nan)
+        if correlations:
+            step = max(1, CHUNK_VALUES // max(R * N * K, 1))
+            for lo in range(0, S, step):
+                hi = min(S, lo + step)
+                dense = np.full((hi - lo, R, N, K), np.nan)
+                dense[:, self.rr, self.ii, self.jj] = y[:, lo:hi].T
+                row_corr[lo:hi] = mean_offdiag_corr(dense, "row")
+                col_corr[lo:hi] = mean_offdiag_corr(dense, "col")
+        return {"mean": mean, "sd": np.sqrt(var), "row_mean": row_mean.T, "row_var": row_var.T,
+                "col_mean": col_mean.T, "col_var": col_var.T, "cell_mean_var": inter_var, "row_corr": row_corr,
+                "col_corr": col_corr}
+
+
+def correlations_affordable(shape: tuple[int, int, int], tables: int = 1) -> bool:
+    """Whether the row and column correlations of ``tables`` tables of ``shape`` (R, N, K) are cheap enough.
+
+    They cost about ``R (N^2 K + K^2 N)`` operations per table (pairwise-complete
+    correlations of the dense grid); affordable within :data:`CORRELATION_BUDGET` in all.
+    """
+    R, N, K = (int(v) for v in shape)
+    return max(int(tables), 1) * R * (N * N * K + K * K * N) <= CORRELATION_BUDGET
+
+
+def checks_size(shape: tuple[int, int, int], n_obs: int, draws: int, *,
+                correlations: bool | None = None) -> tuple[int, float]:
+    """What :func:`predictive_checks` of ``draws`` replicated tables holds at once and computes, before it starts.
+
+    Parameters
+    ----------
+    shape : (R, N, K)
+        The table's shape.
+    n_obs : int
+        Its observed cells.
+    draws : int
+        Replicated tables.
+    correlations : bool, optional
+        As :func:`predictive_checks` (default: when :func:`correlations_affordable`).
+
+    Returns
+    -------
+    (bytes, operations) : int, float
+        The peak memory of the replicated values and their statistics (not the fit's own
+        arrays nor the laws of the draws), and a rough count of floating-point operations.
+    """
+    R, N, K = (int(v) for v in shape)
+    draws, n_obs = max(int(draws), 1), max(int(n_obs), 1)
+    if correlations is None:
+        correlations = correlations_affordable(shape, draws + 1)
+    chunk = min(draws, max(1, CHUNK_VALUES // n_obs))
+    held = 8 * (6 * chunk * n_obs + 2 * draws * (2 * N + 2 * K + 5))    # a chunk and its temporaries; the statistics
+    flops = 40.0 * draws * n_obs
+    if correlations:
+        dense = min(draws, max(1, CHUNK_VALUES // (R * N * K)))
+        held += 8 * 6 * dense * R * N * K
+        flops += 6.0 * draws * R * (N * N * K + K * K * N)
+    return int(held), float(flops)
+
+
+def cell_statistics(y, index, shape, *, correlations: bool = True) -> dict[str, np.ndarray]:
+    """Every checked statistic (as :func:`table_statistics`) of tables given at their observed cells.
+
+    Parameters
+    ----------
+    y : array (n,) or (S, n)
+        The values of one table (or of S tables) at the observed cells.
+    index : (rr, ii, jj) of int arrays (n,)
+        The replicate, row and column of each observed cell (each cell at most once).
+    shape : (R, N, K)
+        The table's shape.
+    correlations : bool
+        Compute ``row_corr`` and ``col_corr`` (on the dense grid, a chunk of tables at a
+        time); False leaves them NaN.
+
+    Returns
+    -------
+    dict of str to array
+        As :func:`table_statistics` of the dense tables (to rounding): ``mean``, ``sd``,
+        ``cell_mean_var``, ``row_corr``, ``col_corr`` (S,) or scalars for one table;
+        ``row_mean``, ``row_var`` (S, N) or (N,); ``col_mean``, ``col_var`` (S, K) or (K,).
+    """
+    y = np.asarray(y, dtype=float)
+    single = y.ndim == 1
+    columns = np.ascontiguousarray(np.atleast_2d(y).T)                      # (n, S): a table per column
+    out = _Layout(index, shape).statistics(columns, correlations)
+    return {k: v[0] for k, v in out.items()} if single else out
+
+
+# ---------------------------------------------------------------------------
 # fits
 # ---------------------------------------------------------------------------
 
@@ -359,8 +540,13 @@ def posterior_predictive(fit, *, draws: int | None = 500, seed: int | None = 0,
 
 
 def predictive_checks(fit, *, draws: int | None = 500, seed: int | None = 0,
-                      conditional: bool = True) -> pd.DataFrame:
+                      conditional: bool = True, correlations: bool | None = None) -> pd.DataFrame:
     """Observed statistics of the table against their posterior predictive distribution.
+
+    The replicated tables are drawn as :func:`posterior_predictive` draws them (the
+    same numbers for the same seed) but never held as grids: each is kept at its
+    observed cells, a chunk of tables at a time, and reduced to its statistics
+    (:func:`cell_statistics`).
 
     Parameters
     ----------
@@ -370,6 +556,9 @@ def predictive_checks(fit, *, draws: int | None = 500, seed: int | None = 0,
     seed : int, optional
     conditional : bool
         See :func:`posterior_predictive`.
+    correlations : bool, optional
+        Check the correlations between rows and between columns (they need the dense
+        grid of every replicated table); default: when :func:`correlations_affordable`.
 
     Returns
     -------
@@ -378,16 +567,42 @@ def predictive_checks(fit, *, draws: int | None = 500, seed: int | None = 0,
         ``row_var[...]``, ``col_mean[...]``, ``col_var[...]``, ``cell_mean_var``,
         ``row_corr``, ``col_corr``); columns ``observed``, ``rep_mean``, ``rep_sd`` (mean and
         sd of the replicated statistic) and ``p_value``
-        (``P(T(y_rep) >= T(y))``, ties half).
+        (``P(T(y_rep) >= T(y))``, ties half). Without the correlations their lines are NaN
+        and ``attrs["note"]`` says why.
     """
+    _check_max_draws(draws)
     data = fit.data
-    rep = posterior_predictive(fit, draws=draws, seed=seed, conditional=conditional)["y_rep"].values
-    observed = flatten_statistics(table_statistics(data.values))
-    replicated = flatten_statistics(table_statistics(rep))
+    shape = data.values.shape
+    index = data.observed_index()
+    pairs = draw_indices(fit, draws, seed=seed)
+    if correlations is None:
+        correlations = correlations_affordable(shape, len(pairs) + 1)
+    layout = _Layout(index, shape)
+    observed = flatten_statistics(layout.statistics(data.values[index][:, None], correlations))[0]
+    rng = np.random.default_rng(seed)
+    n = index[0].size
+    step = max(1, CHUNK_VALUES // max(n, 1))
+    parts = []
+    chunk = np.empty((n, min(step, max(len(pairs), 1))))       # a replicated table per column
+    k = 0
+    for m in iter_moments(fit, pairs, conditional=conditional):
+        chunk[:, k] = m.sample(rng, 1)[0]
+        k += 1
+        if k == chunk.shape[1]:
+            parts.append(flatten_statistics(layout.statistics(chunk, correlations)))
+            k = 0
+    if k:
+        parts.append(flatten_statistics(layout.statistics(chunk[:, :k], correlations)))
+    replicated = np.concatenate(parts, axis=0)
     rep_mean, rep_var = masked_mean_var(replicated, axis=0)
     table = pd.DataFrame(
         {"observed": observed, "rep_mean": rep_mean, "rep_sd": np.sqrt(rep_var),
          "p_value": ppp_values(observed, replicated)},
         index=pd.Index(statistic_names(data.row_labels, data.col_labels), name="statistic"),
     )
+    if not correlations:
+        R, N, K = shape
+        table.attrs["note"] = (f"row_corr and col_corr were not checked: on a {N:,} x {K:,} table they need the "
+                               f"dense grid of every replicated table (about {R * (N * N * K + K * K * N):.1e} "
+                               "operations each); pass correlations=True to check them.")
     return table

@@ -1,4 +1,4 @@
-"""Predictions for every cell of the table: observed ones (fitted) and missing ones (predicted).
+"""Predictions of cells of the table: observed ones (fitted) and missing or new ones (predicted).
 
 A cell's value is split as ``y = f + eps``: ``f`` is the cell's **mean** (the
 intercept, the row and column effects and any correlated part of the residual:
@@ -32,42 +32,146 @@ cell's mean: an observed cell has its own ``x``; a cell without an observation
 takes its row's values of the terms constant within rows and its column's of
 the terms constant within columns. A term that varies from cell to cell has no
 value at a cell without data: such cells are left out (with a warning and a
-note in the result's ``attrs["note"]``); ``at=`` predicts any cells, new rows
+note in the result's ``attrs["note"]``); ``cells=`` predicts any cells, new rows
 and columns included, from a table of their covariate values.
+
+Which cells: the cells of a table given as ``cells=`` (``at=`` is its older
+name); else the whole grid with ``grid=True``, or the observed cells and the
+new levels' cells with ``grid=False``; by default the whole grid when it has at
+most :data:`GRID_DEFAULT_CELLS` cells, the observed (and new levels') cells
+otherwise. The work goes chunk by chunk over the cells (a few thousand at a
+time): memory grows with one chunk and the posterior draws, never with the
+grid; ``sink=`` hands each chunk's lines to a writer instead of holding them
+(:func:`twoway.table.io.outputs.table_writer`), so that a whole grid of
+millions of cells streams to a file.
 
 Per cell the summary is exact in the mean and sd (the mixture over draws of
 each draw's Gaussian: ``mean = E[mu]``, ``sd^2 = E[v] + Var[mu]``); the
-interval is the highest-density interval of draws from that mixture.
+interval is the highest-density interval of at least :data:`INTERVAL_DRAWS`
+draws from that mixture, drawn from a generator per block of
+:data:`RNG_CELLS` lines (the same lines give the same interval whatever the
+chunk size).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import warnings
-from typing import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
 from twoway.errors import DataError, FitError, TwowayWarning
-from twoway.likelihood.marginal import kronecker_factors, noise_variance, table_covariance
+from twoway.likelihood import memory
+from twoway.likelihood.diagonal import residual_sd
+from twoway.likelihood.marginal import kronecker_factors, table_covariance
 from twoway.linalg.ops import NUMPY
-from twoway.results.covariates import covariate_grid, fit_design, flat_coef, missing_terms_text
-from twoway.results.decomposition import flat_parameters, full_layout
-from twoway.results.stats import hdi
+from twoway.results.covariates import fit_design, flat_coef, missing_terms_text
+from twoway.results.decomposition import full_layout
 
 # Deferred imports: pandas, scipy (heavy to import) are imported inside the functions that use them, so
 # importing this module stays light.
 
-__all__ = ["predict", "cell_moments", "PREDICTION_COLUMNS"]
+__all__ = ["GRID_DEFAULT_CELLS", "PREDICTION_COLUMNS", "PredictionSize", "PredictionTotals", "cell_moments",
+           "predict", "prediction_size"]
 
 PREDICTION_COLUMNS = ("row", "col", "replicate", "observed", "mean", "sd", "lower", "upper", "kind")
+
+#: The default predicts the whole grid when it has at most this many cells, else the observed cells.
+GRID_DEFAULT_CELLS = 100_000
+#: Values (cells x interval draws) held at once while predicting a chunk of cells.
+BLOCK_VALUES = 2_000_000
+#: Lines per random generator of the intervals' draws (chunks are whole numbers of these).
+RNG_CELLS = 256
+#: Draws from each cell's mixture for its interval, at least (all posterior draws, repeated).
+INTERVAL_DRAWS = 4000
+#: Lines per frame handed to a sink.
+SINK_LINES = 65_536
+#: Bytes per line of a prediction table held in memory (numbers, label references, kind), roughly.
+LINE_BYTES = 120
+#: Seconds per interval draw (normal draw, sort), roughly: for the time estimate of :func:`prediction_size`.
+SECONDS_PER_DRAW = 2.5e-8
+
+#: Posterior variables a prediction never reads (derived means: large on big tables).
+_UNUSED = ("row_mean", "col_mean")
+
+
+@dataclasses.dataclass(frozen=True)
+class PredictionTotals:
+    """What :func:`predict` returns when its lines went to a ``sink``.
+
+    Attributes
+    ----------
+    lines : int
+        Lines handed to the sink.
+    fitted, predicted : int
+        Lines of kind ``fitted`` and ``predicted``.
+    left_out : int
+        Cells left out (no covariate values there).
+    mean_width : float
+        Mean width ``upper - lower`` of the intervals (NaN without lines).
+    cells : str
+        Which cells: ``grid``, ``observed`` or ``cells`` (a given table).
+    note : str
+        Said about cells left out ("" when none).
+    """
+
+    lines: int
+    fitted: int
+    predicted: int
+    left_out: int
+    mean_width: float
+    cells: str
+    note: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class PredictionSize:
+    """What :func:`prediction_size` says before any work.
+
+    Attributes
+    ----------
+    lines : int
+        Cells to predict (before cells without covariate values are left out).
+    cells : str
+        ``grid``, ``observed`` or ``cells``.
+    grid_cells : int
+        Cells of the whole (extended) grid, R x (N + new rows) x (K + new columns).
+    draws : int
+        Posterior draws used.
+    memory_bytes : int
+        Bytes of the prediction table if it is held in memory (not with a sink).
+    seconds : float
+        A rough estimate of the time the intervals take.
+    """
+
+    lines: int
+    cells: str
+    grid_cells: int
+    draws: int
+    memory_bytes: int
+    seconds: float
+
+    def describe(self) -> str:
+        """One line for a user: how many cells, which, and the time it may take."""
+        which = {"grid": "the whole grid", "observed": "the observed cells",
+                 "cells": "the cells asked for"}[self.cells]
+        if self.cells == "observed" and self.lines:
+            which += f" (of a grid of {self.grid_cells:,} cells)"
+        return f"predicting {self.lines:,} cells, {which}, from {self.draws:,} draws (about {_seconds(self.seconds)})"
+
+
+def _seconds(s: float) -> str:
+    return f"{s:.0f} s" if s < 120 else f"{s / 60:.0f} min"
 
 
 def predict(fit, *, new_observation: bool = False, ci_prob: float = 0.94,
             new_rows: Sequence[str] = (), new_cols: Sequence[str] = (),
-            max_draws: int | None = None, seed: int | None = 0, at=None):
-    """One line per cell of the full grid (or per line of ``at``): the cell's mean (or a new observation
-    of it) given the data.
+            max_draws: int | None = None, seed: int | None = 0, at=None, cells=None,
+            grid: bool | None = None, sink: Callable | None = None,
+            progress: Callable[[int, int], None] | None = None):
+    """Each cell's mean (or a new observation of it) given the data: the cells asked for, the observed cells,
+    or the whole grid.
 
     Parameters
     ----------
@@ -78,104 +182,273 @@ def predict(fit, *, new_observation: bool = False, ci_prob: float = 0.94,
     ci_prob : float
         Probability of the highest-density interval (``lower``, ``upper``).
     new_rows, new_cols : sequence of str
-        Labels of levels with no data, predicted from their effects' law.
+        Labels of levels with no data, predicted from their effects' law: every cell of
+        those rows and columns is predicted too.
     max_draws : int, optional
         Use this many posterior draws, chosen at random (default: all of them).
     seed : int, optional
         Seed for the choice of draws and the interval's draws.
-    at : pandas.DataFrame, optional
+    cells : pandas.DataFrame, optional
         The cells to predict, one per line: the table's row and column columns (named as in
         the fitted table, or ``row`` and ``col``), its replicate column when it has several
         replicate tables, and every column the covariates' formula reads. Rows and columns
         not in the table are new levels (as ``new_rows``/``new_cols``; give those only
-        without ``at``).
+        without ``cells``).
+    at : pandas.DataFrame, optional
+        The older name of ``cells`` (give one of them).
+    grid : bool, optional
+        Without ``cells``: True predicts every cell of the grid (the table's and the new
+        levels'), False the observed cells and the new levels' cells; None (default) the
+        whole grid when it has at most :data:`GRID_DEFAULT_CELLS` cells, else the observed
+        cells and the new levels' cells.
+    sink : callable, optional
+        Called with each chunk of lines (a pandas.DataFrame with the columns below, in
+        order; up to :data:`SINK_LINES` lines) instead of holding them; when it has a method
+        ``expect(lines)``, that is called first with the number of lines to come (a writer
+        checks there that they fit on disk). :func:`predict` then returns
+        :class:`PredictionTotals`.
+    progress : callable, optional
+        Called as ``progress(done, total)`` (cells) after each chunk.
 
     Returns
     -------
-    pandas.DataFrame
-        Columns ``row, col, [replicate,] observed, mean, sd, lower, upper, kind``; one line
-        per (replicate,) row and column, the table's order, new levels last; ``observed``
-        is NaN at missing cells; ``kind`` is ``fitted`` for observed cells and ``predicted``
-        for the others. With a covariate term that varies by cell, the cells without an
-        observation have no covariate values and are left out: ``attrs["note"]`` says how
-        many, and a :class:`TwowayWarning` too. With ``at``: one line per line of ``at``,
-        in its order, the formula's columns after ``row, col, [replicate]``; ``observed`` is
-        the table's value at the cell (NaN where it has none); ``kind`` is ``fitted`` for an
-        observed cell with the covariate values it was fitted with, ``predicted`` otherwise.
+    pandas.DataFrame or PredictionTotals
+        Columns ``row, col, [replicate,] observed, mean, sd, lower, upper, kind``, one line
+        per cell: the grid's cells in (replicate, row, column) order or the observed cells
+        in that order, the table's own cells first and the new levels' after; ``observed``
+        is NaN at missing cells; ``kind`` is ``fitted`` for observed cells and
+        ``predicted`` for the others. ``attrs["cells"]`` says which cells (``grid``,
+        ``observed``, ``cells``). With a covariate term that varies by cell, the grid's
+        cells without an observation have no covariate values and are left out:
+        ``attrs["note"]`` says how many, and a :class:`TwowayWarning` too. With ``cells``:
+        one line per line of it, in its order, the formula's columns after ``row, col,
+        [replicate]``; ``observed`` is the table's value at the cell (NaN where it has
+        none); ``kind`` is ``fitted`` for an observed cell with the covariate values it was
+        fitted with, ``predicted`` otherwise. With ``sink``: the totals, the lines having
+        gone to the sink.
 
     Raises
     ------
     DataError
-        For ``at`` without a row, column, replicate or covariate column the model needs, a
+        For ``cells`` without a row, column, replicate or covariate column the model needs, a
         missing value there, an unknown replicate or an unseen level of a factor.
     FitError
-        For options out of range, new levels the model has no law for, or new rows
-        (columns) asked for without ``at`` when a covariate term lives on rows (columns).
+        For options out of range, new levels the model has no law for, new rows (columns)
+        asked for without ``cells`` when a covariate term lives on rows (columns), or a
+        table that would not fit in memory (give a ``sink``).
     """
-    import pandas as pd
+    _check_options(ci_prob, max_draws, grid)
+    given = _given_cells(cells, at, new_rows, new_cols, grid)
+    sel, prep = _selection(fit, given, new_rows=new_rows, new_cols=new_cols, grid=grid, max_draws=max_draws,
+                           seed=seed)
+    if sink is None:
+        need = sel.n * LINE_BYTES
+        if need > memory.DRAWS_FLOOR and need > memory.available_memory() // 2:
+            raise FitError(f"The {sel.n:,} predicted cells would take about {memory.gib(need)} of memory as a table "
+                           f"and {memory.gib(memory.available_memory())} is available; write them to a file as they "
+                           "are computed (twoway predict --out FILE, or sink=), or predict fewer cells (the "
+                           "observed cells: grid=False).")
+    elif hasattr(sink, "expect"):
+        sink.expect(sel.n)
+    out = _Collector(sink)
+    for lo, hi in _chunks(sel.n, prep["S"]):
+        out.add(_predict_lines(prep, sel, lo, hi, new_observation=new_observation, ci_prob=ci_prob, seed=seed))
+        if progress is not None:
+            progress(hi, sel.n)
+    note = ""
+    if out.left_out:
+        note = (f"{out.left_out} cell(s) without an observation were left out: "
+                f"{missing_terms_text(prep['design'])}; predict them with cells= (twoway predict --cells FILE, or "
+                "--at FILE), a table of the cells with their covariate values.")
+        warnings.warn(note, TwowayWarning, stacklevel=3)
+    if sink is not None:
+        out.flush()
+        return PredictionTotals(lines=out.lines, fitted=out.fitted, predicted=out.lines - out.fitted,
+                                left_out=out.left_out, mean_width=out.mean_width, cells=sel.kind, note=note)
+    table = out.frame(sel.columns)
+    table.attrs["cells"] = sel.kind
+    if note:
+        table.attrs["note"] = note
+    return table
 
 
+def prediction_size(fit, *, new_rows: Sequence[str] = (), new_cols: Sequence[str] = (),
+                    max_draws: int | None = None, at=None, cells=None, grid: bool | None = None) -> PredictionSize:
+    """How many cells :func:`predict` with these options predicts, and roughly what it costs, before any work.
+
+    Parameters
+    ----------
+    fit : Fit
+    new_rows, new_cols, max_draws, at, cells, grid
+        As for :func:`predict`.
+
+    Returns
+    -------
+    PredictionSize
+    """
+    _check_options(0.5, max_draws, grid)
+    R, N, K = fit.data.values.shape
+    S_all = int(fit.posterior.sizes["chain"]) * int(fit.posterior.sizes["draw"])
+    S = S_all if max_draws is None else min(S_all, int(max_draws))
+    given = _given_cells(cells, at, new_rows, new_cols, grid)
+    if given is not None:
+        lines, kind, nr, nc = len(given), "cells", 0, 0
+    else:
+        nr = len(_new_labels(new_rows, fit.data.row_labels, "row"))
+        nc = len(_new_labels(new_cols, fit.data.col_labels, "col"))
+        kind = _which(grid, R * (N + nr) * (K + nc))
+        new = R * ((N + nr) * (K + nc) - N * K)
+        lines = R * N * K + new if kind == "grid" else fit.data.n_observed + new
+    draws = S * max(1, -(-INTERVAL_DRAWS // S))
+    return PredictionSize(lines=int(lines), cells=kind, grid_cells=int(R * (N + nr) * (K + nc)), draws=S,
+                          memory_bytes=int(lines * LINE_BYTES), seconds=float(lines * draws * SECONDS_PER_DRAW))
+
+
+def _check_options(ci_prob, max_draws, grid) -> None:
     if isinstance(ci_prob, bool) or not isinstance(ci_prob, (int, float, np.floating)) or not 0 < ci_prob < 1:
         raise FitError(f"The interval probability must be between 0 and 1; got {ci_prob!r}.")
     if max_draws is not None and (isinstance(max_draws, bool) or not isinstance(max_draws, (int, np.integer))
                                   or max_draws < 1):
         raise FitError(f"The 'max_draws' option must be a whole number >= 1; got {max_draws!r}.")
+    if grid is not None and not isinstance(grid, (bool, np.bool_)):
+        raise FitError(f"The 'grid' option must be True, False or None; got {grid!r}.")
+
+
+def _given_cells(cells, at, new_rows, new_cols, grid):
+    """The table of cells asked for (``cells`` or its older name ``at``), or None; FitError for clashing options."""
+    if cells is not None and at is not None:
+        raise FitError("Give the cells to predict as 'cells' (or its older name 'at'), not both.")
+    given = cells if cells is not None else at
+    if given is None:
+        return None
+    if any(len([x] if isinstance(x, str) else x) and x != "" for x in (new_rows, new_cols)):
+        raise FitError("Give the cells to predict either as 'cells' (whose rows and columns may be new) or as "
+                       "new_rows/new_cols, not both.")
+    if grid:
+        raise FitError("Give either the cells to predict ('cells') or grid=True (every cell), not both.")
+    import pandas as pd
+
+    if not isinstance(given, pd.DataFrame):
+        raise DataError(f"The cells to predict must be a table (a pandas DataFrame); got {type(given).__name__}.")
+    if len(given) == 0:
+        raise DataError("The cells to predict have no line; give one line per cell to predict.")
+    return given
+
+
+def _which(grid, grid_cells: int) -> str:
+    if grid is None:
+        return "grid" if grid_cells <= GRID_DEFAULT_CELLS else "observed"
+    return "grid" if grid else "observed"
+
+
+# -- which cells ---------------------------------------------------------------------------------
+@dataclasses.dataclass
+class _Selection:
+    """The lines to predict: ``n`` of them, of kind ``kind``; :meth:`take` gives lines ``lo..hi-1``.
+
+    ``index`` holds (r, i, j) arrays of every line, or None for the grid's own cells (lines
+    ``0..R N K - 1``, C order), followed by ``extra`` (r, i, j) of the new levels' cells.
+    """
+
+    n: int
+    kind: str
+    shape: tuple                      # (R, N, K)
+    row_labels: np.ndarray            # (N + nr,) object
+    col_labels: np.ndarray            # (K + nc,) object
+    replicate_labels: np.ndarray      # (R,) object
+    index: tuple | None = None
+    extra: tuple | None = None
+    x: np.ndarray | None = None       # (n, p): the given cells' covariates
+    given: dict | None = None         # the given table's covariate columns, by name
+    columns: tuple = ()
+
+    def take(self, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        if self.index is not None:
+            return tuple(a[lo:hi] for a in self.index)
+        R, N, K = self.shape
+        n_old = R * N * K
+        parts = []
+        if lo < n_old:
+            parts.append(np.unravel_index(np.arange(lo, min(hi, n_old), dtype=np.int64), (R, N, K)))
+        if hi > n_old:
+            parts.append(tuple(a[max(lo, n_old) - n_old:hi - n_old] for a in self.extra))
+        if len(parts) == 1:
+            return tuple(np.asarray(a, dtype=np.int64) for a in parts[0])
+        return tuple(np.concatenate([p[k] for p in parts]).astype(np.int64) for k in range(3))
+
+
+def _selection(fit, given, *, new_rows, new_cols, grid, max_draws, seed) -> tuple[_Selection, dict]:
+    """The lines to predict and what every chunk of them needs."""
     data = fit.data
-    if at is not None:
-        if any(len([x] if isinstance(x, str) else x) and x != "" for x in (new_rows, new_cols)):
-            raise FitError("Give the cells to predict either as 'at' (whose rows and columns may be new) or as "
-                           "new_rows/new_cols, not both.")
-        return _predict_at(fit, at, new_observation=new_observation, ci_prob=ci_prob, max_draws=max_draws,
-                           seed=seed)
-    new_rows, new_cols = _new_labels(new_rows, data.row_labels, "row"), _new_labels(new_cols, data.col_labels, "col")
-    prep = _prepare(fit, new_rows=new_rows, new_cols=new_cols, max_draws=max_draws, seed=seed)
-    _check_new_covariates(prep)
-    S, R, n_rows, n_cols = prep["S"], prep["R"], prep["n_rows"], prep["n_cols"]
-    rng = np.random.default_rng([0 if seed is None else int(seed), 0x9E3])
-    reps = max(1, -(-4000 // S))
-    # rows a block at a time, so that memory stays bounded on large tables (one block when the
-    # residual correlates the whole table)
-    whole = fit.model.residual in ("kronecker", "full")
-    step = n_rows if whole else max(1, BLOCK_VALUES // (reps * S * R * n_cols))
-    mean = np.empty((R, n_rows, n_cols))
-    sd = np.empty_like(mean)
-    interval = np.empty((R, n_rows, n_cols, 2))
-    for lo in range(0, n_rows, step):
-        rows = np.arange(lo, min(n_rows, lo + step))
-        mu, var = _block_moments(prep, rows, new_observation=new_observation)       # (S, R, nb, K')
-        mean[:, rows] = mu.mean(axis=0)
-        sd[:, rows] = np.sqrt(np.maximum(var.mean(axis=0) + mu.var(axis=0), 0.0))
-        sample = mu[None] + np.sqrt(np.maximum(var, 0.0))[None] * rng.standard_normal((reps,) + mu.shape)
-        interval[:, rows] = hdi(sample.reshape((1, reps * S) + mu.shape[1:]), ci_prob)
     R, N, K = data.values.shape
-    rows = list(data.row_labels) + list(new_rows)
-    cols = list(data.col_labels) + list(new_cols)
-    observed = np.full(mean.shape, np.nan)
-    observed[:, :N, :K] = np.where(data.mask, data.values, np.nan)
-    r_idx, i_idx, j_idx = np.meshgrid(np.arange(R), np.arange(len(rows)), np.arange(len(cols)), indexing="ij")
-    frame = {"row": np.asarray(rows, dtype=object)[i_idx.ravel()],
-             "col": np.asarray(cols, dtype=object)[j_idx.ravel()]}
-    if R > 1:
-        frame["replicate"] = np.asarray(list(data.replicate_labels), dtype=object)[r_idx.ravel()]
-    frame.update({"observed": observed.ravel(), "mean": mean.ravel(), "sd": sd.ravel(),
-                  "lower": interval[..., 0].ravel(), "upper": interval[..., 1].ravel(),
-                  "kind": np.where(np.isnan(observed.ravel()), "predicted", "fitted")})
-    out = pd.DataFrame(frame)
-    keep = None if prep["known"] is None else prep["known"].ravel()
-    if new_rows or new_cols:   # the table's own cells first, then the new levels'
-        old = (i_idx.ravel() < N) & (j_idx.ravel() < K)
-        order = np.concatenate([np.flatnonzero(old), np.flatnonzero(~old)])
-        out = out.iloc[order].reset_index(drop=True)
-        keep = None if keep is None else keep[order]
-    if keep is not None and not keep.all():
-        n_out = int((~keep).sum())
-        note = (f"{n_out} cell(s) without an observation were left out: {missing_terms_text(prep['design'])}; "
-                "predict them with at= (twoway predict --at FILE), a table of the cells with their covariate "
-                "values.")
-        out = out[keep].reset_index(drop=True)
-        out.attrs["note"] = note
-        warnings.warn(note, TwowayWarning, stacklevel=3)
-    return out
+    if given is not None:
+        r_at, i_at, j_at, new_rows, new_cols, where = _given_index(data, given)
+    else:
+        new_rows = _new_labels(new_rows, data.row_labels, "row")
+        new_cols = _new_labels(new_cols, data.col_labels, "col")
+    prep = _prepare(fit, new_rows=new_rows, new_cols=new_cols, max_draws=max_draws, seed=seed)
+    labels = dict(row_labels=np.asarray(list(data.row_labels) + list(new_rows), dtype=object),
+                  col_labels=np.asarray(list(data.col_labels) + list(new_cols), dtype=object),
+                  replicate_labels=np.asarray([str(v) for v in data.replicate_labels], dtype=object))
+    base = ("row", "col") + (("replicate",) if R > 1 else ())
+    stats = ("observed", "mean", "sd", "lower", "upper", "kind")
+    if given is not None:
+        design = prep["design"]
+        x = None if design is None else _given_covariates(given, design, where)        # (L, p)
+        extra_cols = {} if design is None else {v: given[v].to_numpy() for v in design.variables}
+        return _Selection(n=len(given), kind="cells", shape=(R, N, K), index=(r_at, i_at, j_at), x=x,
+                          given=extra_cols, columns=base + tuple(extra_cols) + stats, **labels), prep
+    _check_new_covariates(prep)
+    nr, nc = len(new_rows), len(new_cols)
+    kind = _which(grid, R * (N + nr) * (K + nc))
+    extra = _new_cells(R, N, K, nr, nc)
+    if kind == "grid":
+        sel = _Selection(n=R * N * K + extra[0].size, kind=kind, shape=(R, N, K), extra=extra,
+                         columns=base + stats, **labels)
+    else:
+        obs = data.observed_index()
+        index = tuple(np.concatenate([a, b]).astype(np.int64) for a, b in zip(obs, extra))
+        sel = _Selection(n=index[0].size, kind=kind, shape=(R, N, K), index=index, columns=base + stats, **labels)
+    return sel, prep
+
+
+def _new_cells(R: int, N: int, K: int, nr: int, nc: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(r, i, j) of the cells of new rows (i >= N) or new columns (j >= K), C order of the extended grid."""
+    if not (nr or nc):
+        return tuple(np.zeros(0, np.int64) for _ in range(3))
+    new = np.ones((N + nr, K + nc), bool)
+    new[:N, :K] = False
+    i, j = np.nonzero(new)
+    r = np.repeat(np.arange(R, dtype=np.int64), i.size)
+    return r, np.tile(i, R).astype(np.int64), np.tile(j, R).astype(np.int64)
+
+
+def _given_index(data, given):
+    """(r, i, j) of each line of the given cells, the new levels they name, and each line in words."""
+    names = data.names
+    R, N, K = data.values.shape
+    row_col = _at_column(given, names.get("row"), "row")
+    col_col = _at_column(given, names.get("col"), "col")
+    rep_col = _at_column(given, names.get("replicate"), "replicate", required=R > 1)
+    rows, cols = _at_labels(given, row_col, "row"), _at_labels(given, col_col, "col")
+    reps = _at_labels(given, rep_col, "replicate") if rep_col is not None else [None] * len(given)
+    row_index = {str(v): k for k, v in enumerate(data.row_labels)}
+    col_index = {str(v): k for k, v in enumerate(data.col_labels)}
+    rep_index = {str(v): k for k, v in enumerate(data.replicate_labels)}
+    unknown = sorted({r for r in reps if r is not None and r not in rep_index})
+    if unknown:
+        raise DataError(f"The cells to predict name replicate(s) {_few_names(unknown)} that the table does not "
+                        f"have ({_few_names(list(rep_index))}); a new replicate table cannot be predicted.")
+    new_rows = tuple(dict.fromkeys(r for r in rows if r not in row_index))
+    new_cols = tuple(dict.fromkeys(c for c in cols if c not in col_index))
+    row_index.update({r: N + k for k, r in enumerate(new_rows)})
+    col_index.update({c: K + k for k, c in enumerate(new_cols)})
+    i_at = np.array([row_index[r] for r in rows], dtype=np.int64)
+    j_at = np.array([col_index[c] for c in cols], dtype=np.int64)
+    r_at = np.array([0 if r is None else rep_index[r] for r in reps], dtype=np.int64)
+    where = [f"row '{r}', col '{c}'" + (f", replicate '{q}'" if q is not None else "")
+             for r, c, q in zip(rows, cols, reps)]
+    return r_at, i_at, j_at, new_rows, new_cols, where
 
 
 def _at_column(at, name, role: str, *, required: bool = True) -> str | None:
@@ -210,7 +483,7 @@ def _at_labels(at, column: str, role: str) -> list[str]:
     return labels
 
 
-def _at_covariates(at, design, where: list[str]) -> np.ndarray:
+def _given_covariates(at, design, where: list[str]) -> np.ndarray:
     """The covariates' design (L, p) at the lines of ``at``, encoded as the fitted table's."""
     missing = [v for v in design.variables if v not in at.columns]
     if missing:
@@ -227,90 +500,6 @@ def _at_covariates(at, design, where: list[str]) -> np.ndarray:
     return np.asarray(design.design_for(columns), dtype=float)
 
 
-def _predict_at(fit, at, *, new_observation: bool, ci_prob: float, max_draws, seed):
-    """:func:`predict` at the cells of the table ``at``; see there."""
-    import pandas as pd
-
-    if not isinstance(at, pd.DataFrame):
-        raise DataError(f"The cells to predict (at) must be a table (a pandas DataFrame); got {type(at).__name__}.")
-    if len(at) == 0:
-        raise DataError("The cells to predict (at) have no line; give one line per cell to predict.")
-    data = fit.data
-    names = data.names
-    R, N, K = data.values.shape
-    row_col = _at_column(at, names.get("row"), "row")
-    col_col = _at_column(at, names.get("col"), "col")
-    rep_col = _at_column(at, names.get("replicate"), "replicate", required=R > 1)
-    rows, cols = _at_labels(at, row_col, "row"), _at_labels(at, col_col, "col")
-    reps = _at_labels(at, rep_col, "replicate") if rep_col is not None else [None] * len(at)
-    row_index = {str(v): k for k, v in enumerate(data.row_labels)}
-    col_index = {str(v): k for k, v in enumerate(data.col_labels)}
-    rep_index = {str(v): k for k, v in enumerate(data.replicate_labels)}
-    unknown = sorted({r for r in reps if r is not None and r not in rep_index})
-    if unknown:
-        raise DataError(f"The cells to predict (at) name replicate(s) {_few_names(unknown)} that the table does not "
-                        f"have ({_few_names(list(rep_index))}); a new replicate table cannot be predicted.")
-    new_rows = tuple(dict.fromkeys(r for r in rows if r not in row_index))
-    new_cols = tuple(dict.fromkeys(c for c in cols if c not in col_index))
-    row_index.update({r: N + k for k, r in enumerate(new_rows)})
-    col_index.update({c: K + k for k, c in enumerate(new_cols)})
-    i_at = np.array([row_index[r] for r in rows], dtype=np.int64)
-    j_at = np.array([col_index[c] for c in cols], dtype=np.int64)
-    r_at = np.array([0 if r is None else rep_index[r] for r in reps], dtype=np.int64)
-    where = [f"row '{r}', col '{c}'" + (f", replicate '{q}'" if q is not None else "")
-             for r, c, q in zip(rows, cols, reps)]
-
-    prep = _prepare(fit, new_rows=new_rows, new_cols=new_cols, max_draws=max_draws, seed=seed)
-    design = prep["design"]
-    x_at = None if design is None else _at_covariates(at, design, where)        # (L, p)
-    S, n_cols = prep["S"], prep["n_cols"]
-    L = len(at)
-    mean, sd, interval = np.empty(L), np.empty(L), np.empty((L, 2))
-    rng = np.random.default_rng([0 if seed is None else int(seed), 0x9E3])
-    n_rep = max(1, -(-4000 // S))
-    whole = fit.model.residual in ("kronecker", "full")
-    need = np.unique(i_at)
-    step = need.size if whole else max(1, BLOCK_VALUES // (S * R * n_cols))
-    for lo in range(0, need.size, step):
-        block = np.arange(prep["n_rows"]) if whole else need[lo:lo + step]
-        mu, var = _block_moments(prep, block, new_observation=new_observation)     # (S, R, nb, K')
-        lines = np.flatnonzero(np.isin(i_at, block))
-        pos = np.searchsorted(block, i_at[lines])
-        mu_l = mu[:, r_at[lines], pos, j_at[lines]]                                 # (S, Lb)
-        var_l = var[:, r_at[lines], pos, j_at[lines]]
-        if x_at is not None:   # the grid's covariates swapped for the line's own
-            x_grid = prep["x_grid"][r_at[lines], i_at[lines], j_at[lines]]          # (Lb, p)
-            mu_l = mu_l + ((x_at[lines] - x_grid) @ prep["coef"].T).T
-        mean[lines] = mu_l.mean(axis=0)
-        sd[lines] = np.sqrt(np.maximum(var_l.mean(axis=0) + mu_l.var(axis=0), 0.0))
-        chunk = max(1, BLOCK_VALUES // (n_rep * S))
-        for a in range(0, lines.size, chunk):
-            part = slice(a, a + chunk)
-            m, v = mu_l[:, part], np.maximum(var_l[:, part], 0.0)
-            sample = m[None] + np.sqrt(v)[None] * rng.standard_normal((n_rep,) + m.shape)
-            interval[lines[part]] = hdi(sample.reshape((1, n_rep * S) + m.shape[1:]), ci_prob)
-        if whole:
-            break
-    observed = np.full(L, np.nan)
-    old = (i_at < N) & (j_at < K)
-    seen = np.zeros(L, bool)
-    seen[old] = data.mask[r_at[old], i_at[old], j_at[old]]
-    observed[seen] = data.values[r_at[seen], i_at[seen], j_at[seen]]
-    same = seen.copy()
-    if x_at is not None and seen.any():
-        fitted_x = prep["x_grid"][r_at[seen], i_at[seen], j_at[seen]]
-        same[seen] = np.all(np.isclose(x_at[seen], fitted_x, rtol=1e-12, atol=1e-12), axis=1)
-    frame = {"row": rows, "col": cols}
-    if R > 1:
-        frame["replicate"] = [str(data.replicate_labels[k]) for k in r_at]
-    if design is not None:
-        for v in design.variables:
-            frame[v] = at[v].to_numpy()
-    frame.update({"observed": observed, "mean": mean, "sd": sd, "lower": interval[:, 0], "upper": interval[:, 1],
-                  "kind": np.where(same, "fitted", "predicted")})
-    return pd.DataFrame(frame)
-
-
 def _new_labels(labels, existing, side: str) -> tuple[str, ...]:
     if isinstance(labels, str):
         labels = [labels]
@@ -324,40 +513,235 @@ def _new_labels(labels, existing, side: str) -> tuple[str, ...]:
     return labels
 
 
-#: Values (draws x interval repeats x cells) held at once while predicting a block of rows.
-BLOCK_VALUES = 20_000_000
+# -- chunks of lines -----------------------------------------------------------------------------
+def _interval_repeats(S: int) -> int:
+    """How many times each posterior draw is repeated in a cell's interval draws (at least INTERVAL_DRAWS)."""
+    return max(1, -(-INTERVAL_DRAWS // S))
 
 
-def cell_moments(fit, *, new_observation: bool = False, new_rows: Sequence[str] = (), new_cols: Sequence[str] = (),
-                 max_draws: int | None = None, seed: int | None = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Per draw, the Gaussian law of each cell's mean (or new observation) given the observed cells.
+def _chunks(n: int, S: int):
+    """(lo, hi) line ranges of at most BLOCK_VALUES interval draws, whole numbers of RNG_CELLS lines."""
+    per_line = S * _interval_repeats(S)
+    step = RNG_CELLS * max(1, BLOCK_VALUES // (per_line * RNG_CELLS))
+    for lo in range(0, n, step):
+        yield lo, min(n, lo + step)
 
-    Returns
-    -------
-    (mu, var) : arrays (S, R, N + len(new_rows), K + len(new_cols))
-        Conditional mean and variance per draw and cell; NaN at cells whose covariate values
-        are unknown (see :func:`predict`).
+
+def _predict_lines(prep: dict, sel: _Selection, lo: int, hi: int, *, new_observation: bool, ci_prob: float,
+                   seed) -> dict:
+    """The output columns of lines ``lo..hi-1`` (the lines without covariate values dropped) and the count of those."""
+    r, i, j = sel.take(lo, hi)
+    R, N, K = sel.shape
+    x = known = None
+    if prep["design"] is not None:
+        x, known = (sel.x[lo:hi], None) if sel.x is not None else prep["covariates"].at(r, i, j)
+    mu, var = _cell_moments(prep, r, i, j, x, new_observation=new_observation)          # (n, S) each
+    mean, sd = _mixture_moments(mu, var)
+    interval = _intervals(mu, var, ci_prob, lo, seed)
+    old = (i < N) & (j < K)
+    seen = np.zeros(r.size, bool)
+    seen[old] = prep["mask"][r[old], i[old], j[old]]
+    observed = np.full(r.size, np.nan)
+    observed[seen] = prep["values"][r[seen], i[seen], j[seen]]
+    fitted = seen
+    if sel.x is not None and seen.any():   # a given cell is 'fitted' only at the covariate values it was fitted with
+        fitted = seen.copy()
+        fitted[seen] = np.all(np.isclose(sel.x[lo:hi][seen], prep["covariates"].observed_x(r[seen], i[seen], j[seen]),
+                                         rtol=1e-12, atol=1e-12), axis=1)
+    cols = {"row": sel.row_labels[i], "col": sel.col_labels[j]}
+    if R > 1:
+        cols["replicate"] = sel.replicate_labels[r]
+    for name, values in (sel.given or {}).items():
+        cols[name] = values[lo:hi]
+    cols.update({"observed": observed, "mean": mean, "sd": sd, "lower": interval[:, 0], "upper": interval[:, 1],
+                 "kind": np.where(fitted, "fitted", "predicted").astype(object)})
+    left_out = 0
+    if known is not None and not known.all():
+        cols = {k: v[known] for k, v in cols.items()}
+        left_out = int((~known).sum())
+    return {"columns": cols, "left_out": left_out}
+
+
+def _mixture_moments(mu: np.ndarray, var: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and sd (n,) of each line's mixture over draws of N(mu, var), (n, S) each (var None: 0):
+    ``E[mu]``, ``sqrt(E[var] + Var[mu])`` (population variance over the draws)."""
+    mean = mu.mean(axis=1)
+    centred = mu - mean[:, None]
+    spread = np.einsum("ns,ns->n", centred, centred) / mu.shape[1]
+    if var is not None:
+        spread = spread + var.mean(axis=1)
+    return mean, np.sqrt(np.maximum(spread, 0.0))
+
+
+def _intervals(mu: np.ndarray, var: np.ndarray | None, ci_prob: float, lo: int, seed) -> np.ndarray:
+    """HDI (n, 2) of each line's mixture of Gaussians (n, S), from generators per block of RNG_CELLS lines.
+
+    Line ``lo + k``'s draws come from the generator of block ``(lo + k) // RNG_CELLS``, so the
+    intervals do not depend on how the lines are chunked. Where every variance is 0 (``var`` None)
+    the mixture's draws are the draws of ``mu`` themselves (no random numbers are drawn).
     """
-    new_rows = _new_labels(new_rows, fit.data.row_labels, "row")
-    new_cols = _new_labels(new_cols, fit.data.col_labels, "col")
-    prep = _prepare(fit, new_rows=new_rows, new_cols=new_cols, max_draws=max_draws, seed=seed)
-    mu, var = _block_moments(prep, np.arange(prep["n_rows"]), new_observation=new_observation)
-    if prep["known"] is not None:
-        mu = np.where(prep["known"][None], mu, np.nan)
-        var = np.where(prep["known"][None], var, np.nan)
-    return mu, var
+    n, S = mu.shape
+    reps = _interval_repeats(S)
+    sample = np.empty((n, reps, S))
+    if var is None:
+        sample[:] = mu[:, None, :]
+    else:
+        base = 0 if seed is None else int(seed)
+        for a in range(0, n, RNG_CELLS):
+            b = min(n, a + RNG_CELLS)
+            rng = np.random.default_rng([base, 0x9E3, (lo + a) // RNG_CELLS])
+            rng.standard_normal(out=sample[a:b])
+        sample *= np.sqrt(np.maximum(var, 0.0))[:, None, :]
+        sample += mu[:, None, :]
+    sample = sample.reshape(n, reps * S)
+    sample.sort(axis=1)
+    return _hdi_sorted(sample, ci_prob)
+
+
+def _hdi_sorted(srt: np.ndarray, prob: float) -> np.ndarray:
+    """The HDI (n, 2) of each row of ``srt`` (n, M), sorted: the rule of :func:`twoway.results.stats.hdi`
+    (from draw ``i`` to draw ``i + floor(prob M)``, at most ``M - 1``, the narrowest, the first on ties)."""
+    m = srt.shape[1]
+    inc = min(int(np.floor(prob * m)), m - 1)
+    best = np.argmin(srt[:, inc:] - srt[:, : m - inc], axis=1)
+    rows = np.arange(srt.shape[0])
+    return np.stack((srt[rows, best], srt[rows, best + inc]), axis=-1)
+
+
+class _Collector:
+    """Gathers the chunks' columns: for a sink, hands out frames of about SINK_LINES lines; else keeps them."""
+
+    def __init__(self, sink):
+        self.sink = sink
+        self.parts: list[dict] = []
+        self.pending = 0
+        self.lines = self.fitted = self.left_out = 0
+        self.width_sum = 0.0
+
+    def add(self, chunk: dict) -> None:
+        cols = chunk["columns"]
+        n = len(cols["mean"])
+        self.left_out += chunk["left_out"]
+        self.lines += n
+        self.fitted += int(np.count_nonzero(cols["kind"] == "fitted"))
+        self.width_sum += float(np.sum(cols["upper"] - cols["lower"]))
+        self.parts.append(cols)
+        self.pending += n
+        if self.sink is not None and self.pending >= SINK_LINES:
+            self.flush()
+
+    @property
+    def mean_width(self) -> float:
+        return self.width_sum / self.lines if self.lines else float("nan")
+
+    def _frame(self, columns=None):
+        import pandas as pd
+
+        if not self.parts:
+            return pd.DataFrame({c: [] for c in columns or ()})
+        names = list(self.parts[0])
+        joined = {c: np.concatenate([p[c] for p in self.parts]) for c in names}
+        return pd.DataFrame(joined)
+
+    def flush(self) -> None:
+        if self.sink is not None and self.parts:
+            frame = self._frame()
+            self.parts, self.pending = [], 0
+            self.sink(frame)
+
+    def frame(self, columns):
+        return self._frame(columns)
+
+
+# -- what the chunks need ------------------------------------------------------------------------
+class _CellCovariates:
+    """The covariates ``x`` at any cell of the extended grid where they are known, without the grid.
+
+    An observed cell has its own row of the design; another cell its row's values of the terms
+    constant within rows and its column's of the terms constant within columns, when no term
+    varies by cell and its row (column) has an observed cell (see
+    :func:`twoway.results.covariates.covariate_grid`, the same on the whole grid).
+    """
+
+    def __init__(self, design, data, n_rows: int, n_cols: int):
+        _, N, K = data.values.shape
+        self.N, self.K = N, K
+        self.X = np.asarray(design.X, dtype=float)                              # (n_obs, p)
+        rr, ii, jj = data.observed_index()
+        self.flat = (rr * N + ii) * K + jj                                      # sorted (C order)
+        level = np.asarray(design.level)
+        self.by_cell = bool(np.any(level == "cell"))
+        self.row_terms, self.col_terms = level == "row", level == "col"
+        self.row_val, self.row_has = _first_by(ii, self.X[:, self.row_terms], n_rows)
+        self.col_val, self.col_has = _first_by(jj, self.X[:, self.col_terms], n_cols)
+
+    def _observed_position(self, r, i, j) -> np.ndarray:
+        """The observed cell's row of X, or -1 where the cell is not observed."""
+        old = (i < self.N) & (j < self.K)
+        f = (r * self.N + np.minimum(i, self.N - 1)) * self.K + np.minimum(j, self.K - 1)
+        pos = np.searchsorted(self.flat, f)
+        hit = old & (pos < self.flat.size)
+        hit[hit] = self.flat[pos[hit]] == f[hit]
+        return np.where(hit, pos, -1)
+
+    def observed_x(self, r, i, j) -> np.ndarray:
+        """X (n, p) at observed cells."""
+        return self.X[self._observed_position(r, i, j)]
+
+    def at(self, r, i, j) -> tuple[np.ndarray, np.ndarray]:
+        """(X (n, p), known (n,)): X is 0 where the covariates are not known."""
+        pos = self._observed_position(r, i, j)
+        X = np.zeros((r.size, self.X.shape[1]))
+        known = np.zeros(r.size, bool)
+        if not self.by_cell:
+            known[:] = True
+            if self.row_terms.any():
+                known &= self.row_has[i]
+                X[:, self.row_terms] = self.row_val[i]
+            if self.col_terms.any():
+                known &= self.col_has[j]
+                X[:, self.col_terms] = self.col_val[j]
+            X[~known] = 0.0
+        seen = pos >= 0
+        X[seen] = self.X[pos[seen]]
+        known[seen] = True
+        return X, known
+
+
+def _first_by(index: np.ndarray, values: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """The first row of ``values`` for each group ``index`` in 0..n-1: (n, q) values and (n,) found."""
+    out = np.zeros((n, values.shape[1]))
+    found = np.zeros(n, bool)
+    if index.size:
+        groups, first = np.unique(index, return_index=True)
+        out[groups] = values[first]
+        found[groups] = True
+    return out, found
+
+
+def _flat_parameters(fit) -> tuple[dict[str, np.ndarray], int]:
+    """The posterior's variables that predictions read, chains and draws flattened: (S, ...) each, and S."""
+    post = fit.posterior
+    S = int(post.sizes["chain"]) * int(post.sizes["draw"])
+    params = {}
+    for name in post.data_vars:
+        if str(name) in _UNUSED:
+            continue
+        v = post[name].transpose("chain", "draw", ...).values
+        params[str(name)] = v.reshape((S,) + v.shape[2:])
+    return params, S
+
+
+def _cells_first(a: np.ndarray) -> np.ndarray:
+    """(S, ...) draws as (..., S), C-contiguous: a cell's draws lie together."""
+    return np.ascontiguousarray(np.moveaxis(np.asarray(a, dtype=float), 0, -1))
 
 
 def _prepare(fit, *, new_rows, new_cols, max_draws, seed) -> dict:
-    """What every block of rows needs: the draws, the layout, new levels' scales (drawn once)."""
-
+    """What every chunk of cells needs: the draws (cells first), new levels' scales (drawn once), the
+    covariates' lookup, and under a Kronecker or full residual its correlated part on the whole table."""
     spec, data = fit.model, fit.data
-    params, n_chain, n_draw = flat_parameters(fit)
-    S_all = n_chain * n_draw
-    lay, plan = full_layout(fit)
-    if plan is not None:
-        for name, value in plan.constants.items():
-            params.setdefault(name, np.full(S_all, value))
+    params, S_all = _flat_parameters(fit)
     design = fit_design(fit)
     coef = None if design is None else flat_coef(fit, design)           # (S_all, p)
     if max_draws is not None and max_draws < S_all:
@@ -369,110 +753,186 @@ def _prepare(fit, *, new_rows, new_cols, max_draws, seed) -> dict:
     nr, nc = len(new_rows), len(new_cols)
     _check_new_levels(spec, nr, nc)
     rng = np.random.default_rng([0 if seed is None else int(seed), 0x5EED])
-    grid_params = dict(params)
-    for side, extra in (("row", nr), ("col", nc)):
-        if extra and getattr(spec, f"{side}_scale") == "hetero":
-            loc = params[f"{side}_log_sd_loc"].reshape(S, 1)
-            scale = params[f"{side}_log_sd_scale"].reshape(S, 1)
-            drawn = np.exp(loc + scale * rng.standard_normal((S, extra)))
-            grid_params[f"{side}_sd"] = np.concatenate([params[f"{side}_sd"], drawn], axis=1)
-    x_grid = known = None
-    if coef is not None:   # the covariates at every cell of the grid where they are known
-        x_grid, known = covariate_grid(design, data, n_rows=N + nr, n_cols=K + nc)
-    return dict(spec=spec, data=data, lay=lay, params=params, grid_params=grid_params, S=S, R=R, N=N, K=K,
-                nr=nr, nc=nc, n_rows=N + nr, n_cols=K + nc, design=design if coef is not None else None,
-                coef=coef, x_grid=x_grid, known=known)
+    scales = {}
+    for side, n_old, extra in (("row", N, nr), ("col", K, nc)):
+        kind = getattr(spec, f"{side}_scale")
+        if kind == "none" or f"{side}_sd" not in params:
+            continue
+        sd = params[f"{side}_sd"]
+        if kind == "hetero":
+            if extra:
+                loc = params[f"{side}_log_sd_loc"].reshape(S, 1)
+                scale = params[f"{side}_log_sd_scale"].reshape(S, 1)
+                sd = np.concatenate([sd, np.exp(loc + scale * rng.standard_normal((S, extra)))], axis=1)
+            scales[side] = _cells_first(sd)                              # (N + nr, S)
+        else:
+            scales[side] = np.asarray(sd, dtype=float).reshape(1, S)    # the same at every level
+    mask = data.mask
+    prep = dict(spec=spec, S=S, R=R, N=N, K=K, nr=nr, nc=nc, n_rows=N + nr, n_cols=K + nc, mask=mask,
+                values=data.values, se=data.se_or_zero() if data.has_se else None, scales=scales,
+                design=design if coef is not None else None, coef_t=None if coef is None else coef.T.copy(),
+                covariates=None if coef is None else _CellCovariates(design, data, N + nr, K + nc),
+                correlated=None)
+    prep["intercept"] = params["intercept"].reshape(1, S) if "intercept" in params else None
+    for side in ("row", "col"):
+        has = getattr(spec, f"{side}_effect") != "none" and f"{side}_effect" in params
+        prep[f"{side}_effect"] = _cells_first(params[f"{side}_effect"]) if has else None     # (N, S)
+        sd = params.get(f"{side}_effect_sd")
+        prep[f"{side}_effect_var"] = None if sd is None else np.asarray(sd, float).reshape(1, S) ** 2
+        shock = params.get(f"{side}_shock") if spec.residual == "latent" else None
+        prep[f"{side}_shock"] = None if shock is None else _cells_first(shock)               # (R, N, S)
+    prep["cell_effect"] = (_cells_first(params["cell_effect"].reshape(S, N * K)) if "cell_effect" in params
+                           else None)                                                        # (N K, S)
+    prep["cell_var"] = params["cell_sd"].reshape(1, S) ** 2 if "cell_sd" in params else None
+    sigma = params.get("sigma") if spec.sigma else None
+    prep["sigma"] = None if sigma is None else np.asarray(sigma, float).reshape(1, S)
+    if spec.residual in ("kronecker", "full"):
+        prep["correlated"] = _correlated_cells(fit, prep, params)
+    return prep
+
+
+def _correlated_cells(fit, prep: dict, params: dict) -> tuple[np.ndarray, np.ndarray]:
+    """The Kronecker / full residual's correlated part on the whole table, cells first: (R N K, S) mean, variance."""
+    spec, data = prep["spec"], fit.data
+    lay, plan = full_layout(fit)
+    params = dict(params)
+    if plan is not None:
+        for name, value in plan.constants.items():
+            params.setdefault(name, np.full(prep["S"], value))
+    R, N, K, S = prep["R"], prep["N"], prep["K"], prep["S"]
+    r, i, j = (np.asarray(a, dtype=np.int64).ravel() for a in np.indices((R, N, K)))
+    x = None if prep["design"] is None else prep["covariates"].at(r, i, j)[0]
+    mean, _ = _cell_moments(prep, r, i, j, x, new_observation=False)                   # (R N K, S)
+    noise = np.broadcast_to(_noise(prep, r, i, j), (r.size, S))
+    g_mu, g_var = _correlated_part(spec, lay, data, params, mean.T.reshape(S, R, N, K),
+                                   np.ascontiguousarray(noise.T).reshape(S, R, N, K))
+    return _cells_first(g_mu.reshape(S, -1)), _cells_first(g_var.reshape(S, -1))
 
 
 def _check_new_covariates(prep: dict) -> None:
     """:class:`FitError` when new rows (columns) were asked for and a covariate term has no value there."""
-    known, N, K = prep["known"], prep["N"], prep["K"]
-    if known is None or not (prep["nr"] or prep["nc"]):
+    design, nr, nc = prep["design"], prep["nr"], prep["nc"]
+    if design is None or not (nr or nc):
         return
-    new = np.ones(known.shape[1:], bool)
-    new[:N, :K] = False
-    if known[:, new].all():
+    cov = prep["covariates"]
+    if not cov.by_cell and not (nr and cov.row_terms.any()) and not (nc and cov.col_terms.any()):
         return
-    what = " and ".join(w for w, n in (("rows", prep["nr"]), ("columns", prep["nc"])) if n)
+    what = " and ".join(w for w, n in (("rows", nr), ("columns", nc)) if n)
     raise FitError(f"The new {what} cannot be predicted without their covariate values: "
-                   f"{missing_terms_text(prep['design'], new_rows=bool(prep['nr']), new_cols=bool(prep['nc']))}; "
-                   "predict them with at= (twoway predict --at FILE), a table of the cells with their covariate "
-                   "values.")
+                   f"{missing_terms_text(design, new_rows=bool(nr), new_cols=bool(nc))}; "
+                   "predict them with cells= (twoway predict --cells FILE, or --at FILE), a table of the cells "
+                   "with their covariate values.")
 
 
-def _extend(x: np.ndarray, axis: int, n_new: int) -> np.ndarray:
-    """``x`` with ``n_new`` zeros appended along ``axis`` (new levels)."""
-    if not n_new:
-        return x
-    shape = list(x.shape)
-    shape[axis] = n_new
-    return np.concatenate([x, np.zeros(shape)], axis=axis)
+def _gather(table: np.ndarray, index: np.ndarray, keep: np.ndarray, out: np.ndarray) -> None:
+    """``out[keep] += table[index[keep]]`` (all lines at once when every line is kept)."""
+    if keep.all():
+        out += table[index]
+    elif keep.any():
+        out[keep] += table[index[keep]]
 
 
-def _block_moments(prep: dict, rows: np.ndarray, *, new_observation: bool) -> tuple[np.ndarray, np.ndarray]:
-    """(mu, var), (S, R, len(rows), K'), for the rows ``rows`` of the extended grid (new rows after N)."""
-
-    spec, data, lay, params, grid_params = prep["spec"], prep["data"], prep["lay"], prep["params"], prep["grid_params"]
-    S, R, N, K, nr, nc = prep["S"], prep["R"], prep["N"], prep["K"], prep["nr"], prep["nc"]
-    nb, n_cols = rows.size, K + nc
-    is_new_row = rows >= N
-    new_col = np.arange(n_cols) >= K
-
-    # the mean part: intercept + effects (new levels: 0 mean, their law's variance)
-    mu = np.zeros((S, R, nb, n_cols))
-    var = np.zeros_like(mu)
-    if "intercept" in params:
-        mu += params["intercept"].reshape(S, 1, 1, 1)
-    if spec.row_effect != "none":
-        mu += _extend(params["row_effect"], 1, nr)[:, rows][:, None, :, None]
-        if is_new_row.any():
-            var[:, :, is_new_row, :] += params["row_effect_sd"].reshape(S, 1, 1, 1) ** 2
-    if spec.col_effect != "none":
-        mu += _extend(params["col_effect"], 1, nc)[:, None, None, :]
-        if nc:
-            var[:, :, :, new_col] += params["col_effect_sd"].reshape(S, 1, 1, 1) ** 2
-    old_rows = rows[~is_new_row]
-    if "cell_effect" in params:
-        cell = np.zeros((S, nb, n_cols))
-        cell[:, ~is_new_row, :K] = params["cell_effect"].reshape(S, N, K)[:, old_rows]
-        mu += cell[:, None]
-    if "cell_sd" in params and (nr or nc):
-        new = is_new_row[:, None] | new_col[None, :]
-        var[:, :, new] += params["cell_sd"].reshape(S, 1, 1) ** 2
-    if prep["x_grid"] is not None:   # the covariates' part x' coef (0 where x is unknown)
-        mu += np.einsum("rbkp,sp->srbk", prep["x_grid"][:, rows], prep["coef"])
-
-    # the residual's noise on the block (known se at observed cells only)
-    block_params = dict(grid_params)
-    if getattr(spec, "row_scale") == "hetero":
-        block_params["row_sd"] = grid_params["row_sd"][:, rows]
-    se_grid = np.zeros((R, nb, n_cols))
-    se_grid[:, ~is_new_row, :K] = np.where(data.mask[:, old_rows], lay.se[:, old_rows], 0.0)
-    grid = dataclasses.replace(lay, se=se_grid, mask=np.ones_like(se_grid))
-    noise = np.broadcast_to(noise_variance(NUMPY, spec, grid, block_params), mu.shape)
-
-    # the correlated part of the residual
+def _cell_moments(prep: dict, r: np.ndarray, i: np.ndarray, j: np.ndarray, x: np.ndarray | None, *,
+                  new_observation: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    """(mu, var), (n, S) each: per cell (r, i, j) of the extended grid and draw, the Gaussian law of the cell's
+    mean (or new observation) given the observed cells; ``x`` (n, p) the cells' covariates (0 where unknown).
+    ``var`` is None where it is 0 at every cell and draw (the table's cells' means, without a correlated part)."""
+    spec, S, N, K = prep["spec"], prep["S"], prep["N"], prep["K"]
+    n = r.size
+    old_i, old_j = i < N, j < K
+    old = old_i & old_j
+    mu = np.zeros((n, S))
+    var = None
+    if prep["intercept"] is not None:
+        mu += prep["intercept"]
+    for side, idx, keep in (("row", i, old_i), ("col", j, old_j)):
+        if prep[f"{side}_effect"] is None:
+            continue
+        _gather(prep[f"{side}_effect"], idx, keep, mu)
+        if not keep.all():   # a new level: its effect from the effects' law
+            var = _add_variance(var, ~keep, prep[f"{side}_effect_var"], (n, S))
+    if prep["cell_effect"] is not None:
+        _gather(prep["cell_effect"], np.where(old, i * K + j, 0), old, mu)
+    if prep["cell_var"] is not None and not old.all():
+        var = _add_variance(var, ~old, prep["cell_var"], (n, S))
+    if x is not None:   # the covariates' part x' coef (0 where x is unknown)
+        mu += x @ prep["coef_t"]
     if spec.residual == "latent":
-        for side in ("row", "col"):
-            kind = getattr(spec, f"{side}_scale")
-            if kind == "none":
+        for side, idx, keep in (("row", i, old_i), ("col", j, old_j)):
+            if getattr(spec, f"{side}_scale") == "none" or prep[f"{side}_shock"] is None:
                 continue
-            sd = grid_params[f"{side}_sd"]
-            sd2 = np.broadcast_to((sd.reshape(S, 1) if kind == "homo" else sd) ** 2, (S, N + nr if side == "row"
-                                                                                      else n_cols))
-            if side == "row":
-                mu += _extend(params["row_shock"], 2, nr)[:, :, rows][..., None]
-                var[:, :, is_new_row, :] += sd2[:, rows][:, is_new_row][:, None, :, None]
-            else:
-                mu += _extend(params["col_shock"], 2, nc)[:, :, None, :]
-                var[:, :, :, new_col] += sd2[:, new_col][:, None, None, :]
-    elif spec.residual in ("kronecker", "full"):   # whole tables only (no new levels): rows is every row
-        g_mu, g_var = _correlated_part(spec, lay, data, params, mu, noise)
-        mu = mu + g_mu
-        var = var + g_var
+            shock = prep[f"{side}_shock"]                                          # (R, N, S)
+            _gather(shock.reshape(-1, S), r * shock.shape[1] + np.where(keep, idx, 0), keep, mu)
+            if not keep.all():   # a new level's shock from its scale
+                sd = prep["scales"][side]
+                var = _add_variance(var, ~keep, (sd[idx[~keep]] if sd.shape[0] > 1 else sd) ** 2, (n, S))
+    elif prep["correlated"] is not None:   # Kronecker / full: no new levels, every cell is the table's
+        g_mu, g_var = prep["correlated"]
+        flat = (r * N + i) * K + j
+        mu += g_mu[flat]
+        var = _add_variance(var, None, g_var[flat], (n, S))
     if new_observation:
-        var = var + noise
+        var = _add_variance(var, None, _noise(prep, r, i, j), (n, S))
     return mu, var
+
+
+def _add_variance(var: np.ndarray | None, rows: np.ndarray | None, value, shape: tuple) -> np.ndarray:
+    """``var[rows] += value`` (every row for None), ``var`` made (zeros) on first use."""
+    if var is None:
+        var = np.zeros(shape)
+    if rows is None:
+        var += value
+    else:
+        var[rows] += value
+    return var
+
+
+def _noise(prep: dict, r: np.ndarray, i: np.ndarray, j: np.ndarray) -> np.ndarray:
+    """Variance (n, S) or (n, 1) of each cell's independent part: the known se (observed cells only) and the
+    independent residual's scales (see :func:`twoway.likelihood.marginal.noise_variance`)."""
+    spec, N, K = prep["spec"], prep["N"], prep["K"]
+    se = np.zeros((r.size, 1))
+    if prep["se"] is not None:
+        old = (i < N) & (j < K)
+        se[old, 0] = prep["se"][r[old], i[old], j[old]]
+    sigma = prep["sigma"]
+    if spec.residual == "independent":
+        parts = []
+        for side, idx in (("row", i), ("col", j)):
+            sd = prep["scales"].get(side)
+            parts.append(None if sd is None else (sd[idx] if sd.shape[0] > 1 else sd))
+        sd = residual_sd(se, parts[0], parts[1], sigma, combine=spec.combine)
+        return sd * sd
+    return se * se if sigma is None else se * se + sigma * sigma
+
+
+def cell_moments(fit, *, new_observation: bool = False, new_rows: Sequence[str] = (), new_cols: Sequence[str] = (),
+                 max_draws: int | None = None, seed: int | None = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Per draw, the Gaussian law of each cell's mean (or new observation) given the observed cells, on the grid.
+
+    Holds (S, grid) arrays: for small tables (tests, checks); :func:`predict` goes chunk by chunk.
+
+    Returns
+    -------
+    (mu, var) : arrays (S, R, N + len(new_rows), K + len(new_cols))
+        Conditional mean and variance per draw and cell; NaN at cells whose covariate values
+        are unknown (see :func:`predict`).
+    """
+    new_rows = _new_labels(new_rows, fit.data.row_labels, "row")
+    new_cols = _new_labels(new_cols, fit.data.col_labels, "col")
+    prep = _prepare(fit, new_rows=new_rows, new_cols=new_cols, max_draws=max_draws, seed=seed)
+    R, n_rows, n_cols, S = prep["R"], prep["n_rows"], prep["n_cols"], prep["S"]
+    r, i, j = (np.asarray(a, dtype=np.int64).ravel() for a in np.indices((R, n_rows, n_cols)))
+    x = known = None
+    if prep["design"] is not None:
+        x, known = prep["covariates"].at(r, i, j)
+    mu, var = _cell_moments(prep, r, i, j, x, new_observation=new_observation)
+    var = np.zeros_like(mu) if var is None else var
+    if known is not None:
+        mu[~known] = np.nan
+        var[~known] = np.nan
+    shape = (S, R, n_rows, n_cols)
+    return np.ascontiguousarray(mu.T).reshape(shape), np.ascontiguousarray(var.T).reshape(shape)
 
 
 def _check_new_levels(spec, nr: int, nc: int) -> None:

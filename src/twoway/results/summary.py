@@ -20,7 +20,7 @@ from twoway.table.connectivity import components
 from twoway.table.labels import shorten_index
 
 __all__ = ["FitSummary", "summarize", "overall_diagnostics", "default_variables", "format_number", "RHAT_LIMIT",
-           "ESS_LIMIT"]
+           "ESS_LIMIT", "SUMMARY_VALUES", "SCREENED"]
 
 RHAT_LIMIT = 1.01
 ESS_LIMIT = 400
@@ -57,6 +57,12 @@ class FitSummary:
         :func:`twoway.results.covariates.coefficient_table`); None without covariates.
     formula : str or None
         The covariates' formula (None without covariates).
+    shortened : dict of str to int
+        On a large fit (more than :data:`SUMMARY_VALUES` values among the default
+        parameters, none chosen): the parameters with more than :data:`PRINT_LONG` entries,
+        each with its number of entries. Only their first :data:`PRINT_HEAD` entries are in
+        ``table``; ESS and R-hat were judged on those and on :data:`SCREENED` more of each
+        (see :func:`summarize`). Empty otherwise.
     """
 
     table: pd.DataFrame
@@ -70,6 +76,7 @@ class FitSummary:
     chosen: bool = False
     coefficients: pd.DataFrame | None = None
     formula: str | None = None
+    shortened: dict[str, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         out = {"parameters": _rows(self.table),
@@ -82,6 +89,8 @@ class FitSummary:
                                              "notes": list(self.decomposition_notes)}
         if self.coefficients is not None:
             out["coefficients"] = {"formula": self.formula, "terms": _rows(self.coefficients)}
+        if self.shortened:
+            out["shortened"] = {name: {"entries": n, "shown": PRINT_HEAD} for name, n in self.shortened.items()}
         return out
 
     def format(self, *, long: int | None = None) -> str:
@@ -102,6 +111,11 @@ class FitSummary:
             lines += ["", table_text(table)]
             lines += [f"  ... {name}: {n:,} more entries not printed (see them with --var {name} or --json)"
                       for name, n in more]
+            lines += [f"  ... {name}: {n - PRINT_HEAD:,} more entries not summarised (see them with --var {name})"
+                      for name, n in self.shortened.items()]
+            if self.shortened:
+                lines.append(f"  (a large fit: the diagnostics judge each of these on its entries printed and "
+                             f"{SCREENED} more)")
             if self.coefficients is not None:
                 lines += ["", (f"covariates: coefficients of the terms of '{self.formula}' (the change in the "
                                "mean per unit of each term; level: what the term is constant within):"),
@@ -248,9 +262,11 @@ def summarize(fit, *, var_names: "list[str] | str | None" = None, ci_prob: float
     # by default: every parameter with at most one dimension besides chain and draw (matrices such as
     # row_cov and per-replicate shocks are in the posterior; ask for them by name)
     default = default_variables(fit, post)
-    # the diagnostics and warnings always judge every default parameter, whatever is shown
-    checked = statistics_table(post, default, ci_prob)
-    table = statistics_table(post, select_variables(post, var_names), ci_prob) if var_names else checked
+    # the diagnostics and warnings always judge every default parameter, whatever is shown; on a large
+    # fit a long parameter is judged on its printed entries and the ones its chains make most suspect
+    long = long_parameters(post, default)
+    checked, shown = _judged_statistics(fit, post, default, long, ci_prob)
+    table = statistics_table(post, select_variables(post, var_names), ci_prob) if var_names else shown
     table.index.name = "parameter"
     contrast_table = None
     if contrasts:
@@ -297,7 +313,82 @@ def summarize(fit, *, var_names: "list[str] | str | None" = None, ci_prob: float
     return FitSummary(table=table, diagnostics=diagnostics, warnings=notes, header=header,
                       contrasts=contrast_table, decomposition=decomp, decomposition_notes=decomp_notes,
                       chosen=bool(var_names), coefficients=coefficients,
-                      formula=None if design is None else design.formula)
+                      formula=None if design is None else design.formula,
+                      shortened={} if var_names else long)
+
+
+#: Values (entries x draws) of the default parameters above which a summary shortens its long
+#: parameters (see :func:`long_parameters`): about a second of statistics.
+SUMMARY_VALUES = 2_000_000
+#: Entries of a shortened parameter judged (ESS, R-hat) beyond the printed ones.
+SCREENED = 40
+
+
+def long_parameters(post, names: list[str]) -> dict[str, int]:
+    """The parameters a summary of ``post`` shortens: ``{name: entries}``, empty for a small fit.
+
+    When the default parameters hold more than :data:`SUMMARY_VALUES` values over the
+    draws, each parameter with more than :data:`PRINT_LONG` entries (one per row, column
+    or level) is summarised by its first :data:`PRINT_HEAD` entries (and judged on
+    :data:`SCREENED` more).
+    """
+    S = int(post.sizes["chain"]) * int(post.sizes["draw"])
+    entries = {n: int(np.prod([post[n].sizes[d] for d in post[n].dims if d not in ("chain", "draw")], dtype=np.int64))
+               for n in names}
+    if sum(entries.values()) * S <= SUMMARY_VALUES:
+        return {}
+    return {n: k for n, k in entries.items() if k > PRINT_LONG}
+
+
+def _judged_statistics(fit, post, names: list[str], shortened: dict[str, int],
+                       ci_prob: float) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(checked, shown): the statistics the diagnostics judge, and those the table shows.
+
+    Without shortened parameters both are the statistics of every entry of ``names``.
+    A shortened parameter shows its first :data:`PRINT_HEAD` entries; it is judged on those
+    and on :data:`SCREENED` more: the entries whose split chains disagree most (the classic
+    split R-hat, one pass over the draws) when the chains are comparable, entries spread
+    evenly over the parameter otherwise.
+    """
+    if not shortened:
+        table = statistics_table(post, names, ci_prob)
+        return table, table
+    comparable = fit.description.chains_comparable and int(post.sizes["chain"]) > 1
+    checked_parts, shown_parts = [], []
+    for name in names:
+        da = post[name]
+        if name not in shortened:
+            part = statistics_table(post[[name]], [name], ci_prob)
+            checked_parts.append(part)
+            shown_parts.append(part)
+            continue
+        dim = next(d for d in da.dims if d not in ("chain", "draw"))
+        n = shortened[name]
+        head = np.arange(min(PRINT_HEAD, n))
+        rest = np.setdiff1d(np.arange(n), head)
+        if comparable:
+            score = _split_rhat(da.transpose("chain", "draw", dim).values)[rest]
+            extra = rest[np.argsort(-np.nan_to_num(score, nan=np.inf), kind="stable")[:SCREENED]]
+        else:
+            extra = rest[np.unique(np.linspace(0, rest.size - 1, min(SCREENED, rest.size)).astype(np.int64))]
+        picked = np.concatenate([head, np.sort(extra)])
+        part = statistics_table(post[[name]].isel({dim: picked}), [name], ci_prob)
+        checked_parts.append(part)
+        shown_parts.append(part.iloc[:head.size])
+    return pd.concat(checked_parts), pd.concat(shown_parts)
+
+
+def _split_rhat(x: np.ndarray) -> np.ndarray:
+    """The classic split R-hat of each entry of draws (chains, draws, L): one pass, for screening; (L,)."""
+    x = np.asarray(x, dtype=float)
+    half = x.shape[1] // 2
+    if half < 2:
+        return np.full(x.shape[2], np.nan)
+    halves = np.concatenate([x[:, :half], x[:, x.shape[1] - half:]], axis=0)     # (2 chains, half, L)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        between = half * halves.mean(axis=1).var(axis=0, ddof=1)
+        within = halves.var(axis=1, ddof=1).mean(axis=0)
+        return np.sqrt((between / within + half - 1) / half)
 
 
 def default_variables(fit, post=None) -> list[str]:

@@ -4,13 +4,23 @@
 columns, ``intercept + row_effect[i] + mean_j col_effect[j]``, and likewise
 ``col_mean[j]``. Unlike the effects themselves (which trade off against the
 intercept), these are pinned down by the data.
+
+A fit does not store them: they repeat the intercept and the effects in every
+draw, so :attr:`twoway.fit.Fit.posterior` computes them when it is read (a
+file written before this holds them, and they are read from it as stored).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["row_col_means"]
+__all__ = ["DERIVED_MEANS", "MEAN_SOURCES", "row_col_means"]
+
+#: The derived means, in the order a posterior lists them (after every stored parameter).
+DERIVED_MEANS = ("row_mean", "col_mean")
+
+#: The parameters the derived means are computed from (a posterior may lack any of them).
+MEAN_SOURCES = ("intercept", "row_effect", "col_effect")
 
 
 def row_col_means(intercept, row_effect, col_effect):

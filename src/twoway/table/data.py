@@ -945,32 +945,55 @@ class TwoWayData:
 
     # ---- xarray -----------------------------------------------------------
 
-    def to_dataset(self) -> Any:
+    def to_dataset(self, *, layout: str = "grid") -> Any:
         """The table as an :class:`xarray.Dataset`.
+
+        Parameters
+        ----------
+        layout : {"grid", "cells"}
+            ``"grid"``: ``y`` (and ``se``) over the whole (replicate, row, col)
+            grid, NaN at missing cells. ``"cells"``: the observed cells alone,
+            one entry per cell on the dim ``"cell"`` (what a fit file stores: its
+            size grows with the observed cells, not the grid).
 
         Returns
         -------
         xarray.Dataset
-            Dims ``("replicate", "row", "col")`` with label coordinates;
-            variables ``"y"`` and, when ``has_se``, ``"se"``; ``names`` as a
-            JSON string in ``attrs["twoway_names"]``. Covariates, when there
-            are any, are variables ``"covariate_0"``, ``"covariate_1"``, ...
-            over the dim ``"cell"`` (the observed cells, in
-            :meth:`observed_index` order; text as strings), each named in its
-            ``long_name`` attribute, with the names as a JSON list in
-            ``attrs["twoway_covariates"]``.
+            Label coordinates ``replicate`` (R,), ``row`` (N,), ``col`` (K,);
+            ``names`` as a JSON string in ``attrs["twoway_names"]``.
+            ``"grid"``: variables ``"y"`` and, when ``has_se``, ``"se"``, dims
+            ``("replicate", "row", "col")``. ``"cells"``: ``"y"`` and ``"se"``
+            on the dim ``"cell"`` (n_observed,), in :meth:`observed_index`
+            order, with the coordinates ``replicate_index``, ``row_index`` and
+            ``col_index`` (cell,), int32 positions in the label coordinates.
+            Either way, covariates, when there are any, are variables
+            ``"covariate_0"``, ``"covariate_1"``, ... over the dim ``"cell"``
+            (the observed cells, in :meth:`observed_index` order; text as
+            strings), each named in its ``long_name`` attribute, with the names
+            as a JSON list in ``attrs["twoway_covariates"]``.
         """
         import xarray as xr
 
-        dims = ("replicate", "row", "col")
-        data_vars = {"y": (dims, np.array(self.values))}
-        if self.se is not None:
-            data_vars["se"] = (dims, np.array(self.se))
-        coords = {
+        if layout not in _LAYOUTS:
+            raise DataError(f"The dataset layout must be one of {_list_names(_LAYOUTS)}; got {layout!r}.")
+        coords: dict[str, Any] = {
             "replicate": np.array(self.replicate_labels, dtype=str),
             "row": np.array(self.row_labels, dtype=str),
             "col": np.array(self.col_labels, dtype=str),
         }
+        if layout == "grid":
+            dims: tuple[str, ...] = ("replicate", "row", "col")
+            data_vars = {"y": (dims, np.array(self.values))}
+            if self.se is not None:
+                data_vars["se"] = (dims, np.array(self.se))
+        else:
+            dims = ("cell",)
+            index = self.observed_index()
+            data_vars = {"y": (dims, self.values[index])}
+            if self.se is not None:
+                data_vars["se"] = (dims, self.se[index])
+            for axis, positions in zip(_GRID_DIMS, index, strict=True):
+                coords[f"{axis}{_INDEX_SUFFIX}"] = (dims, positions.astype(np.int32))
         attrs = {"twoway_names": json.dumps(self.names)}
         if self.covariates:
             for k, (name, column) in enumerate(self.covariates.items()):
@@ -981,60 +1004,59 @@ class TwoWayData:
 
     @classmethod
     def from_dataset(cls, ds: Any, *, covariates: Sequence[str] = ()) -> TwoWayData:
-        """Inverse of :meth:`to_dataset`.
+        """Inverse of :meth:`to_dataset`, for either layout.
 
         Parameters
         ----------
         ds : xarray.Dataset
-            With a variable ``"y"`` over dims ``replicate``, ``row``, ``col``
-            (any order), optionally ``"se"`` over the same dims, and the
-            covariates :meth:`to_dataset` writes.
+            With label coordinates ``replicate``, ``row``, ``col`` and either
+            (grid) a variable ``"y"`` over dims ``replicate``, ``row``, ``col``
+            (any order), optionally ``"se"`` over the same dims, or (cells)
+            ``"y"`` and optionally ``"se"`` over the dim ``"cell"`` with the
+            coordinates ``replicate_index``, ``row_index``, ``col_index`` (cells
+            in any order; a cell with a NaN ``y`` is missing); and the covariates
+            :meth:`to_dataset` writes.
         covariates : sequence of str
             More covariates: names of data variables over the dims
-            ``replicate``, ``row``, ``col``, read at the observed cells.
+            ``replicate``, ``row``, ``col`` (read at the observed cells) or,
+            in the cells layout, over the dim ``"cell"``.
 
         Returns
         -------
         TwoWayData
+
+        Raises
+        ------
+        twoway.errors.DataError
+            For a missing ``y``, a variable on other dims, a cell index out of
+            range or a cell given twice.
         """
-        dims = ("replicate", "row", "col")
         if not hasattr(ds, "data_vars") or "y" not in ds.data_vars:
             raise DataError("The dataset must have a data variable 'y'; it has none.")
-        variables = {}
-        for name in ("y", "se"):
-            if name not in ds.data_vars:
-                continue
-            if set(ds[name].dims) != set(dims):
-                raise DataError(
-                    f"The dataset variable {_q(name)} must have dims {dims}; "
-                    f"got {tuple(ds[name].dims)}."
-                )
-            variables[name] = ds[name].transpose(*dims).values
-        labels = {d: [tables.decode(x) for x in np.asarray(ds[d].values)] for d in dims}
-        names = _names_from_attrs(ds.attrs.get("twoway_names"))
-        stored = _covariates_from_dataset(ds)
-        mask = ~np.isnan(np.asarray(variables["y"], dtype=np.float64))
+        cells = tuple(ds["y"].dims) == ("cell",)
+        labels = {d: [tables.decode(x) for x in np.asarray(ds[d].values)] for d in _GRID_DIMS}
+        shape = tuple(len(labels[d]) for d in _GRID_DIMS)
         if isinstance(covariates, str):
             covariates = [covariates]
+        read = _CellReader(ds, shape) if cells else _GridReader(ds)
+        values = read("y")
+        se = read("se") if "se" in ds.data_vars else None
+        mask = ~np.isnan(values)
+        stored = {name: read.covariate(column) for name, column in _covariates_from_dataset(ds).items()}
         for name in covariates:
             if name not in ds.data_vars:
                 raise DataError(
                     f"The dataset must have a data variable {_q(name)} for that covariate; its variables are "
                     f"{_list_names([str(v) for v in ds.data_vars])}."
                 )
-            if set(ds[name].dims) != set(dims):
-                raise DataError(
-                    f"The dataset variable {_q(name)} must have dims {dims} to be a covariate; "
-                    f"got {tuple(ds[name].dims)}."
-                )
-            stored[str(name)] = ds[name].transpose(*dims).values[mask]
+            stored[str(name)] = read.extra(str(name), mask)
         return cls(
-            values=variables["y"],
-            se=variables.get("se"),
+            values=values,
+            se=se,
             row_labels=labels["row"],
             col_labels=labels["col"],
             replicate_labels=labels["replicate"],
-            names=names,
+            names=_names_from_attrs(ds.attrs.get("twoway_names")),
             covariates=stored or None,
         )
 
@@ -1044,6 +1066,102 @@ class TwoWayData:
 # --------------------------------------------------------------------------
 
 _COVARIATE_PREFIX = "covariate_"
+_GRID_DIMS = ("replicate", "row", "col")
+_LAYOUTS = ("grid", "cells")
+#: The cells layout's coordinates ``replicate_index``, ``row_index``, ``col_index``.
+_INDEX_SUFFIX = "_index"
+
+
+class _GridReader:
+    """Variables of a grid-layout dataset as (R, N, K) arrays; covariates (cell,) as stored."""
+
+    def __init__(self, ds: Any):
+        self.ds = ds
+
+    def __call__(self, name: str) -> np.ndarray:
+        """The variable ``name`` over (replicate, row, col), float64 (R, N, K)."""
+        var = self.ds[name]
+        if set(var.dims) != set(_GRID_DIMS):
+            raise DataError(f"The dataset variable {_q(name)} must have dims {_GRID_DIMS}; got {tuple(var.dims)}.")
+        return np.asarray(var.transpose(*_GRID_DIMS).values, dtype=np.float64)
+
+    def covariate(self, column: np.ndarray) -> np.ndarray:
+        """A stored covariate (n_observed,): already in :meth:`TwoWayData.observed_index` order."""
+        return column
+
+    def extra(self, name: str, mask: np.ndarray) -> np.ndarray:
+        """The grid variable ``name`` read at the observed cells ``mask`` (R, N, K): (n_observed,)."""
+        var = self.ds[name]
+        if set(var.dims) != set(_GRID_DIMS):
+            raise DataError(
+                f"The dataset variable {_q(name)} must have dims {_GRID_DIMS} to be a covariate; got {tuple(var.dims)}."
+            )
+        return var.transpose(*_GRID_DIMS).values[mask]
+
+
+class _CellReader:
+    """Variables of a cells-layout dataset put on the (R, N, K) grid; covariates in observed-cell order.
+
+    Parameters
+    ----------
+    ds : xarray.Dataset
+        ``y`` over ``cell`` with the coordinates ``replicate_index``, ``row_index``, ``col_index``.
+    shape : tuple of int
+        (R, N, K), the lengths of the label coordinates.
+    """
+
+    def __init__(self, ds: Any, shape: tuple[int, int, int]):
+        self.ds, self.shape = ds, shape
+        n = int(ds.sizes["cell"])
+        index = []
+        for axis, size in zip(_GRID_DIMS, shape, strict=True):
+            key = f"{axis}{_INDEX_SUFFIX}"
+            if key not in ds.variables or tuple(ds[key].dims) != ("cell",):
+                raise DataError(f"The dataset must have the coordinate {_q(key)} on the dim 'cell' (the cells "
+                                "layout); it has none.")
+            positions = np.asarray(ds[key].values)
+            if positions.dtype.kind not in "iu" or (n and (positions.min() < 0 or positions.max() >= size)):
+                raise DataError(f"The dataset coordinate {_q(key)} must hold positions 0..{size - 1} of the "
+                                f"{axis} labels; got values outside them.")
+            index.append(positions.astype(np.int64))
+        flat = np.ravel_multi_index(tuple(index), shape) if n else np.zeros(0, dtype=np.int64)
+        y = self._column("y")
+        self.keep = ~np.isnan(y)
+        self.order = np.argsort(flat, kind="stable")
+        ordered = flat[self.order]
+        if ordered.size > 1 and (ordered[1:] == ordered[:-1]).any():
+            r, i, j = np.unravel_index(ordered[1:][ordered[1:] == ordered[:-1]][0], shape)
+            raise DataError(f"The dataset must give each cell once; the cell replicate {int(r)}, row {int(i)}, "
+                            f"col {int(j)} is given twice.")
+        self.flat = flat
+        self.order = self.order[self.keep[self.order]]  # observed cells in (replicate, row, col) C order
+
+    def _column(self, name: str) -> np.ndarray:
+        var = self.ds[name]
+        if tuple(var.dims) != ("cell",):
+            raise DataError(f"The dataset variable {_q(name)} must have the dim 'cell' (as 'y' has); "
+                            f"got {tuple(var.dims)}.")
+        return np.asarray(var.values)
+
+    def __call__(self, name: str) -> np.ndarray:
+        """The variable ``name`` (cell,) on the grid, float64 (R, N, K), NaN at cells not given."""
+        out = np.full(self.shape, np.nan)
+        out.reshape(-1)[self.flat] = np.asarray(self._column(name), dtype=np.float64)
+        return out
+
+    def covariate(self, column: np.ndarray) -> np.ndarray:
+        """A stored covariate (cell,) in :meth:`TwoWayData.observed_index` order (n_observed,)."""
+        if column.shape != self.flat.shape:
+            raise DataError(f"The dataset's covariates must have one value per cell ({self.flat.size}); "
+                            f"got {column.shape[0]}.")
+        return column[self.order]
+
+    def extra(self, name: str, mask: np.ndarray) -> np.ndarray:
+        """The variable ``name``, over ``cell`` or the grid, at the observed cells: (n_observed,)."""
+        if tuple(self.ds[name].dims) == ("cell",):
+            return self.covariate(self._column(name))
+        return _GridReader(self.ds).extra(name, mask)
+
 
 
 def _covariates_at_cells(covariates: Mapping[str, Any] | None, mask: np.ndarray) -> dict | None:

@@ -30,6 +30,16 @@ id                 content
 
 With several fits the per-fit sections repeat for each, their ids suffixed
 ``-2``, ``-3``, ... after the first fit's.
+
+A large table (more than :data:`LARGE_CELLS` cells) gets figures that stay
+readable and cheap whatever its size, each said in its caption: the data as
+histograms and a map of where the observed cells are; fitted means and residuals
+at the observed cells only, as hexagonal bins and block averages; predictions of
+a sample of cells (never the whole grid); the posterior predictive checks as
+histograms of their p-values, with the most extreme statistics listed. Forest
+plots of more than :data:`MAX_FOREST_LEVELS` levels show the
+:data:`FOREST_EXTREMES` largest and smallest posterior means; trace plots show
+at most :data:`MAX_TRACE_SERIES` series, long chains thinned.
 """
 
 from __future__ import annotations
@@ -61,7 +71,7 @@ from twoway.table.io.outputs import write_text_atomic
 # pandas or xarray at their top) are imported inside the functions that use them, so importing this module
 # stays light.
 
-__all__ = ["write_report", "render_report", "SECTION_IDS"]
+__all__ = ["write_report", "render_report", "SECTION_IDS", "is_large", "report_work"]
 
 #: Section ids, in page order (per-fit ones repeat with a suffix for later fits).
 SECTION_IDS = ("overview", "data", "comparison", "model", "coefficients", "fitted", "predictions", "variance",
@@ -77,6 +87,16 @@ _TITLES = {
 INTERVAL = 0.94
 MAX_TRACE_SERIES = 10
 PPC_DRAWS = 400
+#: A table with more cells than this (rows x columns x replicates) gets the figures that scale.
+LARGE_CELLS = 10_000
+#: A forest plot with more levels than this shows the largest and smallest ...
+MAX_FOREST_LEVELS = 80
+#: ... this many of each, by posterior mean.
+FOREST_EXTREMES = 15
+#: Cells without an observation (and as many observed ones) predicted in a large table's report.
+PREDICTION_SAMPLE = 1_000
+#: Statistics listed by a large table's predictive checks (the most extreme p-values).
+EXTREME_STATISTICS = 20
 _COV_NAMES = ("row_cov", "col_cov", "row_corr", "col_corr")
 
 
@@ -211,6 +231,62 @@ def _replicate_mean(values: np.ndarray) -> np.ndarray:
         return np.where(count > 0, total / np.maximum(count, 1), np.nan)
 
 
+def is_large(data) -> bool:
+    """Whether a table gets the report's figures that scale (more than :data:`LARGE_CELLS` cells)."""
+    return int(data.n_cells) > LARGE_CELLS
+
+
+def report_work(fit) -> dict[str, Any]:
+    """What the report of ``fit`` computes, before it starts (for an estimate of its size).
+
+    Returns
+    -------
+    dict
+        ``large`` (bool: the figures that scale, see :func:`is_large`); ``ppc_draws`` (the
+        replicated tables of the predictive checks) and ``ppc_correlations`` (whether they
+        check the row and column correlations, see
+        :func:`twoway.results.ppc.correlations_affordable`); ``prediction_cells`` (cells
+        predicted: the whole grid of a small table, a sample of a large one's, 0 when none)
+        and ``prediction_draws``.
+    """
+    from twoway.results.ppc import correlations_affordable
+
+    data = fit.data
+    S = int(fit.posterior.sizes["chain"]) * int(fit.posterior.sizes["draw"])
+    large = is_large(data)
+    if not large:
+        cells = int(data.n_cells)
+    elif fit_design(fit) is not None:
+        cells = 0
+    else:
+        cells = min(PREDICTION_SAMPLE, int(data.n_cells - data.n_observed)) + min(PREDICTION_SAMPLE,
+                                                                                  int(data.n_observed))
+    ppc_draws = min(PPC_DRAWS, S)
+    return {"large": large, "ppc_draws": ppc_draws,
+            "ppc_correlations": correlations_affordable(data.values.shape, ppc_draws + 1),
+            "prediction_cells": cells, "prediction_draws": min(PREDICTION_DRAWS, S)}
+
+
+def _fitted_at_observed(fit) -> tuple[np.ndarray, np.ndarray, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """(fitted (n,), observed (n,), (rr, ii, jj)) at the observed cells only: the posterior mean of
+    intercept + row_effect[i] + col_effect[j] (+ x' coef), in the order of ``data.observed_index()``."""
+    post = fit.posterior
+    data = fit.data
+    rr, ii, jj = data.observed_index()
+    mu = np.zeros(ii.size)
+    if "intercept" in post:
+        mu += float(post["intercept"].mean())
+    if "row_effect" in post:
+        mu += post["row_effect"].mean(("chain", "draw")).values[ii]
+    if "col_effect" in post:
+        mu += post["col_effect"].mean(("chain", "draw")).values[jj]
+    design = fit_design(fit)
+    coef = None if design is None else flat_coef(fit, design)
+    if coef is not None:   # the design's rows are the observed cells, in this order
+        mu += np.asarray(design.X, dtype=float) @ coef.mean(axis=0)
+    return mu, data.values[rr, ii, jj], (rr, ii, jj)
+
+
 def _summary(fit, ci_prob: float = INTERVAL, var_names: Sequence[str] | None = None):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
@@ -223,6 +299,8 @@ def _summary(fit, ci_prob: float = INTERVAL, var_names: Sequence[str] | None = N
 
 
 def _data_section(sid: str, data, *, title_suffix: str = "") -> str:
+    if is_large(data):
+        return _large_data_section(sid, data, title_suffix=title_suffix)
     from twoway.app.report.figures import heatmap_png
 
     values = data.values
@@ -250,6 +328,55 @@ def _data_section(sid: str, data, *, title_suffix: str = "") -> str:
     body = _cards(items) + _img(png, "heatmap of the observed table", caption)
     if n_missing:
         body += _note(f"{n_missing} cell(s) are missing; they are left out of the likelihood, not imputed.")
+    return _section(sid, _TITLES["data"] + title_suffix, body)
+
+
+def _data_cards(data) -> list[tuple[str, str]]:
+    obs = data.observed_values()
+    items = [("rows x columns", f"{data.n_rows:,} &times; {data.n_cols:,}"),
+             ("replicate tables", str(data.n_replicates)),
+             ("observed cells", f"{data.n_observed:,} of {data.n_cells:,}"),
+             ("mean / sd", f"{np.mean(obs):.3g} / {np.std(obs, ddof=1) if obs.size > 1 else 0:.3g}")]
+    if data.has_se:
+        se = data.se_or_zero()[data.mask]
+        items.append(("known se", f"{se.min():.3g} to {se.max():.3g}"))
+    return items
+
+
+def _large_data_section(sid: str, data, *, title_suffix: str = "") -> str:
+    """The data of a large table: histograms of the values and of the cells per row and column, and a
+    map of the share of cells observed by blocks of rows and columns (no cell drawn one by one)."""
+    from twoway.app.report.figures import binned_map_png, block_means, histograms_png
+
+    rr, ii, jj = data.observed_index()
+    obs = data.values[rr, ii, jj]
+    names = data.names
+    row_word, col_word = names.get("row") or "row", names.get("col") or "col"
+    per_row = np.bincount(ii, minlength=data.n_rows)
+    per_col = np.bincount(jj, minlength=data.n_cols)
+    png = histograms_png([
+        {"title": "observed values", "series": [("cells", obs)], "xlabel": names.get("value") or "value"},
+        {"title": f"observed cells per {row_word}", "series": [(f"{row_word}s", per_row)], "xlabel": "cells",
+         "logy": True},
+        {"title": f"observed cells per {col_word}", "series": [(f"{col_word}s", per_col)], "xlabel": "cells",
+         "logy": True}])
+    cells = np.unique(ii * data.n_cols + jj)
+    share, row_edges, col_edges = block_means(cells // data.n_cols, cells % data.n_cols, None,
+                                              (data.n_rows, data.n_cols))
+    pct = 100.0 * data.n_observed / data.n_cells
+    occupancy = binned_map_png([("share of cells observed", share)], row_edges, col_edges,
+                               value_label="share observed", xlabel=col_word, ylabel=row_word)
+    body = (_cards(_data_cards(data))
+            + _img(png, "histograms of the observed values and of the observed cells per row and per column",
+                   f"Left: the {data.n_observed:,} observed values. Middle and right: how many cells each "
+                   f"{row_word} and each {col_word} has observed (log scale of counts).")
+            + _img(occupancy, "map of the share of cells observed, by blocks of rows and columns",
+                   f"The table is too large to draw cell by cell ({data.n_rows:,} x {data.n_cols:,}): each block "
+                   f"of about {data.n_rows / (row_edges.size - 1):.0f} {row_word}s x "
+                   f"{data.n_cols / (col_edges.size - 1):.0f} {col_word}s shows the share of its cells observed, "
+                   "in the table's order."))
+    body += _note(f"{data.n_cells - data.n_observed:,} of {data.n_cells:,} cells ({100 - pct:.1f}%) are missing; "
+                  "they are left out of the likelihood, not imputed.")
     return _section(sid, _TITLES["data"] + title_suffix, body)
 
 
@@ -302,7 +429,40 @@ def _coefficients_section(sid: str, fit, ci_prob: float) -> str:
                          f"{pct} highest-density interval of each coefficient.")
 
 
+def _large_fitted_section(sid: str, fit) -> str:
+    """Fitted means and residuals of a large table, at its observed cells only: hexagonal bins of
+    observed and residual against fitted, and the residuals averaged over blocks of rows and columns."""
+    from twoway.app.report.figures import binned_map_png, block_means, residuals_png
+
+    data = fit.data
+    fitted, observed, (rr, ii, jj) = _fitted_at_observed(fit)
+    resid = observed - fitted
+    names = data.names
+    row_word, col_word = names.get("row") or "row", names.get("col") or "col"
+    covariates = fit_design(fit) is not None
+    what = ("intercept + row_effect[i] + col_effect[j] + x[r,i,j]' coef" if covariates
+            else "intercept + row_effect[i] + col_effect[j]")
+    png = residuals_png(fitted, observed, value_label=names.get("value") or "value")
+    blocks, row_edges, col_edges = block_means(ii, jj, resid, (data.n_rows, data.n_cols))
+    png_map = binned_map_png([("mean residual by block", blocks)], row_edges, col_edges, diverging=True,
+                             value_label="mean residual", xlabel=col_word, ylabel=row_word)
+    rms = float(np.sqrt(np.mean(resid ** 2))) if resid.size else float("nan")
+    body = (_img(png, "hexagonal-bin plots of observed and residual against fitted",
+                 f"The {resid.size:,} observed cells, binned in hexagons (colour: how many cells, log scale). Left: "
+                 f"observed against the posterior mean of {what}; right: the residual (observed - fitted) and its "
+                 "mean in bins of the fitted value (red): a trend or a funnel points at a mean or a variance the "
+                 "model leaves out.")
+            + _img(png_map, "map of the mean residual by blocks of rows and columns",
+                   f"The residuals averaged over blocks of {row_word}s and {col_word}s in the table's order "
+                   "(grey: no observed cell): blocks or gradients point at structure the model leaves out. The "
+                   "table is too large to draw cell by cell.")
+            + _note(f"Root mean square residual: {rms:.3g}."))
+    return _section(sid, _TITLES["fitted"], body)
+
+
 def _fitted_section(sid: str, fit) -> str:
+    if is_large(fit.data):
+        return _large_fitted_section(sid, fit)
     from twoway.app.report.figures import heatmap_png
 
     data = fit.data
@@ -337,7 +497,78 @@ def _fitted_section(sid: str, fit) -> str:
 PREDICTION_DRAWS = 500
 
 
+def _prediction_sample(data, size: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(rr, ii, jj, observed) of up to ``size`` cells without an observation and as many observed ones,
+    chosen at random (seeded) without building the grid."""
+    rng = np.random.default_rng(seed)
+    R, N, K = data.values.shape
+    obs = np.ravel_multi_index(data.observed_index(), (R, N, K))
+    n_missing = R * N * K - obs.size
+    want = min(size, n_missing)
+    if 2 * n_missing > R * N * K:    # mostly missing: draw cells at random, keep those without an observation
+        missing = np.zeros(0, np.int64)
+        while missing.size < want:
+            cand = rng.integers(0, R * N * K, size=2 * (want - missing.size) + 16)
+            missing = np.union1d(missing, np.setdiff1d(cand, obs))
+    else:
+        missing = np.setdiff1d(np.arange(R * N * K), obs)
+    missing = rng.permutation(missing)[:want]
+    seen = rng.choice(obs, size=min(size, obs.size), replace=False)
+    flat = np.concatenate([np.sort(missing), np.sort(seen)])
+    rr, ii, jj = np.unravel_index(flat, (R, N, K))
+    return rr, ii, jj, np.concatenate([np.zeros(missing.size, bool), np.ones(seen.size, bool)])
+
+
+def _large_predictions_section(sid: str, fit, ci_prob: float) -> str:
+    """Predictions of a sample of cells of a large table (never the whole grid)."""
+    from twoway.app.report.figures import histograms_png
+
+    data = fit.data
+    R, N, K = data.values.shape
+    n_missing = data.n_cells - data.n_observed
+    how = ("Write predictions with 'twoway predict FIT --out cells.csv' ('twoway predict --help' says which cells "
+           "it writes by default, and how to choose them).")
+    if fit_design(fit) is not None:
+        return _section(sid, _TITLES["predictions"], _note(
+            f"The table has {data.n_cells:,} cells, {n_missing:,} of them without an observation: too many to "
+            "predict for a report, and a model with covariates needs their values at each cell to predict. " + how))
+    rr, ii, jj, seen = _prediction_sample(data, PREDICTION_SAMPLE)
+    cells = pd.DataFrame({"row": np.asarray(data.row_labels, dtype=object)[ii],
+                          "col": np.asarray(data.col_labels, dtype=object)[jj]})
+    if R > 1:
+        cells["replicate"] = np.asarray(data.replicate_labels, dtype=object)[rr]
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            table = fit.predict(ci_prob=ci_prob, max_draws=PREDICTION_DRAWS, seed=0, at=cells)
+    except (TwowayError, NotImplementedError) as exc:
+        return _section(sid, _TITLES["predictions"], _note(
+            f"The cells could not be predicted for this model ({exc or type(exc).__name__}). " + how, "warn"))
+    width = (table["upper"] - table["lower"]).to_numpy(dtype=float)
+    mean = table["mean"].to_numpy(dtype=float)
+    pct = f"{100 * ci_prob:g}%"
+    png = histograms_png([
+        {"title": f"width of the {pct} intervals", "xlabel": "interval width",
+         "series": [("cells without an observation", width[~seen]), ("observed cells", width[seen])]},
+        {"title": "predicted means", "xlabel": data.names.get("value") or "value",
+         "series": [("cells without an observation", mean[~seen]), ("observed cells", mean[seen])]}])
+    body = _img(png, "histograms of the predicted means and interval widths of a sample of cells",
+                f"{int((~seen).sum()):,} cells without an observation and {int(seen.sum()):,} observed cells, chosen "
+                f"at random: the width of the {pct} interval of each cell's mean given the observed cells "
+                "(left), and the predicted means (right).")
+    body += _note(f"The table has {data.n_cells:,} cells, {n_missing:,} of them without an observation: too many "
+                  "to predict or draw for a report, so a sample is shown. Mean interval width: "
+                  f"{float(np.nanmean(width[~seen])) if (~seen).any() else float('nan'):.3g} without an "
+                  f"observation, {float(np.nanmean(width[seen])) if seen.any() else float('nan'):.3g} observed. "
+                  + how)
+    if table.attrs.get("note"):
+        body += _note(table.attrs["note"], "warn")
+    return _section(sid, _TITLES["predictions"], body)
+
+
 def _predictions_section(sid: str, fit, ci_prob: float) -> str:
+    if is_large(fit.data):
+        return _large_predictions_section(sid, fit, ci_prob)
     from twoway.app.report.figures import heatmap_png
 
     data = fit.data
@@ -393,13 +624,24 @@ def _variance_section(sid: str, fit, summary) -> str:
 
 
 def _forest_panel(post, name: str, title: str, truth, *, ref=None) -> dict | None:
+    """A forest panel of ``post[name]``: every level, or with more than :data:`MAX_FOREST_LEVELS` levels
+    the :data:`FOREST_EXTREMES` largest and smallest posterior means (largest at the top)."""
     if name not in post:
         return None
     da = post[name]
-    mean, low, high = _interval(da)
     labels = _level_labels(da)
+    truth_all = _truth_vector(truth, name, labels)
+    dims = [d for d in da.dims if d not in ("chain", "draw")]
+    if len(dims) == 1 and len(labels) > MAX_FOREST_LEVELS:
+        order = np.argsort(da.mean(("chain", "draw")).values, kind="stable")
+        pick = np.concatenate([order[-FOREST_EXTREMES:][::-1], order[:FOREST_EXTREMES][::-1]])
+        title = f"{title}: the {FOREST_EXTREMES} largest and {FOREST_EXTREMES} smallest of {len(labels):,}"
+        da = da.isel({dims[0]: pick})
+        labels = [labels[k] for k in pick]
+        truth_all = None if truth_all is None else truth_all[pick]
+    mean, low, high = _interval(da)
     return {"title": title, "labels": labels, "mean": mean, "low": low, "high": high,
-            "truth": _truth_vector(truth, name, labels), "ref": ref}
+            "truth": truth_all, "ref": ref}
 
 
 def default_contrasts(fit) -> list[tuple[str, str]]:
@@ -570,18 +812,25 @@ def _covariance_section(sid: str, fit) -> str:
 
 
 def _trace_series(fit) -> list[tuple[str, np.ndarray]]:
+    """At most :data:`MAX_TRACE_SERIES` (label, draws (chains, draws)): the scalars, then two levels of each
+    vector (its first two; two at random, seeded, for a large table)."""
     post = fit.posterior
     series: list[tuple[str, np.ndarray]] = []
     names = [n for n in fit.parameter_names if n in post]
+    rng = np.random.default_rng(0) if is_large(fit.data) else None
     for name in names:  # scalars first: the hyper-parameters that mix slowest
         if post[name].ndim == 2:
-            series.append((name, post[name].values))
+            series.append((name, post[name].transpose("chain", "draw").values))
     for name in ("coef", "row_sd", "col_sd", "row_mean", "col_mean"):
+        if len(series) >= MAX_TRACE_SERIES:
+            break
         if name in post and post[name].ndim == 3:
-            da = post[name]
+            da = post[name].transpose("chain", "draw", ...)
             dim = da.dims[2]
-            for lab in da[dim].values[:2]:
-                series.append((f"{name}[{lab}]", da.sel({dim: lab}).values))
+            size = da.sizes[dim]
+            at = np.sort(rng.choice(size, min(2, size), replace=False)) if rng is not None else np.arange(min(2, size))
+            for k in at:
+                series.append((f"{name}[{da[dim].values[k]}]", da.isel({dim: int(k)}).values))
     return series[:MAX_TRACE_SERIES]
 
 
@@ -591,11 +840,19 @@ def _traces_section(sid: str, fit) -> str:
     series = _trace_series(fit)
     if not series:
         return _section(sid, _TITLES["traces"], _note("No parameter to trace."))
+    from twoway.app.report.figures import MAX_TRACE_POINTS
+
     png = trace_rank_png(series)
-    return _section(sid, _TITLES["traces"], _img(
+    n_draws = int(fit.posterior.sizes["draw"])
+    thinned = (f" Traces show {MAX_TRACE_POINTS:,} of the {n_draws:,} draws of each chain, evenly spaced; the rank "
+               "plots use them all." if n_draws > MAX_TRACE_POINTS else "")
+    body = _img(
         png, "trace and rank plots",
         "Left: the draws of each chain in order; they should look like overlapping noise. Right: the ranks of "
-        "each chain's draws among all draws; bars near the dashed line mean the chains agree."))
+        "each chain's draws among all draws; bars near the dashed line mean the chains agree." + thinned)
+    body += (f'<p class="traced">Traced ({len(series)}): '
+             + ", ".join(f"<code>{_e(label)}</code>" for label, _ in series) + "</p>")
+    return _section(sid, _TITLES["traces"], body)
 
 
 def _diagnostics_section(sid: str, fit, summary) -> str:
@@ -614,6 +871,14 @@ def _diagnostics_section(sid: str, fit, summary) -> str:
         verdict = _note(f"No sampling problems: R-hat <= {RHAT_LIMIT}, bulk ESS >= {ESS_LIMIT}, no divergences.",
                         "ok")
     params = summary.table
+    shortened = getattr(summary, "shortened", None) or {}
+    if shortened:
+        from twoway.results.summary import PRINT_HEAD, SCREENED
+
+        verdict += _note("A large fit: " + ", ".join(f"{name} ({n:,} entries)" for name, n in shortened.items())
+                         + f" {'is' if len(shortened) == 1 else 'are'} listed by {'its' if len(shortened) == 1 else 'their'} "
+                         f"first {PRINT_HEAD} entries, and judged on those and {SCREENED} more of each; "
+                         "'twoway summary FIT --var NAME' gives every entry.")
     body = (verdict + _table(table, digits=4)
             + f"<details><summary>every parameter ({len(params)})</summary>"
             + _table(params, scroll=True, row_class=lambda i, r: "flag" if (
@@ -640,6 +905,9 @@ def _checks_section(sid: str, fit) -> str:
             "warn"))
     p = table["p_value"]
     extreme = (p < 0.025) | (p > 0.975)
+    data = fit.data
+    if is_large(data) or max(data.n_rows, data.n_cols) > MAX_FOREST_LEVELS:
+        return _many_checks_section(sid, table, extreme)
     panels = []
     for key, title in (("row_mean", "row means"), ("row_var", "row variances"),
                        ("col_mean", "column means"), ("col_var", "column variances")):
@@ -661,9 +929,56 @@ def _checks_section(sid: str, fit) -> str:
     body += _note(f"{n_flag} of {int(p.notna().sum())} statistics fall outside the central 95% of their "
                   "replicated distribution (highlighted)." if n_flag else
                   "Every statistic lies within the central 95% of its replicated distribution.", kind)
+    if table.attrs.get("note"):
+        body += _note(table.attrs["note"])
     body += ("<details><summary>every statistic</summary>"
              + _table(table, scroll=True, row_class=lambda i, r: "flag" if bool(extreme.loc[i]) else "")
              + "</details>")
+    return _section(sid, _TITLES["checks"], body, lede)
+
+
+_FAMILIES = (("row_mean", "row means"), ("row_var", "row variances"), ("col_mean", "column means"),
+             ("col_var", "column variances"))
+
+
+def _many_checks_section(sid: str, table: pd.DataFrame, extreme: pd.Series) -> str:
+    """The predictive checks of a table with many rows or columns: histograms of the p-values of each
+    family of statistics, the table-wide statistics and the most extreme ones listed."""
+    from twoway.app.report.figures import histograms_png
+
+    p = table["p_value"]
+    names = [str(i) for i in table.index]
+    panels = []
+    for key, title in _FAMILIES:
+        rows = [k for k, i in enumerate(names) if i.startswith(key + "[")]
+        if rows:
+            panels.append({"title": f"p-values of the {title}", "series": [(title, p.iloc[rows].to_numpy())],
+                           "xlabel": "p = P(replicated >= observed)", "range": (0.0, 1.0), "bins": 20,
+                           "density": False})
+    n_flag = int(extreme.sum())
+    body = ""
+    if panels:
+        body += _img(histograms_png(panels), "histograms of the posterior predictive p-values by family of statistics",
+                     "The p-value of each row's and column's statistic: they gather around 0.5 when the fit "
+                     "reproduces the table; piles near 0 or 1 mark rows or columns it does not reproduce.")
+    kind = "ok" if n_flag == 0 else "warn"
+    body += _note(f"{n_flag} of {int(p.notna().sum())} statistics fall outside the central 95% of their "
+                  "replicated distribution." if n_flag else
+                  "Every statistic lies within the central 95% of its replicated distribution.", kind)
+    if table.attrs.get("note"):
+        body += _note(table.attrs["note"])
+    whole = table.loc[[i for i in table.index if "[" not in str(i)]]
+    body += "<h3>Statistics of the whole table</h3>" + _table(
+        whole, row_class=lambda i, r: "flag" if bool(extreme.loc[i]) else "")
+    per_level = table.loc[[i for i in table.index if "[" in str(i)]]
+    distance = np.minimum(per_level["p_value"], 1 - per_level["p_value"]).fillna(np.inf)
+    worst = per_level.loc[distance.sort_values(kind="stable").index[:EXTREME_STATISTICS]]
+    body += (f"<details><summary>the {len(worst)} most extreme of the {len(per_level):,} row and column "
+             "statistics</summary>"
+             + _table(worst, scroll=True, row_class=lambda i, r: "flag" if bool(extreme.loc[i]) else "")
+             + "</details>")
+    lede = (f"Each statistic of the observed table against the same statistic of {PPC_DRAWS} tables "
+            "replicated from the fit; p = P(replicated >= observed).")
     return _section(sid, _TITLES["checks"], body, lede)
 
 
@@ -760,22 +1075,48 @@ def _same_table(a, b) -> bool:
             and np.array_equal(np.nan_to_num(a.values), np.nan_to_num(b.values)))
 
 
+def _count_sections(items: Sequence, truth, asked) -> int:
+    """The number of sections :func:`render_report` writes for these fits (its progress counts them)."""
+    n = 2 + (1 if len(items) > 1 else 0)                     # overview, data, comparison
+    for k, f in enumerate(items):
+        n += 10                                               # model ... checks, always there
+        n += k > 0 and not _same_table(items[0].data, f.data)
+        n += fit_design(f) is not None
+        n += bool(asked if asked is not None else default_contrasts(f))
+        n += truth is not None
+    return int(n)
+
+
 def render_report(fits, *, names: Sequence[str] | None = None, truth: Mapping[str, Any] | None = None,
                   title: str | None = None, ci_prob: float = INTERVAL,
                   var_names: Sequence[str] | None = None,
-                  contrasts: "Sequence[str | tuple[str, str]] | None" = None) -> str:
+                  contrasts: "Sequence[str | tuple[str, str]] | None" = None,
+                  progress: Callable[[int, int], None] | None = None) -> str:
     """The report as one HTML string; see :func:`write_report`."""
     items, labels, truth = _check_inputs(fits, names, truth)
     asked = _check_contrasts(contrasts, items[0].data, items[0]) if contrasts else None
     several = len(items) > 1
-    summaries = [_summary(f, ci_prob, var_names) for f in items]
     first_data = items[0].data
+    total = len(items) + _count_sections(items, truth, asked)
+    done = 0
+
+    def tick() -> None:
+        nonlocal done
+        done += 1
+        if progress is not None:
+            progress(done, total)
+
+    summaries = []
+    for f in items:
+        summaries.append(_summary(f, ci_prob, var_names))
+        tick()
     blocks: list[str] = []
     nav: list[tuple[str, str]] = []
 
     def add(sid: str, text: str, label: str) -> None:
         blocks.append(text)
         nav.append((sid, label))
+        tick()
 
     # overview
     ok_all = all(not s.warnings for s in summaries)
@@ -847,7 +1188,8 @@ def render_report(fits, *, names: Sequence[str] | None = None, truth: Mapping[st
 def write_report(fits, path: "str | os.PathLike[str]", *, names: Sequence[str] | None = None,
                  truth: Mapping[str, Any] | None = None, title: str | None = None,
                  ci_prob: float = INTERVAL, var_names: Sequence[str] | None = None,
-                 contrasts: "Sequence[str | tuple[str, str]] | None" = None) -> Path:
+                 contrasts: "Sequence[str | tuple[str, str]] | None" = None,
+                 progress: Callable[[int, int], None] | None = None) -> Path:
     """Write one self-contained HTML report of one or more fits of a table.
 
     Parameters
@@ -875,6 +1217,8 @@ def write_report(fits, path: "str | os.PathLike[str]", *, names: Sequence[str] |
         ``"covariate:g=LEVEL"``): the levels of the factor covariate ``g`` against its reference. Default: see
         :func:`default_contrasts` (each column against the first for a table of known standard
         errors with fixed row effects; none otherwise).
+    progress : callable, optional
+        Called ``progress(done, total)`` as each fit's summary and each section is done.
 
     Returns
     -------
@@ -891,7 +1235,7 @@ def write_report(fits, path: "str | os.PathLike[str]", *, names: Sequence[str] |
     if not path.parent.exists():
         raise FitError(f"The folder {str(path.parent)!r} for the report does not exist.")
     text = render_report(fits, names=names, truth=truth, title=title, ci_prob=ci_prob, var_names=var_names,
-                         contrasts=contrasts)
+                         contrasts=contrasts, progress=progress)
     try:
         write_text_atomic(path, text)
     except OSError as exc:

@@ -2,6 +2,12 @@
 
 Every function takes plain arrays and labels (or a fit) and returns the bytes
 of one PNG; :func:`twoway.app.report.write_report` embeds them as data URIs.
+
+Every figure costs a bounded number of drawn objects whatever the table's size:
+missing cells are hatched by one patch behind the image, residuals of many cells
+are drawn as hexagonal bins (:func:`residuals_png`), a large table as block
+averages (:func:`block_means`, :func:`binned_map_png`), distributions as
+histograms (:func:`histograms_png`), long chains thinned in the trace plots.
 """
 
 from __future__ import annotations
@@ -16,10 +22,13 @@ from twoway.table.labels import shorten_index, shorten_labels
 # Deferred imports: matplotlib, scipy (heavy to import) are imported inside the functions that use them, so
 # importing this module stays light.
 
-__all__ = ["png_bytes", "heatmap_png", "forest_png", "trace_rank_png", "checks_png", "check_intervals", "DPI"]
+__all__ = ["png_bytes", "heatmap_png", "forest_png", "trace_rank_png", "checks_png", "check_intervals", "DPI",
+           "residuals_png", "histograms_png", "binned_map_png", "block_means", "thin", "MAX_TRACE_POINTS"]
 
 DPI = 90
 MISSING_COLOUR = "#e6e6e6"
+#: The most draws of one chain drawn in a trace plot (longer chains are thinned evenly).
+MAX_TRACE_POINTS = 1000
 
 
 def _pyplot():
@@ -91,23 +100,28 @@ def heatmap_png(panels: Sequence[tuple[str, np.ndarray]], row_labels: Sequence[s
         vmin, vmax = float(finite.min()), float(finite.max())
         if vmin == vmax:
             vmin, vmax = vmin - 1.0, vmax + 1.0
-    cmap = plt.get_cmap("RdBu_r" if diverging else "viridis").with_extremes(bad=MISSING_COLOUR)
+    # missing cells: transparent in the image, over one hatched grey patch behind it (one object, whatever
+    # the number of missing cells)
+    base = plt.get_cmap("RdBu_r" if diverging else "viridis")
+    cmap = base.with_extremes(bad=(0.0, 0.0, 0.0, 0.0) if annotate_missing else MISSING_COLOUR)
     width = min(2.0 + 0.42 * k, 9.0) * len(panels) + 1.2
     height = min(1.6 + 0.36 * n, 10.0)
     fig, axes = plt.subplots(1, len(panels), figsize=(min(width, 18.0), height), squeeze=False,
                              layout="constrained")
     im = None
     for ax, (title, _), values in zip(axes[0], panels, arrays):
+        if annotate_missing and not np.isfinite(values).all():
+            ax.add_patch(plt.Rectangle((-0.5, -0.5), k, n, facecolor=MISSING_COLOUR, hatch="///",
+                                       edgecolor="#9a9a9a", lw=0, zorder=-1))
         im = ax.imshow(np.ma.masked_invalid(values), aspect="auto", cmap=cmap, vmin=vmin, vmax=vmax,
                        interpolation="nearest")
-        if annotate_missing:
-            for i, j in zip(*np.nonzero(~np.isfinite(values))):
-                ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, hatch="///",
-                                           edgecolor="#9a9a9a", lw=0))
-        if outline is not None:
-            for i, j in zip(*np.nonzero(np.asarray(outline, dtype=bool))):
-                ax.add_patch(plt.Rectangle((j - 0.45, i - 0.45), 0.9, 0.9, fill=False, edgecolor="#111111",
-                                           lw=1.2, linestyle="--"))
+        if outline is not None and np.any(outline):
+            from matplotlib.collections import PatchCollection
+
+            boxes = [plt.Rectangle((j - 0.45, i - 0.45), 0.9, 0.9)
+                     for i, j in zip(*np.nonzero(np.asarray(outline, dtype=bool)))]
+            ax.add_collection(PatchCollection(boxes, facecolor="none", edgecolor="#111111", lw=1.2,
+                                              linestyle="--"))
         _ticks(ax, row_labels, col_labels)
         ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)
@@ -157,11 +171,22 @@ def forest_png(panels: Sequence[dict], *, xlabel: str = "") -> bytes:
     return png_bytes(fig)
 
 
+def _average_ranks(x: np.ndarray) -> np.ndarray:
+    """Ranks 1..n of the entries of ``x`` (n,), ties given their average rank (``scipy.stats.rankdata``'s default)."""
+    order = np.argsort(x, kind="stable")
+    srt = x[order]
+    new = np.ones(x.size, dtype=bool)
+    new[1:] = srt[1:] != srt[:-1]
+    starts = np.flatnonzero(new)
+    ends = np.append(starts[1:], x.size)
+    ranks = np.empty(x.size)
+    ranks[order] = ((starts + ends + 1) / 2.0)[np.cumsum(new) - 1]
+    return ranks
+
+
 def _rank_counts(x: np.ndarray, bins: int) -> np.ndarray:
     """Per-chain histogram counts of the pooled ranks of draws x (chains, draws)."""
-    from scipy.stats import rankdata
-
-    ranks = rankdata(x.reshape(-1)).reshape(x.shape)
+    ranks = _average_ranks(x.reshape(-1)).reshape(x.shape)
     edges = np.linspace(0.5, x.size + 0.5, bins + 1)
     return np.stack([np.histogram(r, bins=edges)[0] for r in ranks])
 
@@ -180,7 +205,8 @@ def trace_rank_png(series: Sequence[tuple[str, np.ndarray]], *, bins: int = 20) 
     Returns
     -------
     bytes
-        A PNG image.
+        A PNG image. Traces of chains longer than :data:`MAX_TRACE_POINTS` draws are
+        thinned evenly (:func:`thin`); the rank plots use every draw.
     """
     plt = _pyplot()
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
@@ -189,8 +215,9 @@ def trace_rank_png(series: Sequence[tuple[str, np.ndarray]], *, bins: int = 20) 
     for (label, x), (ax_t, ax_r) in zip(series, axes):
         x = np.asarray(x, dtype=float)
         n_chains = x.shape[0]
+        at = thin(x.shape[1])
         for c in range(n_chains):
-            ax_t.plot(x[c], lw=0.5, alpha=0.8, color=colours[c % len(colours)])
+            ax_t.plot(at, x[c, at], lw=0.5, alpha=0.8, color=colours[c % len(colours)])
         counts = _rank_counts(x, bins)
         for c in range(n_chains):
             ax_r.stairs(counts[c], np.arange(bins + 1), color=colours[c % len(colours)], lw=1.4)
@@ -205,6 +232,13 @@ def trace_rank_png(series: Sequence[tuple[str, np.ndarray]], *, bins: int = 20) 
     axes[-1, 0].set_xlabel("draw")
     axes[-1, 1].set_xlabel("rank of draw among all chains")
     return png_bytes(fig)
+
+
+def thin(n_draws: int, limit: int = MAX_TRACE_POINTS) -> np.ndarray:
+    """The draws a trace plot shows of a chain of ``n_draws``: all, or ``limit`` evenly spaced, (m,) ints."""
+    if n_draws <= limit:
+        return np.arange(n_draws)
+    return np.unique(np.linspace(0, n_draws - 1, limit).round().astype(np.int64))
 
 
 def check_intervals(panel: dict) -> tuple[np.ndarray, np.ndarray]:
@@ -263,4 +297,200 @@ def checks_png(panels: Sequence[dict]) -> bytes:
         ax.set_title(p["title"], fontsize=11)
         ax.grid(axis="x", color="#eeeeee")
     axes[0, 0].legend(loc="best", fontsize=7, frameon=False)
+    return png_bytes(fig)
+
+
+# ---------------------------------------------------------------------------
+# figures that scale with the number of cells
+# ---------------------------------------------------------------------------
+
+
+def _binned_means(x: np.ndarray, y: np.ndarray, bins: int) -> tuple[np.ndarray, np.ndarray]:
+    """(centres, means) of ``y`` in ``bins`` bins of equal counts of ``x``; empty bins left out."""
+    order = np.argsort(x, kind="stable")
+    parts = np.array_split(order, min(bins, max(x.size, 1)))
+    parts = [p for p in parts if p.size]
+    return (np.array([float(np.mean(x[p])) for p in parts]), np.array([float(np.mean(y[p])) for p in parts]))
+
+
+def residuals_png(fitted: np.ndarray, observed: np.ndarray, *, gridsize: int = 60, bins: int = 30,
+                  value_label: str = "value") -> bytes:
+    """Observed against fitted, and residual against fitted, as hexagonal bins of cells.
+
+    Parameters
+    ----------
+    fitted, observed : arrays (n,)
+        The fitted mean and the observed value of each observed cell.
+    gridsize : int
+        Hexagons across each panel.
+    bins : int
+        Bins of equal counts of the fitted value over which the mean residual is drawn (a line).
+    value_label : str
+
+    Returns
+    -------
+    bytes
+        A PNG image (two panels, a colour bar of the number of cells, log scale); its cost
+        is the same for a hundred cells or a million.
+    """
+    plt = _pyplot()
+    fitted = np.asarray(fitted, dtype=float)
+    observed = np.asarray(observed, dtype=float)
+    ok = np.isfinite(fitted) & np.isfinite(observed)
+    fitted, observed = fitted[ok], observed[ok]
+    resid = observed - fitted
+    fig, axes = plt.subplots(1, 2, figsize=(11.5, 4.6), layout="constrained")
+    ax_o, ax_r = axes
+    hb = ax_o.hexbin(fitted, observed, gridsize=gridsize, bins="log", mincnt=1, cmap="viridis", linewidths=0)
+    if fitted.size:
+        lo, hi = float(min(fitted.min(), observed.min())), float(max(fitted.max(), observed.max()))
+        ax_o.plot([lo, hi], [lo, hi], color="#cc0000", lw=1, ls="--", label="observed = fitted")
+        ax_o.legend(loc="upper left", fontsize=8, frameon=False)
+    ax_o.set_xlabel(f"fitted mean ({value_label})")
+    ax_o.set_ylabel(f"observed ({value_label})")
+    ax_o.set_title("observed against fitted", fontsize=11)
+    ax_r.hexbin(fitted, resid, gridsize=gridsize, bins="log", mincnt=1, cmap="viridis", linewidths=0)
+    ax_r.axhline(0.0, color="#333333", lw=0.8)
+    if fitted.size:
+        centres, means = _binned_means(fitted, resid, bins)
+        ax_r.plot(centres, means, color="#cc0000", lw=1.6, marker="o", ms=3,
+                  label=f"mean residual in {centres.size} bins of the fitted mean")
+        ax_r.legend(loc="upper left", fontsize=8, frameon=False)
+    ax_r.set_xlabel(f"fitted mean ({value_label})")
+    ax_r.set_ylabel("residual (observed - fitted)")
+    ax_r.set_title("residual against fitted", fontsize=11)
+    fig.colorbar(hb, ax=list(axes), label="cells (log scale)", shrink=0.9)
+    return png_bytes(fig)
+
+
+def histograms_png(panels: Sequence[dict]) -> bytes:
+    """Histograms side by side, one panel each, several series overlaid in a panel.
+
+    Parameters
+    ----------
+    panels : sequence of dict
+        Each with ``title``, ``series`` (a sequence of ``(label, values (m,))``), optionally
+        ``xlabel``, ``bins`` (default 40), ``range`` ((low, high)), ``density`` (bool: each
+        series scaled to area 1, default when there are several series), ``logy`` (bool)
+        and ``ref`` (a number drawn as a dashed vertical line).
+
+    Returns
+    -------
+    bytes
+        A PNG image.
+    """
+    plt = _pyplot()
+    colours = ["#3465a4", "#cc7a00", "#4e9a06", "#75507b"]
+    fig, axes = plt.subplots(1, len(panels), figsize=(min(4.2 * len(panels), 16.0), 3.4), squeeze=False,
+                             layout="constrained")
+    for ax, p in zip(axes[0], panels):
+        series = [(label, np.asarray(v, dtype=float)) for label, v in p["series"]]
+        series = [(label, v[np.isfinite(v)]) for label, v in series]
+        values = [v for _, v in series if v.size]
+        density = p.get("density", len(series) > 1)
+        if values:
+            low, high = p.get("range") or (min(float(v.min()) for v in values), max(float(v.max()) for v in values))
+            if low == high:
+                low, high = low - 0.5, high + 0.5
+            edges = np.linspace(low, high, int(p.get("bins", 40)) + 1)
+            for k, (label, v) in enumerate(series):
+                if v.size:
+                    ax.hist(v, bins=edges, density=density, histtype="stepfilled" if len(series) == 1 else "step",
+                            color=colours[k % len(colours)], alpha=0.8 if len(series) == 1 else 1.0, lw=1.6,
+                            label=f"{label} ({v.size:,})")
+        if p.get("ref") is not None:
+            ax.axvline(p["ref"], color="#888888", ls="--", lw=1)
+        if p.get("logy"):
+            ax.set_yscale("log")
+        ax.set_title(p["title"], fontsize=11)
+        ax.set_xlabel(p.get("xlabel", ""))
+        ax.set_ylabel("density" if density else "count")
+        if values:
+            ax.legend(loc="best", fontsize=7, frameon=False)
+    return png_bytes(fig)
+
+
+def block_means(ii: np.ndarray, jj: np.ndarray, values: np.ndarray | None, shape: tuple[int, int], *,
+                bins: int = 100) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Means of cell values over blocks of rows and columns (or the share of cells observed).
+
+    Parameters
+    ----------
+    ii, jj : int arrays (n,)
+        Row and column of each observed cell.
+    values : array (n,), optional
+        The cells' values; None: the share of each block's cells that are observed (give
+        each (row, column) pair once).
+    shape : (N, K)
+        The table's rows and columns.
+    bins : int
+        The most blocks along each side (fewer when the side has fewer levels).
+
+    Returns
+    -------
+    (means, row_edges, col_edges) : array (B_r, B_c), arrays (B_r + 1,), (B_c + 1,)
+        NaN where a block has no observed cell (for ``values``); edges in row and column
+        positions (block b covers positions ``edges[b]`` to ``edges[b + 1]``).
+    """
+    N, K = (int(v) for v in shape)
+    row_edges = np.linspace(0, N, min(bins, N) + 1)
+    col_edges = np.linspace(0, K, min(bins, K) + 1)
+    bi = np.clip(np.searchsorted(row_edges, ii, side="right") - 1, 0, row_edges.size - 2)
+    bj = np.clip(np.searchsorted(col_edges, jj, side="right") - 1, 0, col_edges.size - 2)
+    shape_b = (row_edges.size - 1, col_edges.size - 1)
+    flat = bi * shape_b[1] + bj
+    count = np.bincount(flat, minlength=shape_b[0] * shape_b[1]).reshape(shape_b).astype(float)
+    if values is None:
+        cells = np.outer(np.diff(np.ceil(row_edges)), np.diff(np.ceil(col_edges)))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(cells > 0, count / cells, np.nan), row_edges, col_edges
+    total = np.bincount(flat, weights=np.asarray(values, dtype=float), minlength=count.size).reshape(shape_b)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(count > 0, total / count, np.nan), row_edges, col_edges
+
+
+def binned_map_png(panels: Sequence[tuple[str, np.ndarray]], row_edges: np.ndarray, col_edges: np.ndarray, *,
+                   diverging: bool = False, value_label: str = "value", xlabel: str = "col",
+                   ylabel: str = "row") -> bytes:
+    """Block averages of a large table side by side (see :func:`block_means`), empty blocks grey.
+
+    Parameters
+    ----------
+    panels : sequence of (title, array (B_r, B_c))
+    row_edges, col_edges : arrays (B_r + 1,), (B_c + 1,)
+        The blocks' edges in row and column positions (the axes' scales).
+    diverging : bool
+        A blue-white-red scale centred on 0.
+    value_label, xlabel, ylabel : str
+
+    Returns
+    -------
+    bytes
+        A PNG image.
+    """
+    plt = _pyplot()
+    arrays = [np.asarray(a, dtype=float) for _, a in panels]
+    finite = np.concatenate([a[np.isfinite(a)] for a in arrays])
+    if finite.size == 0:
+        vmin, vmax = -1.0, 1.0
+    elif diverging:
+        m = float(np.quantile(np.abs(finite), 0.99)) or 1.0
+        vmin, vmax = -m, m
+    else:
+        vmin, vmax = float(finite.min()), float(finite.max())
+        if vmin == vmax:
+            vmin, vmax = vmin - 1.0, vmax + 1.0
+    cmap = plt.get_cmap("RdBu_r" if diverging else "viridis").with_extremes(bad=MISSING_COLOUR)
+    fig, axes = plt.subplots(1, len(panels), figsize=(min(6.2 * len(panels) + 1.2, 16.0), 5.2), squeeze=False,
+                             layout="constrained")
+    im = None
+    extent = (float(col_edges[0]) + 0.5, float(col_edges[-1]) + 0.5, float(row_edges[-1]) + 0.5,
+              float(row_edges[0]) + 0.5)
+    for ax, (title, _), values in zip(axes[0], panels, arrays):
+        im = ax.imshow(np.ma.masked_invalid(values), aspect="auto", cmap=cmap, vmin=vmin, vmax=vmax,
+                       interpolation="nearest", extent=extent)
+        ax.set_xlabel(f"{xlabel} (position in the table)")
+        ax.set_ylabel(f"{ylabel} (position in the table)")
+        ax.set_title(title, fontsize=11)
+    fig.colorbar(im, ax=list(axes[0]), label=value_label, shrink=0.9)
     return png_bytes(fig)

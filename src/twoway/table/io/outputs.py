@@ -5,7 +5,9 @@ folder, renamed over the target only once it is complete), so a run killed while
 leaves either the previous file or the new one, never a cut one. Commands call
 :func:`check_output` on their output paths before compiling or sampling, so a bad ``--out``
 is reported in a second rather than after the whole fit. Folders that several runs could
-share (SBC, many fits) are held with :func:`folder_lock`.
+share (SBC, many fits) are held with :func:`folder_lock`. A table too large to hold in memory
+(the predictions of a whole grid) is written chunk by chunk with :func:`table_writer`, as CSV
+or Parquet, after checking that it fits on disk.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import errno
 import fcntl
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping
@@ -22,6 +25,11 @@ from typing import Any, Iterable, Iterator, Mapping
 from twoway.errors import TwowayError
 
 LOCK_NAME = ".twoway.lock"
+
+#: File endings :func:`table_writer` writes, and the format of each.
+TABLE_FORMATS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
+#: Bytes per line of a table, roughly, before any line is written (labels, six numbers, a word).
+LINE_BYTES = {"csv": 110, "parquet": 45}
 
 
 def _endings_text(endings: Iterable[str]) -> str:
@@ -208,3 +216,148 @@ def folder_lock(folder: "str | os.PathLike[str]", *, what: str = "output folder"
         yield folder
     finally:
         fh.close()  # closing the descriptor releases the lock
+
+
+# -- tables written chunk by chunk ---------------------------------------------------------------
+def table_format(path: "str | os.PathLike[str]") -> str:
+    """``csv`` or ``parquet``, from the file's ending; :class:`TwowayError` for another ending."""
+    name = Path(os.fspath(path)).name.lower()
+    for ending, fmt in TABLE_FORMATS.items():
+        if name.endswith(ending):
+            return fmt
+    raise TwowayError(f"The table {os.fspath(path)!r} must end in one of {_endings_text(TABLE_FORMATS)}.")
+
+
+def _free_bytes(folder: Path) -> int:
+    """Bytes free on the disk holding ``folder`` (for the user, not the superuser's reserve)."""
+    try:
+        return int(shutil.disk_usage(folder).free)
+    except OSError:  # pragma: no cover - no way to know
+        return 1 << 62
+
+
+def _size_text(n_bytes: float) -> str:
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n_bytes >= scale:
+            return f"{n_bytes / scale:.1f} {unit}"
+    return f"{n_bytes:.0f} bytes"
+
+
+class TableWriter:
+    """A table written chunk by chunk (CSV or Parquet): call it with each chunk (a pandas DataFrame, the same
+    columns each time); made by :func:`table_writer`.
+
+    Attributes
+    ----------
+    lines : int
+        Lines written so far.
+    expected : int or None
+        Lines announced with :meth:`expect`.
+    """
+
+    def __init__(self, tmp: Path, target: Path, fmt: str, *, what: str = "table", advice: str = ""):
+        self.tmp, self.target, self.format = tmp, target, fmt
+        self.what, self.advice = what, advice
+        self.lines = 0
+        self.expected: int | None = None
+        self._fh = None
+        self._parquet = None
+        self._schema = None
+        self._checked = False
+
+    def expect(self, lines: int) -> None:
+        """Announce ``lines`` lines to come; :class:`TwowayError` when they would not fit on the disk.
+
+        The size is estimated at :data:`LINE_BYTES` per line, and again from the bytes of the
+        first chunk once it is written.
+        """
+        self.expected = int(lines)
+        self._check_room(LINE_BYTES[self.format], rough=True)
+
+    def _check_room(self, per_line: float, *, rough: bool) -> None:
+        if self.expected is None:
+            return
+        left = max(0, self.expected - self.lines)
+        need = per_line * left
+        free = _free_bytes(self.target.parent)
+        if need > free:
+            advice = f"; {self.advice}" if self.advice else "; write it to another disk, or free some space"
+            size = _size_text(need + self._written())
+            raise TwowayError(f"The {self.what} {str(self.target)!r} would take {'roughly' if rough else 'about'} "
+                              f"{size} on disk ({self.expected:,} lines) and {_size_text(free)} is free there{advice}.")
+
+    def _written(self) -> int:
+        try:
+            return int(self.tmp.stat().st_size)
+        except OSError:  # pragma: no cover
+            return 0
+
+    def __call__(self, frame) -> None:
+        """Append the lines of ``frame`` (a pandas DataFrame) to the table."""
+        if self.format == "csv":
+            first = self._fh is None
+            if first:
+                self._fh = open(self.tmp, "w", encoding="utf-8", newline="")
+            frame.to_csv(self._fh, header=first, index=False, na_rep="")
+            self._fh.flush()
+        else:
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+
+            table = pa.Table.from_pandas(frame, preserve_index=False)
+            if self._parquet is None:
+                self._schema = table.schema
+                self._parquet = pq.ParquetWriter(str(self.tmp), self._schema)
+            elif not table.schema.equals(self._schema):
+                table = table.cast(self._schema)
+            self._parquet.write_table(table)
+        self.lines += len(frame)
+        if not self._checked and self.lines:   # the first chunk's bytes per line, for the rest
+            self._checked = True
+            self._check_room(self._written() / self.lines, rough=False)
+
+    def close(self) -> None:
+        """Finish the file (a Parquet file's footer). A writer never called leaves an empty file."""
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+        if self._parquet is not None:
+            self._parquet.close()
+            self._parquet = None
+
+
+@contextlib.contextmanager
+def table_writer(path: "str | os.PathLike[str]", *, what: str = "table", advice: str = "") -> Iterator[TableWriter]:
+    """Write a table chunk by chunk to ``path`` (``.csv``, ``.parquet`` or ``.pq``), atomically.
+
+    Yields a :class:`TableWriter`: call it with each chunk, in order. The file appears at
+    ``path`` only once the block succeeds (see :func:`atomic_output`); memory holds one chunk
+    at a time. ``advice`` ends the message of a refusal for lack of disk space (what to do
+    instead).
+
+    Raises
+    ------
+    TwowayError
+        For an unknown ending, Parquet without the package ``pyarrow``, or a table that would
+        not fit on the disk (after :meth:`TableWriter.expect`).
+
+    Examples
+    --------
+    >>> with table_writer("cells.csv") as write:        # doctest: +SKIP
+    ...     write.expect(2_000_000)
+    ...     for chunk in chunks:
+    ...         write(chunk)
+    """
+    fmt = table_format(path)
+    if fmt == "parquet":
+        try:
+            import pyarrow.parquet  # noqa: F401
+        except ImportError:
+            raise TwowayError(f"Writing the Parquet file {os.fspath(path)!r} needs the package 'pyarrow', which is "
+                              "not installed (pip install pyarrow); or write a .csv file.") from None
+    with atomic_output(path) as tmp:
+        writer = TableWriter(tmp, Path(path), fmt, what=what, advice=advice)
+        try:
+            yield writer
+        finally:
+            writer.close()
