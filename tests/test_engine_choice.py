@@ -156,6 +156,25 @@ def test_summary_rules_come_from_the_description_not_the_name():
     assert fit_diagnostics(base)["max_r_hat"] == pytest.approx(plain.diagnostics["max_r_hat"])
 
 
+def test_the_pareto_k_warning_uses_the_threshold_the_fit_stores():
+    """The summary judges Pareto k against the engine's own threshold (``pareto_k_threshold`` in the fit's
+    info, as the laplace engine stores it: 0.67 for 1,000 proposals), and 0.7 when the fit has none."""
+    base = twoway.fit(preset("common-effect"), _nma_table(), chains=2, draws=50, seed=1)
+    desc = dataclasses.replace(LAPLACE, method="made-up", chains_comparable=False).to_dict()
+
+    def k_notes(**info):
+        fit = _with_info(base, engine="made-up", method="made-up", description=desc, importance_ess=500.0,
+                         factorisations=10, proposals=1000, **info)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            return [w for w in fit.summary(decomposition=False).warnings if "Pareto k" in w]
+
+    assert any("Pareto k = 0.68 > 0.67" in w for w in k_notes(pareto_k=0.68, pareto_k_threshold=2 / 3))
+    assert not k_notes(pareto_k=0.68)                          # an older file: no threshold stored, 0.7
+    assert any("> 0.70" in w for w in k_notes(pareto_k=0.75))
+    assert not k_notes(pareto_k=0.75, pareto_k_threshold=0.8)  # the stored threshold, not 0.7
+
+
 def test_the_draw_back_follows_the_description():
     """The effects are drawn back unless the engine's description says it drew them itself."""
     from twoway.engines.exact import ExactEngine

@@ -314,3 +314,46 @@ def test_a_law_never_builds_an_n_by_n_matrix_for_its_precision(tmp_path, monkeyp
     monkeypatch.setattr(GaussianLaw, "dense", refuse)
     ll = pointwise_log_likelihood(fit, by="row", conditional=False)
     assert np.isfinite(ll.values).all()
+
+
+# ---------------------------------------------------------------------------
+# the draws dealt to worker processes
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name, covariates", [("sparse", False), ("woodbury", True)], ids=["groups", "batches"])
+def test_worker_processes_give_the_same_rows_as_one_process(name, covariates, tmp_path, monkeypatch):
+    """Forked workers (forced on by a zero time threshold) return every draw's row, the same numbers."""
+    from twoway.results import loo as loo_module
+    from twoway.results.workers import can_fork
+
+    if not can_fork():
+        pytest.skip("no fork on this system")
+    fit = _fit(name, tmp_path, covariates, levels=8 if covariates else 3)
+    one = loo_module.log_likelihood_rows(fit, conditional=False, workers=1)
+    monkeypatch.setattr(loo_module, "PARALLEL_SECONDS", 0.0)
+    seen = []
+    two = loo_module.log_likelihood_rows(fit, conditional=False, workers=2, progress=lambda d, t: seen.append((d, t)))
+    np.testing.assert_allclose(two[0][two[1]], one[0][one[1]], rtol=0, atol=1e-12)
+    assert two[0].shape[0] <= one[1].size and one[0].shape[0] <= one[1].size
+    if not covariates:                                                   # repeated scales share a row
+        assert two[0].shape[0] == one[0].shape[0] < one[1].size
+    assert seen[-1] == (one[1].size, one[1].size) and len(seen) > 1
+
+
+def test_a_failing_worker_is_one_clear_error():
+    from twoway.errors import FitError
+    from twoway.results.workers import can_fork, map_tasks
+
+    if not can_fork():
+        pytest.skip("no fork on this system")
+
+    def work(task):
+        if task == 3:
+            raise ValueError("bad task")
+        yield task * 2
+
+    with pytest.raises(FitError, match="A worker process failed: ValueError: bad task"):
+        list(map_tasks(work, range(6), workers=2))
+    got = sorted(piece for _, piece in map_tasks(lambda t: iter([t * 2]), range(6), workers=2))
+    assert got == [0, 2, 4, 6, 8, 10]

@@ -23,6 +23,7 @@ from twoway.app.cli import main
 from twoway.app.progress import Estimate, Progress, loo_estimate, predict_estimate, report_estimate
 from twoway.errors import FitError, TwowayWarning
 from twoway.likelihood import memory
+from twoway.results.workers import default_workers
 from twoway.table.data import TwoWayData
 
 fit_module = importlib.import_module("twoway.fit")  # the module (``twoway.fit`` is also the function)
@@ -256,11 +257,13 @@ def test_estimates_of_leave_one_out(dense, fits, monkeypatch):
     assert e.task == "leave-one-cell-out of a"
     assert e.size == f"{S} draws x {n} cells" + (f", a dense {n} x {n} covariance per draw" if dense else "") + \
         ", 60 distinct covariances"
-    assert e.bytes >= memory.pointwise_bytes(S, n) + (memory.dense_check_bytes(n) if dense else 8 * 8 * n)
-    # a density per draw and cell; per distinct covariance the effects' inverse, and a dense factor where dense
+    # a row of densities per distinct covariance (the effects integrated out), and a dense matrix where dense
+    assert e.bytes >= memory.pointwise_bytes(60, n, copies=1) + (memory.dense_check_bytes(n) if dense else 8 * 8 * n)
+    # a density per draw and cell; per distinct covariance the effects' inverse (the laws shared among the
+    # worker processes), and a dense factor where dense
     h = progress_module._effects_left(f, conditional=False)
     assert 0 < h <= N + K + 1
-    expected = memory.cells_check_flops(S, n) + 60 * memory.law_flops(n, h)
+    expected = memory.cells_check_flops(S, n) + 60 * memory.law_flops(n, h) / default_workers()
     assert e.flops == expected + (memory.dense_check_flops(60, n) if dense else 0.0)
     assert memory.dense_check_flops(60, n) == 3.0 * 60 * n**3
     assert not e.large()

@@ -524,15 +524,21 @@ def loo_estimate(fit, *, name: str, by: str = "cell", conditional: bool | None =
         S, conditional = 1, False
     elif conditional is None:
         conditional = default_conditional(fit, by)
+    from twoway.results.psis import CHUNK_BYTES
+    from twoway.results.workers import default_workers
+
     n_units = n_obs if by == "cell" else N if by == "row" else K
     dense = dense_checks(fit, conditional=bool(conditional))
     laws = min(S, distinct_draws(fit))  # covariances factored: one per distinct draw
     h = _effects_left(fit, conditional=bool(conditional))
-    # the (draws, units) values; a draw's mean, variance and densities; the effects' inverse and its factor
-    held = memory.pointwise_bytes(S, n_units) + 8 * 8 * n_obs + 8 * 3 * h * h
+    # a row of values per distinct draw (every draw when the drawn effects enter), Pareto smoothing's chunks
+    # of (draws, units), a law's mean, variance and densities, the effects' inverse and its factor
+    rows = S if conditional else laws
+    held = memory.pointwise_bytes(rows, n_units, copies=1) + 3 * CHUNK_BYTES + 8 * 8 * n_obs + 8 * 3 * h * h
     flops = memory.cells_check_flops(S, n_obs)
     if h or fit.model.residual != "independent":
-        flops += laws * memory.law_flops(n_obs, h)
+        # the laws are shared among worker processes when there are many
+        flops += laws * memory.law_flops(n_obs, h) / (default_workers() if laws > 16 else 1)
     n_table = -(-n_obs // R)  # a dense block per replicate table
     if dense:
         held += memory.dense_check_bytes(n_table)

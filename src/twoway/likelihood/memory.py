@@ -187,7 +187,7 @@ DENSE_FLOPS = 3.0
 #: Operations per draw and cell of the checks that hold no dense matrix (a cell's mean, variance, density).
 CELL_FLOPS = 50.0
 #: Operations (or their equivalent in sparse assembly) per cell of one predictive law's precision.
-LAW_CELL_FLOPS = 2000.0
+LAW_CELL_FLOPS = 4000.0
 
 
 def pointwise_bytes(n_draws: int, n_units: int, *, copies: int = POINTWISE_COPIES) -> int:
@@ -228,10 +228,15 @@ def integrated_coordinates(spec, shape: tuple[int, int, int], *, n_cov: int = 0)
     return m + int(n_cov)
 
 
+#: LAPACK's dense factors and inverses run this many times faster than :data:`FLOPS_PER_SECOND`.
+LAPACK_SPEEDUP = 4.0
+
+
 def law_flops(n_obs: int, h: int) -> float:
     """Operations of one predictive law's precision: a dense (h, h) inverse of the effects' coordinates left
-    after elimination, and a sparse pass over the ``n_obs`` cells."""
-    return float(DENSE_FLOPS * float(h) ** 3 + LAW_CELL_FLOPS * float(n_obs))
+    after elimination (h^3, at LAPACK's pace) and the sparse passes over the ``n_obs`` cells and the pairs of
+    their effects (in element-wise equivalents)."""
+    return float(float(h) ** 3 / LAPACK_SPEEDUP + LAW_CELL_FLOPS * float(n_obs))
 
 
 def work_seconds(flops: float) -> float:

@@ -42,6 +42,7 @@ import xarray as xr
 from twoway.errors import FitError
 from twoway.fit import Fit
 from twoway.fit import fit as fit_model
+from twoway.results.psis import good_k, psis_loo
 from twoway.results.structured import blas_threads_help, iter_laws, single_blas
 
 # Deferred imports: arviz_stats, scipy (heavy to import) are imported inside the functions that use them, so
@@ -442,24 +443,16 @@ def pointwise_log_likelihood(fit, *, by: str = "cell", conditional: bool | None 
     """
 
     _check_by(by)
-    if conditional is None:
-        conditional = default_conditional(fit, by)
+    rows, index, keep, conditional = log_likelihood_rows(fit, by=by, conditional=conditional, draws=draws)
     data = fit.data
-    y = data.observed_values()
-    blocks = unit_blocks(data, by)
     post = fit.posterior
-    n_chain, n_draw = post.sizes["chain"], post.sizes["draw"]
-    keep = _thinned_draws(n_draw, draws)
-    pairs = [(c, int(d)) for c in range(n_chain) for d in keep]
-    where = {d: k for k, d in enumerate(keep)}
-    n_units = y.size if blocks is None else len(blocks)
-    out = np.empty((n_chain, keep.size, n_units))
-    # small products throughout: one BLAS thread, unless a law has a large dense block
-    with contextlib.nullcontext() if blas_threads_help(fit) else single_blas():
-        for chunk in iter_laws(fit, pairs, conditional=bool(conditional)):
-            cs = np.array([c for c, _ in chunk.pairs], dtype=np.int64)
-            ds = np.array([where[d] for _, d in chunk.pairs], dtype=np.int64)
-            out[cs, ds] = _chunk_logpdf(y, chunk, blocks)
+    out = rows[index].reshape(post.sizes["chain"], keep.size, rows.shape[1])
+    return xr.DataArray(out, dims=("chain", "draw", by), coords=_unit_coords(fit, by, keep), name="y",
+                        attrs={"twoway_by": by, "twoway_conditional": int(bool(conditional))})
+
+
+def _unit_coords(fit, by: str, keep: np.ndarray) -> dict:
+    data, post = fit.data, fit.posterior
     coords = {
         "chain": post["chain"].values,
         "draw": post["draw"].values[keep],
@@ -470,8 +463,108 @@ def pointwise_log_likelihood(fit, *, by: str = "cell", conditional: bool | None 
         coords["cell_replicate"] = ("cell", np.array(data.replicate_labels, dtype=str)[rr])
         coords["cell_row"] = ("cell", np.array(data.row_labels, dtype=str)[ii])
         coords["cell_col"] = ("cell", np.array(data.col_labels, dtype=str)[jj])
-    return xr.DataArray(out, dims=("chain", "draw", by), coords=coords, name="y",
-                        attrs={"twoway_by": by, "twoway_conditional": int(bool(conditional))})
+    return coords
+
+
+#: Spread the draws over worker processes when the rest of the work would take longer than this (seconds,
+#: projected from the first group of draws).
+PARALLEL_SECONDS = 6.0
+
+
+def log_likelihood_rows(fit, *, by: str = "cell", conditional: bool | None = None, draws: int | None = None,
+                        progress=None, workers: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, bool]:
+    """:func:`pointwise_log_likelihood` with each distinct draw's row stored once.
+
+    Draws that share every parameter the density depends on (the ``laplace``
+    engine resamples its proposals) share one row, so memory and work grow
+    with the distinct draws, not the draws. The first group of draws is
+    computed here; when the rest would take more than :data:`PARALLEL_SECONDS`,
+    the groups are dealt to ``workers`` forked processes
+    (:func:`twoway.results.workers.map_tasks`).
+
+    Parameters
+    ----------
+    fit : Fit
+    by, conditional, draws
+        As in :func:`pointwise_log_likelihood`.
+    progress : callable, optional
+        Called as ``progress(done, total)`` with the draws done.
+    workers : int, optional
+        Processes for the draws (default :func:`twoway.results.workers.default_workers`; 1: this process only).
+
+    Returns
+    -------
+    rows : array (D, n_units)
+        ``log p(y_u | y_-u, theta)`` at each distinct draw.
+    index : int array (chains * kept draws,)
+        The row of each draw, chain by chain.
+    keep : int array
+        The draws kept per chain (positions along ``draw``).
+    conditional : bool
+        The variant used.
+    """
+    import time
+
+    from twoway.results.structured import draw_groups
+    from twoway.results.workers import default_workers, map_tasks
+
+    _check_by(by)
+    if conditional is None:
+        conditional = default_conditional(fit, by)
+    conditional = bool(conditional)
+    data = fit.data
+    y = data.observed_values()
+    blocks = unit_blocks(data, by)
+    post = fit.posterior
+    n_chain, n_draw = post.sizes["chain"], post.sizes["draw"]
+    keep = _thinned_draws(n_draw, draws)
+    pairs = np.array([(c, int(d)) for c in range(n_chain) for d in keep], dtype=np.int64).reshape(-1, 2)
+    flat_of = {(int(c), int(d)): c * keep.size + k for c in range(n_chain) for k, d in enumerate(keep)}
+    groups = draw_groups(fit, pairs, conditional=conditional)
+    n_groups = int(groups.max()) + 1 if groups.size else 0
+    threaded = blas_threads_help(fit)
+
+    def pieces(task_pairs):
+        """(draw positions, values) for the laws of these draws."""
+        with contextlib.nullcontext() if threaded else single_blas():
+            for chunk in iter_laws(fit, task_pairs, conditional=conditional):
+                flat = np.array([flat_of[(int(c), int(d))] for c, d in chunk.pairs], dtype=np.int64)
+                yield flat, _chunk_logpdf(y, chunk, blocks)
+
+    index = np.full(len(pairs), -1, dtype=np.int64)
+    n_units = y.size if blocks is None else len(blocks)
+    # room for a row per draw, though draws that share a law share a row: pages never written are never
+    # given memory, so what is held grows with the distinct draws
+    rows = np.empty((len(pairs), n_units))
+    n_rows = 0
+    done = 0
+
+    def take(flat, values):
+        nonlocal n_rows, done
+        index[flat] = n_rows if values.shape[0] == 1 else n_rows + np.arange(values.shape[0])
+        rows[n_rows:n_rows + values.shape[0]] = values
+        n_rows += values.shape[0]
+        done += flat.size
+        if progress is not None:
+            progress(done, len(pairs))
+
+    if n_groups:
+        started = time.perf_counter()
+        for flat, values in pieces(pairs[groups == 0]):
+            take(flat, values)
+        per_group = time.perf_counter() - started
+        n_workers = default_workers() if workers is None else max(1, int(workers))
+        if n_workers > 1 and per_group * (n_groups - 1) < PARALLEL_SECONDS:
+            n_workers = 1
+        n_workers = max(1, min(n_workers, n_groups - 1))
+        # one task per worker (its laws share one set of cached patterns), the groups dealt in turn
+        tasks = [pairs[(groups > 0) & (groups % n_workers == w)] for w in range(n_workers)]
+        for _, (flat, values) in map_tasks(pieces, [t for t in tasks if t.size], workers=n_workers):
+            take(flat, values)
+    rows = rows[:n_rows]
+    if np.any(index < 0):  # pragma: no cover - every draw belongs to a group
+        raise FitError("Some draws were left out of the leave-one-out densities.")
+    return rows, index, keep, conditional
 
 
 def add_log_likelihood(fit, *, by: str = "cell", conditional: bool | None = None):
@@ -500,7 +593,8 @@ def add_log_likelihood(fit, *, by: str = "cell", conditional: bool | None = None
     return Fit(tree)
 
 
-def loo(fit, *, by: str = "cell", conditional: bool | None = None, pointwise: bool = True):
+def loo(fit, *, by: str = "cell", conditional: bool | None = None, pointwise: bool = True, progress=None,
+        workers: int | None = None):
     """PSIS leave-one-out estimate of the expected log predictive density.
 
     Parameters
@@ -512,19 +606,52 @@ def loo(fit, *, by: str = "cell", conditional: bool | None = None, pointwise: bo
         See :func:`pointwise_log_likelihood`.
     pointwise : bool
         Keep the per-unit ``elpd_i`` and ``pareto_k`` (needed for comparisons).
+    progress : callable, optional
+        Called as ``progress(done, total)`` with the draws done (see :func:`log_likelihood_rows`).
+    workers : int, optional
+        Processes for the draws and the Pareto smoothing when the work is large (default: the CPUs).
 
     Returns
     -------
     arviz_stats.utils.ELPDDataLOO
-        ``elpd``, ``se``, ``p`` (p_loo), ``good_k``, and per unit ``elpd_i``
-        and ``pareto_k`` (dim ``by``).
+        ``elpd``, ``se``, ``p`` (p_loo), ``good_k``, and per unit ``elpd_i``,
+        ``p_loo_i`` and ``pareto_k`` (dim ``by``). The same numbers as
+        ``arviz_stats.loo`` on :func:`add_log_likelihood`'s tree
+        (:mod:`twoway.results.psis`), without its draws-by-units copies.
     """
-    import arviz_stats
-
     if fit.description.posterior_gaussian:
         return exact_loo(fit, by=by, pointwise=pointwise)
-    with_ll = add_log_likelihood(fit, by=by, conditional=conditional)
-    return arviz_stats.loo(with_ll.tree, pointwise=pointwise, var_name="y")
+    from twoway.results.workers import default_workers
+
+    n_workers = default_workers() if workers is None else max(1, int(workers))
+    rows, index, keep, _ = log_likelihood_rows(fit, by=by, conditional=conditional, progress=progress,
+                                               workers=n_workers)
+    n_samples = index.size
+    elpd, k, p = psis_loo(rows, index, r_eff=relative_efficiency(fit), workers=n_workers)
+    del rows
+    coords = {key: value for key, value in _unit_coords(fit, by, keep).items() if key not in ("chain", "draw")}
+
+    def unit(values, name):
+        return xr.DataArray(values, dims=(by,), coords=coords, name=name)
+
+    return _elpd_data(unit(elpd, "elpd_i"), unit(p, "p_loo_i"), unit(k, "pareto_k"), n_samples,
+                      good_k(n_samples), pointwise)
+
+
+def relative_efficiency(fit) -> float:
+    """The draws' relative efficiency for Pareto smoothing: the mean ESS of the posterior's values over the draws.
+
+    As ArviZ's ``loo`` takes it from the fit's tree (one number for every unit; 1 with one chain).
+    """
+    import arviz_stats  # noqa: F401 - registers the azstats accessor
+
+    post = fit.tree["posterior"].to_dataset()   # the stored variables (means derived on reading left out)
+    n_samples = post.sizes["chain"] * post.sizes["draw"]
+    if post.sizes["chain"] == 1:
+        return 1.0
+    ess = post.azstats.ess(method="mean")
+    values = np.hstack([np.asarray(ess[v].values, dtype=float).ravel() for v in ess.data_vars])
+    return float(values.mean() / n_samples) if values.size else 1.0
 
 
 def _elpd_data(elpd_i: xr.DataArray, p_i: xr.DataArray, pareto_k: xr.DataArray, n_samples: int,

@@ -93,6 +93,7 @@ __all__ = [
     "all_draws",
     "blas_threads_help",
     "covariance_names",
+    "draw_groups",
     "integrated_law",
     "iter_laws",
     "residual_base",
@@ -152,22 +153,30 @@ def _cholesky(a: np.ndarray) -> np.ndarray:
         raise FitError(_NOT_PD) from None
 
 
-def _spd_inverse(a: np.ndarray) -> np.ndarray:
-    """The inverse of a symmetric positive definite matrix (..., k, k), exactly symmetric."""
+def _spd_inverse(a: np.ndarray, *, upper: bool = False, overwrite: bool = False) -> np.ndarray:
+    """The inverse of a symmetric positive definite matrix (..., k, k), exactly symmetric.
+
+    With ``upper`` (a 2-d matrix), only the upper triangle of ``a`` is read (the lower one may hold
+    anything); with ``overwrite`` as well, ``a`` may be overwritten (no copy for LAPACK).
+    """
     a = np.asarray(a, dtype=float)
     if a.shape[-1] == 0:
         return a.copy()
     if a.ndim == 2:                                   # LAPACK potrf + potri: a third of a general inverse
         from scipy.linalg.lapack import dpotrf, dpotri
 
-        c, info = dpotrf(a, lower=True, clean=False)
+        lower = not upper
+        if upper and a.flags.c_contiguous:            # its transpose is column-major: LAPACK reads it in place
+            a, lower = a.T, True
+        c, info = dpotrf(a, lower=lower, clean=True, overwrite_a=overwrite)   # the other triangle zeroed
         if info != 0:
             raise FitError(_NOT_PD)
-        inv, info = dpotri(c, lower=True)
+        inv, info = dpotri(c, lower=lower, overwrite_c=True)
         if info != 0:  # pragma: no cover - potrf succeeded
             raise FitError(_NOT_PD)
-        low = np.tril(inv)
-        return low + np.tril(inv, -1).T
+        out = inv + inv.T
+        out.flat[::out.shape[0] + 1] *= 0.5
+        return out
     L = _cholesky(a)
     Li = np.linalg.solve(L, np.broadcast_to(np.eye(a.shape[-1]), a.shape))
     return np.swapaxes(Li, -1, -2) @ Li
@@ -338,6 +347,8 @@ class SchurPlan:
         self.pair_q = (first + within % width)[keep]
         self.pair_same = self.pair_p == self.pair_q
         self.pair_flat = self.ao_col[self.pair_p] * n_o + self.ao_col[self.pair_q]   # upper triangle of S
+        self.pair_other = np.flatnonzero(~self.pair_same)
+        self.pair_p_other = self.pair_p[self.pair_other]
         self._expansion = None
 
     def same_pattern(self, M) -> bool:
@@ -412,21 +423,22 @@ class SchurH:
         self.f_data = m_ao * self.d_inv[plan.ao_row]
         self.F = sps.csr_matrix((self.f_data, plan.ao_col, plan.f_indptr), shape=(n_a, n_o))
         S = np.bincount(plan.oo_flat, weights=data[plan.oo_pos], minlength=n_o * n_o).reshape(n_o, n_o)
-        if plan.pair_row.size:                                 # M_oa D^-1 M_ao, its upper triangle, mirrored
-            up = np.bincount(plan.pair_flat, weights=m_ao[plan.pair_p] * self.f_data[plan.pair_q],
+        if plan.pair_row.size:                                 # M_oa D^-1 M_ao, its upper triangle
+            S -= np.bincount(plan.pair_flat, weights=m_ao[plan.pair_p] * self.f_data[plan.pair_q],
                              minlength=n_o * n_o).reshape(n_o, n_o)
-            S -= up
-            S -= up.T
-            S[np.diag_indices(n_o)] += np.diag(up)
-        self.S_inv = _spd_inverse(S)                           # symmetric as built (M is)
-        # S^-1 at each eliminated row's pairs of entries gives diag(F S^-1 F') and F S^-1 on F's pattern
-        fp, fq = self.f_data[plan.pair_p], self.f_data[plan.pair_q]
-        g = self.S_inv[plan.ao_col[plan.pair_p], plan.ao_col[plan.pair_q]]
-        twice = np.where(plan.pair_same, 1.0, 2.0)
-        self.fsf = np.bincount(plan.pair_row, weights=twice * fp * fq * g, minlength=n_a)
-        other = ~plan.pair_same
-        self.tf_pattern = np.bincount(plan.pair_q, weights=fp * g, minlength=plan.ao_pos.size) + \
-            np.bincount(plan.pair_p[other], weights=(fq * g)[other], minlength=plan.ao_pos.size)
+        self.S_inv = _spd_inverse(S, upper=True, overwrite=True)   # S's upper triangle is all that is read
+        # S^-1 at each eliminated row's pairs of entries gives F S^-1 on F's pattern, (G_a f_a) for row a's
+        # block G_a of S^-1; then diag(F S^-1 F')_a = f_a . (G_a f_a)
+        g = self.S_inv.ravel()[plan.pair_flat]
+        self.tf_pattern = np.bincount(plan.pair_q, weights=self.f_data[plan.pair_p] * g, minlength=plan.ao_pos.size)
+        if plan.pair_other.size:
+            self.tf_pattern += np.bincount(plan.pair_p_other, weights=self.f_data[plan.pair_q[plan.pair_other]]
+                                           * g[plan.pair_other], minlength=plan.ao_pos.size)
+        self.fsf = np.zeros(n_a)
+        if plan.ao_pos.size:
+            starts = plan.f_indptr[:-1]
+            present = np.flatnonzero(np.diff(plan.f_indptr) > 0)
+            self.fsf[present] = np.add.reduceat(self.f_data * self.tf_pattern, starts[present])
 
     @cached_property
     def TF(self) -> np.ndarray:
@@ -1003,6 +1015,48 @@ class IndicatorEffects:
         return Precision(base, V, DenseH(Y.T @ Y))
 
 
+def _assembled_precision(Z: SparseRows, inv_var: np.ndarray, G_inv, cache: dict):
+    """``M = G^-1 + Z' diag(inv_var) Z`` (m, m) in CSR, its values summed into a pattern found once.
+
+    The pattern (every pair of a row's entries of Z, and G^-1's entries) and where each product and
+    each entry of G^-1 lands in it are kept in ``cache``; each call is then two weighted sums. M is
+    exactly symmetric (a pair's product is the same number both ways round).
+    """
+    import scipy.sparse as sps
+
+    G_inv = sps.csr_matrix(G_inv)
+    if not G_inv.has_sorted_indices:
+        G_inv = G_inv.sorted_indices()
+    key = cache.get("assembly")
+    if key is None or not (key["g_indptr"].size == G_inv.indptr.size and np.array_equal(key["g_indptr"], G_inv.indptr)
+                           and np.array_equal(key["g_indices"], G_inv.indices)):
+        m = Z.h
+        ok = (Z.cols[:, :, None] >= 0) & (Z.cols[:, None, :] >= 0)                      # (n, c, c)
+        p = np.broadcast_to(Z.cols[:, :, None], ok.shape)[ok]
+        q = np.broadcast_to(Z.cols[:, None, :], ok.shape)[ok]
+        g_coo = G_inv.tocoo()
+        rows = np.concatenate([p, g_coo.row.astype(np.int64)])
+        cols = np.concatenate([q, g_coo.col.astype(np.int64)])
+        pattern = sps.csr_matrix((np.ones(rows.size), (rows, cols)), shape=(m, m))
+        pattern.sum_duplicates()
+        pattern.sort_indices()
+        keys = np.repeat(np.arange(m, dtype=np.int64), np.diff(pattern.indptr)) * m + pattern.indices
+        key = cache["assembly"] = {
+            "ok": ok, "products": (Z.w[:, :, None] * Z.w[:, None, :])[ok],
+            "pair_pos": np.searchsorted(keys, p * m + q),
+            "g_pos": np.searchsorted(keys, g_coo.row.astype(np.int64) * m + g_coo.col),   # G^-1's CSR order
+            "g_indptr": G_inv.indptr.copy(), "g_indices": G_inv.indices.copy(),
+            "indptr": pattern.indptr, "indices": pattern.indices, "nnz": pattern.nnz, "m": m,
+        }
+    inv_var = np.asarray(inv_var, dtype=float)
+    weights = key["products"] * np.broadcast_to(inv_var[:, None, None], key["ok"].shape)[key["ok"]]
+    data = np.bincount(key["pair_pos"], weights=weights, minlength=key["nnz"])
+    data += np.bincount(key["g_pos"], weights=G_inv.data, minlength=key["nnz"])
+    M = sps.csr_matrix((data, key["indices"], key["indptr"]), shape=(key["m"], key["m"]))
+    M.has_sorted_indices = True
+    return M
+
+
 @dataclass(eq=False)
 class CoordinateEffects:
     """Effects in their own coordinates: ``Z`` sparse rows (n, m), ``u ~ N(0, G)``, G and G^-1 sparse.
@@ -1055,12 +1109,15 @@ class CoordinateEffects:
         import scipy.sparse as sps
 
         V = base.inv_rows(self.Z)
-        P = self.Z.csr.T @ (V.csr if isinstance(V, SparseRows) else sps.csr_matrix(V))
-        M = sps.csr_matrix(self.G_inv) + sps.csr_matrix(P)
-        M = sps.csr_matrix(0.5 * (M + M.T))
-        M.sort_indices()
-        eliminate = self.eliminate if method != "dense" else None
         cache = self.cache if self.cache is not None else {}
+        if isinstance(base, DiagonalBase):
+            M = _assembled_precision(self.Z, base.inv_diag(), self.G_inv, cache)
+        else:
+            P = self.Z.csr.T @ (V.csr if isinstance(V, SparseRows) else sps.csr_matrix(V))
+            M = sps.csr_matrix(self.G_inv) + sps.csr_matrix(P)
+            M = sps.csr_matrix(0.5 * (M + M.T))
+            M.sort_indices()
+        eliminate = self.eliminate if method != "dense" else None
         plan = cache.get(("schur", eliminate))
         if plan is None or not plan.same_pattern(M):
             plan = cache[("schur", eliminate)] = SchurPlan(M, eliminate)
@@ -1867,6 +1924,52 @@ def all_draws(fit) -> list[tuple[int, int]]:
     return [(c, d) for c in range(post.sizes["chain"]) for d in range(post.sizes["draw"])]
 
 
+def _group_ids(state, pairs: np.ndarray) -> np.ndarray:
+    keys = state.keys(pairs)
+    if keys.shape[1] == 0:
+        return np.zeros(len(pairs), dtype=np.int64)
+    _, first, inverse = np.unique(keys, axis=0, return_index=True, return_inverse=True)
+    return np.argsort(np.argsort(first))[inverse.ravel()]             # groups numbered by first appearance
+
+
+def draw_groups(fit, pairs, *, conditional: bool, method: str = "auto") -> np.ndarray:
+    """Which draws share one law (the groups :func:`iter_laws` computes once each).
+
+    Parameters
+    ----------
+    fit : Fit
+    pairs : sequence of (chain, draw)
+    conditional : bool
+    method : str
+
+    Returns
+    -------
+    int array (len(pairs),)
+        Group numbers 0, 1, ... in the order of each group's first draw in ``pairs``.
+    """
+    pairs = np.asarray(list(pairs), dtype=np.int64).reshape(-1, 2)
+    if pairs.shape[0] == 0:
+        return np.zeros(0, dtype=np.int64)
+    return _group_ids(_CovarianceKeys(fit), pairs)
+
+
+class _CovarianceKeys:
+    """:meth:`FitDraws.keys` from the covariance's variables alone (no copy of the rest of the posterior)."""
+
+    def __init__(self, fit):
+        post = fit.posterior
+        self.arrays = {}
+        for name in covariance_names(fit):
+            da = post[name]
+            other = [d for d in da.dims if d not in ("chain", "draw")]
+            self.arrays[name] = np.asarray(da.transpose("chain", "draw", *other).values)
+
+    def keys(self, pairs: np.ndarray) -> np.ndarray:
+        c, d = pairs[:, 0], pairs[:, 1]
+        cols = [a[c, d].reshape(len(pairs), -1) for a in self.arrays.values()]
+        return np.concatenate(cols, axis=1) if cols else np.zeros((len(pairs), 0))
+
+
 def iter_laws(fit, pairs=None, *, conditional: bool, method: str = "auto", batch: bool | None = None,
               max_values: int = 1 << 22) -> Iterator[LawChunk]:
     """The laws of the observed cells over a fit's draws, one per distinct covariance.
@@ -1900,12 +2003,7 @@ def iter_laws(fit, pairs=None, *, conditional: bool, method: str = "auto", batch
     pairs = np.asarray(all_draws(fit) if pairs is None else list(pairs), dtype=np.int64).reshape(-1, 2)
     if pairs.shape[0] == 0:
         return
-    keys = state.keys(pairs)
-    if keys.shape[1] == 0:
-        inverse = np.zeros(len(pairs), dtype=np.int64)
-    else:
-        _, first, inverse = np.unique(keys, axis=0, return_index=True, return_inverse=True)
-        inverse = np.argsort(np.argsort(first))[inverse.ravel()]   # groups numbered by first appearance
+    inverse = _group_ids(state, pairs)
     n_groups = int(inverse.max()) + 1
     if batch is None:
         batch = n_groups > 1 and 2 * n_groups > len(pairs)

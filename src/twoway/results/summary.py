@@ -24,7 +24,7 @@ __all__ = ["FitSummary", "summarize", "overall_diagnostics", "default_variables"
 
 RHAT_LIMIT = 1.01
 ESS_LIMIT = 400
-PARETO_K_LIMIT = 0.7  # importance weights with a larger Pareto k are unreliable
+PARETO_K_LIMIT = 0.7  # importance weights with a larger Pareto k are unreliable (unless the fit stores its own)
 
 
 @dataclass(frozen=True)
@@ -286,9 +286,11 @@ def summarize(fit, *, var_names: "list[str] | str | None" = None, ci_prob: float
                                  int(post.sizes["draw"]))
     if description.markov_chains:  # chains of a Markov sampler can sit in different modes
         notes += _mode_warnings(post)
-    if diagnostics.get("pareto_k", 0.0) > PARETO_K_LIMIT:
+    # the engine's own threshold when it stored one (the laplace engine's depends on its number of proposals)
+    k_limit = float(fit.info.get("pareto_k_threshold", PARETO_K_LIMIT))
+    if diagnostics.get("pareto_k", 0.0) > k_limit:
         notes.append(f"The importance weights are unreliable (Pareto k = {diagnostics['pareto_k']:.2f} "
-                     f"> {PARETO_K_LIMIT}).")
+                     f"> {k_limit:.2f}).")
     for note in notes:
         warnings.warn(note, ConvergenceWarning, stacklevel=3)
     spec = fit.model
