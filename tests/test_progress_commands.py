@@ -350,3 +350,16 @@ def test_sbc_and_fit_many_refuse_huge_draws_before_anything_runs(fits, capsys, m
     status, out, err = run(capsys, "fit-many", table, "--draws", 10**10, "--out", folder / "many")
     one_error(status, err, "The draws must fit in memory", "for the smallest table", "fewer draws")
     assert not (folder / "many").exists()
+
+
+@pytest.mark.parametrize("command", ["loo", "compare"])
+def test_leave_one_out_counts_its_draws_in_a_log(command, fits, capsys):
+    """The draws done are counted (a line per tenth when stderr is a log), over both fits for compare."""
+    folder, (f1, f2) = fits
+    argv = [command, f1] + ([f2] if command == "compare" else [])
+    status, out, err = run(capsys, *argv, "--progress")
+    assert status == 0, err
+    counts = [line for line in err.splitlines() if line.startswith("twoway: leave-one-out: ") and "%" in line]
+    assert counts and counts[-1].startswith("twoway: leave-one-out: 100%"), err
+    total = 2 * 100 if command == "compare" else 100
+    assert counts[-1].endswith(f"({total}/{total})"), counts

@@ -150,7 +150,7 @@ def _named_fits(fits) -> dict[str, object]:
 
 
 def _reliable_loo(fit, *, by: str, conditional: bool | None, k_threshold: float | None, refit: bool,
-                  max_refits: int):
+                  max_refits: int, progress=None):
     """PSIS-LOO of one fit, made as reliable as it can be here, and what was done (a few words, or None).
 
     A fit with nothing sampled gets the exact Gaussian leave-one-out (no
@@ -160,7 +160,7 @@ def _reliable_loo(fit, *, by: str, conditional: bool | None, k_threshold: float 
     varies less between draws); with ``refit``, the cells still flagged are
     refitted (at most ``max_refits``).
     """
-    e = loo(fit, by=by, conditional=conditional, pointwise=True)
+    e = loo(fit, by=by, conditional=conditional, pointwise=True, progress=progress)
     how = None
     threshold = e.good_k if k_threshold is None else k_threshold
     if fit.description.posterior_gaussian:
@@ -238,7 +238,8 @@ def loo_warnings(table: pd.DataFrame, n_units: int, *, k_threshold: float | None
 
 
 def compare(fits, *, by: str = "cell", conditional: bool | None = None,
-            k_threshold: float | None = 0.7, refit: bool = False, max_refits: int = 10) -> pd.DataFrame:
+            k_threshold: float | None = 0.7, refit: bool = False, max_refits: int = 10,
+            progress=None) -> pd.DataFrame:
     """Rank fits of one table by their PSIS-LOO expected log predictive density.
 
     Parameters
@@ -262,6 +263,8 @@ def compare(fits, *, by: str = "cell", conditional: bool | None = None,
         Gaussian densities with the random effects integrated out when that
         flags fewer cells.
     max_refits : int
+    progress : callable, optional
+        Called as ``progress(done, total)`` with the draws done over every fit's leave-one-out.
 
     Warns
     -----
@@ -296,9 +299,14 @@ def compare(fits, *, by: str = "cell", conditional: bool | None = None,
     elpds, methods = {}, {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # Pareto k warnings: counted in the table instead
-        for name, f in named.items():
+        sizes = [f.posterior.sizes["chain"] * f.posterior.sizes["draw"] for f in named.values()]
+        offset = 0
+        for (name, f), size in zip(named.items(), sizes):
+            tell = None if progress is None else \
+                (lambda done, total, _o=offset: progress(_o + done, sum(sizes)))
             elpds[name], how = _reliable_loo(f, by=by, conditional=conditional, k_threshold=k_threshold,
-                                             refit=refit, max_refits=max_refits)
+                                             refit=refit, max_refits=max_refits, progress=tell)
+            offset += size
             if how:
                 methods[name] = how
         raw = arviz_stats.compare(elpds, round_to="none")
