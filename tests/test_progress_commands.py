@@ -16,6 +16,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 import twoway
@@ -363,3 +364,17 @@ def test_leave_one_out_counts_its_draws_in_a_log(command, fits, capsys):
     assert counts and counts[-1].startswith("twoway: leave-one-out: 100%"), err
     total = 2 * 100 if command == "compare" else 100
     assert counts[-1].endswith(f"({total}/{total})"), counts
+
+
+def test_predictive_checks_count_their_replicated_tables(fits):
+    """``progress(done, total)`` after each chunk of replicated tables, ending at the total; the same table."""
+    from twoway.results import ppc
+
+    folder, (f1, _) = fits
+    f = fit_module.Fit.load(f1)
+    seen = []
+    counted = ppc.predictive_checks(f, draws=60, progress=lambda d, t: seen.append((d, t)))
+    plain = ppc.predictive_checks(f, draws=60)
+    assert seen and seen[-1] == (60, 60) and all(t == 60 for _, t in seen)
+    assert [d for d, _ in seen] == sorted(d for d, _ in seen)
+    pd.testing.assert_frame_equal(counted, plain)

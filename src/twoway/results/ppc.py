@@ -540,7 +540,8 @@ def posterior_predictive(fit, *, draws: int | None = 500, seed: int | None = 0,
 
 
 def predictive_checks(fit, *, draws: int | None = 500, seed: int | None = 0,
-                      conditional: bool = True, correlations: bool | None = None) -> pd.DataFrame:
+                      conditional: bool = True, correlations: bool | None = None,
+                      progress=None) -> pd.DataFrame:
     """Observed statistics of the table against their posterior predictive distribution.
 
     The replicated tables are drawn as :func:`posterior_predictive` draws them (the
@@ -559,6 +560,8 @@ def predictive_checks(fit, *, draws: int | None = 500, seed: int | None = 0,
     correlations : bool, optional
         Check the correlations between rows and between columns (they need the dense
         grid of every replicated table); default: when :func:`correlations_affordable`.
+    progress : callable, optional
+        Called as ``progress(done, total)`` with the replicated tables done, after each chunk.
 
     Returns
     -------
@@ -584,15 +587,20 @@ def predictive_checks(fit, *, draws: int | None = 500, seed: int | None = 0,
     step = max(1, CHUNK_VALUES // max(n, 1))
     parts = []
     chunk = np.empty((n, min(step, max(len(pairs), 1))))       # a replicated table per column
-    k = 0
+    k = done = 0
     for m in iter_moments(fit, pairs, conditional=conditional):
         chunk[:, k] = m.sample(rng, 1)[0]
         k += 1
         if k == chunk.shape[1]:
             parts.append(flatten_statistics(layout.statistics(chunk, correlations)))
+            done += k
             k = 0
+            if progress is not None:
+                progress(done, len(pairs))
     if k:
         parts.append(flatten_statistics(layout.statistics(chunk[:, :k], correlations)))
+        if progress is not None:
+            progress(done + k, len(pairs))
     replicated = np.concatenate(parts, axis=0)
     rep_mean, rep_var = masked_mean_var(replicated, axis=0)
     table = pd.DataFrame(
