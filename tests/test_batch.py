@@ -397,3 +397,22 @@ def test_cli_workers_start_a_local_cluster(tables, serial_run, tmp_path, capsys,
         a, b = _posterior_arrays(out_serial / f"{name}.nc"), _posterior_arrays(out / f"{name}.nc")
         for k in a:
             np.testing.assert_array_equal(a[k], b[k])
+
+
+def test_the_progress_line_says_how_long_is_left(monkeypatch):
+    """After a job, the pace so far times the jobs left; nothing before the first or after the last."""
+    import io
+
+    from twoway.runs import batch
+
+    clock = iter([0.0, 10.0, 20.0, 30.0, 40.0])
+    monkeypatch.setattr(batch.time, "perf_counter", lambda: next(clock))
+    stream = io.StringIO()
+    bar = BatchProgress(4, "fits", stream=stream)              # started at 0 s
+    assert "left" not in bar._text(1)                           # 10 s: nothing done yet
+    bar.done = 1
+    assert bar._text(1).endswith("20 s, about 60 s left")       # 20 s a fit, 3 to go
+    bar.done = 3
+    assert bar._text(1).endswith("30 s, about 10 s left")
+    bar.done = 4
+    assert bar._text(0).endswith("40 s")

@@ -360,9 +360,18 @@ class BatchProgress:
         width = 30
         filled = int(width * (self.done + self.failed) / max(1, self.total))
         reused = f", {self.reused} already done" if self.reused else ""
+        elapsed = time.perf_counter() - self.t0
         return (f"twoway: {self.label} [{'#' * filled}{'.' * (width - filled)}] {self.done + self.failed}/{self.total}: "
                 f"{self.done} done, {self.failed} failed, {running} running{reused}, "
-                f"{time.perf_counter() - self.t0:.0f} s")
+                f"{elapsed:.0f} s{self._left(elapsed)}")
+
+    def _left(self, elapsed: float) -> str:
+        """``, about N s left`` once a job has finished (the pace so far, over the jobs still to run)."""
+        finished = self.done + self.failed
+        if finished == 0 or finished >= self.total:
+            return ""
+        left = elapsed / finished * (self.total - finished)
+        return f", about {left:.0f} s left" if left < 120 else f", about {left / 60:.0f} min left"
 
     def start(self, running: int) -> None:
         if self.enabled:
