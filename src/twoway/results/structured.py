@@ -347,6 +347,10 @@ class SchurPlan:
         self.pair_q = (first + within % width)[keep]
         self.pair_same = self.pair_p == self.pair_q
         self.pair_flat = self.ao_col[self.pair_p] * n_o + self.ao_col[self.pair_q]   # upper triangle of S
+        # in the order of their place in S: the reads of S^-1 and the sums into S go through memory in order
+        order = np.argsort(self.pair_flat, kind="stable")
+        self.pair_row, self.pair_p, self.pair_q = self.pair_row[order], self.pair_p[order], self.pair_q[order]
+        self.pair_same, self.pair_flat = self.pair_same[order], self.pair_flat[order]
         self.pair_other = np.flatnonzero(~self.pair_same)
         self.pair_p_other = self.pair_p[self.pair_other]
         self._expansion = None
