@@ -351,8 +351,7 @@ class SchurPlan:
         order = np.argsort(self.pair_flat, kind="stable")
         self.pair_row, self.pair_p, self.pair_q = self.pair_row[order], self.pair_p[order], self.pair_q[order]
         self.pair_same, self.pair_flat = self.pair_same[order], self.pair_flat[order]
-        self.pair_other = np.flatnonzero(~self.pair_same)
-        self.pair_p_other = self.pair_p[self.pair_other]
+        self.pair_offdiagonal = (~self.pair_same).astype(float)      # 1 for a pair of two entries, 0 for one twice
         self._expansion = None
 
     def same_pattern(self, M) -> bool:
@@ -384,6 +383,34 @@ class SchurPlan:
             found = (pos < keys.size) & (keys[np.minimum(pos, keys.size - 1)] == want) & o_mask & (slot >= 0)[:, None]
             out = (slot, o_mask, lo, np.where(found, pos, -1))
         self._expansion = (cols, out)
+        return out
+
+
+    def prepared(self, cols: np.ndarray):
+        """:meth:`expansion` turned into the gathers :meth:`SchurH.quad_diag` makes for rows ``cols``
+        (kept for the last ``cols``): masks, positions in the flattened ``S^-1`` of each pair of
+        o-entries, the rows with an eliminated entry and where their ``F S^-1`` entries are."""
+        hit = getattr(self, "_prepared", None)
+        if hit is not None and hit[0] is cols:
+            return hit[1]
+        exp = self.expansion(cols)
+        if exp is None:
+            out = None
+        else:
+            slot, o_mask, lo, tf_pos = exp
+            n_o = self.o_idx.size
+            c = lo.shape[1]
+            rows = np.flatnonzero(slot >= 0)
+            tf_rows = tf_pos[rows]
+            missing = (tf_rows < 0) & o_mask[rows]
+            out = {
+                "valid": cols >= 0, "o_mask": o_mask, "lo": lo,
+                "oo_flat": {(u, v): lo[:, u] * n_o + lo[:, v] for u in range(c) for v in range(u, c)},
+                "rows": rows, "slot_rows": slot[rows], "la": self.loc[cols[rows, slot[rows]]],
+                "tf_idx": np.maximum(tf_rows, 0), "tf_ok": (tf_rows >= 0).astype(float),
+                "missing": np.nonzero(missing) if missing.any() else None,
+            }
+        self._prepared = (cols, out)
         return out
 
 
@@ -435,9 +462,8 @@ class SchurH:
         # block G_a of S^-1; then diag(F S^-1 F')_a = f_a . (G_a f_a)
         g = self.S_inv.ravel()[plan.pair_flat]
         self.tf_pattern = np.bincount(plan.pair_q, weights=self.f_data[plan.pair_p] * g, minlength=plan.ao_pos.size)
-        if plan.pair_other.size:
-            self.tf_pattern += np.bincount(plan.pair_p_other, weights=self.f_data[plan.pair_q[plan.pair_other]]
-                                           * g[plan.pair_other], minlength=plan.ao_pos.size)
+        g *= plan.pair_offdiagonal                             # the other way round, each pair of two entries once
+        self.tf_pattern += np.bincount(plan.pair_p, weights=self.f_data[plan.pair_q] * g, minlength=plan.ao_pos.size)
         self.fsf = np.zeros(n_a)
         if plan.ao_pos.size:
             starts = plan.f_indptr[:-1]
@@ -451,30 +477,28 @@ class SchurH:
 
     def quad_diag(self, V: SparseRows) -> np.ndarray | None:
         """``diag(V M^-1 V')`` by gathers, for rows with at most one eliminated entry (else None)."""
-        exp = self.plan.expansion(V.cols)
-        if exp is None:
+        prep = self.plan.prepared(V.cols)
+        if prep is None:
             return None
-        slot, o_mask, lo, tf_pos = exp
-        w = np.where(V.cols >= 0, V.w, 0.0)
-        o_w = np.where(o_mask, w, 0.0)                         # the o-entries' weights
+        w = np.where(prep["valid"], V.w, 0.0)
+        o_w = np.where(prep["o_mask"], w, 0.0)                 # the o-entries' weights
         out = np.zeros(V.n)
-        c = lo.shape[1]
-        for u in range(c):                                     # o-o: S^-1 entries
-            out += o_w[:, u] * o_w[:, u] * self.S_inv[lo[:, u], lo[:, u]]
-            for v in range(u + 1, c):
-                out += 2.0 * o_w[:, u] * o_w[:, v] * self.S_inv[lo[:, u], lo[:, v]]
-        rows = np.flatnonzero(slot >= 0)
+        flat_inv = self.S_inv.ravel()
+        for (u, v), flat in prep["oo_flat"].items():          # o-o: S^-1 entries
+            out += (1.0 if u == v else 2.0) * o_w[:, u] * o_w[:, v] * flat_inv[flat]
+        rows = prep["rows"]
         if rows.size:
-            wa = w[rows, slot[rows]]
-            la = self.loc[V.cols[rows, slot[rows]]]
+            wa = w[rows, prep["slot_rows"]]
+            la = prep["la"]
             out[rows] += wa * wa * (self.d_inv[la] + self.fsf[la])
             # a-o: -(F S^-1)[a, o], read on F's pattern (an o-entry of a row is in its eliminated row's pattern)
-            tf = np.where(tf_pos >= 0, self.tf_pattern[np.maximum(tf_pos, 0)], 0.0)      # (n, c)
-            missing = (tf_pos < 0) & o_mask & (w != 0) & (slot >= 0)[:, None]
-            if missing.any():  # pragma: no cover - an entry absent from M's pattern carries a zero weight
-                r_, u_ = np.nonzero(missing)
-                tf[r_, u_] = self.TF[self.loc[V.cols[r_, slot[r_]]], lo[r_, u_]]
-            out[rows] -= 2.0 * wa * (o_w[rows] * tf[rows]).sum(axis=1)
+            tf = self.tf_pattern[prep["tf_idx"]] * prep["tf_ok"]                  # (rows, c)
+            if prep["missing"] is not None:  # pragma: no cover - entries absent from M's pattern
+                r_, u_ = prep["missing"]
+                keep = w[rows[r_], u_] != 0
+                r_, u_ = r_[keep], u_[keep]
+                tf[r_, u_] = self.TF[self.loc[V.cols[rows[r_], prep["slot_rows"][r_]]], prep["lo"][rows[r_], u_]]
+            out[rows] -= 2.0 * wa * (o_w[rows] * tf).sum(axis=1)
         return out
 
     def entries(self, p, q) -> np.ndarray:
