@@ -523,11 +523,12 @@ def log_likelihood_rows(fit, *, by: str = "cell", conditional: bool | None = Non
     groups = draw_groups(fit, pairs, conditional=conditional)
     n_groups = int(groups.max()) + 1 if groups.size else 0
     threaded = blas_threads_help(fit)
+    shared: dict = {}      # patterns and plans: built for the first group, inherited by the forked workers
 
     def pieces(task_pairs):
         """(draw positions, values) for the laws of these draws."""
         with contextlib.nullcontext() if threaded else single_blas():
-            for chunk in iter_laws(fit, task_pairs, conditional=conditional):
+            for chunk in iter_laws(fit, task_pairs, conditional=conditional, cache=shared):
                 flat = np.array([flat_of[(int(c), int(d))] for c, d in chunk.pairs], dtype=np.int64)
                 yield flat, _chunk_logpdf(y, chunk, blocks)
 

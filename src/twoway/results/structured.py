@@ -352,6 +352,10 @@ class SchurPlan:
         self.pair_row, self.pair_p, self.pair_q = self.pair_row[order], self.pair_p[order], self.pair_q[order]
         self.pair_same, self.pair_flat = self.pair_same[order], self.pair_flat[order]
         self.pair_offdiagonal = (~self.pair_same).astype(float)      # 1 for a pair of two entries, 0 for one twice
+        # runs of pairs at one place of S: their sum goes there once
+        self.pair_runs = np.flatnonzero(np.r_[True, np.diff(self.pair_flat) != 0]) if self.pair_flat.size \
+            else np.zeros(0, dtype=np.int64)
+        self.pair_unique = self.pair_flat[self.pair_runs]
         self._expansion = None
 
     def same_pattern(self, M) -> bool:
@@ -453,10 +457,11 @@ class SchurH:
         m_ao = data[plan.ao_pos]
         self.f_data = m_ao * self.d_inv[plan.ao_row]
         self.F = sps.csr_matrix((self.f_data, plan.ao_col, plan.f_indptr), shape=(n_a, n_o))
-        S = np.bincount(plan.oo_flat, weights=data[plan.oo_pos], minlength=n_o * n_o).reshape(n_o, n_o)
+        S = np.zeros(n_o * n_o)
+        S[plan.oo_flat] = data[plan.oo_pos]                    # M's entries: one each
         if plan.pair_row.size:                                 # M_oa D^-1 M_ao, its upper triangle
-            S -= np.bincount(plan.pair_flat, weights=m_ao[plan.pair_p] * self.f_data[plan.pair_q],
-                             minlength=n_o * n_o).reshape(n_o, n_o)
+            S[plan.pair_unique] -= np.add.reduceat(m_ao[plan.pair_p] * self.f_data[plan.pair_q], plan.pair_runs)
+        S = S.reshape(n_o, n_o)
         self.S_inv = _spd_inverse(S, upper=True, overwrite=True)   # S's upper triangle is all that is read
         # S^-1 at each eliminated row's pairs of entries gives F S^-1 on F's pattern, (G_a f_a) for row a's
         # block G_a of S^-1; then diag(F S^-1 F')_a = f_a . (G_a f_a)
@@ -1999,7 +2004,7 @@ class _CovarianceKeys:
 
 
 def iter_laws(fit, pairs=None, *, conditional: bool, method: str = "auto", batch: bool | None = None,
-              max_values: int = 1 << 22) -> Iterator[LawChunk]:
+              max_values: int = 1 << 22, cache: dict | None = None) -> Iterator[LawChunk]:
     """The laws of the observed cells over a fit's draws, one per distinct covariance.
 
     Draws whose covariance parameters are equal (the ``laplace`` engine resamples
@@ -2021,13 +2026,16 @@ def iter_laws(fit, pairs=None, *, conditional: bool, method: str = "auto", batch
         model and ``method`` is ``auto``), one per draw; default: when more than half the draws have
         parameters of their own (NUTS), rather than one per group (the laplace engine's repeats).
     max_values : int
+    cache : dict, optional
+        What the laws keep across parameter points (patterns, plans); pass the same dict to calls on
+        one fit to build them once.
 
     Yields
     ------
     LawChunk
         Groups in the order of their first draw in ``pairs``.
     """
-    state = FitDraws(fit, bool(conditional), method)
+    state = FitDraws(fit, bool(conditional), method, cache={} if cache is None else cache)
     pairs = np.asarray(all_draws(fit) if pairs is None else list(pairs), dtype=np.int64).reshape(-1, 2)
     if pairs.shape[0] == 0:
         return
