@@ -444,7 +444,6 @@ def pointwise_log_likelihood(fit, *, by: str = "cell", conditional: bool | None 
 
     _check_by(by)
     rows, index, keep, conditional = log_likelihood_rows(fit, by=by, conditional=conditional, draws=draws)
-    data = fit.data
     post = fit.posterior
     out = rows[index].reshape(post.sizes["chain"], keep.size, rows.shape[1])
     return xr.DataArray(out, dims=("chain", "draw", by), coords=_unit_coords(fit, by, keep), name="y",

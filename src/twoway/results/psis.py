@@ -37,7 +37,7 @@ import numpy as np
 
 from twoway.errors import FitError
 
-__all__ = ["tail_length", "good_k", "psis_loo"]
+__all__ = ["good_k", "psis_loo", "tail_length"]
 
 #: Prior of the generalized Pareto fit: the b-grid's scale and the weight (in observations) of k's prior at 0.5.
 _PRIOR_BS = 3.0
@@ -71,7 +71,7 @@ def _gpd_fit(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     Columns whose first quartile is not above their minimum give (nan, nan); a
     fit whose k is nan gives (inf, nan), as ArviZ's.
     """
-    n, c = x.shape
+    n = x.shape[0]
     m_est = 30 + int(n ** 0.5)
     xstar = x[int((n / 4 + 0.5) - 1)]                                     # (c,) first quartile
     ok = xstar > x[0]

@@ -25,7 +25,7 @@ from typing import Any
 
 from twoway.errors import FitError
 
-__all__ = ["default_workers", "can_fork", "keep_freed_memory", "map_tasks"]
+__all__ = ["can_fork", "default_workers", "keep_freed_memory", "map_tasks"]
 
 
 def can_fork() -> bool:
