@@ -378,3 +378,20 @@ def test_predictive_checks_count_their_replicated_tables(fits):
     assert seen and seen[-1] == (60, 60) and all(t == 60 for _, t in seen)
     assert [d for d, _ in seen] == sorted(d for d, _ in seen)
     pd.testing.assert_frame_equal(counted, plain)
+
+
+@pytest.mark.parametrize("by", ["row", "col"])
+def test_leaving_out_whole_rows_or_columns_counts_each_units_block(by, fits, monkeypatch):
+    """Each law factors one block per unit: the estimate adds their work (cells per unit from the table)."""
+    from twoway.app import progress as progress_module
+
+    folder, (f1, _) = fits
+    f = fit_module.Fit.load(f1)
+    monkeypatch.setattr(progress_module, "distinct_draws", lambda fit: 60)
+    cell = loo_estimate(f, name="a", by="cell", conditional=False)
+    unit = loo_estimate(f, name="a", by=by, conditional=False)
+    _, ii, jj = f.data.observed_index()
+    sizes = np.bincount(ii if by == "row" else jj)
+    assert sizes.size == (N if by == "row" else K)
+    assert unit.flops == pytest.approx(cell.flops + 60 * memory.unit_blocks_flops(sizes) / default_workers())
+    assert memory.unit_blocks_flops([25]) == memory.UNIT_BLOCK_FLOPS + 625 * memory.UNIT_BLOCK_PAIR_FLOPS

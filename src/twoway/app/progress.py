@@ -537,8 +537,15 @@ def loo_estimate(fit, *, name: str, by: str = "cell", conditional: bool | None =
     held = memory.pointwise_bytes(rows, n_units, copies=1) + 3 * CHUNK_BYTES + 8 * 8 * n_obs + 8 * 3 * h * h
     flops = memory.cells_check_flops(S, n_obs)
     if h or fit.model.residual != "independent":
-        # the laws are shared among worker processes when there are many
-        flops += laws * memory.law_flops(n_obs, h) / (default_workers() if laws > 16 else 1)
+        # the laws are shared among worker processes when there are many; leaving out whole rows or
+        # columns factors each unit's block of every law
+        per_law = memory.law_flops(n_obs, h)
+        if by != "cell":
+            import numpy as np
+
+            _, ii, jj = fit.data.observed_index()
+            per_law += memory.unit_blocks_flops(np.bincount(ii if by == "row" else jj))
+        flops += laws * per_law / (default_workers() if laws > 16 else 1)
     n_table = -(-n_obs // R)  # a dense block per replicate table
     if dense:
         held += memory.dense_check_bytes(n_table)
