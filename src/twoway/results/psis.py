@@ -22,7 +22,8 @@ For one unit with log-likelihoods ``l_s`` over S draws (log ratios
 
 Outside the tail a weight times its likelihood is the same constant for every
 draw (the raw ratio is the inverse likelihood), so only the tail is sorted:
-one partial sort of each unit's S ratios, then a sort of its M largest.
+one partial sort of each unit's distinct ratios, then a sort of its M + 1
+largest, repeated as often as their draws.
 
 The draws may be given as distinct rows plus an index (``rows[index]`` the
 draws), as engines that resample proposals repeat them; the result is the
@@ -105,6 +106,35 @@ def _gpd_quantiles(p: np.ndarray, kappa: np.ndarray, sigma: np.ndarray, mu: np.n
     return np.where(sigma > 0, q, np.nan)
 
 
+def _largest(values: np.ndarray, counts: np.ndarray, k: int) -> np.ndarray:
+    """The ``k`` largest of each column's values, each value repeated ``counts`` times, in descending order.
+
+    Parameters
+    ----------
+    values : array (D, c)
+        Distinct draws' values (-inf for a row no draw uses).
+    counts : array (D,)
+        How many draws each row stands for (whole numbers; their sum at least ``k``).
+    k : int
+
+    Returns
+    -------
+    array (k, c)
+    """
+    D, c = values.shape
+    K = min(D, k)                                                           # k repeats need at most k rows
+    pick = np.argpartition(values, D - K, axis=0)[D - K:] if K < D else np.broadcast_to(
+        np.arange(D)[:, None], (D, c))
+    vals = np.take_along_axis(values, pick, axis=0)                         # (K, c)
+    order = np.argsort(-vals, axis=0, kind="stable")
+    vals = np.take_along_axis(vals, order, axis=0)
+    reps = np.minimum(np.rint(counts).astype(np.int64)[np.take_along_axis(pick, order, axis=0)], k)   # (K, c)
+    # column by column (column-major), each value repeated; then each column's first k
+    flat = np.repeat(vals.T.ravel(), reps.T.ravel())
+    starts = np.concatenate([[0], np.cumsum(reps.sum(axis=0))[:-1]])
+    return flat[starts[None, :] + np.arange(k)[:, None]]
+
+
 def _chunk(rows: np.ndarray, index: np.ndarray | None, log_counts: np.ndarray,
            r_eff: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """elpd_i, pareto_k, p_loo_i of each column of ``rows`` (D, c): the draws are ``rows[index]`` (S of them).
@@ -118,11 +148,10 @@ def _chunk(rows: np.ndarray, index: np.ndarray | None, log_counts: np.ndarray,
     used = np.isfinite(log_counts)
     lppd = _logsumexp(rows + log_counts, axis=0) - math.log(S)
     shift = np.max(np.where(used, -rows, -np.inf), axis=0)                 # the largest log ratio
-    ratio_rows = -rows - shift[None, :]                                     # log ratios, max 0
-    ratio = ratio_rows if index is None else ratio_rows[index]             # (S, c)
-    part = np.partition(ratio, S - M - 1, axis=0)
-    cutoff = part[S - M - 1]
-    tail = np.sort(part[S - M:], axis=0)                                    # (M, c) ascending
+    ratio_rows = np.where(used, -rows - shift[None, :], -np.inf)            # log ratios, max 0 (unused: -inf)
+    top = _largest(ratio_rows, np.exp(log_counts[:, 0]), M + 1)             # (M + 1, c) descending, repeats kept
+    cutoff = top[M]
+    tail = top[M - 1::-1]                                                   # (M, c) ascending
     same = np.abs(tail[-1] - tail[0]) < np.finfo(float).tiny
     kappa, sigma = _gpd_fit(np.exp(tail) - np.exp(cutoff)[None, :])
     kappa = np.where(same, 0.0, kappa)                                      # a constant tail: nothing to smooth
@@ -132,8 +161,13 @@ def _chunk(rows: np.ndarray, index: np.ndarray | None, log_counts: np.ndarray,
         smoothed = np.log(_gpd_quantiles(p, kappa, sigma, np.exp(cutoff)))
     smoothed = np.where(smoothed > tail[-1][None, :], tail[-1][None, :], smoothed)
     new_tail = np.where(smooth[None, :], smoothed, tail)
-    # the weights' normalising constant: the body's raw ratios, the tail smoothed
-    body = np.exp(part[:S - M]).sum(axis=0)
+    # the weights' normalising constant: the body's raw ratios (the S - M smallest: every ratio below the cutoff
+    # and as many copies of the cutoff as are left), the tail smoothed
+    counts = np.exp(log_counts)                                             # (D, 1)
+    below = ratio_rows < cutoff[None, :]
+    with np.errstate(under="ignore"):
+        body = np.sum(np.where(below, counts * np.exp(ratio_rows), 0.0), axis=0)
+    body += (S - M - np.sum(np.where(below, counts, 0.0), axis=0)) * np.exp(cutoff)
     total = np.log(body + np.exp(new_tail).sum(axis=0))
     # log(w_s lik_s) = -total - shift outside the tail (a raw ratio is the inverse likelihood); inside it the
     # smoothed ratio replaces the raw one
