@@ -357,3 +357,24 @@ def test_a_failing_worker_is_one_clear_error():
         list(map_tasks(work, range(6), workers=2))
     got = sorted(piece for _, piece in map_tasks(lambda t: iter([t * 2]), range(6), workers=2))
     assert got == [0, 2, 4, 6, 8, 10]
+
+
+def test_the_compiled_pair_sums_equal_numpys(tmp_path, monkeypatch):
+    """The Schur complement's pair sums, compiled (Numba) or in NumPy: the same precision to rounding."""
+    from twoway.results import pair_sums
+
+    from twoway.results import structured
+
+    fit = _fit("sparse", tmp_path)
+    if not pair_sums.compiled():
+        pytest.skip("Numba cannot compile here: only the NumPy sums run")
+    calls = []
+    original = structured.complement_pairs
+    monkeypatch.setattr(structured, "complement_pairs",
+                        lambda S, plan, m, f: (calls.append(plan.pair_flat.size), original(S, plan, m, f)))
+    compiled = pointwise_log_likelihood(fit, by="cell", conditional=False).values
+    assert calls and max(calls) > 0                                   # the Schur path ran, with pairs
+    monkeypatch.setitem(pair_sums._KERNELS, "sums", None)            # the NumPy sums
+    assert not pair_sums.compiled()
+    plain = pointwise_log_likelihood(fit, by="cell", conditional=False).values
+    np.testing.assert_allclose(compiled, plain, rtol=1e-12, atol=1e-12)

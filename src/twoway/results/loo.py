@@ -624,10 +624,11 @@ def loo(fit, *, by: str = "cell", conditional: bool | None = None, pointwise: bo
     from twoway.results.workers import default_workers
 
     n_workers = default_workers() if workers is None else max(1, int(workers))
+    r_eff = relative_efficiency(fit)              # before the rows exist: its temporaries never sit beside them
     rows, index, keep, _ = log_likelihood_rows(fit, by=by, conditional=conditional, progress=progress,
                                                workers=n_workers)
     n_samples = index.size
-    elpd, k, p = psis_loo(rows, index, r_eff=relative_efficiency(fit), workers=n_workers)
+    elpd, k, p = psis_loo(rows, index, r_eff=r_eff, workers=n_workers)
     del rows
     coords = {key: value for key, value in _unit_coords(fit, by, keep).items() if key not in ("chain", "draw")}
 

@@ -60,13 +60,14 @@ O(n_r^3) per replicate table of n_r cells, as its likelihood path.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 
 import numpy as np
 
 from twoway.errors import FitError
+from twoway.results.pair_sums import complement_pairs, pattern_pairs
 
 # Deferred imports: scipy (heavy to import) is imported inside the functions that use it, so importing this
 # module stays light.
@@ -462,16 +463,12 @@ class SchurH:
         self.F = sps.csr_matrix((self.f_data, plan.ao_col, plan.f_indptr), shape=(n_a, n_o))
         S = np.zeros(n_o * n_o)
         S[plan.oo_flat] = data[plan.oo_pos]                    # M's entries: one each
-        if plan.pair_row.size:                                 # M_oa D^-1 M_ao, its upper triangle
-            S[plan.pair_unique] -= np.add.reduceat(m_ao[plan.pair_p] * self.f_data[plan.pair_q], plan.pair_runs)
+        complement_pairs(S, plan, m_ao, self.f_data)           # M_oa D^-1 M_ao, its upper triangle
         S = S.reshape(n_o, n_o)
         self.S_inv = _spd_inverse(S, upper=True, overwrite=True)   # S's upper triangle is all that is read
         # S^-1 at each eliminated row's pairs of entries gives F S^-1 on F's pattern, (G_a f_a) for row a's
         # block G_a of S^-1; then diag(F S^-1 F')_a = f_a . (G_a f_a)
-        g = self.S_inv.ravel()[plan.pair_flat]
-        self.tf_pattern = np.bincount(plan.pair_q, weights=self.f_data[plan.pair_p] * g, minlength=plan.ao_pos.size)
-        g *= plan.pair_offdiagonal                             # the other way round, each pair of two entries once
-        self.tf_pattern += np.bincount(plan.pair_p, weights=self.f_data[plan.pair_q] * g, minlength=plan.ao_pos.size)
+        self.tf_pattern = pattern_pairs(self.S_inv.ravel(), plan, self.f_data, plan.ao_pos.size)
         self.fsf = np.zeros(n_a)
         if plan.ao_pos.size:
             starts = plan.f_indptr[:-1]
@@ -1290,7 +1287,7 @@ class GaussianLaw:
         if self.effects is None:
             return Precision(self.base)
         prec = self.effects.precision(self.base, method=self.method)
-        prec.cov_apply = self.cov_apply
+        prec.cov_apply = _covariance_apply(self.base, self.effects)   # not the bound method: no cycle law <-> precision
         return prec
 
 
@@ -1795,6 +1792,47 @@ def covariance_names(fit) -> list[str]:
     return [str(name) for name in fit.posterior.data_vars if str(name) not in MEAN_NAMES]
 
 
+class _DrawArrays(Mapping):
+    """A posterior's variables as (chain, draw, ...) arrays, each read when first asked for.
+
+    The laws of a model with its effects integrated out need only the covariance's
+    parameters; the effects' draws (the largest variables) are then never copied.
+    """
+
+    def __init__(self, post):
+        self._post = post
+        self._names = [str(name) for name in post.data_vars]
+        self._done: dict = {}
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        hit = self._done.get(name)
+        if hit is None:
+            if name not in self._names:
+                raise KeyError(name)
+            da = self._post[name]
+            other = [d for d in da.dims if d not in ("chain", "draw")]
+            hit = self._done[name] = np.asarray(da.transpose("chain", "draw", *other).values)
+        return hit
+
+    def __iter__(self):
+        return iter(self._names)
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+    def __contains__(self, name) -> bool:
+        return name in self._names
+
+
+def _covariance_apply(base, effects):
+    """``x -> C x`` from the residual's base and the effects, holding no reference to their law (a reference
+    cycle would keep each draw's precision alive until the garbage collector's next full pass)."""
+    def apply(x: np.ndarray) -> np.ndarray:
+        out = base.cov_apply(x)
+        return out if effects is None else out + effects.cov_apply(x)
+    return apply
+
+
 @dataclass(eq=False)
 class FitDraws:
     """A fit's posterior as arrays (chain, draw, ...): each draw's law (:meth:`law`), a batch of draws'
@@ -1811,15 +1849,12 @@ class FitDraws:
     fit: object
     conditional: bool
     method: str = "auto"
-    arrays: dict = field(default_factory=dict)
+    arrays: Mapping = None
     cache: dict = field(default_factory=dict)
 
     def __post_init__(self):
-        post = self.fit.posterior
-        for name in post.data_vars:
-            da = post[name]
-            other = [d for d in da.dims if d not in ("chain", "draw")]
-            self.arrays[str(name)] = np.asarray(da.transpose("chain", "draw", *other).values)
+        if self.arrays is None:
+            self.arrays = _DrawArrays(self.fit.posterior)
         self.spec = self.fit.model
         self.integrated = self.spec.effects == "integrate"
         data = self.fit.data
@@ -1846,6 +1881,11 @@ class FitDraws:
     def values(self, c: int, d: int) -> dict:
         return {name: self.arrays[name][c, d] for name in self.names}
 
+    @property
+    def _law_names(self) -> list[str]:
+        """The variables a law reads: the covariance's parameters (and, given the effects, every variable)."""
+        return list(self.arrays) if self.conditional else self.names
+
     def law(self, c: int, d: int) -> GaussianLaw:
         if not self.integrated:
             return sampled_law(self.spec, self.data, self.values(c, d), conditional=self.conditional,
@@ -1853,7 +1893,7 @@ class FitDraws:
         from twoway.likelihood.marginal import kronecker_factors
 
         params = {k: np.asarray(v) for k, v in self.constants.items()}
-        params.update({name: self.arrays[name][c, d] for name in self.arrays})
+        params.update({name: self.arrays[name][c, d] for name in self._law_names})
         if self.spec.residual == "kronecker":
             batch = {k: np.asarray(v)[None] for k, v in params.items()}
             params.update({k: v[0] for k, v in kronecker_factors(self.spec, self.lay, batch).items()})
@@ -1905,7 +1945,7 @@ class FitDraws:
             return _sampled_batch(self.spec, self.data, values, S, conditional=self.conditional)
         params = {k: np.full(S, float(v)) if np.ndim(v) == 0 else np.broadcast_to(v, (S,) + np.shape(v))
                   for k, v in self.constants.items()}
-        params.update({name: self.arrays[name][c, d] for name in self.arrays})
+        params.update({name: self.arrays[name][c, d] for name in self._law_names})
         spec, lay = self.spec, self.lay
         effects = {}
         if not self.conditional and self.design is not None and self.design.m:
