@@ -67,7 +67,7 @@ from functools import cached_property
 import numpy as np
 
 from twoway.errors import FitError
-from twoway.results.pair_sums import complement_pairs, pattern_pairs
+from twoway.results.pair_sums import cell_quadratic, complement_pairs, pattern_pairs
 
 # Deferred imports: scipy (heavy to import) is imported inside the functions that use it, so importing this
 # module stays light.
@@ -486,6 +486,11 @@ class SchurH:
         if prep is None:
             return None
         w = np.where(prep["valid"], V.w, 0.0)
+        if prep["missing"] is None:
+            out = cell_quadratic(w, prep, self.o_idx.size, self.S_inv.ravel(), self.d_inv, self.fsf,
+                                 self.tf_pattern)
+            if out is not None:
+                return out
         o_w = np.where(prep["o_mask"], w, 0.0)                 # the o-entries' weights
         out = np.zeros(V.n)
         flat_inv = self.S_inv.ravel()
