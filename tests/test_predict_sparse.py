@@ -15,15 +15,12 @@ import tracemalloc
 import numpy as np
 import pandas as pd
 import pytest
-import xarray as xr
 
 import twoway
 import twoway.results.predict as tp
 from twoway import TwoWayData
 from twoway.errors import FitError, TwowayError, TwowayWarning
-from twoway.fit import _make_fit
 from twoway.likelihood import memory
-from twoway.plan import resolve
 from twoway.results.predict import (
     PredictionTotals,
     cell_moments,
@@ -33,32 +30,11 @@ from twoway.results.predict import (
 from twoway.table.io import outputs
 from twoway.table.io.outputs import table_writer
 
+from test_estimands import fit_from_truth  # a Fit from true values, effects drawn back exactly
+
 pytestmark = pytest.mark.filterwarnings("ignore::twoway.errors.ConvergenceWarning")
 
 STATS = ["mean", "sd", "lower", "upper"]
-
-
-def fit_from_truth(spec, data, truth, *, chains=2, draws=100, jitter=0.15, seed=0):
-    """A Fit whose sampled parameters are ``truth``'s, scales jittered per draw; effects drawn back exactly."""
-    plan = resolve(spec, data)
-    rng = np.random.default_rng(seed)
-    post = {}
-    for name in plan.var_names:
-        if name.endswith("_cov") or name not in truth:
-            continue
-        v = np.asarray(truth[name], dtype=float)
-        base = np.broadcast_to(v, (chains, draws) + v.shape)
-        val = base + 0.1 * rng.standard_normal(base.shape) if name.endswith("_loc") else \
-            base * np.exp(jitter * rng.standard_normal(base.shape))
-        dims = ("chain", "draw") + ((("row",) if name.startswith("row_") else ("col",)) if v.ndim else ())
-        post[name] = (dims, val)
-    posterior = xr.Dataset(post, coords={"chain": np.arange(chains), "draw": np.arange(draws),
-                                         "row": list(data.row_labels), "col": list(data.col_labels)})
-    stats = xr.Dataset({"diverging": (("chain", "draw"), np.zeros((chains, draws), bool))})
-    raw = xr.DataTree.from_dict({"posterior": posterior, "sample_stats": stats})
-    info = {"engine": "jax", "backend": "jax", "likelihood_path": plan.path, "seed": seed, "chains": chains,
-            "draws": draws, "tune": 0, "compile_seconds": 0.0, "sampling_seconds": 0.0}
-    return _make_fit(raw, plan, info)
 
 
 def simulated_fit(preset, *, rows=5, cols=6, reps=1, missing=0.3, se=0.1, seed=1, draws=100, **options):

@@ -27,6 +27,8 @@ from twoway.likelihood import memory
 from twoway.results.workers import default_workers
 from twoway.table.data import TwoWayData
 
+from test_trust import one_error, run_cli  # the CLI run in-process, and its one-line errors
+
 fit_module = importlib.import_module("twoway.fit")  # the module (``twoway.fit`` is also the function)
 N, K = 8, 5
 
@@ -50,20 +52,7 @@ def fits(tmp_path_factory):
     return folder, paths
 
 
-def run(capsys, *argv) -> tuple[int, str, str]:
-    status = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return status, out, err
-
-
-def one_error(status: int, err: str, *needles: str) -> str:
-    """Exit 2 and stderr exactly one ``twoway: error:`` line holding every needle."""
-    assert status == 2, err
-    lines = err.strip("\n").split("\n")
-    assert len(lines) == 1 and lines[0].startswith("twoway: error: "), err
-    for needle in needles:
-        assert needle in lines[0], (needle, lines[0])
-    return lines[0]
+run = run_cli
 
 
 def _fake_report(monkeypatch, seen: dict) -> None:

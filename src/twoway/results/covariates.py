@@ -24,7 +24,7 @@ import numpy as np
 
 from twoway.results.stats import statistics_table
 
-__all__ = ["LEVEL_NAMES", "coef_draws", "coefficient_table", "covariate_grid", "fit_design", "flat_coef",
+__all__ = ["LEVEL_NAMES", "coef_draws", "coefficient_table", "covariate_grid", "first_by", "fit_design", "flat_coef",
            "mean_formula", "missing_terms_text"]
 
 #: How a term's level is written for users.
@@ -114,8 +114,8 @@ def covariate_grid(design, data, *, n_rows: int | None = None, n_cols: int | Non
     level = np.asarray(design.level)
     if not np.any(level == "cell"):
         row_terms, col_terms = level == "row", level == "col"
-        row_val, row_has = _first_by(ii, Xo[:, row_terms], n_rows)
-        col_val, col_has = _first_by(jj, Xo[:, col_terms], n_cols)
+        row_val, row_has = first_by(ii, Xo[:, row_terms], n_rows)
+        col_val, col_has = first_by(jj, Xo[:, col_terms], n_cols)
         ok = np.ones((n_rows, n_cols), bool)
         if row_terms.any():
             ok &= row_has[:, None]
@@ -130,7 +130,7 @@ def covariate_grid(design, data, *, n_rows: int | None = None, n_cols: int | Non
     return X, known
 
 
-def _first_by(index: np.ndarray, values: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+def first_by(index: np.ndarray, values: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
     """The first row of ``values`` for each group ``index`` in 0..n-1: (n, q) values and (n,) found."""
     out = np.zeros((n, values.shape[1]))
     found = np.zeros(n, bool)

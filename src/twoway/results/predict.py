@@ -66,7 +66,7 @@ from twoway.likelihood import memory
 from twoway.likelihood.diagonal import residual_sd
 from twoway.likelihood.marginal import kronecker_factors, table_covariance
 from twoway.linalg.ops import NUMPY
-from twoway.results.covariates import fit_design, flat_coef, missing_terms_text
+from twoway.results.covariates import first_by, fit_design, flat_coef, missing_terms_text
 from twoway.results.decomposition import full_layout
 
 # Deferred imports: pandas, scipy (heavy to import) are imported inside the functions that use them, so
@@ -672,8 +672,8 @@ class _CellCovariates:
         level = np.asarray(design.level)
         self.by_cell = bool(np.any(level == "cell"))
         self.row_terms, self.col_terms = level == "row", level == "col"
-        self.row_val, self.row_has = _first_by(ii, self.X[:, self.row_terms], n_rows)
-        self.col_val, self.col_has = _first_by(jj, self.X[:, self.col_terms], n_cols)
+        self.row_val, self.row_has = first_by(ii, self.X[:, self.row_terms], n_rows)
+        self.col_val, self.col_has = first_by(jj, self.X[:, self.col_terms], n_cols)
 
     def _observed_position(self, r, i, j) -> np.ndarray:
         """The observed cell's row of X, or -1 where the cell is not observed."""
@@ -706,17 +706,6 @@ class _CellCovariates:
         X[seen] = self.X[pos[seen]]
         known[seen] = True
         return X, known
-
-
-def _first_by(index: np.ndarray, values: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """The first row of ``values`` for each group ``index`` in 0..n-1: (n, q) values and (n,) found."""
-    out = np.zeros((n, values.shape[1]))
-    found = np.zeros(n, bool)
-    if index.size:
-        groups, first = np.unique(index, return_index=True)
-        out[groups] = values[first]
-        found[groups] = True
-    return out, found
 
 
 def _flat_parameters(fit) -> tuple[dict[str, np.ndarray], int]:

@@ -35,6 +35,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from scipy.special import logsumexp
 
 from twoway.errors import FitError
 
@@ -59,13 +60,6 @@ def good_k(n_draws: int) -> float:
     return min(1.0 - 1.0 / math.log10(n_draws), 0.7) if n_draws > 1 else 0.7
 
 
-def _logsumexp(a: np.ndarray, axis: int = 0) -> np.ndarray:
-    top = np.max(a, axis=axis, keepdims=True)
-    top = np.where(np.isfinite(top), top, 0.0)
-    with np.errstate(divide="ignore"):
-        return np.log(np.sum(np.exp(a - top), axis=axis)) + np.squeeze(top, axis=axis)
-
-
 def _gpd_fit(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Generalized Pareto (k, sigma) of each column of ``x`` (M, c), sorted ascending, exceedances >= 0.
 
@@ -85,7 +79,7 @@ def _gpd_fit(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         for g in range(m_est):                                            # (c, M) per grid point: bounded memory
             k_grid[g] = np.mean(np.log1p(-b[g][None, :] * x), axis=0)
         len_scale = n * (np.log(-b / k_grid) - k_grid - 1.0)
-        w = np.exp(len_scale - _logsumexp(len_scale, axis=0)[None, :])
+        w = np.exp(len_scale - logsumexp(len_scale, axis=0)[None, :])
         w = np.where(w >= 10 * np.finfo(float).eps, w, 0.0)
         w /= w.sum(axis=0, keepdims=True)
         b_post = np.sum(b * w, axis=0)
@@ -146,7 +140,7 @@ def _chunk(rows: np.ndarray, index: np.ndarray | None, log_counts: np.ndarray,
     if M < 5:
         raise FitError(f"Pareto smoothing needs at least 5 tail draws: {S} draws give {M}; draw more.")
     used = np.isfinite(log_counts)
-    lppd = _logsumexp(rows + log_counts, axis=0) - math.log(S)
+    lppd = logsumexp(rows + log_counts, axis=0) - math.log(S)
     shift = np.max(np.where(used, -rows, -np.inf), axis=0)                 # the largest log ratio
     ratio_rows = np.where(used, -rows - shift[None, :], -np.inf)            # log ratios, max 0 (unused: -inf)
     top = _largest(ratio_rows, np.exp(log_counts[:, 0]), M + 1)             # (M + 1, c) descending, repeats kept
@@ -174,7 +168,7 @@ def _chunk(rows: np.ndarray, index: np.ndarray | None, log_counts: np.ndarray,
     const = -total - shift
     with np.errstate(divide="ignore"):
         body_term = np.log(S - M) + const
-    elpd = _logsumexp(np.concatenate([body_term[None, :], new_tail - tail + const[None, :]], axis=0), axis=0)
+    elpd = logsumexp(np.concatenate([body_term[None, :], new_tail - tail + const[None, :]], axis=0), axis=0)
     return elpd, kappa, lppd - elpd
 
 

@@ -925,16 +925,22 @@ def _checks_section(sid: str, fit) -> str:
         body += _img(checks_png(panels), "posterior predictive checks of row and column statistics",
                      "Grey bars: replicated mean +- 2 sd (for variances, cut at 0); dots: observed "
                      "(red when p < 0.025 or p > 0.975).")
-    kind = "ok" if n_flag == 0 else "warn"
-    body += _note(f"{n_flag} of {int(p.notna().sum())} statistics fall outside the central 95% of their "
-                  "replicated distribution (highlighted)." if n_flag else
-                  "Every statistic lies within the central 95% of its replicated distribution.", kind)
-    if table.attrs.get("note"):
-        body += _note(table.attrs["note"])
+    body += _checks_verdict(table, n_flag, " (highlighted)")
     body += ("<details><summary>every statistic</summary>"
              + _table(table, scroll=True, row_class=lambda i, r: "flag" if bool(extreme.loc[i]) else "")
              + "</details>")
     return _section(sid, _TITLES["checks"], body, lede)
+
+
+def _checks_verdict(table: pd.DataFrame, n_flag: int, where: str) -> str:
+    """How many statistics fall outside the central 95% of their replicated distribution (``where``: how
+    they are marked), and the checks' own note."""
+    p = table["p_value"]
+    out = _note(f"{n_flag} of {int(p.notna().sum())} statistics fall outside the central 95% of their "
+                f"replicated distribution{where}." if n_flag else
+                "Every statistic lies within the central 95% of its replicated distribution.",
+                "ok" if n_flag == 0 else "warn")
+    return out + (_note(table.attrs["note"]) if table.attrs.get("note") else "")
 
 
 _FAMILIES = (("row_mean", "row means"), ("row_var", "row variances"), ("col_mean", "column means"),
@@ -961,12 +967,7 @@ def _many_checks_section(sid: str, table: pd.DataFrame, extreme: pd.Series) -> s
         body += _img(histograms_png(panels), "histograms of the posterior predictive p-values by family of statistics",
                      "The p-value of each row's and column's statistic: they gather around 0.5 when the fit "
                      "reproduces the table; piles near 0 or 1 mark rows or columns it does not reproduce.")
-    kind = "ok" if n_flag == 0 else "warn"
-    body += _note(f"{n_flag} of {int(p.notna().sum())} statistics fall outside the central 95% of their "
-                  "replicated distribution." if n_flag else
-                  "Every statistic lies within the central 95% of its replicated distribution.", kind)
-    if table.attrs.get("note"):
-        body += _note(table.attrs["note"])
+    body += _checks_verdict(table, n_flag, "")
     whole = table.loc[[i for i in table.index if "[" not in str(i)]]
     body += "<h3>Statistics of the whole table</h3>" + _table(
         whole, row_class=lambda i, r: "flag" if bool(extreme.loc[i]) else "")
